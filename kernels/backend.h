@@ -1,0 +1,261 @@
+// The kernel interface: every op of the DSA forward pass, implemented by two backends.
+//
+//   kernels/cpu/   the reference (plain C++ + OpenBLAS); it defines what each op computes.
+//   kernels/cuda/  CUDA kernels + cuBLASLt; checked against the CPU backend by tests/parity_test.cc.
+//
+// Conventions (DESIGN.md §6):
+//   * Tensors are row-major; activations are F32; positions and indices are int32.
+//   * Every pointer in an args struct lives in the backend's memory (host memory for the CPU backend,
+//     device memory for CUDA); Allocate/Copy* move data across.
+//   * Ops validate their arguments and return InvalidArgument naming the field; they never abort.
+//   * Paged caches: a sequence's position p lives at slot
+//       block_tables[seq * max_blocks_per_seq + p / block_size] * block_size + p % block_size
+//     of a cache tensor laid out [num_slots, entry_stride].
+//   * Top-k indices are logical positions inside the sequence, int32 [tokens, k]; the first
+//     min(k, valid) slots are valid and the rest are -1 (DESIGN.md §3).
+//
+// Example (CPU):
+//   auto backend = CreateBackend(DeviceKind::kCpu).value();
+//   GemmArgs g{.c = y, .a = x, .b = w, .m = tokens, .n = out, .k = in};
+//   IC_RETURN_IF_ERROR(backend->Gemm(g));
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace ic::kernels {
+
+enum class DeviceKind { kCpu, kCuda };
+
+// C[b] = alpha · A[b] · op(B[b]) + beta · C[b] for b in [0, batch).
+//   A: [m, k] with row stride lda.
+//   B: b_transposed ? [n, k] (an HF Linear weight: y = x·Wᵀ) : [k, n]; row stride ldb.
+//   C: [m, n] with row stride ldc.
+// A zero stride (lda == 0 etc.) means "dense": k, k or n, n.
+struct GemmArgs {
+  float* c = nullptr;
+  const float* a = nullptr;
+  const float* b = nullptr;
+  int m = 0, n = 0, k = 0;
+  int lda = 0, ldb = 0, ldc = 0;
+  bool b_transposed = true;
+  float alpha = 1.0f, beta = 0.0f;
+  int batch = 1;
+  int64_t stride_a = 0, stride_b = 0, stride_c = 0;  // elements between batch entries
+};
+
+// out[t, :] = table[ids[t], :].  out [tokens, dim], table [vocab, dim], ids int32 [tokens].
+// An id outside [0, vocab) is InvalidArgument naming the id and the vocabulary size.
+struct EmbeddingArgs {
+  float* out = nullptr;
+  const float* table = nullptr;
+  const int32_t* ids = nullptr;
+  int tokens = 0, dim = 0, vocab = 0;
+};
+
+// RMSNorm: out = in · rsqrt(mean(in²) + eps) · weight, row by row.
+// LayerNorm (when bias != nullptr or layer_norm): out = (in − mean) · rsqrt(var + eps) · weight + bias.
+// in/out: [rows, dim] with row strides in_stride/out_stride (0 = dim). In-place allowed.
+struct NormArgs {
+  float* out = nullptr;
+  const float* in = nullptr;
+  const float* weight = nullptr;
+  const float* bias = nullptr;  // LayerNorm only
+  int rows = 0, dim = 0;
+  int in_stride = 0, out_stride = 0;
+  float eps = 1e-6f;
+};
+
+enum class RopeStyle {
+  kInterleaved,  // pairs (x0, x1), (x2, x3), … rotate together (DeepSeek MLA, GLM-5 indexer)
+  kNeox,         // halves (x_i, x_{i+d/2}) rotate together (Llama, DeepSeek-V3.2 indexer)
+};
+
+// In-place rotary embedding on x [tokens, heads, …]:
+//   for token t, head h, the rot_dim values starting at x + t·token_stride + h·head_stride + rot_offset
+//   are rotated by angle positions[t] · inv_freq[i] (i < rot_dim/2), and multiplied by attention_scaling
+//   (the YaRN cos/sin factor; 1 otherwise).
+// Interleaved style writes its output in the same interleaved layout (HF de-interleaves; both q and k
+// get the same permutation, so dot products are identical).
+struct RopeArgs {
+  float* x = nullptr;
+  const int32_t* positions = nullptr;  // [tokens]
+  const float* inv_freq = nullptr;     // [rot_dim / 2]
+  int tokens = 0, heads = 0;
+  int token_stride = 0, head_stride = 0, rot_offset = 0, rot_dim = 0;
+  float attention_scaling = 1.0f;
+  RopeStyle style = RopeStyle::kNeox;
+};
+
+// out[t, i] = silu(gate[t, i]) · up[t, i].  [tokens, dim]; strides 0 = dim.
+struct SiluMulArgs {
+  float* out = nullptr;
+  const float* gate = nullptr;
+  const float* up = nullptr;
+  int tokens = 0, dim = 0;
+  int gate_stride = 0, up_stride = 0, out_stride = 0;
+};
+
+// dst[r, 0:cols] = src[r, 0:cols] (+ dst when accumulate).  Strides in elements.
+struct Copy2DArgs {
+  float* dst = nullptr;
+  const float* src = nullptr;
+  int rows = 0, cols = 0;
+  int dst_stride = 0, src_stride = 0;
+  bool accumulate = false;
+};
+
+// cache[slots[t], 0:dim] = src[t, 0:dim] for each token (slot −1: skipped).
+// cache [num_slots, cache_stride]; src [tokens, src_stride].
+struct CacheWriteArgs {
+  float* cache = nullptr;
+  const float* src = nullptr;
+  const int32_t* slots = nullptr;
+  int tokens = 0, dim = 0, cache_stride = 0, src_stride = 0;
+  int64_t num_slots = 0;
+};
+
+// Where each query token of a batch lives: its sequence (row of block_tables) and its position.
+struct TokenLayout {
+  const int32_t* token_seq = nullptr;     // [tokens]
+  const int32_t* token_pos = nullptr;     // [tokens]; valid keys of token t are positions 0..token_pos[t]
+  const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
+  int tokens = 0;
+  int num_seqs = 0;
+  int max_blocks_per_seq = 0;
+  int block_size = 64;
+};
+
+// Attention of every query token over its sequence's cached keys (paged):
+//   dense (topk == nullptr): keys 0..pos (causal);   sparse: the valid entries of topk[t, :].
+//   out[t, h, :] = Σ_s softmax_s(scale · q[t,h]·k[s, g(h)]) · v[s, g(h)],  g(h) = h / (q_heads / kv_heads).
+// q: [tokens, q_heads, qk_dim] with row stride q_stride (0 = q_heads·qk_dim).
+// k_cache: [num_slots, k_stride], kv head g at offset g·qk_dim.
+// v_cache: [num_slots, v_stride], kv head g at offset g·v_dim (may alias k_cache: MLA absorbed form,
+//   where the value is the first v_dim = kv_lora_rank entries of the latent).
+// out: [tokens, q_heads, v_dim].  lse (optional): [tokens, q_heads] natural-log sum-exp of the logits.
+// probs (optional, sparse only): [tokens, topk_k] head-averaged attention weight of each selected key.
+struct AttentionArgs {
+  float* out = nullptr;
+  float* lse = nullptr;
+  float* probs = nullptr;
+  const float* q = nullptr;
+  const float* k_cache = nullptr;
+  const float* v_cache = nullptr;
+  int q_stride = 0, k_stride = 0, v_stride = 0;
+  int q_heads = 0, kv_heads = 0, qk_dim = 0, v_dim = 0;
+  int64_t num_slots = 0;
+  float scale = 1.0f;
+  TokenLayout layout;
+  const int32_t* topk = nullptr;  // [tokens, topk_k] or nullptr (dense causal)
+  int topk_k = 0;
+};
+
+// Lightning indexer + top-k (DeepSeek-V3.2 report, eq. 1):
+//   I[t, s] = Σ_j w[t, j] · ReLU(q[t, j] · k[s])   for s ≤ pos(t),
+// then indices[t, :] = top-k of I[t, 0..pos(t)] with the rule of DESIGN.md §3 (ties → smaller position;
+// +inf > finite > −inf > NaN; rows with pos + 1 ≤ k select 0..pos then −1 without scoring).
+// Scale factors (H^-½ · d^-½ in DeepSeek) are folded into w by the caller.
+// q: [tokens, heads, head_dim]; w: [tokens, heads]; k_cache: [num_slots, k_stride] (head_dim used).
+// scores (optional): [tokens, scores_stride] receives I[t, s] for s ≤ pos(t) and −inf after, for
+//   s < scores_stride (tests and audits; the fused path never materialises it).
+struct IndexerArgs {
+  int32_t* indices = nullptr;  // [tokens, k]
+  float* scores = nullptr;
+  int scores_stride = 0;
+  const float* q = nullptr;
+  const float* w = nullptr;
+  const float* k_cache = nullptr;
+  int k_stride = 0;
+  int64_t num_slots = 0;
+  int heads = 0, head_dim = 0, k = 0;
+  TokenLayout layout;
+};
+
+// Top-k over explicit scores, DESIGN.md §3 rule: for row r, candidates are positions 0..lengths[r]−1 of
+// scores[r, :] (row stride `stride`); out[r, :] holds min(k, length) positions, then −1.
+struct TopkArgs {
+  int32_t* out = nullptr;          // [rows, k]
+  const float* scores = nullptr;   // [rows, stride]
+  const int32_t* lengths = nullptr;// [rows]
+  int rows = 0, stride = 0, k = 0;
+};
+
+// DeepSeek-V3 router: s = sigmoid(logits); choice = s + bias; groups ranked by the sum of their top-2
+// choice scores; the best topk_group groups stay; top_k experts by choice; weight = s of the chosen
+// (normalised to sum 1 when norm_topk_prob) · routed_scaling_factor.
+// logits [tokens, experts]; bias [experts] or nullptr; expert_ids/expert_weights [tokens, top_k].
+struct MoeRouteArgs {
+  int32_t* expert_ids = nullptr;
+  float* expert_weights = nullptr;
+  const float* logits = nullptr;
+  const float* bias = nullptr;
+  int tokens = 0, experts = 0, top_k = 0, n_group = 1, topk_group = 1;
+  bool norm_topk_prob = true;
+  float routed_scaling_factor = 1.0f;
+};
+
+// out[i, :] = in[rows[i], :]  (gather)            in [*, dim], out [count, dim]
+// out[rows[i], :] += scale[i] · in[i, :]  (scatter-add; scale may be nullptr = 1)
+struct RowsArgs {
+  float* out = nullptr;
+  const float* in = nullptr;
+  const int32_t* rows = nullptr;
+  const float* scale = nullptr;
+  int count = 0, dim = 0;
+};
+
+// loss[t] = −log softmax(logits[t])[targets[t]]; targets[t] < 0: loss 0 (ignored).
+// logits [tokens, vocab] (row stride 0 = vocab). A target ≥ vocab is InvalidArgument.
+struct CrossEntropyArgs {
+  float* loss = nullptr;
+  const float* logits = nullptr;
+  const int32_t* targets = nullptr;
+  int tokens = 0, vocab = 0, stride = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual DeviceKind kind() const = 0;
+  virtual std::string name() const = 0;
+
+  // Memory. Allocate returns ResourceExhausted (naming the size) when memory runs out.
+  virtual absl::StatusOr<void*> Allocate(size_t bytes) = 0;
+  virtual void Free(void* ptr) = 0;
+  virtual absl::Status CopyToDevice(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) = 0;
+  virtual absl::Status Memset(void* dst, int value, size_t bytes) = 0;
+  virtual absl::Status Synchronize() = 0;
+
+  // Ops (see the args structs above).
+  virtual absl::Status Gemm(const GemmArgs& args) = 0;
+  virtual absl::Status Embedding(const EmbeddingArgs& args) = 0;
+  virtual absl::Status RmsNorm(const NormArgs& args) = 0;
+  virtual absl::Status LayerNorm(const NormArgs& args) = 0;
+  virtual absl::Status Rope(const RopeArgs& args) = 0;
+  virtual absl::Status SiluMul(const SiluMulArgs& args) = 0;
+  virtual absl::Status Copy2D(const Copy2DArgs& args) = 0;
+  virtual absl::Status CacheWrite(const CacheWriteArgs& args) = 0;
+  virtual absl::Status Attention(const AttentionArgs& args) = 0;
+  virtual absl::Status IndexerTopk(const IndexerArgs& args) = 0;
+  virtual absl::Status Topk(const TopkArgs& args) = 0;
+  virtual absl::Status MoeRoute(const MoeRouteArgs& args) = 0;
+  virtual absl::Status GatherRows(const RowsArgs& args) = 0;
+  virtual absl::Status ScatterAddRows(const RowsArgs& args) = 0;
+  virtual absl::Status CrossEntropy(const CrossEntropyArgs& args) = 0;
+};
+
+// Creates a backend. kCuda returns Unavailable when the build has no CUDA or no GPU is visible.
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(DeviceKind kind, int device_ordinal = 0);
+
+// Number of CUDA devices visible (0 in a CUDA-less build or without a GPU).
+int CudaDeviceCount();
+
+}  // namespace ic::kernels
