@@ -35,6 +35,8 @@ struct RopeConfig {
   std::optional<double> attention_factor;       // yarn, explicit
   double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
   bool truncate = true;                          // yarn
+
+  bool operator==(const RopeConfig&) const = default;
 };
 
 struct ModelConfig {
@@ -93,6 +95,8 @@ struct ModelConfig {
   // Derived.
   int qk_head_dim() const { return mla ? qk_nope_head_dim + qk_rope_head_dim : head_dim; }
   int attn_v_dim() const { return mla ? v_head_dim : head_dim; }
+
+  bool operator==(const ModelConfig&) const = default;
 };
 
 // Parses config.json text. Errors are InvalidArgument naming the key and value

@@ -37,13 +37,20 @@ class Metrics {
  public:
   static Metrics& Global();
 
+  // Records one forward pass. Seconds, tokens and bytes that are negative or not finite are not
+  // recorded (counters only go up); a pass with no Full layer saves nothing (no measured time to scale).
   void RecordForwardPass(const ForwardPassStats& stats);
-  // One top-k overlap observation (audit mode): |A ∩ B| / |A|.
+  // One top-k overlap observation (audit mode): |A ∩ B| / |A|. Values outside [0, 1] are not recorded.
   void ObserveTopkOverlap(double ratio);
 
-  // Starts the HTTP exposer on `address` ("127.0.0.1:9464"); AlreadyExists if one is running on another
-  // address; InvalidArgument / Unavailable when the address cannot be bound.
+  // Starts the HTTP exposer on `address` ("127.0.0.1:9464", "[::1]:9464", ":9464" or "9464" for every
+  // interface; port 0 picks a free port, see ExposerPort()). Serves GET /metrics. Calling it again with
+  // the same address is OK; AlreadyExists if one is running on another address; InvalidArgument when
+  // the address is malformed; Unavailable when it cannot be bound (in use, not a local address).
   absl::Status StartExposer(const std::string& address);
+
+  // The TCP port the exposer listens on (useful after port 0), or 0 when no exposer is running.
+  int ExposerPort() const;
 
   // Prometheus text exposition format of every metric.
   std::string TextDump() const;
@@ -53,6 +60,7 @@ class Metrics {
     double indexer_seconds = 0, saved_seconds = 0, baseline_seconds = 0;
     double layers_run = 0, layers_skipped = 0;
     double prompt_tokens = 0, generated_tokens = 0, topk_bytes = 0;
+    double prefill_passes = 0, decode_passes = 0, topk_overlap_observations = 0;
   };
   Totals GetTotals() const;
 

@@ -1,0 +1,51 @@
+// CPU backend: Gemm through OpenBLAS cblas_sgemm (row-major, strides, batches).
+#include <cblas.h>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "sdk/status.h"
+
+namespace ic::kernels::cpu {
+
+// Batch strides: 0 for A or B means the same matrix for every batch entry (broadcast); C needs a
+// non-zero stride when batch > 1 (entries would overwrite each other).
+absl::Status CpuBackend::Gemm(const GemmArgs& g) {
+  if (g.m < 0 || g.n < 0 || g.k < 0) {
+    return InvalidArgument("Gemm: negative size m = ", g.m, ", n = ", g.n, ", k = ", g.k);
+  }
+  if (g.batch < 0) return InvalidArgument("Gemm: batch = ", g.batch, " is negative");
+  if (g.lda < 0 || g.ldb < 0 || g.ldc < 0) {
+    return InvalidArgument("Gemm: negative leading dimension lda = ", g.lda, ", ldb = ", g.ldb, ", ldc = ", g.ldc);
+  }
+  if (g.stride_a < 0 || g.stride_b < 0 || g.stride_c < 0) {
+    return InvalidArgument("Gemm: negative batch stride stride_a = ", g.stride_a, ", stride_b = ", g.stride_b,
+                           ", stride_c = ", g.stride_c);
+  }
+  if (g.m == 0 || g.n == 0 || g.batch == 0) return absl::OkStatus();
+  const int lda = g.lda == 0 ? g.k : g.lda;
+  const int ldb = g.ldb == 0 ? (g.b_transposed ? g.k : g.n) : g.ldb;
+  const int ldc = g.ldc == 0 ? g.n : g.ldc;
+  if (lda < g.k) return InvalidArgument("Gemm: lda = ", lda, " is smaller than k = ", g.k);
+  if (g.b_transposed && ldb < g.k) return InvalidArgument("Gemm: ldb = ", ldb, " is smaller than k = ", g.k, " (b_transposed)");
+  if (!g.b_transposed && ldb < g.n) return InvalidArgument("Gemm: ldb = ", ldb, " is smaller than n = ", g.n);
+  if (ldc < g.n) return InvalidArgument("Gemm: ldc = ", ldc, " is smaller than n = ", g.n);
+  if (g.batch > 1 && g.stride_c == 0) return InvalidArgument("Gemm: stride_c = 0 with batch = ", g.batch);
+  if (g.c == nullptr) return InvalidArgument("Gemm: c is null");
+  if (g.k > 0 && (g.a == nullptr || g.b == nullptr)) {
+    return InvalidArgument("Gemm: ", g.a == nullptr ? "a" : "b", " is null");
+  }
+  for (int b = 0; b < g.batch; ++b) {
+    float* c = g.c + b * g.stride_c;
+    if (g.k == 0) {  // C = beta · C (BLAS would read A/B otherwise; beta = 0 clears NaNs as BLAS does)
+      for (int i = 0; i < g.m; ++i) {
+        float* row = c + static_cast<int64_t>(i) * ldc;
+        for (int j = 0; j < g.n; ++j) row[j] = g.beta == 0.0f ? 0.0f : g.beta * row[j];
+      }
+      continue;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, g.b_transposed ? CblasTrans : CblasNoTrans, g.m, g.n, g.k, g.alpha,
+                g.a + b * g.stride_a, lda, g.b + b * g.stride_b, ldb, g.beta, c, ldc);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ic::kernels::cpu

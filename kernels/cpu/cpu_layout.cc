@@ -1,0 +1,79 @@
+// CPU backend: paged-cache bookkeeping shared by Attention and IndexerTopk (validation, grouping of
+// query tokens by sequence, gathering a sequence's cache rows into dense scratch).
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/cpu/cpu_internal.h"
+#include "sdk/status.h"
+
+namespace ic::kernels::cpu::internal {
+
+absl::Status ValidateLayout(const TokenLayout& l, int64_t num_slots, const char* what) {
+  if (l.tokens < 0) return InvalidArgument(what, ": layout.tokens = ", l.tokens, " is negative");
+  if (l.tokens == 0) return absl::OkStatus();
+  if (l.token_seq == nullptr) return InvalidArgument(what, ": layout.token_seq is null");
+  if (l.token_pos == nullptr) return InvalidArgument(what, ": layout.token_pos is null");
+  if (l.block_tables == nullptr) return InvalidArgument(what, ": layout.block_tables is null");
+  if (l.num_seqs <= 0) return InvalidArgument(what, ": layout.num_seqs = ", l.num_seqs, " must be positive");
+  if (l.max_blocks_per_seq <= 0) {
+    return InvalidArgument(what, ": layout.max_blocks_per_seq = ", l.max_blocks_per_seq, " must be positive");
+  }
+  if (l.block_size <= 0) return InvalidArgument(what, ": layout.block_size = ", l.block_size, " must be positive");
+  if (num_slots < 0) return InvalidArgument(what, ": num_slots = ", num_slots, " is negative");
+  std::vector<int> max_pos(l.num_seqs, -1);
+  for (int t = 0; t < l.tokens; ++t) {
+    const int seq = l.token_seq[t], pos = l.token_pos[t];
+    if (seq < 0 || seq >= l.num_seqs) {
+      return InvalidArgument(what, ": token_seq[", t, "] = ", seq, " out of range for num_seqs ", l.num_seqs);
+    }
+    if (pos < 0) return InvalidArgument(what, ": token_pos[", t, "] = ", pos, " is negative");
+    if (pos / l.block_size >= l.max_blocks_per_seq) {
+      return InvalidArgument(what, ": token_pos[", t, "] = ", pos, " needs block ", pos / l.block_size,
+                             " but max_blocks_per_seq = ", l.max_blocks_per_seq, " (block_size ", l.block_size, ")");
+    }
+    max_pos[seq] = std::max(max_pos[seq], pos);
+  }
+  for (int s = 0; s < l.num_seqs; ++s) {
+    if (max_pos[s] < 0) continue;
+    const int last_block = max_pos[s] / l.block_size;
+    for (int b = 0; b <= last_block; ++b) {
+      const int32_t id = l.block_tables[static_cast<int64_t>(s) * l.max_blocks_per_seq + b];
+      const int used = b < last_block ? l.block_size : max_pos[s] % l.block_size + 1;
+      if (id < 0 || static_cast<int64_t>(id) * l.block_size + used > num_slots) {
+        return InvalidArgument(what, ": block_tables[", s, ", ", b, "] = ", id, " out of range for num_slots ",
+                               num_slots, " (block_size ", l.block_size, ")");
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<SequenceTokens> GroupBySequence(const TokenLayout& l) {
+  std::vector<int> index(l.num_seqs, -1);
+  std::vector<SequenceTokens> groups;
+  for (int t = 0; t < l.tokens; ++t) {
+    const int seq = l.token_seq[t];
+    if (index[seq] < 0) {
+      index[seq] = static_cast<int>(groups.size());
+      groups.push_back({seq, 0, {}});
+    }
+    SequenceTokens& g = groups[index[seq]];
+    g.tokens.push_back(t);
+    g.max_pos = std::max(g.max_pos, l.token_pos[t]);
+  }
+  for (SequenceTokens& g : groups) {
+    std::stable_sort(g.tokens.begin(), g.tokens.end(),
+                     [&](int32_t a, int32_t b) { return l.token_pos[a] < l.token_pos[b]; });
+  }
+  return groups;
+}
+
+void GatherSequenceRows(const TokenLayout& l, int seq, int count, const float* cache, int64_t stride,
+                        int col_offset, int cols, float* dst) {
+  for (int p = 0; p < count; ++p) {
+    std::memcpy(dst + static_cast<int64_t>(p) * cols, cache + SlotOf(l, seq, p) * stride + col_offset,
+                sizeof(float) * cols);
+  }
+}
+
+}  // namespace ic::kernels::cpu::internal

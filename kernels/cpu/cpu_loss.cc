@@ -1,0 +1,45 @@
+// CPU backend: token-level cross-entropy, loss[t] = logsumexp(logits[t]) − logits[t, target]
+// (max-subtracted; float exponentials summed in double); targets < 0 are ignored (loss 0).
+#include <cmath>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_internal.h"
+#include "sdk/status.h"
+
+namespace ic::kernels::cpu {
+
+absl::Status CpuBackend::CrossEntropy(const CrossEntropyArgs& a) {
+  if (a.tokens < 0) return InvalidArgument("CrossEntropy: tokens = ", a.tokens, " is negative");
+  if (a.vocab <= 0) return InvalidArgument("CrossEntropy: vocab = ", a.vocab, " must be positive");
+  if (a.stride < 0 || (a.stride > 0 && a.stride < a.vocab)) {
+    return InvalidArgument("CrossEntropy: stride = ", a.stride, " is smaller than vocab = ", a.vocab);
+  }
+  if (a.tokens == 0) return absl::OkStatus();
+  if (a.loss == nullptr) return InvalidArgument("CrossEntropy: loss is null");
+  if (a.logits == nullptr) return InvalidArgument("CrossEntropy: logits is null");
+  if (a.targets == nullptr) return InvalidArgument("CrossEntropy: targets is null");
+  for (int t = 0; t < a.tokens; ++t) {
+    if (a.targets[t] >= a.vocab) {
+      return InvalidArgument("CrossEntropy: target id ", a.targets[t], " (targets[", t, "]) out of range for vocab_size ",
+                             a.vocab);
+    }
+  }
+  const int64_t stride = a.stride > 0 ? a.stride : a.vocab;
+  internal::ParallelFor(a.tokens, 4, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      if (a.targets[t] < 0) {
+        a.loss[t] = 0.0f;
+        continue;
+      }
+      const float* x = a.logits + t * stride;
+      float m = x[0];
+      for (int i = 1; i < a.vocab; ++i) m = std::max(m, x[i]);
+      double sum = 0.0;
+      for (int i = 0; i < a.vocab; ++i) sum += std::exp(x[i] - m);
+      a.loss[t] = static_cast<float>(std::log(sum) + m - static_cast<double>(x[a.targets[t]]));
+    }
+  });
+  return absl::OkStatus();
+}
+
+}  // namespace ic::kernels::cpu

@@ -1,0 +1,88 @@
+// CPU backend: DeepSeek-V3 / V3.2 grouped sigmoid router (HF DeepseekV3TopkRouter semantics).
+//   s = sigmoid(logits); choice = s + bias; group score = sum of the top-2 choice values of the group;
+//   the topk_group best groups stay (ties → lower group index); top_k experts by choice among the kept
+//   groups (ties → lower expert id), written best first; weight = s of the chosen, divided by
+//   (sum + 1e-20) when norm_topk_prob, times routed_scaling_factor.
+// Comparisons use the DESIGN.md §3 total order (NaN lowest), so NaN logits cannot break the sort.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_internal.h"
+#include "sdk/status.h"
+
+namespace ic::kernels::cpu {
+
+absl::Status CpuBackend::MoeRoute(const MoeRouteArgs& a) {
+  if (a.tokens < 0) return InvalidArgument("MoeRoute: tokens = ", a.tokens, " is negative");
+  if (a.experts <= 0) return InvalidArgument("MoeRoute: experts = ", a.experts, " must be positive");
+  if (a.n_group <= 0 || a.experts % a.n_group != 0) {
+    return InvalidArgument("MoeRoute: n_group = ", a.n_group, " must be positive and divide experts = ", a.experts);
+  }
+  if (a.topk_group <= 0 || a.topk_group > a.n_group) {
+    return InvalidArgument("MoeRoute: topk_group = ", a.topk_group, " out of range [1, n_group = ", a.n_group, "]");
+  }
+  const int per_group = a.experts / a.n_group;
+  if (a.top_k <= 0 || a.top_k > a.topk_group * per_group) {
+    return InvalidArgument("MoeRoute: top_k = ", a.top_k, " out of range [1, topk_group·experts/n_group = ",
+                           a.topk_group * per_group, "]");
+  }
+  if (!std::isfinite(a.routed_scaling_factor)) {
+    return InvalidArgument("MoeRoute: routed_scaling_factor = ", a.routed_scaling_factor, " is not finite");
+  }
+  if (a.tokens == 0) return absl::OkStatus();
+  if (a.expert_ids == nullptr) return InvalidArgument("MoeRoute: expert_ids is null");
+  if (a.expert_weights == nullptr) return InvalidArgument("MoeRoute: expert_weights is null");
+  if (a.logits == nullptr) return InvalidArgument("MoeRoute: logits is null");
+
+  using internal::TopkSortKey;
+  std::vector<float> s(a.experts), choice(a.experts);
+  std::vector<float> group_score(a.n_group);
+  std::vector<int> groups(a.n_group), cand;
+  for (int t = 0; t < a.tokens; ++t) {
+    const float* logit = a.logits + static_cast<int64_t>(t) * a.experts;
+    for (int e = 0; e < a.experts; ++e) {
+      s[e] = 1.0f / (1.0f + std::exp(-logit[e]));
+      choice[e] = s[e] + (a.bias != nullptr ? a.bias[e] : 0.0f);
+    }
+    for (int gi = 0; gi < a.n_group; ++gi) {
+      const float* c = choice.data() + static_cast<int64_t>(gi) * per_group;
+      int best = 0;
+      for (int e = 1; e < per_group; ++e) {
+        if (TopkSortKey(c[e]) > TopkSortKey(c[best])) best = e;
+      }
+      int second = -1;
+      for (int e = 0; e < per_group; ++e) {
+        if (e == best) continue;
+        if (second < 0 || TopkSortKey(c[e]) > TopkSortKey(c[second])) second = e;
+      }
+      group_score[gi] = second < 0 ? c[best] : c[best] + c[second];
+    }
+    std::iota(groups.begin(), groups.end(), 0);
+    std::stable_sort(groups.begin(), groups.end(), [&](int x, int y) {
+      return TopkSortKey(group_score[x]) > TopkSortKey(group_score[y]);
+    });
+    cand.clear();
+    for (int i = 0; i < a.topk_group; ++i) {
+      for (int e = 0; e < per_group; ++e) cand.push_back(groups[i] * per_group + e);
+    }
+    std::sort(cand.begin(), cand.end());
+    std::stable_sort(cand.begin(), cand.end(),
+                     [&](int x, int y) { return TopkSortKey(choice[x]) > TopkSortKey(choice[y]); });
+    int32_t* ids = a.expert_ids + static_cast<int64_t>(t) * a.top_k;
+    float* wts = a.expert_weights + static_cast<int64_t>(t) * a.top_k;
+    float sum = 0.0f;
+    for (int i = 0; i < a.top_k; ++i) {
+      ids[i] = cand[i];
+      wts[i] = s[cand[i]];
+      sum += wts[i];
+    }
+    const float denom = a.norm_topk_prob ? sum + 1e-20f : 1.0f;
+    for (int i = 0; i < a.top_k; ++i) wts[i] = wts[i] / denom * a.routed_scaling_factor;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ic::kernels::cpu

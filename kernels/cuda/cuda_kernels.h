@@ -1,0 +1,142 @@
+// Launchers of the CUDA kernels: the boundary between the host backend (cuda_backend.cc, Abseil) and
+// the .cu files (no Abseil). Every launcher enqueues work on `stream` and returns the launch's
+// cudaError_t; argument validation happens in the backend before a launcher is called.
+//
+// Data-dependent errors (an id outside the vocabulary, a slot outside the cache) cannot be seen on the
+// host without a synchronisation, so kernels record the first one in a small device buffer
+// (`DeviceError`); the backend reads it either right away (Embedding, CrossEntropy) or at Synchronize().
+//
+//   LaunchSiluMul(out, gate, up, tokens, dim, gate_stride, up_stride, out_stride, stream);
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace ic::kernels::cuda {
+
+// First data-dependent error seen by a kernel (code 0 = none). Written with atomicCAS on `code`.
+struct DeviceError {
+  int code;
+  int index;   // token / row where it happened
+  int value;   // the offending value (id, slot, target, …)
+  int limit;   // the bound it broke
+};
+
+enum DeviceErrorCode : int {
+  kErrNone = 0,
+  kErrEmbeddingId = 1,
+  kErrTarget = 2,
+  kErrCacheSlot = 3,
+  kErrBlockTable = 4,
+  kErrPosition = 5,
+};
+
+// Where each query token lives (device pointers; see TokenLayout in kernels/backend.h).
+struct DevLayout {
+  const int32_t* token_seq;
+  const int32_t* token_pos;
+  const int32_t* block_tables;
+  int tokens;
+  int num_seqs;
+  int max_blocks_per_seq;
+  int block_size;
+};
+
+// ---- elementwise.cu ----
+cudaError_t LaunchSiluMul(float* out, const float* gate, const float* up, int tokens, int dim,
+                          int gate_stride, int up_stride, int out_stride, cudaStream_t stream);
+cudaError_t LaunchCopy2D(float* dst, const float* src, int rows, int cols, int dst_stride,
+                         int src_stride, bool accumulate, cudaStream_t stream);
+// c[b][r, 0:cols] *= beta (beta == 0 writes zeros) for `batch` matrices `stride` elements apart.
+cudaError_t LaunchScale2D(float* c, int rows, int cols, int ld, int batch, int64_t stride, float beta,
+                          cudaStream_t stream);
+// out[t, :] = table[ids[t], :]; a bad id is recorded in *err (kErrEmbeddingId) and its row zeroed.
+cudaError_t LaunchEmbedding(float* out, const float* table, const int32_t* ids, int tokens, int dim,
+                            int vocab, DeviceError* err, cudaStream_t stream);
+// cache[slots[t], 0:dim] = src[t, 0:dim]; slot −1 skipped; slot ≥ num_slots recorded (kErrCacheSlot).
+cudaError_t LaunchCacheWrite(float* cache, const float* src, const int32_t* slots, int tokens, int dim,
+                             int cache_stride, int src_stride, int64_t num_slots, DeviceError* err,
+                             cudaStream_t stream);
+// out[i, :] = in[rows[i], :] (rows[i] < 0: out row zeroed).
+cudaError_t LaunchGatherRows(float* out, const float* in, const int32_t* rows, int count, int dim,
+                             cudaStream_t stream);
+// out[rows[i], :] += scale[i] · in[i, :] (rows[i] < 0 skipped). Atomic adds: the order of the
+// contributions to one row is not fixed, so results may differ in the last bits between runs.
+cudaError_t LaunchScatterAddRows(float* out, const float* in, const int32_t* rows, const float* scale,
+                                 int count, int dim, cudaStream_t stream);
+
+// ---- norm.cu ----
+// layer_norm: (x − mean)·rsqrt(var + eps)·w + b; else x·rsqrt(mean(x²) + eps)·w. w/b may be null.
+cudaError_t LaunchNorm(float* out, const float* in, const float* weight, const float* bias, int rows,
+                       int dim, int in_stride, int out_stride, float eps, bool layer_norm,
+                       cudaStream_t stream);
+
+// ---- rope.cu ----
+cudaError_t LaunchRope(float* x, const int32_t* positions, const float* inv_freq, int tokens, int heads,
+                       int token_stride, int head_stride, int rot_offset, int rot_dim,
+                       float attention_scaling, bool interleaved, cudaStream_t stream);
+
+// ---- attention.cu ----
+struct AttentionParams {
+  float* out;
+  float* lse;    // may be null
+  float* probs;  // may be null (sparse only)
+  const float* q;
+  const float* k_cache;
+  const float* v_cache;
+  int q_stride, k_stride, v_stride;
+  int q_heads, kv_heads, qk_dim, v_dim;
+  int64_t num_slots;
+  float scale;
+  DevLayout layout;
+  const int32_t* topk;  // null: dense causal
+  int topk_k;
+};
+// Dynamic shared memory the attention kernel needs (bytes) for these dims.
+size_t AttentionSharedBytes(int qk_dim, int v_dim);
+// `lse_ws`: [tokens, q_heads] floats, used when probs is wanted and lse is null.
+cudaError_t LaunchAttention(const AttentionParams& p, float* lse_ws, DeviceError* err,
+                            cudaStream_t stream);
+
+// ---- topk.cu ----
+// Row top-k, DESIGN.md §3 rule. Row r has length lengths[r] (if lengths) or positions[r] + 1, clamped
+// to `max_len`; out[r, :] = the selected positions in ascending order, then −1.
+cudaError_t LaunchRowTopk(int32_t* out, const float* scores, int64_t stride, const int32_t* lengths,
+                          const int32_t* positions, int rows, int max_len, int k, cudaStream_t stream);
+
+// ---- indexer.cu ----
+struct IndexerParams {
+  const float* q;        // [tokens, heads, head_dim]
+  const float* w;        // [tokens, heads]
+  const float* k_cache;  // [num_slots, k_stride]
+  int k_stride;
+  int64_t num_slots;
+  int heads, head_dim, k;
+  DevLayout layout;
+};
+size_t IndexerSharedBytes(int heads, int head_dim);
+// Scores of tokens [t0, t0 + rows) into ws[(t − t0), s] for s ≤ min(pos(t), max_len − 1) (row stride
+// max_len). Rows with pos + 1 ≤ k are skipped unless `all_rows`.
+cudaError_t LaunchIndexerScores(float* ws, const IndexerParams& p, int t0, int rows, int max_len,
+                                bool all_rows, DeviceError* err, cudaStream_t stream);
+// scores[t, s] = ws[t − t0, s] for s ≤ pos(t) (and s < max_len), −inf after, for s < scores_stride.
+cudaError_t LaunchIndexerCopyScores(float* scores, int scores_stride, const float* ws, int max_len,
+                                    const int32_t* token_pos, int t0, int rows, cudaStream_t stream);
+
+// ---- moe.cu ----
+cudaError_t LaunchMoeRoute(int32_t* expert_ids, float* expert_weights, const float* logits,
+                           const float* bias, int tokens, int experts, int top_k, int n_group,
+                           int topk_group, bool norm_topk_prob, float routed_scaling_factor,
+                           cudaStream_t stream);
+
+// ---- cross_entropy.cu ----
+cudaError_t LaunchCrossEntropy(float* loss, const float* logits, const int32_t* targets, int tokens,
+                               int vocab, int stride, DeviceError* err, cudaStream_t stream);
+
+// Raise the dynamic shared-memory limit of the tile-staging kernels to `bytes` (the device's opt-in
+// maximum, read once at backend creation).
+cudaError_t ConfigureAttentionKernels(size_t bytes);
+cudaError_t ConfigureIndexerKernels(size_t bytes);
+
+}  // namespace ic::kernels::cuda

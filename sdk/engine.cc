@@ -1,0 +1,254 @@
+// The DSA runtime (engine.h): sequences, paged caches, and the forward pass over the kernel interface.
+#include "sdk/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <unordered_map>
+
+#include "absl/strings/str_cat.h"
+#include "sdk/engine_impl.h"
+#include "sdk/status.h"
+
+namespace ic {
+
+using kernels::Backend;
+using kernels::DeviceKind;
+
+double LossResult::perplexity() const { return std::exp(mean_loss); }
+
+Context::~Context() = default;
+
+absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const Model> model,
+                                                         const ContextOptions& options) {
+  if (model == nullptr) return InvalidArgument("model is null");
+  if (options.block_size < 1 || options.block_size > 4096) {
+    return InvalidArgument("block_size must be in [1, 4096], got ", options.block_size);
+  }
+  if (options.max_tokens < 1) return InvalidArgument("max_tokens must be positive, got ", options.max_tokens);
+  if (options.prefill_chunk < 1) {
+    return InvalidArgument("prefill_chunk must be positive, got ", options.prefill_chunk);
+  }
+  const ModelConfig& c = model->config;
+  std::unique_ptr<Context> ctx(new Context());
+  ctx->model_ = model;
+  ctx->options_ = options;
+  if (!options.plan.empty()) {
+    IC_ASSIGN_OR_RETURN(ctx->plan_, ParsePlan(options.plan, c.num_hidden_layers));
+    ctx->plan_.source = "context parameter";
+  } else {
+    ctx->plan_ = model->plan;
+  }
+  IC_RETURN_IF_ERROR(CheckIndexersForPlan(*model, ctx->plan_));
+  IC_ASSIGN_OR_RETURN(ctx->backend_, kernels::CreateBackend(options.device, options.device_ordinal));
+
+  ctx->impl_ = std::make_unique<Impl>();
+  Impl& im = *ctx->impl_;
+  im.backend = ctx->backend_.get();
+  const ModelWeights& w = model->weights;
+  IC_ASSIGN_OR_RETURN(im.embed, im.Upload(w.embed_tokens));
+  IC_ASSIGN_OR_RETURN(im.final_norm, im.Upload(w.final_norm));
+  if (w.lm_head.empty()) {
+    im.lm_head = im.embed;
+  } else {
+    IC_ASSIGN_OR_RETURN(im.lm_head, im.Upload(w.lm_head));
+  }
+  im.layers.resize(c.num_hidden_layers);
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    const LayerWeights& lw = w.layers[i];
+    Impl::Layer& L = im.layers[i];
+    IC_ASSIGN_OR_RETURN(L.input_norm, im.Upload(lw.input_norm));
+    IC_ASSIGN_OR_RETURN(L.post_norm, im.Upload(lw.post_attention_norm));
+    IC_ASSIGN_OR_RETURN(L.q_proj, im.Upload(lw.q_proj));
+    IC_ASSIGN_OR_RETURN(L.k_proj, im.Upload(lw.k_proj));
+    IC_ASSIGN_OR_RETURN(L.v_proj, im.Upload(lw.v_proj));
+    IC_ASSIGN_OR_RETURN(L.q_a_proj, im.Upload(lw.q_a_proj));
+    IC_ASSIGN_OR_RETURN(L.q_a_norm, im.Upload(lw.q_a_norm));
+    IC_ASSIGN_OR_RETURN(L.q_b_proj, im.Upload(lw.q_b_proj));
+    IC_ASSIGN_OR_RETURN(L.kv_a_proj, im.Upload(lw.kv_a_proj));
+    IC_ASSIGN_OR_RETURN(L.kv_a_norm, im.Upload(lw.kv_a_norm));
+    IC_ASSIGN_OR_RETURN(L.kv_b_proj, im.Upload(lw.kv_b_proj));
+    IC_ASSIGN_OR_RETURN(L.o_proj, im.Upload(lw.o_proj));
+    if (c.has_indexer && ctx->plan_.IsFull(i)) {  // Shared layers: no indexer weights uploaded
+      IC_ASSIGN_OR_RETURN(L.ix_wq, im.Upload(lw.indexer.wq));
+      IC_ASSIGN_OR_RETURN(L.ix_wk, im.Upload(lw.indexer.wk));
+      IC_ASSIGN_OR_RETURN(L.ix_norm_w, im.Upload(lw.indexer.k_norm_weight));
+      IC_ASSIGN_OR_RETURN(L.ix_norm_b, im.Upload(lw.indexer.k_norm_bias));
+      IC_ASSIGN_OR_RETURN(L.ix_weights, im.Upload(lw.indexer.weights_proj));
+    }
+    L.is_moe = lw.is_moe;
+    if (lw.is_moe) {
+      IC_ASSIGN_OR_RETURN(L.router, im.Upload(lw.moe.router));
+      IC_ASSIGN_OR_RETURN(L.router_bias, im.Upload(lw.moe.correction_bias));
+      for (const MlpWeights& e : lw.moe.experts) {
+        IC_ASSIGN_OR_RETURN(Impl::Mlp m, im.UploadMlp(e));
+        L.experts.push_back(m);
+      }
+      if (lw.moe.shared) {
+        IC_ASSIGN_OR_RETURN(Impl::Mlp m, im.UploadMlp(*lw.moe.shared));
+        L.shared = m;
+      }
+    } else {
+      IC_ASSIGN_OR_RETURN(L.mlp, im.UploadMlp(lw.mlp));
+    }
+  }
+
+  // RoPE tables.
+  const int rope_dim = c.mla ? c.qk_rope_head_dim : c.head_dim;
+  RopeTables rope = ComputeRope(c.rope, rope_dim, c.max_position_embeddings);
+  IC_ASSIGN_OR_RETURN(im.rope_inv_freq, im.UploadVector(rope.inv_freq));
+  im.rope_scaling = rope.attention_scaling;
+  if (c.has_indexer) {
+    RopeTables ix_rope = ComputeRope(c.rope, c.index_rope_head_dim, c.max_position_embeddings);
+    IC_ASSIGN_OR_RETURN(im.ix_rope_inv_freq, im.UploadVector(ix_rope.inv_freq));
+    im.ix_rope_scaling = ix_rope.attention_scaling;
+  }
+  im.softmax_scale = AttentionSoftmaxScale(c);
+
+  // Caches.
+  im.num_blocks = (options.max_tokens + options.block_size - 1) / options.block_size;
+  im.num_slots = im.num_blocks * options.block_size;
+  if (c.mla) {
+    im.kv_entry = c.kv_lora_rank + c.qk_rope_head_dim;
+  } else {
+    im.kv_entry = c.num_key_value_heads * c.head_dim;
+    im.v_entry = im.kv_entry;
+  }
+  auto alloc_cache = [&](int entry) -> absl::StatusOr<float*> {
+    const size_t bytes = static_cast<size_t>(im.num_slots) * entry * sizeof(float);
+    absl::StatusOr<void*> p = im.backend->Allocate(bytes);
+    if (!p.ok()) {
+      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate the cache for max_tokens=",
+                                                       options.max_tokens, " (", bytes, " bytes per layer): ",
+                                                       p.status().message()));
+    }
+    return static_cast<float*>(*p);
+  };
+  im.k_cache.assign(c.num_hidden_layers, nullptr);
+  im.v_cache.assign(c.num_hidden_layers, nullptr);
+  im.index_k_cache.assign(c.num_hidden_layers, nullptr);
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    IC_ASSIGN_OR_RETURN(im.k_cache[i], alloc_cache(im.kv_entry));
+    if (!c.mla) {
+      IC_ASSIGN_OR_RETURN(im.v_cache[i], alloc_cache(im.v_entry));
+    }
+    if (c.has_indexer && ctx->plan_.IsFull(i)) {  // index-K cache for Full layers only
+      IC_ASSIGN_OR_RETURN(im.index_k_cache[i], alloc_cache(c.index_head_dim));
+    }
+  }
+  im.free_blocks.resize(im.num_blocks);
+  // Hand out low block ids first.
+  std::iota(im.free_blocks.rbegin(), im.free_blocks.rend(), 0);
+  return ctx;
+}
+
+absl::StatusOr<int> Context::AddSequence() {
+  const int id = impl_->next_seq_id++;
+  impl_->sequences[id] = {};
+  return id;
+}
+
+absl::Status Context::RemoveSequence(int seq_id) {
+  auto it = impl_->sequences.find(seq_id);
+  if (it == impl_->sequences.end()) return absl::NotFoundError(absl::StrCat("no sequence with id ", seq_id));
+  for (auto b = it->second.blocks.rbegin(); b != it->second.blocks.rend(); ++b) impl_->free_blocks.push_back(*b);
+  impl_->sequences.erase(it);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> Context::SequenceLength(int seq_id) const {
+  auto it = impl_->sequences.find(seq_id);
+  if (it == impl_->sequences.end()) return absl::NotFoundError(absl::StrCat("no sequence with id ", seq_id));
+  return it->second.length;
+}
+
+int64_t Context::FreeTokens() const {
+  return static_cast<int64_t>(impl_->free_blocks.size()) * options_.block_size;
+}
+
+absl::Status Context::Prefill(int seq_id, std::span<const int32_t> tokens, float* last_logits) {
+  if (tokens.empty()) return InvalidArgument("prefill of sequence ", seq_id, ": no tokens");
+  IC_ASSIGN_OR_RETURN(const int64_t start_len, SequenceLength(seq_id));
+  // Validate all chunks up front so that an error leaves the sequence as it was.
+  const int vocab = model_->config.vocab_size;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab) {
+      return InvalidArgument("token id ", tokens[i], " at index ", i, " is outside the vocabulary [0, ", vocab,
+                             ")");
+    }
+  }
+  const int64_t need_blocks =
+      (start_len + static_cast<int64_t>(tokens.size()) + options_.block_size - 1) / options_.block_size -
+      static_cast<int64_t>(impl_->sequences[seq_id].blocks.size());
+  if (need_blocks > static_cast<int64_t>(impl_->free_blocks.size())) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "KV cache full: prefill of ", tokens.size(), " tokens needs ", need_blocks, " more blocks of ",
+        options_.block_size, " tokens; ", impl_->free_blocks.size(), " are free (capacity ",
+        impl_->num_slots, " tokens)"));
+  }
+  for (size_t off = 0; off < tokens.size(); off += options_.prefill_chunk) {
+    const size_t n = std::min<size_t>(options_.prefill_chunk, tokens.size() - off);
+    Segment seg{seq_id, tokens.subspan(off, n)};
+    ForwardOutputs out;
+    if (off + n == tokens.size()) out.last_logits = last_logits;
+    absl::Status s = Forward({&seg, 1}, out);
+    if (!s.ok()) {
+      // Roll back the chunks already appended.
+      Impl::Sequence& sq = impl_->sequences[seq_id];
+      sq.length = start_len;
+      const size_t keep = (start_len + options_.block_size - 1) / options_.block_size;
+      while (sq.blocks.size() > keep) {
+        impl_->free_blocks.push_back(sq.blocks.back());
+        sq.blocks.pop_back();
+      }
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Context::Decode(std::span<const int> seq_ids, std::span<const int32_t> tokens, float* logits) {
+  if (seq_ids.size() != tokens.size()) {
+    return InvalidArgument("decode: ", seq_ids.size(), " sequence ids but ", tokens.size(), " tokens");
+  }
+  if (seq_ids.empty()) return InvalidArgument("decode: empty batch");
+  std::vector<Segment> segs(seq_ids.size());
+  for (size_t i = 0; i < seq_ids.size(); ++i) segs[i] = {seq_ids[i], tokens.subspan(i, 1)};
+  ForwardOutputs out;
+  out.last_logits = logits;
+  return Forward(segs, out);
+}
+
+absl::StatusOr<LossResult> Context::EvalLoss(std::span<const int32_t> tokens) {
+  if (tokens.size() < 2) return InvalidArgument("loss needs at least 2 tokens, got ", tokens.size());
+  const int64_t capacity = FreeTokens();
+  if (static_cast<int64_t>(tokens.size()) > capacity) {
+    return absl::ResourceExhaustedError(absl::StrCat("loss over ", tokens.size(), " tokens: only ", capacity,
+                                                     " tokens of KV cache are free"));
+  }
+  IC_ASSIGN_OR_RETURN(int seq, AddSequence());
+  double total = 0;
+  std::vector<float> losses;
+  absl::Status status;
+  for (size_t off = 0; off < tokens.size() && status.ok(); off += options_.prefill_chunk) {
+    const size_t n = std::min<size_t>(options_.prefill_chunk, tokens.size() - off);
+    Segment seg{seq, tokens.subspan(off, n)};
+    std::vector<int32_t> targets(n);
+    for (size_t i = 0; i < n; ++i) targets[i] = off + i + 1 < tokens.size() ? tokens[off + i + 1] : -1;
+    losses.assign(n, 0.0f);
+    ForwardOutputs out;
+    out.targets = targets;
+    out.token_loss = losses.data();
+    status = Forward({&seg, 1}, out);
+    for (float l : losses) total += l;
+  }
+  IC_RETURN_IF_ERROR(RemoveSequence(seq));
+  IC_RETURN_IF_ERROR(status);
+  LossResult r;
+  r.tokens = static_cast<int64_t>(tokens.size()) - 1;
+  r.mean_loss = total / static_cast<double>(r.tokens);
+  return r;
+}
+
+}  // namespace ic

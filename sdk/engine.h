@@ -1,0 +1,121 @@
+// The DSA runtime: a context holds many sequences over a paged KV cache and runs prefill and decode
+// with an IndexCache plan (DESIGN.md §3–4).
+//
+// One layer, Full or Shared:
+//   x ─► RMSNorm ─► q path + KV cache append
+//     Full:   lightning indexer ─► index scores ─► top-k (and index-K cache append)
+//     Shared: reuse the top-k buffer written by the nearest preceding Full layer
+//   sparse attention over the top-k ─► o_proj ─► + x ─► RMSNorm ─► MLP or MoE ─► + x
+//
+// Caches: paged, block size 64 tokens (ContextOptions::block_size). The KV cache has one entry per token
+// and layer (MLA: the kv_lora_rank latent + the rope key; GQA: K and V of the KV heads). The index-K cache
+// exists for Full layers only. A sequence holds ceil(len / block_size) blocks shared by all layers.
+//
+// Thread safety: a Context is not thread-safe; forward passes on one context are serialised by the
+// caller. Different contexts may run concurrently (they share the read-only Model).
+//
+//   IC_ASSIGN_OR_RETURN(auto ctx, Context::Create(model, {.plan = "FSSSFSSS"}));
+//   IC_ASSIGN_OR_RETURN(int seq, ctx->AddSequence());
+//   std::vector<float> logits(model->config.vocab_size);
+//   IC_RETURN_IF_ERROR(ctx->Prefill(seq, prompt, logits.data()));
+//   IC_RETURN_IF_ERROR(ctx->Decode({seq}, {next_token}, logits.data()));
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "sdk/metrics.h"
+#include "sdk/plan.h"
+#include "sdk/weights.h"
+
+namespace ic {
+
+struct ContextOptions {
+  kernels::DeviceKind device = kernels::DeviceKind::kCpu;
+  int device_ordinal = 0;
+  int64_t max_tokens = 16384;  // KV capacity over all sequences, in tokens (rounded up to blocks)
+  int block_size = 64;
+  int prefill_chunk = 512;     // tokens per prefill forward pass
+  std::string plan;            // F/S string overriding the model's plan ("" = the model's)
+  bool record_metrics = true;  // time the indexer at Full layers (synchronises the device around it)
+};
+
+// One contiguous run of new tokens of one sequence inside a forward pass.
+struct Segment {
+  int seq_id = 0;
+  std::span<const int32_t> tokens;
+};
+
+// What a forward pass returns.
+struct ForwardOutputs {
+  // Logits of the last token of each segment: [segments, vocab] (when non-null).
+  float* last_logits = nullptr;
+  // Logits of every token of the pass: [tokens, vocab] (when non-null).
+  float* all_logits = nullptr;
+  // Per-layer top-k indices used by attention, [tokens, index_topk] each (when non-null; Full and
+  // Shared layers alike, so tests can check reuse). Filled with host copies.
+  std::map<int, std::vector<int32_t>>* topk_by_layer = nullptr;
+  // Next-token loss: token_loss[t] = −log p(targets[t] | …) for targets[t] >= 0, else 0 ([tokens]).
+  std::span<const int32_t> targets;
+  float* token_loss = nullptr;
+};
+
+struct LossResult {
+  double mean_loss = 0;     // mean next-token cross-entropy (nats)
+  int64_t tokens = 0;       // predicted tokens (len − 1)
+  double perplexity() const;
+};
+
+class Context {
+ public:
+  static absl::StatusOr<std::unique_ptr<Context>> Create(std::shared_ptr<const Model> model,
+                                                         const ContextOptions& options = {});
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  const Model& model() const { return *model_; }
+  const Plan& plan() const { return plan_; }
+  const ContextOptions& options() const { return options_; }
+  kernels::Backend& backend() { return *backend_; }
+
+  // Sequences. AddSequence returns a new id; RemoveSequence frees its blocks (NotFound for unknown ids).
+  absl::StatusOr<int> AddSequence();
+  absl::Status RemoveSequence(int seq_id);
+  absl::StatusOr<int64_t> SequenceLength(int seq_id) const;
+  int64_t FreeTokens() const;  // tokens that fit in the free blocks
+
+  // Appends `tokens` to a sequence in chunks of prefill_chunk; writes the last token's logits
+  // [vocab] to `last_logits` when non-null. On error, the sequence is left as it was.
+  absl::Status Prefill(int seq_id, std::span<const int32_t> tokens, float* last_logits = nullptr);
+
+  // One decode step for several sequences (mixed lengths): appends tokens[i] to seq_ids[i];
+  // logits [n, vocab]. On error, every sequence is left as it was.
+  absl::Status Decode(std::span<const int> seq_ids, std::span<const int32_t> tokens, float* logits);
+
+  // Next-token LM loss of `tokens` as a fresh sequence (prefilled in chunks, then removed).
+  absl::StatusOr<LossResult> EvalLoss(std::span<const int32_t> tokens);
+
+  // The general forward pass (all of the above use it). Validates every token id and the capacity
+  // before touching any state; on error every sequence is left as it was.
+  absl::Status Forward(std::span<const Segment> segments, const ForwardOutputs& outputs);
+
+ private:
+  struct Impl;
+  Context() = default;
+  std::shared_ptr<const Model> model_;
+  Plan plan_;
+  ContextOptions options_;
+  std::unique_ptr<kernels::Backend> backend_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ic

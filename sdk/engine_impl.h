@@ -1,0 +1,141 @@
+// Private to the engine: the state behind Context (weights in backend memory, caches, sequences).
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "sdk/engine.h"
+#include "sdk/status.h"
+
+namespace ic {
+
+using kernels::Backend;
+using kernels::DeviceKind;
+
+inline double NowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// A buffer in backend memory that grows on demand (contents are not preserved on growth).
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { Release(); }
+
+  absl::Status Reserve(Backend* backend, size_t bytes) {
+    if (bytes <= capacity_) return absl::OkStatus();
+    Release();
+    backend_ = backend;
+    IC_ASSIGN_OR_RETURN(ptr_, backend->Allocate(bytes));
+    capacity_ = bytes;
+    return absl::OkStatus();
+  }
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr_); }
+
+ private:
+  void Release() {
+    if (ptr_ != nullptr) backend_->Free(ptr_);
+    ptr_ = nullptr;
+    capacity_ = 0;
+  }
+  Backend* backend_ = nullptr;
+  void* ptr_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+struct Context::Impl {
+  // Weights in backend memory (CPU: pointers into the Model's host tensors, no copy).
+  struct Mlp { const float *gate = nullptr, *up = nullptr, *down = nullptr; int inter = 0; };
+  struct Layer {
+    const float *input_norm, *post_norm;
+    const float *q_proj, *k_proj, *v_proj;
+    const float *q_a_proj, *q_a_norm, *q_b_proj, *kv_a_proj, *kv_a_norm, *kv_b_proj, *o_proj;
+    const float *ix_wq = nullptr, *ix_wk = nullptr, *ix_norm_w = nullptr, *ix_norm_b = nullptr,
+                *ix_weights = nullptr;
+    bool is_moe = false;
+    Mlp mlp;
+    const float *router = nullptr, *router_bias = nullptr;
+    std::vector<Mlp> experts;
+    std::optional<Mlp> shared;
+  };
+  const float* embed = nullptr;
+  const float* final_norm = nullptr;
+  const float* lm_head = nullptr;
+  std::vector<Layer> layers;
+  std::vector<void*> owned;  // device allocations made for weights (CUDA)
+
+  const float* rope_inv_freq = nullptr;     // main attention rope
+  float rope_scaling = 1.0f;
+  const float* ix_rope_inv_freq = nullptr;  // indexer rope
+  float ix_rope_scaling = 1.0f;
+  float softmax_scale = 1.0f;
+
+  // Caches: [num_slots, entry] per layer.
+  int64_t num_blocks = 0;
+  int64_t num_slots = 0;
+  int kv_entry = 0, v_entry = 0;             // MLA: kv_entry = kv_lora + rope, v unused; GQA: K / V entries
+  std::vector<float*> k_cache, v_cache, index_k_cache;
+  std::vector<int> free_blocks;
+
+  struct Sequence {
+    std::vector<int> blocks;
+    int64_t length = 0;
+  };
+  std::unordered_map<int, Sequence> sequences;
+  int next_seq_id = 1;
+
+  std::unordered_map<std::string, DeviceBuffer> scratch;
+  Backend* backend = nullptr;
+
+  ~Impl() {
+    for (void* p : owned) backend->Free(p);
+    for (float* p : k_cache) if (p) backend->Free(p);
+    for (float* p : v_cache) if (p) backend->Free(p);
+    for (float* p : index_k_cache) if (p) backend->Free(p);
+  }
+
+  template <typename T>
+  absl::StatusOr<T*> Scratch(const std::string& name, size_t count) {
+    IC_RETURN_IF_ERROR(scratch[name].Reserve(backend, std::max<size_t>(count, 1) * sizeof(T)));
+    return scratch[name].as<T>();
+  }
+
+  absl::StatusOr<const float*> Upload(const HostTensor& t) {
+    if (t.empty()) return nullptr;
+    if (backend->kind() == DeviceKind::kCpu) return t.data.data();
+    const size_t bytes = t.data.size() * sizeof(float);
+    IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(bytes));
+    owned.push_back(p);
+    IC_RETURN_IF_ERROR(backend->CopyToDevice(p, t.data.data(), bytes));
+    return static_cast<const float*>(p);
+  }
+  absl::StatusOr<const float*> UploadVector(const std::vector<float>& v) {
+    HostTensor t;
+    t.shape = {static_cast<int64_t>(v.size())};
+    t.data = v;
+    if (backend->kind() == DeviceKind::kCpu) {
+      // Keep CPU copies alive in `host_keep`.
+      host_keep.push_back(std::move(t.data));
+      return host_keep.back().data();
+    }
+    return Upload(t);
+  }
+  std::vector<std::vector<float>> host_keep;
+
+  absl::StatusOr<Mlp> UploadMlp(const MlpWeights& w) {
+    Mlp m;
+    IC_ASSIGN_OR_RETURN(m.gate, Upload(w.gate));
+    IC_ASSIGN_OR_RETURN(m.up, Upload(w.up));
+    IC_ASSIGN_OR_RETURN(m.down, Upload(w.down));
+    m.inter = static_cast<int>(w.gate.rows());
+    return m;
+  }
+};
+
+}  // namespace ic

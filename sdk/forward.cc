@@ -1,0 +1,483 @@
+// The forward pass of Context (engine.h): one call per op, in the order of DESIGN.md §4.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "sdk/engine_impl.h"
+
+namespace ic {
+namespace {
+
+using kernels::CacheWriteArgs;
+using kernels::Copy2DArgs;
+using kernels::GemmArgs;
+using kernels::NormArgs;
+using kernels::RopeArgs;
+using kernels::RopeStyle;
+using kernels::RowsArgs;
+using kernels::TokenLayout;
+
+// out[T, out_dim] = alpha · in[T, in_dim] · W[out_dim, in_dim]ᵀ  (an HF Linear without bias).
+absl::Status Linear(Backend& b, float* out, const float* in, const float* w, int tokens, int out_dim,
+                    int in_dim, float alpha = 1.0f, int ld_in = 0, int ld_out = 0) {
+  GemmArgs g;
+  g.c = out;
+  g.a = in;
+  g.b = w;
+  g.m = tokens;
+  g.n = out_dim;
+  g.k = in_dim;
+  g.lda = ld_in;
+  g.ldc = ld_out;
+  g.alpha = alpha;
+  return b.Gemm(g);
+}
+
+absl::Status Accumulate(Backend& b, float* dst, const float* src, int rows, int cols) {
+  Copy2DArgs a;
+  a.dst = dst;
+  a.src = src;
+  a.rows = rows;
+  a.cols = cols;
+  a.accumulate = true;
+  return b.Copy2D(a);
+}
+
+}  // namespace
+
+absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOutputs& outputs) {
+  Impl& im = *impl_;
+  Backend& be = *backend_;
+  const ModelConfig& c = model_->config;
+  if (segments.empty()) return InvalidArgument("forward pass with no segments");
+
+  // ---- Validate everything before touching state.
+  int total = 0;
+  std::vector<int64_t> start(segments.size());
+  int64_t new_blocks = 0;
+  for (size_t s = 0; s < segments.size(); ++s) {
+    const Segment& seg = segments[s];
+    auto it = im.sequences.find(seg.seq_id);
+    if (it == im.sequences.end()) return absl::NotFoundError(absl::StrCat("no sequence with id ", seg.seq_id));
+    for (size_t p = 0; p < s; ++p) {
+      if (segments[p].seq_id == seg.seq_id) {
+        return InvalidArgument("sequence ", seg.seq_id, " appears twice in one forward pass");
+      }
+    }
+    if (seg.tokens.empty()) return InvalidArgument("sequence ", seg.seq_id, ": segment with no tokens");
+    for (size_t i = 0; i < seg.tokens.size(); ++i) {
+      if (seg.tokens[i] < 0 || seg.tokens[i] >= c.vocab_size) {
+        return InvalidArgument("token id ", seg.tokens[i], " (sequence ", seg.seq_id, ", index ", i,
+                               ") is outside the vocabulary [0, ", c.vocab_size, ")");
+      }
+    }
+    start[s] = it->second.length;
+    const int64_t end = start[s] + static_cast<int64_t>(seg.tokens.size());
+    new_blocks += (end + options_.block_size - 1) / options_.block_size -
+                  static_cast<int64_t>(it->second.blocks.size());
+    total += static_cast<int>(seg.tokens.size());
+  }
+  if (!outputs.targets.empty() && outputs.targets.size() != static_cast<size_t>(total)) {
+    return InvalidArgument("targets has ", outputs.targets.size(), " entries; the pass has ", total, " tokens");
+  }
+  for (int32_t t : outputs.targets) {
+    if (t >= c.vocab_size) {
+      return InvalidArgument("target token id ", t, " is outside the vocabulary [0, ", c.vocab_size, ")");
+    }
+  }
+  if (new_blocks > static_cast<int64_t>(im.free_blocks.size())) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "KV cache full: this pass needs ", new_blocks, " more blocks of ", options_.block_size, " tokens; ",
+        im.free_blocks.size(), " are free (capacity ", im.num_slots, " tokens)"));
+  }
+
+  // ---- Allocate blocks (rolled back on error) and build the token layout.
+  std::vector<std::pair<int, size_t>> grown;  // (seq, old block count)
+  for (size_t s = 0; s < segments.size(); ++s) {
+    Impl::Sequence& sq = im.sequences[segments[s].seq_id];
+    grown.emplace_back(segments[s].seq_id, sq.blocks.size());
+    const int64_t end = start[s] + static_cast<int64_t>(segments[s].tokens.size());
+    while (static_cast<int64_t>(sq.blocks.size()) * options_.block_size < end) {
+      sq.blocks.push_back(im.free_blocks.back());
+      im.free_blocks.pop_back();
+    }
+  }
+  auto rollback = [&]() {
+    for (auto& [id, old] : grown) {
+      Impl::Sequence& sq = im.sequences[id];
+      while (sq.blocks.size() > old) {
+        im.free_blocks.push_back(sq.blocks.back());
+        sq.blocks.pop_back();
+      }
+    }
+  };
+
+  const double t_pass = NowSeconds();
+  ForwardPassStats stats;
+  absl::Status status = [&]() -> absl::Status {
+    const int S = static_cast<int>(segments.size());
+    const int T = total;
+    int max_blocks = 1;
+    for (const Segment& seg : segments) {
+      max_blocks = std::max<int>(max_blocks, static_cast<int>(im.sequences[seg.seq_id].blocks.size()));
+    }
+    std::vector<int32_t> h_ids(T), h_seq(T), h_pos(T), h_slots(T), h_tables(static_cast<size_t>(S) * max_blocks, 0);
+    std::vector<int32_t> last_rows(S);
+    int t = 0;
+    for (int s = 0; s < S; ++s) {
+      const Impl::Sequence& sq = im.sequences[segments[s].seq_id];
+      std::copy(sq.blocks.begin(), sq.blocks.end(), h_tables.begin() + static_cast<size_t>(s) * max_blocks);
+      for (size_t i = 0; i < segments[s].tokens.size(); ++i, ++t) {
+        const int64_t pos = start[s] + static_cast<int64_t>(i);
+        h_ids[t] = segments[s].tokens[i];
+        h_seq[t] = s;
+        h_pos[t] = static_cast<int32_t>(pos);
+        h_slots[t] = sq.blocks[pos / options_.block_size] * options_.block_size + pos % options_.block_size;
+      }
+      last_rows[s] = t - 1;
+    }
+    IC_ASSIGN_OR_RETURN(int32_t* d_ids, im.Scratch<int32_t>("ids", T));
+    IC_ASSIGN_OR_RETURN(int32_t* d_seq, im.Scratch<int32_t>("seq", T));
+    IC_ASSIGN_OR_RETURN(int32_t* d_pos, im.Scratch<int32_t>("pos", T));
+    IC_ASSIGN_OR_RETURN(int32_t* d_slots, im.Scratch<int32_t>("slots", T));
+    IC_ASSIGN_OR_RETURN(int32_t* d_tables, im.Scratch<int32_t>("tables", h_tables.size()));
+    IC_RETURN_IF_ERROR(be.CopyToDevice(d_ids, h_ids.data(), T * sizeof(int32_t)));
+    IC_RETURN_IF_ERROR(be.CopyToDevice(d_seq, h_seq.data(), T * sizeof(int32_t)));
+    IC_RETURN_IF_ERROR(be.CopyToDevice(d_pos, h_pos.data(), T * sizeof(int32_t)));
+    IC_RETURN_IF_ERROR(be.CopyToDevice(d_slots, h_slots.data(), T * sizeof(int32_t)));
+    IC_RETURN_IF_ERROR(be.CopyToDevice(d_tables, h_tables.data(), h_tables.size() * sizeof(int32_t)));
+    TokenLayout layout;
+    layout.token_seq = d_seq;
+    layout.token_pos = d_pos;
+    layout.block_tables = d_tables;
+    layout.tokens = T;
+    layout.num_seqs = S;
+    layout.max_blocks_per_seq = max_blocks;
+    layout.block_size = options_.block_size;
+
+    const int H = c.hidden_size;
+    IC_ASSIGN_OR_RETURN(float* x, im.Scratch<float>("x", static_cast<size_t>(T) * H));
+    IC_ASSIGN_OR_RETURN(float* h, im.Scratch<float>("h", static_cast<size_t>(T) * H));
+    IC_ASSIGN_OR_RETURN(float* attn, im.Scratch<float>("attn", static_cast<size_t>(T) * H));
+    IC_RETURN_IF_ERROR(be.Embedding({.out = x, .table = im.embed, .ids = d_ids, .tokens = T, .dim = H,
+                                     .vocab = c.vocab_size}));
+
+    const int K = c.has_indexer ? c.index_topk : 0;
+    int32_t* topk = nullptr;
+    if (c.has_indexer) {
+      IC_ASSIGN_OR_RETURN(topk, im.Scratch<int32_t>("topk", static_cast<size_t>(T) * K));
+    }
+    const float eps = static_cast<float>(c.rms_norm_eps);
+
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      const Impl::Layer& L = im.layers[l];
+      IC_RETURN_IF_ERROR(be.RmsNorm({.out = h, .in = x, .weight = L.input_norm, .rows = T, .dim = H, .eps = eps}));
+
+      // ---- Attention inputs and KV cache append.
+      const float* q_latent = nullptr;  // MLA: indexer query input
+      kernels::AttentionArgs at;
+      at.layout = layout;
+      at.scale = im.softmax_scale;
+      at.num_slots = im.num_slots;
+      float* o_heads = nullptr;  // [T, heads · v_dim] (GQA) or latent output (MLA)
+      if (c.mla) {
+        const int NH = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
+        const int dv = c.v_head_dim, R = c.kv_lora_rank, QL = c.q_lora_rank, qk = dn + dr;
+        IC_ASSIGN_OR_RETURN(float* qa, im.Scratch<float>("qa", static_cast<size_t>(T) * QL));
+        IC_ASSIGN_OR_RETURN(float* q, im.Scratch<float>("q", static_cast<size_t>(T) * NH * qk));
+        IC_ASSIGN_OR_RETURN(float* kva, im.Scratch<float>("kva", static_cast<size_t>(T) * (R + dr)));
+        IC_ASSIGN_OR_RETURN(float* qabs, im.Scratch<float>("qabs", static_cast<size_t>(T) * NH * (R + dr)));
+        IC_ASSIGN_OR_RETURN(float* olat, im.Scratch<float>("olat", static_cast<size_t>(T) * NH * R));
+        IC_ASSIGN_OR_RETURN(o_heads, im.Scratch<float>("oheads", static_cast<size_t>(T) * NH * dv));
+        IC_RETURN_IF_ERROR(Linear(be, qa, h, L.q_a_proj, T, QL, H));
+        IC_RETURN_IF_ERROR(be.RmsNorm({.out = qa, .in = qa, .weight = L.q_a_norm, .rows = T, .dim = QL, .eps = eps}));
+        q_latent = qa;
+        IC_RETURN_IF_ERROR(Linear(be, q, qa, L.q_b_proj, T, NH * qk, QL));
+        IC_RETURN_IF_ERROR(Linear(be, kva, h, L.kv_a_proj, T, R + dr, H));
+        IC_RETURN_IF_ERROR(be.RmsNorm({.out = kva, .in = kva, .weight = L.kv_a_norm, .rows = T, .dim = R,
+                                       .in_stride = R + dr, .out_stride = R + dr, .eps = eps}));
+        RopeArgs rq{.x = q, .positions = d_pos, .inv_freq = im.rope_inv_freq, .tokens = T, .heads = NH,
+                    .token_stride = NH * qk, .head_stride = qk, .rot_offset = dn, .rot_dim = dr,
+                    .attention_scaling = im.rope_scaling, .style = RopeStyle::kInterleaved};
+        IC_RETURN_IF_ERROR(be.Rope(rq));
+        RopeArgs rk = rq;
+        rk.x = kva;
+        rk.heads = 1;
+        rk.token_stride = R + dr;
+        rk.head_stride = R + dr;
+        rk.rot_offset = R;
+        IC_RETURN_IF_ERROR(be.Rope(rk));
+        IC_RETURN_IF_ERROR(be.CacheWrite({.cache = im.k_cache[l], .src = kva, .slots = d_slots, .tokens = T,
+                                          .dim = R + dr, .cache_stride = R + dr, .src_stride = R + dr,
+                                          .num_slots = im.num_slots}));
+        // Absorbed MLA: q_abs[t, h, :R] = q_nope[t, h] · W_UK[h] (W_UK[h]: rows h·(dn+dv)… of kv_b, [dn, R]).
+        GemmArgs ab;
+        ab.c = qabs;
+        ab.a = q;
+        ab.b = L.kv_b_proj;
+        ab.m = T;
+        ab.n = R;
+        ab.k = dn;
+        ab.lda = NH * qk;
+        ab.ldb = R;
+        ab.ldc = NH * (R + dr);
+        ab.b_transposed = false;
+        ab.batch = NH;
+        ab.stride_a = qk;
+        ab.stride_b = static_cast<int64_t>(dn + dv) * R;
+        ab.stride_c = R + dr;
+        IC_RETURN_IF_ERROR(be.Gemm(ab));
+        IC_RETURN_IF_ERROR(be.Copy2D({.dst = qabs + R, .src = q + dn, .rows = T * NH, .cols = dr,
+                                      .dst_stride = R + dr, .src_stride = qk}));
+        at.out = olat;
+        at.q = qabs;
+        at.k_cache = im.k_cache[l];
+        at.v_cache = im.k_cache[l];
+        at.k_stride = at.v_stride = R + dr;
+        at.q_heads = NH;
+        at.kv_heads = 1;
+        at.qk_dim = R + dr;
+        at.v_dim = R;
+      } else {
+        const int NH = c.num_attention_heads, NKV = c.num_key_value_heads, D = c.head_dim;
+        IC_ASSIGN_OR_RETURN(float* q, im.Scratch<float>("q", static_cast<size_t>(T) * NH * D));
+        IC_ASSIGN_OR_RETURN(float* k, im.Scratch<float>("k", static_cast<size_t>(T) * NKV * D));
+        IC_ASSIGN_OR_RETURN(float* v, im.Scratch<float>("v", static_cast<size_t>(T) * NKV * D));
+        IC_ASSIGN_OR_RETURN(o_heads, im.Scratch<float>("oheads", static_cast<size_t>(T) * NH * D));
+        IC_RETURN_IF_ERROR(Linear(be, q, h, L.q_proj, T, NH * D, H));
+        IC_RETURN_IF_ERROR(Linear(be, k, h, L.k_proj, T, NKV * D, H));
+        IC_RETURN_IF_ERROR(Linear(be, v, h, L.v_proj, T, NKV * D, H));
+        RopeArgs rq{.x = q, .positions = d_pos, .inv_freq = im.rope_inv_freq, .tokens = T, .heads = NH,
+                    .token_stride = NH * D, .head_stride = D, .rot_offset = 0, .rot_dim = D,
+                    .attention_scaling = im.rope_scaling, .style = RopeStyle::kNeox};
+        IC_RETURN_IF_ERROR(be.Rope(rq));
+        RopeArgs rk = rq;
+        rk.x = k;
+        rk.heads = NKV;
+        rk.token_stride = NKV * D;
+        IC_RETURN_IF_ERROR(be.Rope(rk));
+        IC_RETURN_IF_ERROR(be.CacheWrite({.cache = im.k_cache[l], .src = k, .slots = d_slots, .tokens = T,
+                                          .dim = NKV * D, .cache_stride = NKV * D, .src_stride = NKV * D,
+                                          .num_slots = im.num_slots}));
+        IC_RETURN_IF_ERROR(be.CacheWrite({.cache = im.v_cache[l], .src = v, .slots = d_slots, .tokens = T,
+                                          .dim = NKV * D, .cache_stride = NKV * D, .src_stride = NKV * D,
+                                          .num_slots = im.num_slots}));
+        at.out = o_heads;
+        at.q = q;
+        at.k_cache = im.k_cache[l];
+        at.v_cache = im.v_cache[l];
+        at.k_stride = at.v_stride = NKV * D;
+        at.q_heads = NH;
+        at.kv_heads = NKV;
+        at.qk_dim = D;
+        at.v_dim = D;
+      }
+
+      // ---- Lightning indexer (Full layers) or reuse (Shared layers).
+      if (c.has_indexer) {
+        if (plan_.IsFull(l)) {
+          if (options_.record_metrics) IC_RETURN_IF_ERROR(be.Synchronize());
+          const double t0 = NowSeconds();
+          const int HI = c.index_n_heads, dI = c.index_head_dim;
+          const int q_in = c.mla ? c.q_lora_rank : H;
+          IC_ASSIGN_OR_RETURN(float* qi, im.Scratch<float>("ix_q", static_cast<size_t>(T) * HI * dI));
+          IC_ASSIGN_OR_RETURN(float* ki, im.Scratch<float>("ix_k", static_cast<size_t>(T) * dI));
+          IC_ASSIGN_OR_RETURN(float* wi, im.Scratch<float>("ix_w", static_cast<size_t>(T) * HI));
+          IC_RETURN_IF_ERROR(Linear(be, qi, c.mla ? q_latent : h, L.ix_wq, T, HI * dI, q_in));
+          IC_RETURN_IF_ERROR(Linear(be, ki, h, L.ix_wk, T, dI, H));
+          IC_RETURN_IF_ERROR(be.LayerNorm({.out = ki, .in = ki, .weight = L.ix_norm_w, .bias = L.ix_norm_b,
+                                           .rows = T, .dim = dI, .eps = 1e-6f}));
+          // w scaled by H_I^-½ · d_I^-½ (DeepSeek-V3.2 reference; HF: weights · H^-½, scores · d^-½).
+          const float w_scale = 1.0f / std::sqrt(static_cast<float>(HI)) / std::sqrt(static_cast<float>(dI));
+          IC_RETURN_IF_ERROR(Linear(be, wi, h, L.ix_weights, T, HI, H, w_scale));
+          const RopeStyle style = c.indexer_rope_interleave ? RopeStyle::kInterleaved : RopeStyle::kNeox;
+          RopeArgs rq{.x = qi, .positions = d_pos, .inv_freq = im.ix_rope_inv_freq, .tokens = T, .heads = HI,
+                      .token_stride = HI * dI, .head_stride = dI, .rot_offset = 0,
+                      .rot_dim = c.index_rope_head_dim, .attention_scaling = im.ix_rope_scaling, .style = style};
+          IC_RETURN_IF_ERROR(be.Rope(rq));
+          RopeArgs rk = rq;
+          rk.x = ki;
+          rk.heads = 1;
+          rk.token_stride = dI;
+          IC_RETURN_IF_ERROR(be.Rope(rk));
+          IC_RETURN_IF_ERROR(be.CacheWrite({.cache = im.index_k_cache[l], .src = ki, .slots = d_slots,
+                                            .tokens = T, .dim = dI, .cache_stride = dI, .src_stride = dI,
+                                            .num_slots = im.num_slots}));
+          kernels::IndexerArgs ia;
+          ia.indices = topk;
+          ia.q = qi;
+          ia.w = wi;
+          ia.k_cache = im.index_k_cache[l];
+          ia.k_stride = dI;
+          ia.num_slots = im.num_slots;
+          ia.heads = HI;
+          ia.head_dim = dI;
+          ia.k = K;
+          ia.layout = layout;
+          IC_RETURN_IF_ERROR(be.IndexerTopk(ia));
+          if (options_.record_metrics) IC_RETURN_IF_ERROR(be.Synchronize());
+          stats.full_indexer_seconds.push_back(NowSeconds() - t0);
+        } else {
+          ++stats.shared_layers;
+        }
+        at.topk = topk;
+        at.topk_k = K;
+        if (outputs.topk_by_layer != nullptr) {
+          std::vector<int32_t>& dst = (*outputs.topk_by_layer)[l];
+          dst.resize(static_cast<size_t>(T) * K);
+          IC_RETURN_IF_ERROR(be.CopyToHost(dst.data(), topk, dst.size() * sizeof(int32_t)));
+        }
+      }
+      IC_RETURN_IF_ERROR(be.Attention(at));
+
+      // ---- Output projection.
+      if (c.mla) {
+        const int NH = c.num_attention_heads, dn = c.qk_nope_head_dim, dv = c.v_head_dim, R = c.kv_lora_rank;
+        // o[t, h] = olat[t, h] · W_UV[h]ᵀ (W_UV[h]: rows h·(dn+dv)+dn … of kv_b, [dv, R]).
+        GemmArgs uv;
+        uv.c = o_heads;
+        uv.a = at.out;
+        uv.b = L.kv_b_proj + static_cast<size_t>(dn) * R;
+        uv.m = T;
+        uv.n = dv;
+        uv.k = R;
+        uv.lda = NH * R;
+        uv.ldb = R;
+        uv.ldc = NH * dv;
+        uv.batch = NH;
+        uv.stride_a = R;
+        uv.stride_b = static_cast<int64_t>(dn + dv) * R;
+        uv.stride_c = dv;
+        IC_RETURN_IF_ERROR(be.Gemm(uv));
+        IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, NH * dv));
+      } else {
+        IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, c.num_attention_heads * c.head_dim));
+      }
+      IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
+
+      // ---- FFN: dense SwiGLU MLP or MoE.
+      IC_RETURN_IF_ERROR(be.RmsNorm({.out = h, .in = x, .weight = L.post_norm, .rows = T, .dim = H, .eps = eps}));
+      auto run_mlp = [&](const Impl::Mlp& m, const float* in, float* out, int rows) -> absl::Status {
+        IC_ASSIGN_OR_RETURN(float* gate, im.Scratch<float>("mlp_gate", static_cast<size_t>(rows) * m.inter));
+        IC_ASSIGN_OR_RETURN(float* up, im.Scratch<float>("mlp_up", static_cast<size_t>(rows) * m.inter));
+        IC_RETURN_IF_ERROR(Linear(be, gate, in, m.gate, rows, m.inter, H));
+        IC_RETURN_IF_ERROR(Linear(be, up, in, m.up, rows, m.inter, H));
+        IC_RETURN_IF_ERROR(be.SiluMul({.out = gate, .gate = gate, .up = up, .tokens = rows, .dim = m.inter}));
+        return Linear(be, out, gate, m.down, rows, H, m.inter);
+      };
+      if (!L.is_moe) {
+        IC_RETURN_IF_ERROR(run_mlp(L.mlp, h, attn, T));
+        IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
+        continue;
+      }
+      const int E = c.n_routed_experts, TK = c.num_experts_per_tok;
+      IC_ASSIGN_OR_RETURN(float* logits, im.Scratch<float>("router_logits", static_cast<size_t>(T) * E));
+      IC_ASSIGN_OR_RETURN(int32_t* eid, im.Scratch<int32_t>("expert_ids", static_cast<size_t>(T) * TK));
+      IC_ASSIGN_OR_RETURN(float* ew, im.Scratch<float>("expert_w", static_cast<size_t>(T) * TK));
+      IC_RETURN_IF_ERROR(Linear(be, logits, h, L.router, T, E, H));
+      IC_RETURN_IF_ERROR(be.MoeRoute({.expert_ids = eid, .expert_weights = ew, .logits = logits,
+                                      .bias = L.router_bias, .tokens = T, .experts = E, .top_k = TK,
+                                      .n_group = c.n_group, .topk_group = c.topk_group,
+                                      .norm_topk_prob = c.norm_topk_prob,
+                                      .routed_scaling_factor = static_cast<float>(c.routed_scaling_factor)}));
+      // Shared experts first (into attn), then routed experts scatter-added.
+      if (L.shared) {
+        IC_RETURN_IF_ERROR(run_mlp(*L.shared, h, attn, T));
+      } else {
+        IC_RETURN_IF_ERROR(be.Memset(attn, 0, static_cast<size_t>(T) * H * sizeof(float)));
+      }
+      std::vector<int32_t> h_eid(static_cast<size_t>(T) * TK);
+      std::vector<float> h_ew(h_eid.size());
+      IC_RETURN_IF_ERROR(be.CopyToHost(h_eid.data(), eid, h_eid.size() * sizeof(int32_t)));
+      IC_RETURN_IF_ERROR(be.CopyToHost(h_ew.data(), ew, h_ew.size() * sizeof(float)));
+      std::vector<std::vector<int32_t>> rows_of(E);
+      std::vector<std::vector<float>> w_of(E);
+      for (int r = 0; r < T; ++r) {
+        for (int j = 0; j < TK; ++j) {
+          const int e = h_eid[static_cast<size_t>(r) * TK + j];
+          if (e < 0 || e >= E) return absl::InternalError(absl::StrCat("router chose expert ", e));
+          rows_of[e].push_back(r);
+          w_of[e].push_back(h_ew[static_cast<size_t>(r) * TK + j]);
+        }
+      }
+      std::vector<int32_t> all_rows;
+      std::vector<float> all_w;
+      std::vector<size_t> offset(E + 1, 0);
+      for (int e = 0; e < E; ++e) {
+        offset[e] = all_rows.size();
+        all_rows.insert(all_rows.end(), rows_of[e].begin(), rows_of[e].end());
+        all_w.insert(all_w.end(), w_of[e].begin(), w_of[e].end());
+      }
+      offset[E] = all_rows.size();
+      IC_ASSIGN_OR_RETURN(int32_t* d_rows, im.Scratch<int32_t>("moe_rows", all_rows.size()));
+      IC_ASSIGN_OR_RETURN(float* d_w, im.Scratch<float>("moe_w", all_w.size()));
+      IC_RETURN_IF_ERROR(be.CopyToDevice(d_rows, all_rows.data(), all_rows.size() * sizeof(int32_t)));
+      IC_RETURN_IF_ERROR(be.CopyToDevice(d_w, all_w.data(), all_w.size() * sizeof(float)));
+      IC_ASSIGN_OR_RETURN(float* gathered, im.Scratch<float>("moe_in", static_cast<size_t>(T) * H));
+      IC_ASSIGN_OR_RETURN(float* eout, im.Scratch<float>("moe_out", static_cast<size_t>(T) * H));
+      for (int e = 0; e < E; ++e) {
+        const int n = static_cast<int>(offset[e + 1] - offset[e]);
+        if (n == 0) continue;
+        IC_RETURN_IF_ERROR(be.GatherRows({.out = gathered, .in = h, .rows = d_rows + offset[e], .count = n, .dim = H}));
+        IC_RETURN_IF_ERROR(run_mlp(L.experts[e], gathered, eout, n));
+        IC_RETURN_IF_ERROR(be.ScatterAddRows({.out = attn, .in = eout, .rows = d_rows + offset[e],
+                                              .scale = d_w + offset[e], .count = n, .dim = H}));
+      }
+      IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
+    }
+
+    // ---- Final norm + LM head, only on the rows asked for.
+    auto head = [&](const int32_t* h_rows, int n, float* host_out, bool want_loss) -> absl::Status {
+      IC_ASSIGN_OR_RETURN(int32_t* d_rows, im.Scratch<int32_t>("head_rows", n));
+      IC_ASSIGN_OR_RETURN(float* rows, im.Scratch<float>("head_in", static_cast<size_t>(n) * H));
+      IC_ASSIGN_OR_RETURN(float* logits, im.Scratch<float>("logits", static_cast<size_t>(n) * c.vocab_size));
+      IC_RETURN_IF_ERROR(be.CopyToDevice(d_rows, h_rows, n * sizeof(int32_t)));
+      IC_RETURN_IF_ERROR(be.GatherRows({.out = rows, .in = x, .rows = d_rows, .count = n, .dim = H}));
+      IC_RETURN_IF_ERROR(be.RmsNorm({.out = rows, .in = rows, .weight = im.final_norm, .rows = n, .dim = H, .eps = eps}));
+      IC_RETURN_IF_ERROR(Linear(be, logits, rows, im.lm_head, n, c.vocab_size, H));
+      if (host_out != nullptr) {
+        IC_RETURN_IF_ERROR(be.CopyToHost(host_out, logits, static_cast<size_t>(n) * c.vocab_size * sizeof(float)));
+      }
+      if (want_loss) {
+        IC_ASSIGN_OR_RETURN(int32_t* d_tgt, im.Scratch<int32_t>("targets", n));
+        IC_ASSIGN_OR_RETURN(float* d_loss, im.Scratch<float>("loss", n));
+        IC_RETURN_IF_ERROR(be.CopyToDevice(d_tgt, outputs.targets.data(), n * sizeof(int32_t)));
+        IC_RETURN_IF_ERROR(be.CrossEntropy({.loss = d_loss, .logits = logits, .targets = d_tgt, .tokens = n,
+                                            .vocab = c.vocab_size}));
+        IC_RETURN_IF_ERROR(be.CopyToHost(outputs.token_loss, d_loss, n * sizeof(float)));
+      }
+      return absl::OkStatus();
+    };
+    if (outputs.all_logits != nullptr || outputs.token_loss != nullptr) {
+      if (outputs.token_loss != nullptr && outputs.targets.empty()) {
+        return InvalidArgument("token_loss requested without targets");
+      }
+      std::vector<int32_t> all(T);
+      std::iota(all.begin(), all.end(), 0);
+      IC_RETURN_IF_ERROR(head(all.data(), T, outputs.all_logits, outputs.token_loss != nullptr));
+    }
+    if (outputs.last_logits != nullptr) IC_RETURN_IF_ERROR(head(last_rows.data(), S, outputs.last_logits, false));
+    return be.Synchronize();
+  }();
+
+  if (!status.ok()) {
+    rollback();
+    return status;
+  }
+  for (size_t s = 0; s < segments.size(); ++s) {
+    im.sequences[segments[s].seq_id].length = start[s] + static_cast<int64_t>(segments[s].tokens.size());
+  }
+  if (options_.record_metrics) {
+    const bool decode = std::all_of(segments.begin(), segments.end(),
+                                    [](const Segment& s) { return s.tokens.size() == 1; }) &&
+                        start[0] > 0;
+    stats.phase = decode ? Phase::kDecode : Phase::kPrefill;
+    stats.seconds = NowSeconds() - t_pass;
+    stats.tokens = total;
+    Metrics::Global().RecordForwardPass(stats);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ic

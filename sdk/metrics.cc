@@ -1,0 +1,262 @@
+// Prometheus metrics (prometheus-cpp), DESIGN.md §6. See metrics.h.
+#include "sdk/metrics.h"
+
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <mutex>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "prometheus/counter.h"
+#include "prometheus/exposer.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+
+namespace ic {
+namespace {
+
+// Wall times of one pass: 1 ms .. 100 s, 1-2.5-5 steps.
+const prometheus::Histogram::BucketBoundaries& SecondsBuckets() {
+  static const auto* b = new prometheus::Histogram::BucketBoundaries{
+      0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100};
+  return *b;
+}
+
+// Overlap ratios live in [0, 1]; audits care most about the top end.
+const prometheus::Histogram::BucketBoundaries& RatioBuckets() {
+  static const auto* b = new prometheus::Histogram::BucketBoundaries{
+      0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0};
+  return *b;
+}
+
+bool Countable(double v) { return std::isfinite(v) && v >= 0; }
+
+// Checks "host:port", "[v6]:port", ":port" or "port" the way civetweb will parse it, so that a typo is
+// InvalidArgument rather than a bind failure. Returns the port.
+absl::Status ValidateAddress(const std::string& address) {
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics exposer address \"", address, "\" is invalid: ", why,
+                     " (expected host:port with an IP address, e.g. 127.0.0.1:9464 or [::1]:9464)"));
+  };
+  if (address.empty()) return bad("empty");
+  absl::string_view host, port = address;
+  const size_t colon = address.rfind(':');
+  if (colon != std::string::npos) {
+    host = absl::string_view(address).substr(0, colon);
+    port = absl::string_view(address).substr(colon + 1);
+  }
+  if (port.empty() || port.size() > 5 ||
+      !std::all_of(port.begin(), port.end(), [](char c) { return absl::ascii_isdigit(c); })) {
+    return bad(absl::StrCat("port \"", port, "\" is not a number"));
+  }
+  int port_number = 0;
+  if (!absl::SimpleAtoi(port, &port_number) || port_number > 65535) {
+    return bad(absl::StrCat("port ", port, " is out of range 0..65535"));
+  }
+  if (host.empty()) return absl::OkStatus();
+  unsigned char buf[16];
+  if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']') return bad("unbalanced brackets around the IPv6 host");
+    const std::string v6(host.substr(1, host.size() - 2));
+    if (inet_pton(AF_INET6, v6.c_str(), buf) != 1) return bad(absl::StrCat("\"", v6, "\" is not IPv6"));
+    return absl::OkStatus();
+  }
+  const std::string v4(host);
+  if (inet_pton(AF_INET, v4.c_str(), buf) != 1) {
+    return bad(absl::StrCat("host \"", v4, "\" is not an IPv4 address (IPv6 goes in brackets)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+struct Metrics::Impl {
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+
+  prometheus::Counter* indexer_seconds;
+  prometheus::Counter* saved_seconds;
+  prometheus::Counter* baseline_seconds;
+  prometheus::Counter* layers_run;
+  prometheus::Counter* layers_skipped;
+  prometheus::Counter* topk_bytes;
+  prometheus::Counter* prompt_tokens;
+  prometheus::Counter* generated_tokens;
+  prometheus::Counter* prefill_passes;
+  prometheus::Counter* decode_passes;
+  prometheus::Histogram* prefill_seconds;
+  prometheus::Histogram* decode_step_seconds;
+  prometheus::Histogram* topk_overlap;
+
+  // Serialises recording against GetTotals/TextDump so that a snapshot never shows half a pass.
+  mutable std::mutex record_mu;
+
+  mutable std::mutex exposer_mu;
+  std::unique_ptr<prometheus::Exposer> exposer;  // guarded by exposer_mu
+  std::string exposer_address;                   // guarded by exposer_mu
+  int exposer_port = 0;                          // guarded by exposer_mu
+
+  Impl() {
+    auto& r = *registry;
+    auto counter = [&](const char* name, const char* help) {
+      return &prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
+    };
+    indexer_seconds = counter("indexcache_indexer_seconds_total",
+                              "Indexer + top-k time measured at Full layers, in seconds.");
+    saved_seconds = counter("indexcache_indexer_saved_seconds_total",
+                            "Estimated indexer time saved at Shared layers: per forward pass, the mean "
+                            "measured Full-layer indexer time times the number of Shared layers.");
+    baseline_seconds = counter("indexcache_indexer_baseline_seconds_total",
+                               "Indexer time baseline DSA would have spent (run + saved), in seconds.");
+    auto& layers = prometheus::BuildCounter()
+                       .Name("indexcache_indexer_layers_total")
+                       .Help("Indexer layer executions: kind=run at Full layers, kind=skipped at Shared.")
+                       .Register(r);
+    layers_run = &layers.Add({{"kind", "run"}});
+    layers_skipped = &layers.Add({{"kind", "skipped"}});
+    topk_bytes = counter("indexcache_topk_bytes_total", "Top-k index bytes moved inside shard groups.");
+    prompt_tokens = counter("indexcache_prompt_tokens_total", "Prompt tokens prefilled.");
+    generated_tokens = counter("indexcache_generated_tokens_total", "Tokens generated by decode steps.");
+    auto& passes = prometheus::BuildCounter()
+                       .Name("indexcache_forward_passes_total")
+                       .Help("Forward passes by phase (prefill or decode).")
+                       .Register(r);
+    prefill_passes = &passes.Add({{"phase", "prefill"}});
+    decode_passes = &passes.Add({{"phase", "decode"}});
+    prefill_seconds = &prometheus::BuildHistogram()
+                           .Name("indexcache_prefill_seconds")
+                           .Help("Wall time of one prefill forward pass, in seconds.")
+                           .Register(r)
+                           .Add({}, SecondsBuckets());
+    decode_step_seconds = &prometheus::BuildHistogram()
+                               .Name("indexcache_decode_step_seconds")
+                               .Help("Wall time of one decode step (one forward pass), in seconds.")
+                               .Register(r)
+                               .Add({}, SecondsBuckets());
+    topk_overlap = &prometheus::BuildHistogram()
+                        .Name("indexcache_topk_overlap_ratio")
+                        .Help("Audit: |A and B| / |A| between a Shared layer's reused top-k and the "
+                              "top-k its own indexer would select.")
+                        .Register(r)
+                        .Add({}, RatioBuckets());
+  }
+};
+
+Metrics& Metrics::Global() {
+  // Never destroyed: an exposer thread may still be serving a scrape while the process exits.
+  static Metrics* const metrics = new Metrics();
+  return *metrics;
+}
+
+Metrics::Metrics() : impl_(std::make_unique<Impl>()) {}
+Metrics::~Metrics() = default;
+
+void Metrics::RecordForwardPass(const ForwardPassStats& stats) {
+  double run_seconds = 0;
+  int run_layers = 0;
+  for (double s : stats.full_indexer_seconds) {
+    ++run_layers;  // a layer with a bad timing still ran
+    if (Countable(s)) run_seconds += s;
+  }
+  const int skipped = stats.shared_layers > 0 ? stats.shared_layers : 0;
+  const double saved = run_layers > 0 ? run_seconds / run_layers * skipped : 0.0;
+
+  std::lock_guard<std::mutex> lock(impl_->record_mu);
+  impl_->indexer_seconds->Increment(run_seconds);
+  impl_->saved_seconds->Increment(saved);
+  impl_->baseline_seconds->Increment(run_seconds + saved);
+  impl_->layers_run->Increment(run_layers);
+  impl_->layers_skipped->Increment(skipped);
+  if (stats.topk_bytes > 0) impl_->topk_bytes->Increment(static_cast<double>(stats.topk_bytes));
+  const bool prefill = stats.phase == Phase::kPrefill;
+  (prefill ? impl_->prefill_passes : impl_->decode_passes)->Increment();
+  if (stats.tokens > 0) {
+    (prefill ? impl_->prompt_tokens : impl_->generated_tokens)
+        ->Increment(static_cast<double>(stats.tokens));
+  }
+  if (Countable(stats.seconds)) {
+    (prefill ? impl_->prefill_seconds : impl_->decode_step_seconds)->Observe(stats.seconds);
+  }
+}
+
+void Metrics::ObserveTopkOverlap(double ratio) {
+  if (!(ratio >= 0 && ratio <= 1)) return;  // also rejects NaN
+  std::lock_guard<std::mutex> lock(impl_->record_mu);
+  impl_->topk_overlap->Observe(ratio);
+}
+
+absl::Status Metrics::StartExposer(const std::string& address) {
+  std::lock_guard<std::mutex> lock(impl_->exposer_mu);
+  if (impl_->exposer != nullptr) {
+    if (address == impl_->exposer_address) return absl::OkStatus();
+    return absl::AlreadyExistsError(
+        absl::StrCat("metrics exposer already running on ", impl_->exposer_address,
+                     " (one per process); cannot also start it on ", address));
+  }
+  if (absl::Status s = ValidateAddress(address); !s.ok()) return s;
+  std::unique_ptr<prometheus::Exposer> exposer;
+  try {
+    // One worker thread is plenty for a scrape every few seconds.
+    exposer = std::make_unique<prometheus::Exposer>(address, /*num_threads=*/1);
+    exposer->RegisterCollectable(impl_->registry);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("cannot start the metrics exposer on ", address,
+                                               " (address in use or not local?): ", e.what()));
+  } catch (...) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot start the metrics exposer on ", address, ": unknown exception"));
+  }
+  std::vector<int> ports;
+  try {
+    ports = exposer->GetListeningPorts();
+  } catch (...) {
+  }
+  impl_->exposer_port = ports.empty() ? 0 : ports.front();
+  impl_->exposer_address = address;
+  impl_->exposer = std::move(exposer);
+  return absl::OkStatus();
+}
+
+int Metrics::ExposerPort() const {
+  std::lock_guard<std::mutex> lock(impl_->exposer_mu);
+  return impl_->exposer_port;
+}
+
+std::string Metrics::TextDump() const {
+  std::vector<prometheus::MetricFamily> families;
+  {
+    std::lock_guard<std::mutex> lock(impl_->record_mu);
+    families = impl_->registry->Collect();
+  }
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, families);
+  return out.str();
+}
+
+Metrics::Totals Metrics::GetTotals() const {
+  std::lock_guard<std::mutex> lock(impl_->record_mu);
+  const Impl& m = *impl_;
+  Totals t;
+  t.indexer_seconds = m.indexer_seconds->Value();
+  t.saved_seconds = m.saved_seconds->Value();
+  t.baseline_seconds = m.baseline_seconds->Value();
+  t.layers_run = m.layers_run->Value();
+  t.layers_skipped = m.layers_skipped->Value();
+  t.prompt_tokens = m.prompt_tokens->Value();
+  t.generated_tokens = m.generated_tokens->Value();
+  t.topk_bytes = m.topk_bytes->Value();
+  t.prefill_passes = m.prefill_passes->Value();
+  t.decode_passes = m.decode_passes->Value();
+  t.topk_overlap_observations =
+      static_cast<double>(m.topk_overlap->Collect().histogram.sample_count);
+  return t;
+}
+
+}  // namespace ic
