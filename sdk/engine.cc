@@ -167,6 +167,16 @@ int64_t Context::FreeTokens() const {
   return static_cast<int64_t>(impl_->free_blocks.size()) * options_.block_size;
 }
 
+Context::CacheBytes Context::cache_bytes() const {
+  CacheBytes b;
+  const ModelConfig& c = model_->config;
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    b.kv += impl_->num_slots * (impl_->kv_entry + (c.mla ? 0 : impl_->v_entry)) * 4;
+    if (impl_->index_k_cache[i] != nullptr) b.index_k += impl_->num_slots * c.index_head_dim * 4;
+  }
+  return b;
+}
+
 absl::Status Context::Prefill(int seq_id, std::span<const int32_t> tokens, float* last_logits) {
   if (tokens.empty()) return InvalidArgument("prefill of sequence ", seq_id, ": no tokens");
   IC_ASSIGN_OR_RETURN(const int64_t start_len, SequenceLength(seq_id));

@@ -63,6 +63,9 @@ struct ForwardOutputs {
   // Per-layer top-k indices used by attention, [tokens, index_topk] each (when non-null; Full and
   // Shared layers alike, so tests can check reuse). Filled with host copies.
   std::map<int, std::vector<int32_t>>* topk_by_layer = nullptr;
+  // Index scores of Full layers, [tokens, max_pos + 1] each with −inf past each row's position
+  // (tests and audits only: O(tokens × context) memory).
+  std::map<int, std::vector<float>>* scores_by_layer = nullptr;
   // Next-token loss: token_loss[t] = −log p(targets[t] | …) for targets[t] >= 0, else 0 ([tokens]).
   std::span<const int32_t> targets;
   float* token_loss = nullptr;
@@ -92,6 +95,13 @@ class Context {
   absl::Status RemoveSequence(int seq_id);
   absl::StatusOr<int64_t> SequenceLength(int seq_id) const;
   int64_t FreeTokens() const;  // tokens that fit in the free blocks
+
+  // Bytes of cache this context allocated: the KV cache (all layers) and the index-K cache (Full layers
+  // only; Shared layers get none).
+  struct CacheBytes {
+    int64_t kv = 0, index_k = 0;
+  };
+  CacheBytes cache_bytes() const;
 
   // Appends `tokens` to a sequence in chunks of prefill_chunk; writes the last token's logits
   // [vocab] to `last_logits` when non-null. On error, the sequence is left as it was.

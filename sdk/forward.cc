@@ -315,7 +315,20 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
           ia.head_dim = dI;
           ia.k = K;
           ia.layout = layout;
+          float* d_scores = nullptr;
+          int score_cols = 0;
+          if (outputs.scores_by_layer != nullptr) {
+            score_cols = *std::max_element(h_pos.begin(), h_pos.end()) + 1;
+            IC_ASSIGN_OR_RETURN(d_scores, im.Scratch<float>("ix_scores", static_cast<size_t>(T) * score_cols));
+            ia.scores = d_scores;
+            ia.scores_stride = score_cols;
+          }
           IC_RETURN_IF_ERROR(be.IndexerTopk(ia));
+          if (d_scores != nullptr) {
+            std::vector<float>& dst = (*outputs.scores_by_layer)[l];
+            dst.resize(static_cast<size_t>(T) * score_cols);
+            IC_RETURN_IF_ERROR(be.CopyToHost(dst.data(), d_scores, dst.size() * sizeof(float)));
+          }
           if (options_.record_metrics) IC_RETURN_IF_ERROR(be.Synchronize());
           stats.full_indexer_seconds.push_back(NowSeconds() - t0);
         } else {

@@ -39,7 +39,7 @@ const prometheus::Histogram::BucketBoundaries& RatioBuckets() {
 bool Countable(double v) { return std::isfinite(v) && v >= 0; }
 
 // Checks "host:port", "[v6]:port", ":port" or "port" the way civetweb will parse it, so that a typo is
-// InvalidArgument rather than a bind failure. Returns the port.
+// InvalidArgument rather than a bind failure.
 absl::Status ValidateAddress(const std::string& address) {
   auto bad = [&](absl::string_view why) {
     return absl::InvalidArgumentError(
@@ -201,14 +201,19 @@ absl::Status Metrics::StartExposer(const std::string& address) {
                      " (one per process); cannot also start it on ", address));
   }
   if (absl::Status s = ValidateAddress(address); !s.ok()) return s;
+  // civetweb spells "every interface" as a bare port; accept the common ":port" too.
+  const std::string civetweb_address = address.front() == ':' ? address.substr(1) : address;
+  const char* hint = address.front() == '['
+                         ? " (address in use, not local, or civetweb built without IPv6 as Debian's is?)"
+                         : " (address in use or not local?)";
   std::unique_ptr<prometheus::Exposer> exposer;
   try {
     // One worker thread is plenty for a scrape every few seconds.
-    exposer = std::make_unique<prometheus::Exposer>(address, /*num_threads=*/1);
+    exposer = std::make_unique<prometheus::Exposer>(civetweb_address, /*num_threads=*/1);
     exposer->RegisterCollectable(impl_->registry);
   } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("cannot start the metrics exposer on ", address,
-                                               " (address in use or not local?): ", e.what()));
+    return absl::UnavailableError(
+        absl::StrCat("cannot start the metrics exposer on ", address, hint, ": ", e.what()));
   } catch (...) {
     return absl::UnavailableError(
         absl::StrCat("cannot start the metrics exposer on ", address, ": unknown exception"));

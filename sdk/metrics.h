@@ -43,10 +43,11 @@ class Metrics {
   // One top-k overlap observation (audit mode): |A ∩ B| / |A|. Values outside [0, 1] are not recorded.
   void ObserveTopkOverlap(double ratio);
 
-  // Starts the HTTP exposer on `address` ("127.0.0.1:9464", "[::1]:9464", ":9464" or "9464" for every
-  // interface; port 0 picks a free port, see ExposerPort()). Serves GET /metrics. Calling it again with
-  // the same address is OK; AlreadyExists if one is running on another address; InvalidArgument when
-  // the address is malformed; Unavailable when it cannot be bound (in use, not a local address).
+  // Starts the HTTP exposer (civetweb, GET /metrics) on `address`: "127.0.0.1:9464"; ":9464" or "9464"
+  // for every interface; "[::1]:9464" only where civetweb was built with IPv6 (Debian 12's is not).
+  // Port 0 picks a free port, see ExposerPort(). Calling it again with the same address is OK;
+  // AlreadyExists if one is running on another address; InvalidArgument when the address is malformed
+  // (hostnames are not resolved); Unavailable when it cannot be bound (in use, not a local address).
   absl::Status StartExposer(const std::string& address);
 
   // The TCP port the exposer listens on (useful after port 0), or 0 when no exposer is running.

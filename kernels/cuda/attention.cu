@@ -44,7 +44,7 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(AttentionParams p
   float m = -INFINITY, l = 0.0f;
   for (int i = warp; i < n; i += kWarps) {
     const int key = KeyAt(p, t, pos, i);
-    if (key < 0) continue;
+    if (key < 0 || key > pos) continue;  // only 0 ≤ s ≤ pos are valid
     const int64_t slot = CacheSlot(p.layout, seq, key, p.num_slots, t, err);
     if (slot < 0) continue;
     const float* kr = p.k_cache + slot * p.k_stride + static_cast<int64_t>(g) * D;
@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionProbsKernel(AttentionPar
   if (i >= p.topk_k) return;
   const int key = p.topk[static_cast<int64_t>(t) * p.topk_k + i];
   float total = 0.0f;
-  if (key >= 0) {
+  if (key >= 0 && key <= p.layout.token_pos[t]) {
     const int64_t slot = CacheSlot(p.layout, p.layout.token_seq[t], key, p.num_slots, t, nullptr);
     if (slot >= 0) {
       const int group = p.q_heads / p.kv_heads;

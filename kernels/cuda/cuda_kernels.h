@@ -30,6 +30,8 @@ enum DeviceErrorCode : int {
   kErrCacheSlot = 3,
   kErrBlockTable = 4,
   kErrPosition = 5,
+  kErrRow = 6,
+  kErrLength = 7,
 };
 
 // Where each query token lives (device pointers; see TokenLayout in kernels/backend.h).
@@ -58,13 +60,13 @@ cudaError_t LaunchEmbedding(float* out, const float* table, const int32_t* ids, 
 cudaError_t LaunchCacheWrite(float* cache, const float* src, const int32_t* slots, int tokens, int dim,
                              int cache_stride, int src_stride, int64_t num_slots, DeviceError* err,
                              cudaStream_t stream);
-// out[i, :] = in[rows[i], :] (rows[i] < 0: out row zeroed).
+// out[i, :] = in[rows[i], :] (rows[i] < 0: recorded as kErrRow, out row zeroed).
 cudaError_t LaunchGatherRows(float* out, const float* in, const int32_t* rows, int count, int dim,
-                             cudaStream_t stream);
-// out[rows[i], :] += scale[i] · in[i, :] (rows[i] < 0 skipped). Atomic adds: the order of the
-// contributions to one row is not fixed, so results may differ in the last bits between runs.
+                             DeviceError* err, cudaStream_t stream);
+// out[rows[i], :] += scale[i] · in[i, :] (rows[i] < 0: recorded, skipped). Atomic adds: the order
+// of the contributions to one row is not fixed, so results may differ in the last bits between runs.
 cudaError_t LaunchScatterAddRows(float* out, const float* in, const int32_t* rows, const float* scale,
-                                 int count, int dim, cudaStream_t stream);
+                                 int count, int dim, DeviceError* err, cudaStream_t stream);
 
 // ---- norm.cu ----
 // layer_norm: (x − mean)·rsqrt(var + eps)·w + b; else x·rsqrt(mean(x²) + eps)·w. w/b may be null.
@@ -101,9 +103,11 @@ cudaError_t LaunchAttention(const AttentionParams& p, float* lse_ws, DeviceError
 
 // ---- topk.cu ----
 // Row top-k, DESIGN.md §3 rule. Row r has length lengths[r] (if lengths) or positions[r] + 1, clamped
-// to `max_len`; out[r, :] = the selected positions in ascending order, then −1.
+// to `max_len`; out[r, :] = the selected positions in ascending order, then −1. A length outside
+// [0, max_len] is recorded (kErrLength) when `err` is set.
 cudaError_t LaunchRowTopk(int32_t* out, const float* scores, int64_t stride, const int32_t* lengths,
-                          const int32_t* positions, int rows, int max_len, int k, cudaStream_t stream);
+                          const int32_t* positions, int rows, int max_len, int k, DeviceError* err,
+                          cudaStream_t stream);
 
 // ---- indexer.cu ----
 struct IndexerParams {

@@ -86,24 +86,28 @@ __global__ void CacheWriteKernel(float* cache, const float* src, const int32_t* 
 }
 
 __global__ void GatherRowsKernel(float* out, const float* in, const int32_t* rows, int count,
-                                 int dim) {
+                                 int dim, DeviceError* err) {
   const int64_t n = static_cast<int64_t>(count) * dim;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = i / dim, c = i % dim;
     const int64_t src = rows[r];
+    if (src < 0 && c == 0) RecordError(err, kErrRow, static_cast<int>(r), static_cast<int>(src), 0);
     out[i] = src < 0 ? 0.0f : in[src * dim + c];
   }
 }
 
 __global__ void ScatterAddRowsKernel(float* out, const float* in, const int32_t* rows,
-                                     const float* scale, int count, int dim) {
+                                     const float* scale, int count, int dim, DeviceError* err) {
   const int64_t n = static_cast<int64_t>(count) * dim;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = i / dim, c = i % dim;
     const int64_t dst = rows[r];
-    if (dst < 0) continue;
+    if (dst < 0) {
+      if (c == 0) RecordError(err, kErrRow, static_cast<int>(r), static_cast<int>(dst), 0);
+      continue;
+    }
     const float s = scale != nullptr ? scale[r] : 1.0f;
     atomicAdd(out + dst * dim + c, s * in[i]);
   }
@@ -162,18 +166,18 @@ cudaError_t LaunchCacheWrite(float* cache, const float* src, const int32_t* slot
 }
 
 cudaError_t LaunchGatherRows(float* out, const float* in, const int32_t* rows, int count, int dim,
-                             cudaStream_t stream) {
+                             DeviceError* err, cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(count) * dim;
   if (n == 0) return cudaSuccess;
-  GatherRowsKernel<<<GridFor(n), kThreads, 0, stream>>>(out, in, rows, count, dim);
+  GatherRowsKernel<<<GridFor(n), kThreads, 0, stream>>>(out, in, rows, count, dim, err);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchScatterAddRows(float* out, const float* in, const int32_t* rows, const float* scale,
-                                 int count, int dim, cudaStream_t stream) {
+                                 int count, int dim, DeviceError* err, cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(count) * dim;
   if (n == 0) return cudaSuccess;
-  ScatterAddRowsKernel<<<GridFor(n), kThreads, 0, stream>>>(out, in, rows, scale, count, dim);
+  ScatterAddRowsKernel<<<GridFor(n), kThreads, 0, stream>>>(out, in, rows, scale, count, dim, err);
   return cudaGetLastError();
 }
 

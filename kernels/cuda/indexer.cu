@@ -24,7 +24,7 @@ __global__ void __launch_bounds__(kKeys) IndexerScoresKernel(float* ws, IndexerP
   const int row = blockIdx.y;
   const int t = t0 + row;
   const int pos = p.layout.token_pos[t];
-  if (pos + 1 > max_len) {
+  if (pos < 0 || pos + 1 > max_len) {
     if (blockIdx.x == 0 && threadIdx.x == 0) RecordError(err, kErrPosition, t, pos, max_len);
   }
   const int len = pos + 1 < max_len ? pos + 1 : max_len;

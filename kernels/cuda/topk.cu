@@ -50,12 +50,13 @@ __device__ __forceinline__ uint32_t BlockExclusiveScan(uint32_t v, uint32_t* war
 __global__ void __launch_bounds__(kThreads) RowTopkKernel(int32_t* out, const float* scores,
                                                           int64_t stride, const int32_t* lengths,
                                                           const int32_t* positions, int max_len,
-                                                          int k) {
+                                                          int k, DeviceError* err) {
   __shared__ uint32_t hist[256];
   __shared__ uint32_t warp_sums[32];
   __shared__ uint32_t s_prefix, s_need, s_total;
   const int row = blockIdx.x;
   int len = lengths != nullptr ? lengths[row] : positions[row] + 1;
+  if ((len < 0 || len > max_len) && threadIdx.x == 0) RecordError(err, kErrLength, row, len, max_len);
   len = len < 0 ? 0 : (len > max_len ? max_len : len);
   int32_t* o = out + static_cast<int64_t>(row) * k;
   if (len <= k) {
@@ -114,9 +115,10 @@ __global__ void __launch_bounds__(kThreads) RowTopkKernel(int32_t* out, const fl
 }  // namespace
 
 cudaError_t LaunchRowTopk(int32_t* out, const float* scores, int64_t stride, const int32_t* lengths,
-                          const int32_t* positions, int rows, int max_len, int k, cudaStream_t stream) {
+                          const int32_t* positions, int rows, int max_len, int k, DeviceError* err,
+                          cudaStream_t stream) {
   if (rows == 0 || k == 0) return cudaSuccess;
-  RowTopkKernel<<<rows, kThreads, 0, stream>>>(out, scores, stride, lengths, positions, max_len, k);
+  RowTopkKernel<<<rows, kThreads, 0, stream>>>(out, scores, stride, lengths, positions, max_len, k, err);
   return cudaGetLastError();
 }
 

@@ -1,0 +1,343 @@
+/*
+ * indexcache.h — the stable C ABI of the IndexCache SDK (libindexcache.so).
+ *
+ * IndexCache runs DeepSeek-Sparse-Attention (DSA) models and lets layers reuse the top-k indices of
+ * the nearest preceding "Full" layer instead of running their own lightning indexer ("Shared" layers).
+ * The per-layer Full/Shared string is the *plan*, e.g. "FSSSFSSS" (layer 0 is always Full).
+ *
+ * Pure C99; compiles as C and C++. Conventions (NCCL / llama.cpp style):
+ *   - Every function returns an ic_status_t (IC_OK = 0) unless documented otherwise; on failure,
+ *     ic_last_error_message() gives the text, which names the offending argument and value.
+ *   - Objects are opaque handles (ic_model_t, ic_context_t) created by ic_*_create / ic_*_load and
+ *     destroyed by ic_*_free. Passing NULL where a handle is required returns IC_ERR_INVALID_ARGUMENT
+ *     naming the argument. Using a handle after ic_*_free is undefined behaviour, but it is commonly
+ *     detected (each live handle is registered and carries a magic number that ic_*_free clears) and
+ *     then returns IC_ERR_INVALID_ARGUMENT.
+ *   - Parameter structs start with `struct_size`; fill them with the matching ic_*_default_params()
+ *     (which sets struct_size = sizeof the struct this header declares) and then change fields.
+ *     Future versions only append fields: a library accepts structs from older headers (the missing
+ *     fields take their defaults) and rejects structs that are larger than it knows unless the unknown
+ *     tail is all zero.
+ *   - Tensors are row-major float32; token ids are int32; shapes are written at each declaration
+ *     ([n, vocab] = n rows of vocab floats).
+ *   - No C++ exception crosses this boundary; an unexpected failure returns IC_ERR_INTERNAL.
+ *   - Thread safety: models are immutable after creation and may be shared by any number of contexts
+ *     and threads. A context is NOT thread-safe: serialise the calls on one context (different contexts
+ *     may run concurrently). The last-error text is per thread.
+ *
+ * Example (error checks elided; see examples/ and tests/c_api_test.c):
+ *
+ *   ic_model_t* model;
+ *   ic_model_load("/models/glm5-tiny", NULL, &model);
+ *   ic_context_params_t cp;
+ *   ic_context_default_params(&cp);
+ *   cp.plan = "FSSSFSSS";                      (NULL: the model's own plan)
+ *   ic_context_t* ctx;
+ *   if (ic_context_create(model, &cp, &ctx) != IC_OK) fprintf(stderr, "%s\n", ic_last_error_message());
+ *   ic_model_free(model);                      (the context keeps the model alive)
+ *   int32_t seq;
+ *   ic_sequence_add(ctx, &seq);
+ *   float* logits = malloc(sizeof(float) * vocab_size);
+ *   ic_prefill(ctx, seq, prompt, prompt_len, logits);
+ *   int32_t next = argmax(logits);
+ *   ic_decode(ctx, &seq, &next, 1, logits);
+ *   ic_context_free(ctx);
+ */
+#ifndef INDEXCACHE_INDEXCACHE_H_
+#define INDEXCACHE_INDEXCACHE_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Visibility and deprecation ------------------------------------------------------------------ */
+
+#if defined(_WIN32)
+#define IC_API
+#elif defined(__GNUC__) || defined(__clang__)
+#define IC_API __attribute__((visibility("default")))
+#else
+#define IC_API
+#endif
+
+/* IC_DEPRECATED(ic_old_fn(void), "use ic_new_fn instead"); — marks a declaration as deprecated. */
+#if defined(__GNUC__) || defined(__clang__)
+#define IC_DEPRECATED(decl, hint) decl __attribute__((deprecated(hint)))
+#elif defined(_MSC_VER)
+#define IC_DEPRECATED(decl, hint) __declspec(deprecated(hint)) decl
+#else
+#define IC_DEPRECATED(decl, hint) decl
+#endif
+
+/* ---- Version ------------------------------------------------------------------------------------- */
+
+/* The version of this header (kept equal to the CMake project version; the build checks it). */
+#define IC_VERSION_MAJOR 0
+#define IC_VERSION_MINOR 1
+#define IC_VERSION_PATCH 0
+#define IC_VERSION (IC_VERSION_MAJOR * 10000 + IC_VERSION_MINOR * 100 + IC_VERSION_PATCH)
+#define IC_VERSION_STRING "0.1.0"
+
+/* The version of the loaded library, encoded like IC_VERSION (compare it with IC_VERSION to detect a
+ * header/library mismatch). Never fails; thread-safe. */
+IC_API int ic_version(void);
+/* The same as "MAJOR.MINOR.PATCH"; a static string, never NULL. */
+IC_API const char* ic_version_string(void);
+
+/* ---- Status and errors --------------------------------------------------------------------------- */
+
+/* Values are part of the ABI: never renumbered, only appended. */
+typedef enum ic_status_t {
+  IC_OK = 0,
+  IC_ERR_INVALID_ARGUMENT = 1,    /* bad input: NULL, out of range, malformed; the message names it */
+  IC_ERR_NOT_FOUND = 2,           /* a file, directory or sequence id that does not exist */
+  IC_ERR_OUT_OF_MEMORY = 3,       /* resource exhausted: host/device memory, or the KV cache is full */
+  IC_ERR_UNAVAILABLE = 4,         /* not in this build / on this machine (CUDA, multi-GPU, port in use) */
+  IC_ERR_FAILED_PRECONDITION = 5, /* the call is valid but not in the current state */
+  IC_ERR_INTERNAL = 6,            /* a bug or an unexpected failure inside the library */
+  IC_ERR_ALREADY_EXISTS = 7,      /* e.g. a metrics exposer already runs on another address */
+  IC_ERR_OUT_OF_RANGE = 8,        /* a value past the end of a valid range (e.g. position limits) */
+  IC_ERR_UNIMPLEMENTED = 9        /* a feature this version does not implement */
+} ic_status_t;
+
+/* A static name for a status ("IC_OK", "IC_ERR_INVALID_ARGUMENT", …; "IC_ERR_UNKNOWN" for values this
+ * library does not know). Never NULL; thread-safe; does not change the last-error text. */
+IC_API const char* ic_status_string(ic_status_t status);
+
+/* The message of the most recent failed ic_* call on the calling thread ("" after a successful call).
+ * The pointer stays valid until the next ic_* call on this thread (other than ic_last_error_message,
+ * ic_status_string, ic_version and ic_version_string); copy it to keep it. Never NULL. */
+IC_API const char* ic_last_error_message(void);
+
+/* ---- Enums --------------------------------------------------------------------------------------- */
+
+typedef enum ic_device_t {
+  IC_DEVICE_AUTO = 0, /* CUDA when the build has it and a GPU is visible, else the CPU */
+  IC_DEVICE_CPU = 1,
+  IC_DEVICE_CUDA = 2
+} ic_device_t;
+
+typedef enum ic_architecture_t {
+  IC_ARCH_DEEPSEEK_V32 = 0, /* DeepseekV32ForCausalLM: MLA + lightning indexer + MoE */
+  IC_ARCH_GLM_MOE_DSA = 1,  /* GlmMoeDsaForCausalLM: as above, interleaved indexer RoPE */
+  IC_ARCH_LLAMA_DSA = 2,    /* LlamaDsaForCausalLM: Llama (GQA) + lightning indexer */
+  IC_ARCH_LLAMA = 3         /* LlamaForCausalLM: dense attention, no indexer */
+} ic_architecture_t;
+
+/* ---- Opaque handles ------------------------------------------------------------------------------ */
+
+typedef struct ic_model_t ic_model_t;     /* immutable weights + config + plan; shareable */
+typedef struct ic_context_t ic_context_t; /* sequences, paged KV / index-K caches, a device backend */
+
+/* ---- Models -------------------------------------------------------------------------------------- */
+
+typedef struct ic_model_load_params_t {
+  size_t struct_size;    /* = sizeof(ic_model_load_params_t); set by ic_model_load_default_params */
+  const char* plan_file; /* NULL: the checkpoint's plan keys; else a plan file (protobuf text format or
+                            a bare F/S string) that overrides them. Copied; need not outlive the call. */
+} ic_model_load_params_t;
+
+/* Fills `params` with defaults. Errors: IC_ERR_INVALID_ARGUMENT (params NULL). */
+IC_API ic_status_t ic_model_load_default_params(ic_model_load_params_t* params);
+
+/* Loads an HF checkpoint directory (config.json + *.safetensors, converted to F32 on the host).
+ * params may be NULL (defaults). On success *out owns a new model; free it with ic_model_free.
+ * On failure *out is set to NULL.
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL dir/out, bad struct_size, malformed config or plan, a tensor of
+ * the wrong shape or an unknown tensor — the message names the file, tensor and shape),
+ * IC_ERR_NOT_FOUND (missing directory, config.json, safetensors or plan file), IC_ERR_OUT_OF_MEMORY. */
+IC_API ic_status_t ic_model_load(const char* dir, const ic_model_load_params_t* params, ic_model_t** out);
+
+/* A small deterministic model built in memory from a seed (same weights on every machine). */
+typedef struct ic_synthetic_params_t {
+  size_t struct_size;                /* = sizeof(ic_synthetic_params_t) */
+  ic_architecture_t architecture;    /* default IC_ARCH_DEEPSEEK_V32 */
+  uint64_t seed;                     /* default 20260312 */
+  int32_t num_layers;                /* default 8 */
+  int32_t hidden_size;               /* default 256 */
+  int32_t vocab_size;                /* default 512 */
+  int32_t index_topk;                /* default 64 (top-k of the lightning indexer) */
+  int32_t index_n_heads;             /* default 8 */
+  int32_t index_head_dim;            /* default 64 */
+  int32_t max_position_embeddings;   /* default 8192 */
+  const char* plan;                  /* NULL or "": all Full; else an F/S string of num_layers chars */
+} ic_synthetic_params_t;
+
+/* Fills `params` with the defaults above. Errors: IC_ERR_INVALID_ARGUMENT (params NULL). */
+IC_API ic_status_t ic_synthetic_default_params(ic_synthetic_params_t* params);
+
+/* Builds a synthetic model (params NULL = defaults). On success *out owns a new model (ic_model_free);
+ * on failure *out is NULL. Errors: IC_ERR_INVALID_ARGUMENT (NULL out, bad struct_size, an unknown
+ * architecture, a non-positive size, an invalid plan), IC_ERR_OUT_OF_MEMORY. */
+IC_API ic_status_t ic_model_create_synthetic(const ic_synthetic_params_t* params, ic_model_t** out);
+
+/* Writes the model as an HF checkpoint (config.json with `indexer_types` from its plan, and an F32
+ * model.safetensors) to `dir`, created if missing; ic_model_load reads it back.
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL or freed model, NULL dir), IC_ERR_NOT_FOUND / IC_ERR_INTERNAL
+ * (I/O failures, with the path in the message). */
+IC_API ic_status_t ic_model_save(const ic_model_t* model, const char* dir);
+
+/* Releases the caller's reference. Contexts created from the model keep it alive, so freeing the model
+ * before its contexts is safe. NULL is a no-op returning IC_OK. Errors: IC_ERR_INVALID_ARGUMENT (a
+ * handle that is not a live model, when detected). Not thread-safe with other calls on this handle. */
+IC_API ic_status_t ic_model_free(ic_model_t* model);
+
+/* What ic_model_info reports. An output struct: set struct_size = sizeof(ic_model_info_t) before the
+ * call; the library fills min(struct_size, its own size) bytes. */
+typedef struct ic_model_info_t {
+  size_t struct_size;
+  const char* architecture;        /* "DeepseekV32ForCausalLM", …; owned by the model handle (valid
+                                      until ic_model_free) */
+  int32_t vocab_size;
+  int32_t hidden_size;
+  int32_t num_layers;              /* num_hidden_layers (MTP layers excluded); the plan's length */
+  int32_t index_topk;              /* k of the lightning indexer; 0 without an indexer */
+  int32_t has_indexer;             /* 1: DSA model; 0: dense attention (e.g. LlamaForCausalLM) */
+  int32_t index_n_heads;           /* 0 without an indexer */
+  int32_t index_head_dim;          /* 0 without an indexer */
+  int32_t num_full_layers;         /* Full layers in the model's plan */
+  int32_t max_position_embeddings;
+} ic_model_info_t;
+
+/* Fills *out (see ic_model_info_t). Thread-safe.
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL or freed model, NULL out, struct_size smaller than the first
+ * version of the struct). */
+IC_API ic_status_t ic_model_info(const ic_model_t* model, ic_model_info_t* out);
+
+/* Writes the model's plan (one 'F' or 'S' per layer, num_layers characters) and a NUL to buf.
+ * buf_size must be at least num_layers + 1 (see ic_model_info); if it is smaller nothing is written and
+ * the call returns IC_ERR_INVALID_ARGUMENT with the needed size in the message. Thread-safe.
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL or freed model, NULL buf, buf_size too small). */
+IC_API ic_status_t ic_model_plan(const ic_model_t* model, char* buf, size_t buf_size);
+
+/* ---- Contexts ------------------------------------------------------------------------------------ */
+
+typedef struct ic_context_params_t {
+  size_t struct_size;          /* = sizeof(ic_context_params_t) */
+  ic_device_t device;          /* default IC_DEVICE_AUTO */
+  int32_t device_ordinal;      /* CUDA device index; default 0 */
+  int64_t max_tokens;          /* KV cache capacity over all sequences, in tokens (rounded up to whole
+                                  blocks); default 16384 */
+  int32_t block_size;          /* tokens per KV cache block, 1..4096; default 64 */
+  int32_t prefill_chunk;       /* tokens per prefill forward pass; default 512 */
+  const char* plan;            /* NULL or "": the model's plan; else an F/S string of num_layers chars
+                                  overriding it (fixed for the context's lifetime). Copied. */
+  const char* metrics_address; /* NULL: no HTTP exposer; else start the process-wide Prometheus exposer
+                                  on it ("127.0.0.1:9464", "[::1]:9464", ":9464"; see
+                                  ic_metrics_start_exposer). Copied. */
+  int32_t record_metrics;      /* 1 (default): time the indexer at Full layers (synchronises the device
+                                  around it); 0: do not */
+  /* Reserved for multi-GPU (DESIGN.md §5); this version runs one rank. */
+  int32_t rank;                /* default 0; must be < world_size */
+  int32_t world_size;          /* default 1 (0 means 1); > 1 → IC_ERR_UNAVAILABLE */
+  int32_t tp_size;             /* attention tensor-parallel size; default 1 (0 means 1) */
+  int32_t ep_size;             /* expert-parallel size; default 1 (0 means 1) */
+} ic_context_params_t;
+
+/* Fills `params` with the defaults above. Errors: IC_ERR_INVALID_ARGUMENT (params NULL). */
+IC_API ic_status_t ic_context_default_params(ic_context_params_t* params);
+
+/* Creates a context on `model` (params NULL = defaults): resolves the plan, checks that every Full
+ * layer has indexer weights, creates the device backend, uploads the weights and allocates the caches.
+ * The context holds a reference to the model. On success *out owns the context (ic_context_free); on
+ * failure *out is NULL.
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed model, NULL out, bad struct_size, a bad field — the
+ * message names it and its value —, an invalid plan, e.g. "layer 0 must be Full", a Full layer without
+ * indexer weights), IC_ERR_UNAVAILABLE (IC_DEVICE_CUDA without CUDA or a GPU; world_size / tp_size /
+ * ep_size > 1; the metrics address cannot be bound), IC_ERR_ALREADY_EXISTS (an exposer already runs
+ * on another address), IC_ERR_OUT_OF_MEMORY (the caches do not fit). */
+IC_API ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* params,
+                                     ic_context_t** out);
+
+/* Destroys the context, its sequences and caches, and drops its model reference. NULL is a no-op
+ * returning IC_OK. Errors: IC_ERR_INVALID_ARGUMENT (not a live context, when detected). */
+IC_API ic_status_t ic_context_free(ic_context_t* ctx);
+
+/* The device the context runs on (IC_DEVICE_CPU or IC_DEVICE_CUDA; AUTO resolved).
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed ctx, NULL out). */
+IC_API ic_status_t ic_context_device(const ic_context_t* ctx, ic_device_t* out);
+
+/* Writes the context's plan (num_layers characters + NUL), like ic_model_plan. */
+IC_API ic_status_t ic_context_plan(const ic_context_t* ctx, char* buf, size_t buf_size);
+
+/* *out = tokens that still fit in the free KV cache blocks (a sequence with a partly filled last block
+ * can append more than this). Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed ctx, NULL out). */
+IC_API ic_status_t ic_context_free_tokens(const ic_context_t* ctx, int64_t* out);
+
+/* ---- Sequences ----------------------------------------------------------------------------------- */
+
+/* Adds an empty sequence; *seq_id_out receives its id (ids are not reused within a context).
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed ctx, NULL seq_id_out). */
+IC_API ic_status_t ic_sequence_add(ic_context_t* ctx, int32_t* seq_id_out);
+
+/* Removes a sequence and frees its cache blocks.
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed ctx), IC_ERR_NOT_FOUND (unknown seq_id). */
+IC_API ic_status_t ic_sequence_remove(ic_context_t* ctx, int32_t seq_id);
+
+/* *out = the number of tokens in the sequence (its next position).
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed ctx, NULL out), IC_ERR_NOT_FOUND (unknown seq_id). */
+IC_API ic_status_t ic_sequence_length(const ic_context_t* ctx, int32_t seq_id, int64_t* out);
+
+/* ---- Forward passes ------------------------------------------------------------------------------ */
+
+/* Appends tokens [n] (int32 ids in [0, vocab_size)) to sequence seq_id, in forward passes of
+ * prefill_chunk tokens. last_logits: NULL, or a caller buffer of vocab_size floats that receives the
+ * logits of the last token. On error the sequence is left as it was (length and cache).
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed ctx, NULL tokens, n == 0, a token id outside the
+ * vocabulary — the message names the id and its index), IC_ERR_NOT_FOUND (unknown seq_id),
+ * IC_ERR_OUT_OF_MEMORY (the KV cache is full: the message gives the blocks needed and free). */
+IC_API ic_status_t ic_prefill(ic_context_t* ctx, int32_t seq_id, const int32_t* tokens, size_t n,
+                              float* last_logits);
+
+/* One decode step for n distinct sequences: appends tokens[i] to seq_ids[i] (sequences may have
+ * different lengths). logits: NULL, or a caller buffer [n, vocab_size] (row i = next-token logits of
+ * seq_ids[i]). Decoding token x at position t gives the same logits as prefilling up to t (within
+ * floating-point tolerance). On error every sequence is left as it was.
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed ctx, NULL arrays, n == 0, a repeated seq_id, a token id
+ * outside the vocabulary), IC_ERR_NOT_FOUND (unknown seq_id), IC_ERR_OUT_OF_MEMORY (KV cache full). */
+IC_API ic_status_t ic_decode(ic_context_t* ctx, const int32_t* seq_ids, const int32_t* tokens, size_t n,
+                             float* logits);
+
+/* Scores tokens [n] (n >= 2) as a fresh temporary sequence: *mean_loss = mean over the n − 1
+ * predicted positions of −log p(tokens[i + 1] | tokens[0..i]) in nats; *predicted_tokens = n − 1
+ * (predicted_tokens may be NULL). Uses (and then frees) n tokens of KV cache; other sequences are not
+ * affected. Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed ctx, NULL tokens or mean_loss, n < 2, a token
+ * id outside the vocabulary), IC_ERR_OUT_OF_MEMORY (fewer than n tokens of KV cache are free). */
+IC_API ic_status_t ic_eval_loss(ic_context_t* ctx, const int32_t* tokens, size_t n, double* mean_loss,
+                                int64_t* predicted_tokens);
+
+/* ---- Metrics (one registry per process, DESIGN.md §6) -------------------------------------------- */
+
+/* Writes the Prometheus text exposition of every indexcache_* metric, NUL-terminated, to buf.
+ * *needed (may be NULL) receives the size the text needs, NUL included. Call with buf = NULL and
+ * buf_size = 0 to learn the size (returns IC_OK). If buf_size is smaller than needed nothing is written
+ * and IC_ERR_INVALID_ARGUMENT is returned; metrics may grow between two calls, so allocate some slack
+ * or retry. Thread-safe.
+ * Errors: IC_ERR_INVALID_ARGUMENT (buf NULL with buf_size > 0, buf_size too small). */
+IC_API ic_status_t ic_metrics_text(char* buf, size_t buf_size, size_t* needed);
+
+/* Starts the process-wide HTTP exposer serving GET /metrics on `address` ("127.0.0.1:9464",
+ * "[::1]:9464", ":9464" or "9464" for every interface; port 0 picks a free port, see
+ * ic_metrics_exposer_port). Calling it again with the same address is a no-op. Thread-safe.
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL or malformed address), IC_ERR_ALREADY_EXISTS (an exposer runs
+ * on another address), IC_ERR_UNAVAILABLE (the address cannot be bound). */
+IC_API ic_status_t ic_metrics_start_exposer(const char* address);
+
+/* *port = the TCP port the exposer listens on, or 0 when none runs.
+ * Errors: IC_ERR_INVALID_ARGUMENT (port NULL). */
+IC_API ic_status_t ic_metrics_exposer_port(int32_t* port);
+
+/* ---- Devices ------------------------------------------------------------------------------------- */
+
+/* The number of visible CUDA devices: 0 in a CUDA-less build or on a machine without a GPU. Never
+ * fails; thread-safe. */
+IC_API int ic_cuda_device_count(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* INDEXCACHE_INDEXCACHE_H_ */

@@ -1,0 +1,296 @@
+// Tests of the CPU IndexerTopk op: scores against a double-precision loop, exact index sets where the
+// arithmetic is exact (integer inputs), cases C1–C4 through the indexer, short rows, paged caches with
+// shuffled block tables and several sequences, and argument validation.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_test_util.h"
+
+namespace ic::kernels::cpu {
+namespace {
+
+using testutil::MakeCache;
+using testutil::MakeLayout;
+using testutil::MakePaged;
+using testutil::MakeTokens;
+using testutil::Paged;
+using testutil::Tokens;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// I[t, s] in double, s ≤ pos(t).
+std::vector<double> NaiveScores(const std::vector<float>& q, const std::vector<float>& w, const std::vector<float>& kc,
+                                int k_stride, const Paged& p, const Tokens& tk, int heads, int dim, int t) {
+  const int pos = tk.pos[t];
+  std::vector<double> out(pos + 1);
+  for (int s = 0; s <= pos; ++s) {
+    const float* krow = kc.data() + p.Slot(tk.seq[t], s) * k_stride;
+    double acc = 0.0;
+    for (int j = 0; j < heads; ++j) {
+      double dot = 0.0;
+      for (int i = 0; i < dim; ++i) dot += static_cast<double>(q[(t * heads + j) * dim + i]) * krow[i];
+      acc += static_cast<double>(w[t * heads + j]) * std::max(dot, 0.0);
+    }
+    out[s] = acc;
+  }
+  return out;
+}
+
+// Top-k by full sort (ties → smaller position; NaN lowest), sorted ascending.
+std::vector<int32_t> ReferenceTopk(const std::vector<double>& s, int k) {
+  std::vector<int32_t> idx(s.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  auto rank = [](double v) { return std::isnan(v) ? -kInf : v; };
+  std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) {
+    const bool na = std::isnan(s[a]), nb = std::isnan(s[b]);
+    if (na != nb) return nb;
+    return !na && rank(s[a]) > rank(s[b]);
+  });
+  idx.resize(std::min<size_t>(k, idx.size()));
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+std::vector<int32_t> ValidSorted(const int32_t* row, int k, int expected_valid) {
+  for (int i = 0; i < k; ++i) {
+    if (i < expected_valid) {
+      EXPECT_GE(row[i], 0) << "slot " << i;
+    } else {
+      EXPECT_EQ(row[i], -1) << "slot " << i;
+    }
+  }
+  std::vector<int32_t> v(row, row + std::min(k, expected_valid));
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+struct Setup {
+  Paged paged;
+  Tokens tokens;
+  std::vector<float> q, w, kc;
+  int k_stride = 0;
+};
+
+// Integer-valued q and k and w in quarters: every score is exact in float, so sets must match exactly
+// (with many ties, exercising the tie rule end to end).
+TEST(CpuIndexer, ExactScoresAndSetsOnIntegerInputs) {
+  std::mt19937 rng(11);
+  const std::vector<int> lens = {301, 77, 1000, 5};
+  const std::vector<int> first = {250, 0, 900, 4};
+  const int heads = 5, dim = 24, k = 64, k_stride = 31;
+  Paged p = MakePaged(lens, 16, rng);
+  Tokens tk = MakeTokens(first, lens, rng);
+  std::uniform_int_distribution<int> small(-2, 2), quarter(-4, 8);
+  std::vector<float> kc = MakeCache(p, k_stride, rng);
+  for (int64_t s = 0; s < p.num_slots; ++s) {
+    if (!p.used_slot[s]) continue;
+    for (int i = 0; i < k_stride; ++i) kc[s * k_stride + i] = static_cast<float>(small(rng));
+  }
+  const int T = static_cast<int>(tk.seq.size());
+  std::vector<float> q(T * heads * dim), w(T * heads);
+  for (float& x : q) x = static_cast<float>(small(rng));
+  for (float& x : w) x = 0.25f * quarter(rng);
+  const int scores_stride = 1001;
+  std::vector<float> scores(T * scores_stride, 3.0f);
+  std::vector<int32_t> idx(T * k, 999);
+  CpuBackend cpu;
+  IndexerArgs a{.indices = idx.data(), .scores = scores.data(), .scores_stride = scores_stride, .q = q.data(),
+                .w = w.data(), .k_cache = kc.data(), .k_stride = k_stride, .num_slots = p.num_slots,
+                .heads = heads, .head_dim = dim, .k = k, .layout = MakeLayout(p, tk)};
+  ASSERT_TRUE(cpu.IndexerTopk(a).ok());
+  for (int t = 0; t < T; ++t) {
+    const std::vector<double> ref = NaiveScores(q, w, kc, k_stride, p, tk, heads, dim, t);
+    const int valid = tk.pos[t] + 1;
+    for (int s = 0; s < scores_stride; ++s) {
+      const float got = scores[t * scores_stride + s];
+      if (s < valid) {
+        ASSERT_EQ(got, static_cast<float>(ref[s])) << "token " << t << " s " << s;
+      } else {
+        ASSERT_EQ(got, -kInf) << "token " << t << " s " << s;
+      }
+    }
+    EXPECT_EQ(ValidSorted(idx.data() + t * k, k, std::min(k, valid)), ReferenceTopk(ref, k)) << "token " << t;
+  }
+
+  // Without the scores output: same indices; short rows select 0..pos without scoring.
+  std::vector<int32_t> idx2(T * k, 999);
+  a.indices = idx2.data();
+  a.scores = nullptr;
+  a.scores_stride = 0;
+  ASSERT_TRUE(cpu.IndexerTopk(a).ok());
+  EXPECT_EQ(idx, idx2);
+}
+
+// Random float inputs: scores within float tolerance of the double loop, and the indices are exactly
+// the top-k of the scores the op reports (same code, same inputs).
+TEST(CpuIndexer, RandomFloatsScoresAndSelfConsistentTopk) {
+  std::mt19937 rng(12);
+  const std::vector<int> lens = {700, 129, 64};
+  const std::vector<int> first = {0, 100, 63};
+  const int heads = 8, dim = 32, k = 48;
+  Paged p = MakePaged(lens, 64, rng);
+  Tokens tk = MakeTokens(first, lens, rng);
+  const int T = static_cast<int>(tk.seq.size());
+  std::vector<float> kc = MakeCache(p, dim, rng);
+  std::vector<float> q = testutil::RandomVector(T * heads * dim, rng);
+  std::vector<float> w = testutil::RandomVector(T * heads, rng, -0.5f, 1.0f);
+  const int stride = 700;
+  std::vector<float> scores(T * stride);
+  std::vector<int32_t> idx(T * k);
+  CpuBackend cpu;
+  IndexerArgs a{.indices = idx.data(), .scores = scores.data(), .scores_stride = stride, .q = q.data(), .w = w.data(),
+                .k_cache = kc.data(), .num_slots = p.num_slots, .heads = heads, .head_dim = dim, .k = k,
+                .layout = MakeLayout(p, tk)};
+  ASSERT_TRUE(cpu.IndexerTopk(a).ok());
+  std::vector<int32_t> lengths(T), again(T * k);
+  for (int t = 0; t < T; ++t) {
+    const std::vector<double> ref = NaiveScores(q, w, kc, dim, p, tk, heads, dim, t);
+    double mag = 1e-6, err = 0.0;
+    for (size_t s = 0; s < ref.size(); ++s) {
+      mag = std::max(mag, std::fabs(ref[s]));
+      err = std::max(err, std::fabs(ref[s] - scores[t * stride + s]));
+    }
+    EXPECT_LE(err / mag, 2e-6) << "token " << t;
+    lengths[t] = tk.pos[t] + 1;
+  }
+  TopkArgs ta{.out = again.data(), .scores = scores.data(), .lengths = lengths.data(), .rows = T, .stride = stride, .k = k};
+  ASSERT_TRUE(cpu.Topk(ta).ok());
+  for (int t = 0; t < T; ++t) {
+    EXPECT_EQ(ValidSorted(idx.data() + t * k, k, std::min(k, lengths[t])),
+              ValidSorted(again.data() + t * k, k, std::min(k, lengths[t])));
+  }
+}
+
+// One query over explicit per-key scores: heads = 1, dim = 1, q = 1, w = 1, k_I = score, so
+// I[s] = ReLU(score[s]).
+std::vector<int32_t> RunSingleQuery(const std::vector<float>& key_scores, int k, int block_size = 64) {
+  std::mt19937 rng(99);
+  const int len = static_cast<int>(key_scores.size());
+  Paged p = MakePaged({len}, block_size, rng);
+  std::vector<float> kc = MakeCache(p, 1, rng);
+  for (int s = 0; s < len; ++s) kc[p.Slot(0, s)] = key_scores[s];
+  Tokens tk{{0}, {len - 1}};
+  const float q = 1.0f, w = 1.0f;
+  std::vector<int32_t> idx(k, 5555);
+  CpuBackend cpu;
+  IndexerArgs a{.indices = idx.data(), .q = &q, .w = &w, .k_cache = kc.data(), .num_slots = p.num_slots,
+                .heads = 1, .head_dim = 1, .k = k, .layout = MakeLayout(p, tk)};
+  EXPECT_TRUE(cpu.IndexerTopk(a).ok());
+  return idx;
+}
+
+TEST(CpuIndexer, CaseC1Plateau) {
+  std::mt19937 rng(21);
+  const int len = 8320, k = 2048;
+  std::vector<float> s(len);
+  for (float& x : s) x = std::uniform_real_distribution<float>(-2.0f, -0.01f)(rng);  // ReLU → exactly 0
+  std::vector<int32_t> perm(len);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<int32_t> expected;
+  for (int i = 0; i < 100; ++i) {
+    s[perm[i]] = std::uniform_real_distribution<float>(0.5f, 1.5f)(rng);
+    expected.push_back(perm[i]);
+  }
+  std::sort(expected.begin(), expected.end());
+  for (int pos = 0; static_cast<int>(expected.size()) < k; ++pos) {
+    if (!std::binary_search(expected.begin(), expected.begin() + 100, pos)) expected.push_back(pos);
+  }
+  std::sort(expected.begin(), expected.end());
+  const std::vector<int32_t> got = RunSingleQuery(s, k);
+  EXPECT_EQ(ValidSorted(got.data(), k, k), expected);
+}
+
+TEST(CpuIndexer, CaseC2ShortContext) {
+  std::vector<float> s(300, kNaN);  // never scored: short rows skip scoring
+  const std::vector<int32_t> got = RunSingleQuery(s, 2048);
+  for (int i = 0; i < 2048; ++i) ASSERT_EQ(got[i], i < 300 ? i : -1) << "slot " << i;
+}
+
+TEST(CpuIndexer, CaseC3BigTieBucket) {
+  std::mt19937 rng(23);
+  const int len = 65536, k = 2048;
+  std::vector<int32_t> perm(len);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<float> s(len);
+  std::vector<int32_t> ones, expected;
+  for (int i = 0; i < len; ++i) {
+    const int p = perm[i];
+    if (i < 60000) {
+      s[p] = std::uniform_real_distribution<float>(-1.0f, 0.9f)(rng);
+    } else if (i < 65000) {
+      s[p] = 1.0f;
+      ones.push_back(p);
+    } else {
+      s[p] = std::uniform_real_distribution<float>(1.1f, 2.0f)(rng);
+      expected.push_back(p);
+    }
+  }
+  std::sort(ones.begin(), ones.end());
+  expected.insert(expected.end(), ones.begin(), ones.begin() + 1512);
+  std::sort(expected.begin(), expected.end());
+  const std::vector<int32_t> got = RunSingleQuery(s, k);
+  EXPECT_EQ(ValidSorted(got.data(), k, k), expected);
+}
+
+TEST(CpuIndexer, CaseC4NanAndInf) {
+  std::mt19937 rng(24);
+  std::vector<float> s(4096);
+  for (float& x : s) x = std::uniform_real_distribution<float>(0.0f, 3.0f)(rng);
+  s[7] = kInf;
+  for (int p = 100; p < 200; ++p) s[p] = kNaN;
+  const std::vector<int32_t> got = ValidSorted(RunSingleQuery(s, 16).data(), 16, 16);
+  EXPECT_TRUE(std::binary_search(got.begin(), got.end(), 7));
+  for (int32_t p : got) EXPECT_FALSE(p >= 100 && p < 200) << "NaN key " << p << " selected";
+  std::vector<double> ref(s.begin(), s.end());
+  EXPECT_EQ(got, ReferenceTopk(ref, 16));
+}
+
+TEST(CpuIndexer, RejectsBadArguments) {
+  std::mt19937 rng(25);
+  Paged p = MakePaged({100}, 16, rng);
+  std::vector<float> kc = MakeCache(p, 8, rng);
+  Tokens tk{{0, 0}, {98, 99}};
+  std::vector<float> q(2 * 2 * 8, 1.0f), w(2 * 2, 1.0f);
+  std::vector<int32_t> idx(2 * 4);
+  CpuBackend cpu;
+  IndexerArgs a{.indices = idx.data(), .q = q.data(), .w = w.data(), .k_cache = kc.data(), .num_slots = p.num_slots,
+                .heads = 2, .head_dim = 8, .k = 4, .layout = MakeLayout(p, tk)};
+  ASSERT_TRUE(cpu.IndexerTopk(a).ok());
+  IndexerArgs bad = a;
+  bad.q = nullptr;
+  EXPECT_EQ(cpu.IndexerTopk(bad).code(), absl::StatusCode::kInvalidArgument);
+  bad = a;
+  bad.k = 0;
+  EXPECT_EQ(cpu.IndexerTopk(bad).code(), absl::StatusCode::kInvalidArgument);
+  bad = a;
+  bad.k_stride = 3;
+  EXPECT_EQ(cpu.IndexerTopk(bad).code(), absl::StatusCode::kInvalidArgument);
+  Tokens far{{0}, {5000}};
+  bad = a;
+  bad.layout = MakeLayout(p, far);
+  absl::Status st = cpu.IndexerTopk(bad);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("token_pos[0] = 5000"), std::string::npos) << st;
+  Tokens wrong_seq{{3}, {1}};
+  bad = a;
+  bad.layout = MakeLayout(p, wrong_seq);
+  st = cpu.IndexerTopk(bad);
+  EXPECT_NE(st.message().find("token_seq[0] = 3"), std::string::npos) << st;
+  bad = a;
+  bad.num_slots = 16;  // block table entries point past the cache
+  st = cpu.IndexerTopk(bad);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("block_tables"), std::string::npos) << st;
+}
+
+}  // namespace
+}  // namespace ic::kernels::cpu

@@ -1,0 +1,684 @@
+// CudaBackend: the host side of the CUDA backend. Validates arguments (InvalidArgument naming the
+// field), launches the kernels of kernels/cuda/*.cu on the backend's stream, runs F32 GEMM through
+// cuBLASLt, and turns cudaError_t / cublasStatus_t into absl::Status with file:line.
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <tuple>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace ic::kernels::cuda {
+namespace {
+
+absl::Status CudaError(cudaError_t e, const char* what, const char* file, int line) {
+  return absl::InternalError(absl::StrCat(file, ":", line, ": ", what, ": ", cudaGetErrorName(e), " (",
+                                          cudaGetErrorString(e), ")"));
+}
+
+absl::Status CublasError(cublasStatus_t s, const char* what, const char* file, int line) {
+  return absl::InternalError(absl::StrCat(file, ":", line, ": ", what, ": cuBLASLt status ",
+                                          static_cast<int>(s)));
+}
+
+#define IC_CUDA_RETURN_IF_ERROR(expr)                                          \
+  do {                                                                         \
+    const cudaError_t ic_cuda_e_ = (expr);                                     \
+    if (ic_cuda_e_ != cudaSuccess) return CudaError(ic_cuda_e_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+#define IC_CUBLAS_RETURN_IF_ERROR(expr)                                        \
+  do {                                                                         \
+    const cublasStatus_t ic_cublas_s_ = (expr);                                \
+    if (ic_cublas_s_ != CUBLAS_STATUS_SUCCESS)                                 \
+      return CublasError(ic_cublas_s_, #expr, __FILE__, __LINE__);             \
+  } while (0)
+
+#define IC_RETURN_IF_ERROR_(expr)              \
+  do {                                         \
+    absl::Status ic_s_ = (expr);               \
+    if (!ic_s_.ok()) return ic_s_;             \
+  } while (0)
+
+// InvalidArgument "<op>: <pieces…>" when `cond` fails.
+#define IC_ARG_CHECK(cond, op, ...)                                                    \
+  do {                                                                                 \
+    if (!(cond)) return absl::InvalidArgumentError(absl::StrCat(op, ": ", __VA_ARGS__)); \
+  } while (0)
+
+constexpr size_t kCublasWorkspaceBytes = 32u << 20;
+// Budget of one indexer score tile ([rows, max_len] floats); the tile's rows follow from it.
+constexpr size_t kIndexerTileBytes = 256u << 20;
+
+int BytesAlignment(uint64_t v) {
+  for (int a : {256, 128, 64, 32, 16, 8}) {
+    if (v % a == 0) return a;
+  }
+  return 4;
+}
+
+int PointerAlignment(const void* p) { return BytesAlignment(reinterpret_cast<uintptr_t>(p)); }
+
+// One cached cuBLASLt plan per GEMM shape (descriptors + the heuristic's first algorithm).
+struct GemmKey {
+  int m, n, k, lda, ldb, ldc, batch;
+  int64_t sa, sb, sc;
+  bool bt, beta_zero;
+  int align_a, align_b, align_c;
+  auto Tie() const {
+    return std::tie(m, n, k, lda, ldb, ldc, batch, sa, sb, sc, bt, beta_zero, align_a, align_b,
+                    align_c);
+  }
+  bool operator<(const GemmKey& o) const { return Tie() < o.Tie(); }
+};
+
+struct GemmPlan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {}
+
+  ~CudaBackend() override {
+    cudaSetDevice(device_);
+    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    for (auto& [key, plan] : gemm_plans_) {
+      cublasLtMatrixLayoutDestroy(plan.a);
+      cublasLtMatrixLayoutDestroy(plan.b);
+      cublasLtMatrixLayoutDestroy(plan.c);
+      cublasLtMatmulDescDestroy(plan.op);
+    }
+    if (lt_ != nullptr) cublasLtDestroy(lt_);
+    if (cublas_ws_ != nullptr) cudaFree(cublas_ws_);
+    if (scratch_ != nullptr) cudaFree(scratch_);
+    if (dev_err_ != nullptr) cudaFree(dev_err_);
+    if (host_err_ != nullptr) cudaFreeHost(host_err_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  absl::Status Init() {
+    IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    cudaDeviceProp prop{};
+    IC_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device_));
+    device_name_ = prop.name;
+    int optin = 0;
+    IC_CUDA_RETURN_IF_ERROR(
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
+    max_shared_ = static_cast<size_t>(optin);
+    IC_CUDA_RETURN_IF_ERROR(ConfigureAttentionKernels(max_shared_));
+    IC_CUDA_RETURN_IF_ERROR(ConfigureIndexerKernels(max_shared_));
+    IC_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    IC_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&lt_));
+    IC_CUDA_RETURN_IF_ERROR(cudaMalloc(&cublas_ws_, kCublasWorkspaceBytes));
+    IC_CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&dev_err_), 2 * sizeof(DeviceError)));
+    IC_CUDA_RETURN_IF_ERROR(cudaMemset(dev_err_, 0, 2 * sizeof(DeviceError)));
+    IC_CUDA_RETURN_IF_ERROR(
+        cudaMallocHost(reinterpret_cast<void**>(&host_err_), 2 * sizeof(DeviceError)));
+    std::memset(host_err_, 0, 2 * sizeof(DeviceError));
+    return absl::OkStatus();
+  }
+
+  DeviceKind kind() const override { return DeviceKind::kCuda; }
+  std::string name() const override { return absl::StrCat("cuda:", device_, " (", device_name_, ")"); }
+
+  // ---- memory ----
+  absl::StatusOr<void*> Allocate(size_t bytes) override {
+    IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // clear the sticky-free error state
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cuda:", device_, ": cudaMalloc of ", bytes, " bytes failed: out of memory"));
+    }
+    IC_CUDA_RETURN_IF_ERROR(e);
+    return p;
+  }
+
+  void Free(void* ptr) override {
+    if (ptr == nullptr) return;
+    cudaSetDevice(device_);
+    cudaStreamSynchronize(stream_);  // work in flight may still read it
+    cudaFree(ptr);
+  }
+
+  absl::Status CopyToDevice(void* dst, const void* host_src, size_t bytes) override {
+    if (bytes == 0) return absl::OkStatus();
+    IC_ARG_CHECK(dst != nullptr && host_src != nullptr, "CopyToDevice", "null pointer");
+    IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    IC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
+    IC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));  // the caller may reuse host_src
+    return absl::OkStatus();
+  }
+
+  absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return absl::OkStatus();
+    IC_ARG_CHECK(host_dst != nullptr && src != nullptr, "CopyToHost", "null pointer");
+    IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    IC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    IC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    return absl::OkStatus();
+  }
+
+  absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return absl::OkStatus();
+    IC_ARG_CHECK(dst != nullptr && src != nullptr, "CopyOnDevice", "null pointer");
+    IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    IC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+    return absl::OkStatus();
+  }
+
+  absl::Status Memset(void* dst, int value, size_t bytes) override {
+    if (bytes == 0) return absl::OkStatus();
+    IC_ARG_CHECK(dst != nullptr, "Memset", "null pointer");
+    IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    IC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dst, value, bytes, stream_));
+    return absl::OkStatus();
+  }
+
+  absl::Status Synchronize() override {
+    IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    IC_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(&host_err_[1], &dev_err_[1], sizeof(DeviceError), cudaMemcpyDeviceToHost, stream_));
+    IC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    const DeviceError e = host_err_[1];
+    if (e.code != kErrNone) {
+      IC_CUDA_RETURN_IF_ERROR(cudaMemset(&dev_err_[1], 0, sizeof(DeviceError)));
+      return DeviceErrorStatus(e, "an earlier op");
+    }
+    return absl::OkStatus();
+  }
+
+  // ---- ops ----
+  absl::Status Gemm(const GemmArgs& g) override;
+  absl::Status Embedding(const EmbeddingArgs& a) override;
+  absl::Status RmsNorm(const NormArgs& a) override { return Norm(a, false, "RmsNorm"); }
+  absl::Status LayerNorm(const NormArgs& a) override { return Norm(a, true, "LayerNorm"); }
+  absl::Status Rope(const RopeArgs& a) override;
+  absl::Status SiluMul(const SiluMulArgs& a) override;
+  absl::Status Copy2D(const Copy2DArgs& a) override;
+  absl::Status CacheWrite(const CacheWriteArgs& a) override;
+  absl::Status Attention(const AttentionArgs& a) override;
+  absl::Status IndexerTopk(const IndexerArgs& a) override;
+  absl::Status Topk(const TopkArgs& a) override;
+  absl::Status MoeRoute(const MoeRouteArgs& a) override;
+  absl::Status GatherRows(const RowsArgs& a) override;
+  absl::Status ScatterAddRows(const RowsArgs& a) override;
+  absl::Status CrossEntropy(const CrossEntropyArgs& a) override;
+
+ private:
+  absl::Status Norm(const NormArgs& a, bool layer_norm, const char* op);
+  absl::StatusOr<GemmPlan*> GetGemmPlan(const GemmKey& key);
+  absl::Status CheckLayout(const TokenLayout& l, const char* op);
+
+  // Grows the scratch buffer to at least `bytes` (synchronising first: work in flight may use it).
+  absl::StatusOr<void*> Scratch(size_t bytes) {
+    if (bytes <= scratch_bytes_) return scratch_;
+    IC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    if (scratch_ != nullptr) IC_CUDA_RETURN_IF_ERROR(cudaFree(scratch_));
+    scratch_ = nullptr;
+    scratch_bytes_ = 0;
+    const size_t want = std::max(bytes, scratch_bytes_ * 2);
+    const cudaError_t e = cudaMalloc(&scratch_, want);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cuda:", device_, ": workspace of ", want, " bytes: out of memory"));
+    }
+    IC_CUDA_RETURN_IF_ERROR(e);
+    scratch_bytes_ = want;
+    return scratch_;
+  }
+
+  // Waits for the stream and reports the synchronous error slot (Embedding, CrossEntropy).
+  absl::Status CheckSyncError(const char* op) {
+    IC_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(&host_err_[0], &dev_err_[0], sizeof(DeviceError), cudaMemcpyDeviceToHost, stream_));
+    IC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    const DeviceError e = host_err_[0];
+    if (e.code == kErrNone) return absl::OkStatus();
+    IC_CUDA_RETURN_IF_ERROR(cudaMemset(&dev_err_[0], 0, sizeof(DeviceError)));
+    return DeviceErrorStatus(e, op);
+  }
+
+  static absl::Status DeviceErrorStatus(const DeviceError& e, const char* op) {
+    switch (e.code) {
+      case kErrEmbeddingId:
+        return absl::InvalidArgumentError(absl::StrCat(op, ": ids[", e.index, "] = ", e.value,
+                                                       " is outside the vocabulary [0, ", e.limit, ")"));
+      case kErrTarget:
+        return absl::InvalidArgumentError(absl::StrCat(op, ": targets[", e.index, "] = ", e.value,
+                                                       " is not below vocab = ", e.limit));
+      case kErrCacheSlot:
+        return absl::InvalidArgumentError(absl::StrCat("CacheWrite (", op, "): slots[", e.index, "] = ",
+                                                       e.value, " is outside [0, num_slots = ", e.limit,
+                                                       ")"));
+      case kErrBlockTable:
+        return absl::InvalidArgumentError(absl::StrCat(op, ": token ", e.index,
+                                                       ": block_tables entry ", e.value,
+                                                       " maps outside the cache (num_slots = ", e.limit,
+                                                       ")"));
+      case kErrPosition:
+        return absl::InvalidArgumentError(absl::StrCat(op, ": token ", e.index, ": position ", e.value,
+                                                       " is beyond the block table (max ", e.limit,
+                                                       " positions) or its sequence is out of range"));
+      case kErrRow:
+        return absl::InvalidArgumentError(absl::StrCat(op, ": GatherRows/ScatterAddRows: rows[", e.index,
+                                                       "] = ", e.value, " is negative"));
+      case kErrLength:
+        return absl::InvalidArgumentError(absl::StrCat(op, ": Topk: lengths[", e.index, "] = ", e.value,
+                                                       " out of range [0, stride = ", e.limit, "]"));
+      default:
+        return absl::InternalError(absl::StrCat(op, ": device error code ", e.code));
+    }
+  }
+
+  DevLayout Dev(const TokenLayout& l) const {
+    return DevLayout{l.token_seq, l.token_pos, l.block_tables, l.tokens,
+                     l.num_seqs,  l.max_blocks_per_seq, l.block_size};
+  }
+
+  int device_;
+  std::string device_name_;
+  size_t max_shared_ = 48 << 10;
+  cudaStream_t stream_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  void* cublas_ws_ = nullptr;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  DeviceError* dev_err_ = nullptr;   // [0]: checked by the op itself; [1]: reported at Synchronize()
+  DeviceError* host_err_ = nullptr;  // pinned mirror
+  std::map<GemmKey, GemmPlan> gemm_plans_;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// GEMM. Row-major C[m,n] = A[m,k]·op(B) is column-major Cᵀ[n,m] = op(B)ᵀ·Aᵀ, so cuBLASLt gets
+// (B, A) swapped: its "A" is our B (transposed iff B is [k,n]… see below), its "B" our A.
+//   b_transposed (B is [n,k], ld ldb): column-major view is [k,n]; we need [n,k] → op T.
+//   otherwise    (B is [k,n], ld ldb): column-major view is [n,k] → op N.
+// F32 compute (CUBLAS_COMPUTE_32F, no TF32) so that results match the CPU reference closely.
+absl::StatusOr<GemmPlan*> CudaBackend::GetGemmPlan(const GemmKey& key) {
+  auto it = gemm_plans_.find(key);
+  if (it != gemm_plans_.end()) return &it->second;
+  GemmPlan plan;
+  IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = key.bt ? CUBLAS_OP_T : CUBLAS_OP_N, tb = CUBLAS_OP_N;
+  IC_CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  IC_CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  // Our B as cuBLASLt's A: rows × cols (column-major) = bt ? k × n : n × k.
+  IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_32F, key.bt ? key.k : key.n,
+                                                       key.bt ? key.n : key.k, key.ldb));
+  IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_32F, key.k, key.m, key.lda));
+  IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan.c, CUDA_R_32F, key.n, key.m, key.ldc));
+  if (key.batch > 1) {
+    const int32_t batch = key.batch;
+    const std::pair<cublasLtMatrixLayout_t, int64_t> layouts[] = {
+        {plan.a, key.sb}, {plan.b, key.sa}, {plan.c, key.sc}};
+    for (const auto& [layout, stride] : layouts) {
+      IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutSetAttribute(
+          layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof(batch)));
+      IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutSetAttribute(
+          layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+    }
+  }
+  cublasLtMatmulPreference_t pref = nullptr;
+  IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = kCublasWorkspaceBytes;
+  const uint32_t al_a = key.align_b, al_b = key.align_a, al_c = key.align_c;  // swapped operands
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
+                                       sizeof(al_a));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b,
+                                       sizeof(al_b));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c,
+                                       sizeof(al_c));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c,
+                                       sizeof(al_c));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt_, plan.op, plan.a, plan.b, plan.c,
+                                                           plan.c, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (hs != CUBLAS_STATUS_SUCCESS || found == 0) {
+    cublasLtMatrixLayoutDestroy(plan.a);
+    cublasLtMatrixLayoutDestroy(plan.b);
+    cublasLtMatrixLayoutDestroy(plan.c);
+    cublasLtMatmulDescDestroy(plan.op);
+    return absl::UnimplementedError(absl::StrCat(
+        __FILE__, ":", __LINE__, ": Gemm: cuBLASLt has no algorithm for m=", key.m, " n=", key.n,
+        " k=", key.k, " lda=", key.lda, " ldb=", key.ldb, " ldc=", key.ldc, " batch=", key.batch,
+        " (status ", static_cast<int>(hs), ")"));
+  }
+  plan.algo = result.algo;
+  return &gemm_plans_.emplace(key, plan).first->second;
+}
+
+absl::Status CudaBackend::Gemm(const GemmArgs& g) {
+  constexpr const char* op = "Gemm";
+  IC_ARG_CHECK(g.m >= 0 && g.n >= 0 && g.k >= 0, op, "negative size m=", g.m, " n=", g.n, " k=", g.k);
+  IC_ARG_CHECK(g.batch >= 0, op, "batch = ", g.batch, " is negative");
+  IC_ARG_CHECK(g.lda >= 0 && g.ldb >= 0 && g.ldc >= 0, op, "negative leading dimension lda = ", g.lda,
+               ", ldb = ", g.ldb, ", ldc = ", g.ldc);
+  IC_ARG_CHECK(g.stride_a >= 0 && g.stride_b >= 0 && g.stride_c >= 0, op, "negative batch stride");
+  if (g.m == 0 || g.n == 0 || g.batch == 0) return absl::OkStatus();
+  const int lda = g.lda != 0 ? g.lda : g.k;
+  const int ldb = g.ldb != 0 ? g.ldb : (g.b_transposed ? g.k : g.n);
+  const int ldc = g.ldc != 0 ? g.ldc : g.n;
+  IC_ARG_CHECK(lda >= g.k, op, "lda = ", lda, " < k = ", g.k);
+  IC_ARG_CHECK(ldb >= (g.b_transposed ? g.k : g.n), op, "ldb = ", ldb, " too small");
+  IC_ARG_CHECK(ldc >= g.n, op, "ldc = ", ldc, " < n = ", g.n);
+  IC_ARG_CHECK(g.batch == 1 || g.stride_c != 0, op, "stride_c = 0 with batch = ", g.batch);
+  IC_ARG_CHECK(g.c != nullptr, op, "c is null");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  if (g.k == 0) {  // C = beta · C
+    IC_CUDA_RETURN_IF_ERROR(LaunchScale2D(g.c, g.m, g.n, ldc, g.batch, g.stride_c, g.beta, stream_));
+    return absl::OkStatus();
+  }
+  IC_ARG_CHECK(g.a != nullptr && g.b != nullptr, op, "a or b is null");
+  GemmKey key{g.m, g.n, g.k, lda, ldb, ldc, g.batch,
+              g.batch > 1 ? g.stride_a : 0, g.batch > 1 ? g.stride_b : 0, g.batch > 1 ? g.stride_c : 0,
+              g.b_transposed, g.beta == 0.0f,
+              PointerAlignment(g.a), PointerAlignment(g.b), PointerAlignment(g.c)};
+  // Strides enter the alignment too (every batch entry's pointer must meet it).
+  if (g.batch > 1) {
+    key.align_a = std::min(key.align_a, BytesAlignment(g.stride_a * 4));
+    key.align_b = std::min(key.align_b, BytesAlignment(g.stride_b * 4));
+    key.align_c = std::min(key.align_c, BytesAlignment(g.stride_c * 4));
+  }
+  auto plan_or = GetGemmPlan(key);
+  if (!plan_or.ok()) return plan_or.status();
+  GemmPlan* plan = *plan_or;
+  IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(lt_, plan->op, &g.alpha, g.b, plan->a, g.a, plan->b, &g.beta,
+                                           g.c, plan->c, g.c, plan->c, &plan->algo, cublas_ws_,
+                                           kCublasWorkspaceBytes, stream_));
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------------
+absl::Status CudaBackend::Embedding(const EmbeddingArgs& a) {
+  constexpr const char* op = "Embedding";
+  IC_ARG_CHECK(a.tokens >= 0 && a.dim >= 0 && a.vocab >= 0, op, "negative size");
+  if (a.tokens == 0 || a.dim == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.out != nullptr && a.table != nullptr && a.ids != nullptr, op, "null pointer");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  IC_CUDA_RETURN_IF_ERROR(
+      LaunchEmbedding(a.out, a.table, a.ids, a.tokens, a.dim, a.vocab, &dev_err_[0], stream_));
+  return CheckSyncError(op);
+}
+
+absl::Status CudaBackend::Norm(const NormArgs& a, bool layer_norm, const char* op) {
+  IC_ARG_CHECK(a.rows >= 0 && a.dim >= 0, op, "negative size rows=", a.rows, " dim=", a.dim);
+  const int in_stride = a.in_stride != 0 ? a.in_stride : a.dim;
+  const int out_stride = a.out_stride != 0 ? a.out_stride : a.dim;
+  IC_ARG_CHECK(in_stride >= a.dim, op, "in_stride = ", in_stride, " < dim = ", a.dim);
+  IC_ARG_CHECK(out_stride >= a.dim, op, "out_stride = ", out_stride, " < dim = ", a.dim);
+  if (a.rows == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.dim > 0, op, "dim = 0 with rows = ", a.rows);
+  IC_ARG_CHECK(a.eps >= 0.0f && a.eps < INFINITY, op, "eps = ", a.eps, " is not a finite value ≥ 0");
+  IC_ARG_CHECK(a.out != nullptr && a.in != nullptr && a.weight != nullptr, op,
+               "out, in or weight is null");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  IC_CUDA_RETURN_IF_ERROR(LaunchNorm(a.out, a.in, a.weight, layer_norm ? a.bias : nullptr, a.rows, a.dim,
+                                     in_stride, out_stride, a.eps, layer_norm, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Rope(const RopeArgs& a) {
+  constexpr const char* op = "Rope";
+  IC_ARG_CHECK(a.tokens >= 0 && a.heads >= 0, op, "negative size");
+  IC_ARG_CHECK(a.rot_dim >= 0 && a.rot_dim % 2 == 0, op, "rot_dim = ", a.rot_dim, " must be even");
+  IC_ARG_CHECK(a.rot_offset >= 0 && a.token_stride >= 0 && a.head_stride >= 0, op,
+               "rot_offset, token_stride and head_stride must be ≥ 0");
+  if (a.tokens == 0 || a.heads == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.rot_dim > 0, op, "rot_dim = ", a.rot_dim, " must be positive and even");
+  IC_ARG_CHECK(a.heads == 1 || a.head_stride >= a.rot_offset + a.rot_dim, op, "head_stride = ",
+               a.head_stride, " is smaller than rot_offset + rot_dim = ", a.rot_offset + a.rot_dim);
+  IC_ARG_CHECK(a.attention_scaling > -INFINITY && a.attention_scaling < INFINITY, op,
+               "attention_scaling = ", a.attention_scaling, " is not finite");
+  IC_ARG_CHECK(a.x != nullptr && a.positions != nullptr && a.inv_freq != nullptr, op, "null pointer");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  IC_CUDA_RETURN_IF_ERROR(LaunchRope(a.x, a.positions, a.inv_freq, a.tokens, a.heads, a.token_stride,
+                                     a.head_stride, a.rot_offset, a.rot_dim, a.attention_scaling,
+                                     a.style == RopeStyle::kInterleaved, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::SiluMul(const SiluMulArgs& a) {
+  constexpr const char* op = "SiluMul";
+  IC_ARG_CHECK(a.tokens >= 0 && a.dim >= 0, op, "negative size");
+  const int gs = a.gate_stride != 0 ? a.gate_stride : a.dim;
+  const int us = a.up_stride != 0 ? a.up_stride : a.dim;
+  const int os = a.out_stride != 0 ? a.out_stride : a.dim;
+  IC_ARG_CHECK(gs >= a.dim && us >= a.dim && os >= a.dim, op, "a stride is smaller than dim = ", a.dim);
+  if (a.tokens == 0 || a.dim == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.out != nullptr && a.gate != nullptr && a.up != nullptr, op, "null pointer");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  IC_CUDA_RETURN_IF_ERROR(LaunchSiluMul(a.out, a.gate, a.up, a.tokens, a.dim, gs, us, os, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Copy2D(const Copy2DArgs& a) {
+  constexpr const char* op = "Copy2D";
+  IC_ARG_CHECK(a.rows >= 0 && a.cols >= 0, op, "negative size");
+  const int ds = a.dst_stride != 0 ? a.dst_stride : a.cols;
+  const int ss = a.src_stride != 0 ? a.src_stride : a.cols;
+  IC_ARG_CHECK(ds >= a.cols, op, "dst_stride = ", ds, " < cols = ", a.cols);
+  IC_ARG_CHECK(ss >= a.cols, op, "src_stride = ", ss, " < cols = ", a.cols);
+  if (a.rows == 0 || a.cols == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.dst != nullptr && a.src != nullptr, op, "null pointer");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  IC_CUDA_RETURN_IF_ERROR(LaunchCopy2D(a.dst, a.src, a.rows, a.cols, ds, ss, a.accumulate, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::CacheWrite(const CacheWriteArgs& a) {
+  constexpr const char* op = "CacheWrite";
+  IC_ARG_CHECK(a.tokens >= 0 && a.dim >= 0 && a.num_slots >= 0, op, "negative size");
+  const int cs = a.cache_stride != 0 ? a.cache_stride : a.dim;
+  const int ss = a.src_stride != 0 ? a.src_stride : a.dim;
+  IC_ARG_CHECK(cs >= a.dim, op, "cache_stride = ", cs, " < dim = ", a.dim);
+  IC_ARG_CHECK(ss >= a.dim, op, "src_stride = ", ss, " < dim = ", a.dim);
+  if (a.tokens == 0 || a.dim == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.cache != nullptr && a.src != nullptr && a.slots != nullptr, op, "null pointer");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  IC_CUDA_RETURN_IF_ERROR(LaunchCacheWrite(a.cache, a.src, a.slots, a.tokens, a.dim, cs, ss, a.num_slots,
+                                           &dev_err_[1], stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::CheckLayout(const TokenLayout& l, const char* op) {
+  IC_ARG_CHECK(l.tokens >= 0 && l.num_seqs >= 0 && l.max_blocks_per_seq >= 0, op,
+               "layout: negative size");
+  IC_ARG_CHECK(l.block_size > 0, op, "layout.block_size = ", l.block_size, " must be positive");
+  if (l.tokens > 0) {
+    IC_ARG_CHECK(l.token_seq != nullptr && l.token_pos != nullptr && l.block_tables != nullptr, op,
+                 "layout: null pointer");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Attention(const AttentionArgs& a) {
+  constexpr const char* op = "Attention";
+  IC_RETURN_IF_ERROR_(CheckLayout(a.layout, op));
+  IC_ARG_CHECK(a.q_heads > 0 && a.kv_heads > 0 && a.q_heads % a.kv_heads == 0, op, "q_heads = ",
+               a.q_heads, " must be a positive multiple of kv_heads = ", a.kv_heads);
+  IC_ARG_CHECK(a.qk_dim > 0 && a.v_dim > 0, op, "qk_dim = ", a.qk_dim, ", v_dim = ", a.v_dim,
+               " must be positive");
+  const int q_stride = a.q_stride != 0 ? a.q_stride : a.q_heads * a.qk_dim;
+  const int k_stride = a.k_stride != 0 ? a.k_stride : a.kv_heads * a.qk_dim;
+  const int v_stride = a.v_stride != 0 ? a.v_stride : a.kv_heads * a.v_dim;
+  IC_ARG_CHECK(q_stride >= a.q_heads * a.qk_dim, op, "q_stride = ", q_stride, " too small");
+  IC_ARG_CHECK(k_stride >= a.kv_heads * a.qk_dim, op, "k_stride = ", k_stride, " too small");
+  IC_ARG_CHECK(v_stride >= a.kv_heads * a.v_dim, op, "v_stride = ", v_stride, " too small");
+  if (a.topk != nullptr) IC_ARG_CHECK(a.topk_k > 0, op, "topk_k = ", a.topk_k, " must be positive");
+  IC_ARG_CHECK(a.probs == nullptr || a.topk != nullptr, op, "probs needs topk (sparse attention)");
+  const size_t shared = AttentionSharedBytes(a.qk_dim, a.v_dim);
+  IC_ARG_CHECK(shared <= max_shared_, op, "qk_dim = ", a.qk_dim, " / v_dim = ", a.v_dim,
+               " need ", shared, " bytes of shared memory (device limit ", max_shared_, ")");
+  if (a.layout.tokens == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.out != nullptr && a.q != nullptr && a.k_cache != nullptr && a.v_cache != nullptr, op,
+               "null pointer");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  float* lse_ws = nullptr;
+  if (a.probs != nullptr && a.lse == nullptr) {
+    auto ws = Scratch(sizeof(float) * a.layout.tokens * a.q_heads);
+    if (!ws.ok()) return ws.status();
+    lse_ws = static_cast<float*>(*ws);
+  }
+  AttentionParams p{a.out, a.lse, a.probs, a.q, a.k_cache, a.v_cache, q_stride, k_stride, v_stride,
+                    a.q_heads, a.kv_heads, a.qk_dim, a.v_dim, a.num_slots, a.scale, Dev(a.layout),
+                    a.topk, a.topk_k};
+  IC_CUDA_RETURN_IF_ERROR(LaunchAttention(p, lse_ws, &dev_err_[1], stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::IndexerTopk(const IndexerArgs& a) {
+  constexpr const char* op = "IndexerTopk";
+  IC_RETURN_IF_ERROR_(CheckLayout(a.layout, op));
+  IC_ARG_CHECK(a.heads > 0 && a.head_dim > 0, op, "heads = ", a.heads, ", head_dim = ", a.head_dim,
+               " must be positive");
+  IC_ARG_CHECK(a.k > 0, op, "k = ", a.k, " must be positive");
+  const int k_stride = a.k_stride != 0 ? a.k_stride : a.head_dim;
+  IC_ARG_CHECK(k_stride >= a.head_dim, op, "k_stride = ", k_stride, " < head_dim = ", a.head_dim);
+  IC_ARG_CHECK(a.scores == nullptr || a.scores_stride > 0, op, "scores_stride = ", a.scores_stride,
+               " must be positive when scores is set");
+  const size_t shared = IndexerSharedBytes(a.heads, a.head_dim);
+  IC_ARG_CHECK(shared <= max_shared_, op, "heads × head_dim = ", a.heads, " × ", a.head_dim, " needs ",
+               shared, " bytes of shared memory (device limit ", max_shared_, ")");
+  if (a.layout.tokens == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.indices != nullptr && a.q != nullptr && a.w != nullptr && a.k_cache != nullptr, op,
+               "null pointer");
+  const int max_len = a.layout.max_blocks_per_seq * a.layout.block_size;
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  if (max_len == 0) {
+    IC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(a.indices, 0xff, sizeof(int32_t) * a.layout.tokens * a.k,
+                                            stream_));
+    return absl::OkStatus();
+  }
+  // Query tiles: [rows, max_len] scores at a time (max_len bounds every valid position).
+  const int64_t by_budget = static_cast<int64_t>(kIndexerTileBytes / (sizeof(float) * max_len));
+  const int tile = static_cast<int>(std::clamp<int64_t>(by_budget, 1, std::min(a.layout.tokens, 65535)));
+  auto ws_or = Scratch(sizeof(float) * static_cast<size_t>(tile) * max_len);
+  if (!ws_or.ok()) return ws_or.status();
+  float* ws = static_cast<float*>(*ws_or);
+  IndexerParams p{a.q, a.w, a.k_cache, k_stride, a.num_slots, a.heads, a.head_dim, a.k, Dev(a.layout)};
+  const bool all_rows = a.scores != nullptr;
+  for (int t0 = 0; t0 < a.layout.tokens; t0 += tile) {
+    const int rows = std::min(tile, a.layout.tokens - t0);
+    IC_CUDA_RETURN_IF_ERROR(LaunchIndexerScores(ws, p, t0, rows, max_len, all_rows, &dev_err_[1], stream_));
+    if (all_rows) {
+      IC_CUDA_RETURN_IF_ERROR(LaunchIndexerCopyScores(a.scores, a.scores_stride, ws, max_len,
+                                                      a.layout.token_pos, t0, rows, stream_));
+    }
+    IC_CUDA_RETURN_IF_ERROR(LaunchRowTopk(a.indices + static_cast<int64_t>(t0) * a.k, ws, max_len,
+                                          nullptr, a.layout.token_pos + t0, rows, max_len, a.k, nullptr, stream_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Topk(const TopkArgs& a) {
+  constexpr const char* op = "Topk";
+  IC_ARG_CHECK(a.rows >= 0, op, "rows = ", a.rows, " is negative");
+  IC_ARG_CHECK(a.k >= 0, op, "k = ", a.k, " is negative");
+  IC_ARG_CHECK(a.stride >= 0, op, "stride = ", a.stride, " is negative");
+  if (a.rows == 0 || a.k == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.out != nullptr && a.lengths != nullptr, op, "out or lengths is null");
+  IC_ARG_CHECK(a.scores != nullptr || a.stride == 0, op, "scores is null");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  IC_CUDA_RETURN_IF_ERROR(LaunchRowTopk(a.out, a.scores, a.stride, a.lengths, nullptr, a.rows, a.stride,
+                                        a.k, &dev_err_[1], stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::MoeRoute(const MoeRouteArgs& a) {
+  constexpr const char* op = "MoeRoute";
+  IC_ARG_CHECK(a.tokens >= 0, op, "tokens = ", a.tokens, " is negative");
+  IC_ARG_CHECK(a.experts > 0, op, "experts = ", a.experts, " must be positive");
+  IC_ARG_CHECK(a.n_group >= 1 && a.n_group <= 64 && a.experts % a.n_group == 0, op, "n_group = ",
+               a.n_group, " must divide experts = ", a.experts, " (and be ≤ 64)");
+  IC_ARG_CHECK(a.topk_group >= 1 && a.topk_group <= a.n_group, op, "topk_group = ", a.topk_group,
+               " must be in [1, n_group = ", a.n_group, "]");
+  IC_ARG_CHECK(a.top_k >= 1 && a.top_k <= a.topk_group * (a.experts / a.n_group), op, "top_k = ",
+               a.top_k, " must be in [1, experts in the kept groups]");
+  if (a.tokens == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.expert_ids != nullptr && a.expert_weights != nullptr && a.logits != nullptr, op,
+               "null pointer");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  IC_CUDA_RETURN_IF_ERROR(LaunchMoeRoute(a.expert_ids, a.expert_weights, a.logits, a.bias, a.tokens,
+                                         a.experts, a.top_k, a.n_group, a.topk_group, a.norm_topk_prob,
+                                         a.routed_scaling_factor, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::GatherRows(const RowsArgs& a) {
+  constexpr const char* op = "GatherRows";
+  IC_ARG_CHECK(a.count >= 0 && a.dim >= 0, op, "negative size");
+  if (a.count == 0 || a.dim == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.out != nullptr && a.in != nullptr && a.rows != nullptr, op, "null pointer");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  IC_CUDA_RETURN_IF_ERROR(LaunchGatherRows(a.out, a.in, a.rows, a.count, a.dim, &dev_err_[1], stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::ScatterAddRows(const RowsArgs& a) {
+  constexpr const char* op = "ScatterAddRows";
+  IC_ARG_CHECK(a.count >= 0 && a.dim >= 0, op, "negative size");
+  if (a.count == 0 || a.dim == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.out != nullptr && a.in != nullptr && a.rows != nullptr, op, "null pointer");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  IC_CUDA_RETURN_IF_ERROR(LaunchScatterAddRows(a.out, a.in, a.rows, a.scale, a.count, a.dim, &dev_err_[1], stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::CrossEntropy(const CrossEntropyArgs& a) {
+  constexpr const char* op = "CrossEntropy";
+  IC_ARG_CHECK(a.tokens >= 0 && a.vocab >= 0, op, "negative size");
+  const int stride = a.stride != 0 ? a.stride : a.vocab;
+  IC_ARG_CHECK(stride >= a.vocab, op, "stride = ", stride, " < vocab = ", a.vocab);
+  if (a.tokens == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.vocab > 0, op, "vocab must be positive");
+  IC_ARG_CHECK(a.loss != nullptr && a.logits != nullptr && a.targets != nullptr, op, "null pointer");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  IC_CUDA_RETURN_IF_ERROR(LaunchCrossEntropy(a.loss, a.logits, a.targets, a.tokens, a.vocab, stride,
+                                             &dev_err_[0], stream_));
+  return CheckSyncError(op);
+}
+
+}  // namespace
+
+int VisibleDeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // no driver / no device: not an error for the caller
+    return 0;
+  }
+  return n;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int device_ordinal) {
+  const int n = VisibleDeviceCount();
+  if (n == 0) return absl::UnavailableError("CUDA backend: no GPU is visible to this process");
+  if (device_ordinal < 0 || device_ordinal >= n) {
+    return absl::InvalidArgumentError(absl::StrCat("CUDA backend: device_ordinal = ", device_ordinal,
+                                                   " is outside [0, ", n, ")"));
+  }
+  auto backend = std::make_unique<CudaBackend>(device_ordinal);
+  absl::Status s = backend->Init();
+  if (!s.ok()) return s;
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace ic::kernels::cuda

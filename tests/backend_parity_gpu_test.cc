@@ -1,0 +1,563 @@
+// CPU-vs-CUDA parity: every op of kernels/backend.h on random inputs with odd shapes, run on the CPU
+// reference backend and on the CUDA backend, compared
+//   * floats: normalised error ‖gpu − cpu‖ / ‖cpu‖ (NaN never passes; outputs are poisoned first so an
+//     unwritten element shows up);
+//   * Topk on identical scores: identical sorted sets (both implement the DESIGN.md §3 rule exactly);
+//   * IndexerTopk: the margin-aware rule of DESIGN.md §3 (tests/index_sets.h), scores in F32 (ε 1e-5);
+//   * bad input: both backends return InvalidArgument (the CUDA backend reports cache/table errors at
+//     the next Synchronize(), see kernels/cuda/cuda_backend.h).
+// Without a visible GPU every test is skipped (GTEST_SKIP), never failed.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "tests/index_sets.h"
+
+namespace ic::kernels {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// A tensor held by both backends, with the same contents at upload.
+template <typename T>
+struct Dual {
+  T* c = nullptr;  // CPU backend memory
+  T* g = nullptr;  // CUDA backend memory
+  size_t n = 0;
+};
+
+// ‖a − b‖ / max(‖b‖, 1e-30); +inf when the NaN patterns differ or a is NaN where b is finite.
+double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return kInf;
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const bool an = std::isnan(a[i]), bn = std::isnan(b[i]);
+    if (an || bn) {
+      if (an != bn) return kInf;
+      continue;
+    }
+    if (std::isinf(a[i]) || std::isinf(b[i])) {
+      if (a[i] != b[i]) return kInf;
+      continue;
+    }
+    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
+class BackendParityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (CudaDeviceCount() == 0) {
+      GTEST_SKIP() << "no CUDA GPU is visible (or this build has no CUDA backend): CPU-vs-CUDA parity "
+                      "skipped";
+    }
+    auto cpu = CreateBackend(DeviceKind::kCpu);
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    auto gpu = CreateBackend(DeviceKind::kCuda, 0);
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    cpu_ = std::move(*cpu);
+    gpu_ = std::move(*gpu);
+    rng_.seed(1234 + ::testing::UnitTest::GetInstance()->random_seed());
+  }
+
+  void TearDown() override {
+    if (gpu_ != nullptr) {
+      EXPECT_TRUE(gpu_->Synchronize().ok());
+      for (void* p : gpu_ptrs_) gpu_->Free(p);
+    }
+    if (cpu_ != nullptr) {
+      for (void* p : cpu_ptrs_) cpu_->Free(p);
+    }
+  }
+
+  template <typename T>
+  Dual<T> Put(const std::vector<T>& h) {
+    Dual<T> d;
+    d.n = h.size();
+    const size_t bytes = std::max<size_t>(h.size(), 1) * sizeof(T);
+    auto c = cpu_->Allocate(bytes);
+    auto g = gpu_->Allocate(bytes);
+    EXPECT_TRUE(c.ok() && g.ok());
+    d.c = static_cast<T*>(*c);
+    d.g = static_cast<T*>(*g);
+    cpu_ptrs_.push_back(d.c);
+    gpu_ptrs_.push_back(d.g);
+    if (!h.empty()) {
+      EXPECT_TRUE(cpu_->CopyToDevice(d.c, h.data(), h.size() * sizeof(T)).ok());
+      EXPECT_TRUE(gpu_->CopyToDevice(d.g, h.data(), h.size() * sizeof(T)).ok());
+    }
+    return d;
+  }
+
+  // An output buffer poisoned with NaN (floats) or a sentinel (ints).
+  Dual<float> Out(size_t n) { return Put(std::vector<float>(n, kNaN)); }
+  Dual<int32_t> OutI(size_t n) { return Put(std::vector<int32_t>(n, -7)); }
+
+  template <typename T>
+  std::vector<T> Cpu(const Dual<T>& d) {
+    std::vector<T> h(d.n);
+    EXPECT_TRUE(cpu_->CopyToHost(h.data(), d.c, d.n * sizeof(T)).ok());
+    return h;
+  }
+  template <typename T>
+  std::vector<T> Gpu(const Dual<T>& d) {
+    std::vector<T> h(d.n);
+    const absl::Status s = gpu_->Synchronize();
+    EXPECT_TRUE(s.ok()) << s;
+    EXPECT_TRUE(gpu_->CopyToHost(h.data(), d.g, d.n * sizeof(T)).ok());
+    return h;
+  }
+
+  std::vector<float> Randn(size_t n, float scale = 1.0f) {
+    std::normal_distribution<float> dist(0.0f, scale);
+    std::vector<float> v(n);
+    for (float& x : v) x = dist(rng_);
+    return v;
+  }
+  int Uniform(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
+
+  void ExpectClose(const Dual<float>& d, double tol, const std::string& what) {
+    const std::vector<float> c = Cpu(d), g = Gpu(d);
+    const double err = RelErr(g, c);
+    EXPECT_LE(err, tol) << what << ": normalised error " << err;
+    RecordProperty(what, std::to_string(err));
+  }
+
+  std::unique_ptr<Backend> cpu_, gpu_;
+  std::vector<void*> cpu_ptrs_, gpu_ptrs_;
+  std::mt19937 rng_;
+};
+
+// ---- Gemm -----------------------------------------------------------------------------------------
+
+TEST_F(BackendParityTest, Gemm) {
+  struct Case {
+    int m, n, k, lda, ldb, ldc, batch;
+    bool bt;
+    float alpha, beta;
+  };
+  const Case cases[] = {
+      {37, 53, 61, 0, 0, 0, 1, true, 1.0f, 0.0f},    {37, 53, 61, 0, 0, 0, 1, false, 1.0f, 0.0f},
+      {29, 31, 45, 50, 47, 40, 1, true, 0.5f, 0.7f}, {29, 31, 45, 50, 33, 40, 1, false, -1.5f, 1.0f},
+      {1, 257, 129, 0, 0, 0, 1, true, 1.0f, 0.0f},   {257, 129, 511, 0, 0, 0, 1, true, 1.0f, 0.0f},
+      {17, 23, 19, 0, 0, 0, 3, true, 1.0f, 0.25f},   {17, 23, 19, 21, 25, 27, 4, false, 2.0f, 0.0f},
+      {13, 11, 0, 0, 0, 0, 1, true, 1.0f, 0.5f},
+  };
+  for (const Case& cs : cases) {
+    const int lda = cs.lda ? cs.lda : cs.k, ldb = cs.ldb ? cs.ldb : (cs.bt ? cs.k : cs.n),
+              ldc = cs.ldc ? cs.ldc : cs.n;
+    const int64_t sa = static_cast<int64_t>(cs.m) * lda + 3, sb = static_cast<int64_t>(cs.bt ? cs.n : cs.k) * ldb + 5,
+                  sc = static_cast<int64_t>(cs.m) * ldc + 1;
+    auto a = Put(Randn(sa * cs.batch + 8)), b = Put(Randn(sb * cs.batch + 8)), c = Put(Randn(sc * cs.batch + 8));
+    GemmArgs g{.m = cs.m, .n = cs.n, .k = cs.k, .lda = cs.lda, .ldb = cs.ldb, .ldc = cs.ldc,
+               .b_transposed = cs.bt, .alpha = cs.alpha, .beta = cs.beta, .batch = cs.batch,
+               .stride_a = cs.batch > 1 ? sa : 0, .stride_b = cs.batch > 1 ? sb : 0, .stride_c = cs.batch > 1 ? sc : 0};
+    GemmArgs gc = g, gg = g;
+    gc.a = a.c, gc.b = b.c, gc.c = c.c;
+    gg.a = a.g, gg.b = b.g, gg.c = c.g;
+    ASSERT_TRUE(cpu_->Gemm(gc).ok());
+    const absl::Status s = gpu_->Gemm(gg);
+    ASSERT_TRUE(s.ok()) << s;
+    ExpectClose(c, 1e-5, "gemm_" + std::to_string(cs.m) + "x" + std::to_string(cs.n) + "x" + std::to_string(cs.k) +
+                             (cs.bt ? "_bt" : "_bn") + "_b" + std::to_string(cs.batch));
+  }
+  // A bad leading dimension is InvalidArgument on both.
+  auto a = Put(Randn(100)), c = Put(Randn(100));
+  GemmArgs bad{.m = 4, .n = 4, .k = 8, .lda = 5};
+  bad.a = a.c, bad.b = a.c, bad.c = c.c;
+  EXPECT_EQ(cpu_->Gemm(bad).code(), absl::StatusCode::kInvalidArgument);
+  bad.a = a.g, bad.b = a.g, bad.c = c.g;
+  EXPECT_EQ(gpu_->Gemm(bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- Embedding, norms, RoPE, SiluMul, copies --------------------------------------------------------
+
+TEST_F(BackendParityTest, Embedding) {
+  const int tokens = 29, dim = 67, vocab = 101;
+  std::vector<int32_t> ids(tokens);
+  for (int32_t& id : ids) id = Uniform(0, vocab - 1);
+  auto table = Put(Randn(static_cast<size_t>(vocab) * dim));
+  auto idd = Put(ids);
+  auto out = Out(static_cast<size_t>(tokens) * dim);
+  ASSERT_TRUE(cpu_->Embedding({.out = out.c, .table = table.c, .ids = idd.c, .tokens = tokens, .dim = dim, .vocab = vocab}).ok());
+  ASSERT_TRUE(gpu_->Embedding({.out = out.g, .table = table.g, .ids = idd.g, .tokens = tokens, .dim = dim, .vocab = vocab}).ok());
+  EXPECT_EQ(Cpu(out), Gpu(out));
+  ids[7] = vocab;  // out of range
+  auto bad = Put(ids);
+  EXPECT_EQ(cpu_->Embedding({.out = out.c, .table = table.c, .ids = bad.c, .tokens = tokens, .dim = dim, .vocab = vocab}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu_->Embedding({.out = out.g, .table = table.g, .ids = bad.g, .tokens = tokens, .dim = dim, .vocab = vocab}).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(BackendParityTest, Norms) {
+  const int rows = 13, dim = 1001, in_stride = 1010, out_stride = 1003;
+  auto in = Put(Randn(static_cast<size_t>(rows) * in_stride, 3.0f));
+  auto w = Put(Randn(dim)), b = Put(Randn(dim));
+  for (int layer = 0; layer < 3; ++layer) {
+    auto out = Out(static_cast<size_t>(rows) * out_stride);
+    NormArgs n{.rows = rows, .dim = dim, .in_stride = in_stride, .out_stride = out_stride, .eps = 1e-5f};
+    NormArgs nc = n, ng = n;
+    nc.out = out.c, nc.in = in.c, nc.weight = w.c, nc.bias = layer == 2 ? b.c : nullptr;
+    ng.out = out.g, ng.in = in.g, ng.weight = w.g, ng.bias = layer == 2 ? b.g : nullptr;
+    if (layer == 0) {
+      ASSERT_TRUE(cpu_->RmsNorm(nc).ok());
+      ASSERT_TRUE(gpu_->RmsNorm(ng).ok());
+    } else {
+      ASSERT_TRUE(cpu_->LayerNorm(nc).ok());
+      ASSERT_TRUE(gpu_->LayerNorm(ng).ok());
+    }
+    // Compare the written columns only (the padding stays NaN on both).
+    ExpectClose(out, 1e-5, layer == 0 ? "rmsnorm" : (layer == 1 ? "layernorm" : "layernorm_bias"));
+  }
+  // In place, dense.
+  auto x = Put(Randn(static_cast<size_t>(rows) * dim));
+  ASSERT_TRUE(cpu_->RmsNorm({.out = x.c, .in = x.c, .weight = w.c, .rows = rows, .dim = dim}).ok());
+  ASSERT_TRUE(gpu_->RmsNorm({.out = x.g, .in = x.g, .weight = w.g, .rows = rows, .dim = dim}).ok());
+  ExpectClose(x, 1e-5, "rmsnorm_inplace");
+}
+
+TEST_F(BackendParityTest, Rope) {
+  const int tokens = 11, heads = 5, head_stride = 40, token_stride = heads * head_stride + 3, rot_offset = 8,
+            rot_dim = 24;
+  std::vector<int32_t> pos(tokens);
+  for (int32_t& p : pos) p = Uniform(0, 5000);
+  std::vector<float> inv_freq(rot_dim / 2);
+  for (int i = 0; i < rot_dim / 2; ++i) inv_freq[i] = std::pow(10000.0f, -2.0f * i / rot_dim);
+  auto pd = Put(pos);
+  auto fd = Put(inv_freq);
+  for (RopeStyle style : {RopeStyle::kNeox, RopeStyle::kInterleaved}) {
+    auto x = Put(Randn(static_cast<size_t>(tokens) * token_stride));
+    RopeArgs r{.tokens = tokens, .heads = heads, .token_stride = token_stride, .head_stride = head_stride,
+               .rot_offset = rot_offset, .rot_dim = rot_dim, .attention_scaling = 1.25f, .style = style};
+    RopeArgs rc = r, rg = r;
+    rc.x = x.c, rc.positions = pd.c, rc.inv_freq = fd.c;
+    rg.x = x.g, rg.positions = pd.g, rg.inv_freq = fd.g;
+    ASSERT_TRUE(cpu_->Rope(rc).ok());
+    ASSERT_TRUE(gpu_->Rope(rg).ok());
+    ExpectClose(x, 1e-5, style == RopeStyle::kNeox ? "rope_neox" : "rope_interleaved");
+  }
+}
+
+TEST_F(BackendParityTest, SiluMulAndCopy2D) {
+  const int tokens = 19, dim = 333;
+  auto gate = Put(Randn(static_cast<size_t>(tokens) * 700, 2.0f)), up = Put(Randn(static_cast<size_t>(tokens) * 350));
+  auto out = Out(static_cast<size_t>(tokens) * dim);
+  ASSERT_TRUE(cpu_->SiluMul({.out = out.c, .gate = gate.c, .up = up.c, .tokens = tokens, .dim = dim, .gate_stride = 700, .up_stride = 350}).ok());
+  ASSERT_TRUE(gpu_->SiluMul({.out = out.g, .gate = gate.g, .up = up.g, .tokens = tokens, .dim = dim, .gate_stride = 700, .up_stride = 350}).ok());
+  ExpectClose(out, 1e-6, "silu_mul");
+  for (bool acc : {false, true}) {
+    auto dst = Put(Randn(static_cast<size_t>(tokens) * 400));
+    ASSERT_TRUE(cpu_->Copy2D({.dst = dst.c, .src = gate.c, .rows = tokens, .cols = dim, .dst_stride = 400, .src_stride = 700, .accumulate = acc}).ok());
+    ASSERT_TRUE(gpu_->Copy2D({.dst = dst.g, .src = gate.g, .rows = tokens, .cols = dim, .dst_stride = 400, .src_stride = 700, .accumulate = acc}).ok());
+    ExpectClose(dst, 1e-7, acc ? "copy2d_acc" : "copy2d");
+  }
+}
+
+TEST_F(BackendParityTest, CacheWrite) {
+  const int tokens = 23, dim = 45, cache_stride = 50, src_stride = 47;
+  const int64_t num_slots = 64;
+  std::vector<int32_t> slots(num_slots);
+  std::iota(slots.begin(), slots.end(), 0);
+  std::shuffle(slots.begin(), slots.end(), rng_);
+  slots.resize(tokens);
+  slots[3] = -1;
+  auto cache = Put(Randn(num_slots * cache_stride));
+  auto src = Put(Randn(static_cast<size_t>(tokens) * src_stride));
+  auto sd = Put(slots);
+  CacheWriteArgs w{.tokens = tokens, .dim = dim, .cache_stride = cache_stride, .src_stride = src_stride, .num_slots = num_slots};
+  CacheWriteArgs wc = w, wg = w;
+  wc.cache = cache.c, wc.src = src.c, wc.slots = sd.c;
+  wg.cache = cache.g, wg.src = src.g, wg.slots = sd.g;
+  ASSERT_TRUE(cpu_->CacheWrite(wc).ok());
+  ASSERT_TRUE(gpu_->CacheWrite(wg).ok());
+  EXPECT_EQ(Cpu(cache), Gpu(cache));
+  slots[5] = static_cast<int32_t>(num_slots);
+  auto bad = Put(slots);
+  wc.slots = bad.c, wg.slots = bad.g;
+  EXPECT_EQ(cpu_->CacheWrite(wc).code(), absl::StatusCode::kInvalidArgument);
+  absl::Status s = gpu_->CacheWrite(wg);
+  if (s.ok()) s = gpu_->Synchronize();  // reported at the next synchronisation
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+}
+
+// ---- paged caches: attention and indexer ----------------------------------------------------------
+
+struct Paged {
+  int block_size = 0, max_blocks = 0, num_seqs = 0;
+  int64_t num_slots = 0;
+  std::vector<int32_t> block_tables;
+};
+
+Paged MakePaged(const std::vector<int>& lens, int block_size, std::mt19937& rng) {
+  Paged p;
+  p.block_size = block_size;
+  p.num_seqs = static_cast<int>(lens.size());
+  int total = 2;
+  for (int len : lens) {
+    p.max_blocks = std::max(p.max_blocks, (len + block_size - 1) / block_size);
+    total += (len + block_size - 1) / block_size;
+  }
+  p.max_blocks += 1;
+  std::vector<int32_t> pool(total);
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), rng);
+  p.num_slots = static_cast<int64_t>(total) * block_size;
+  p.block_tables.assign(static_cast<size_t>(p.num_seqs) * p.max_blocks, -1);
+  int next = 0;
+  for (int s = 0; s < p.num_seqs; ++s) {
+    for (int b = 0; b < (lens[s] + block_size - 1) / block_size; ++b) p.block_tables[s * p.max_blocks + b] = pool[next++];
+  }
+  return p;
+}
+
+// Query tokens: the last `q_per_seq[s]` positions of each sequence, interleaved across sequences.
+struct Queries {
+  std::vector<int32_t> seq, pos;
+};
+Queries MakeQueries(const std::vector<int>& lens, const std::vector<int>& q_per_seq) {
+  Queries q;
+  for (int i = 0;; ++i) {
+    bool any = false;
+    for (size_t s = 0; s < lens.size(); ++s) {
+      if (i < q_per_seq[s]) {
+        q.seq.push_back(static_cast<int32_t>(s));
+        q.pos.push_back(lens[s] - q_per_seq[s] + i);
+        any = true;
+      }
+    }
+    if (!any) break;
+  }
+  return q;
+}
+
+TEST_F(BackendParityTest, Attention) {
+  struct Case {
+    int q_heads, kv_heads, qk_dim, v_dim;
+    bool alias_v;  // MLA absorbed form: v = first v_dim entries of the latent in k_cache
+    int topk_k;    // 0: dense
+  };
+  const Case cases[] = {
+      {6, 2, 40, 40, false, 0}, {4, 1, 72, 64, true, 0}, {6, 2, 40, 40, false, 24}, {4, 1, 72, 64, true, 37},
+  };
+  const std::vector<int> lens = {70, 33, 90};
+  const std::vector<int> q_per_seq = {70, 1, 17};  // prefill, decode, chunked prefill
+  for (const Case& cs : cases) {
+    Paged pg = MakePaged(lens, 16, rng_);
+    Queries qs = MakeQueries(lens, q_per_seq);
+    const int tokens = static_cast<int>(qs.seq.size());
+    const int k_stride = cs.kv_heads * cs.qk_dim + 3;
+    const int v_stride = cs.alias_v ? k_stride : cs.kv_heads * cs.v_dim + 1;
+    auto kc = Put(Randn(pg.num_slots * k_stride));
+    auto vc = cs.alias_v ? kc : Put(Randn(pg.num_slots * v_stride));
+    auto q = Put(Randn(static_cast<size_t>(tokens) * cs.q_heads * cs.qk_dim));
+    auto tseq = Put(qs.seq), tpos = Put(qs.pos), bt = Put(pg.block_tables);
+    std::vector<int32_t> topk;
+    if (cs.topk_k > 0) {
+      topk.assign(static_cast<size_t>(tokens) * cs.topk_k, -1);
+      for (int t = 0; t < tokens; ++t) {
+        std::vector<int32_t> cand(qs.pos[t] + 1);
+        std::iota(cand.begin(), cand.end(), 0);
+        std::shuffle(cand.begin(), cand.end(), rng_);
+        const int n = std::min<int>(cs.topk_k - 2, static_cast<int>(cand.size()));
+        for (int i = 0; i < n; ++i) topk[static_cast<size_t>(t) * cs.topk_k + i] = cand[i];
+        if (n + 1 < cs.topk_k) topk[static_cast<size_t>(t) * cs.topk_k + n + 1] = qs.pos[t] + 5;  // > pos: ignored
+      }
+    }
+    auto tk = Put(topk);
+    auto out = Out(static_cast<size_t>(tokens) * cs.q_heads * cs.v_dim);
+    auto lse = Out(static_cast<size_t>(tokens) * cs.q_heads);
+    auto probs = Out(static_cast<size_t>(tokens) * std::max(cs.topk_k, 1));
+    AttentionArgs a{.k_stride = k_stride, .v_stride = v_stride, .q_heads = cs.q_heads, .kv_heads = cs.kv_heads,
+                    .qk_dim = cs.qk_dim, .v_dim = cs.v_dim, .num_slots = pg.num_slots,
+                    .scale = 1.0f / std::sqrt(static_cast<float>(cs.qk_dim)), .topk_k = cs.topk_k};
+    a.layout = {.tokens = tokens, .num_seqs = pg.num_seqs, .max_blocks_per_seq = pg.max_blocks, .block_size = pg.block_size};
+    AttentionArgs ac = a, ag = a;
+    ac.out = out.c, ac.lse = lse.c, ac.q = q.c, ac.k_cache = kc.c, ac.v_cache = vc.c;
+    ac.layout.token_seq = tseq.c, ac.layout.token_pos = tpos.c, ac.layout.block_tables = bt.c;
+    ag.out = out.g, ag.lse = lse.g, ag.q = q.g, ag.k_cache = kc.g, ag.v_cache = vc.g;
+    ag.layout.token_seq = tseq.g, ag.layout.token_pos = tpos.g, ag.layout.block_tables = bt.g;
+    if (cs.topk_k > 0) {
+      ac.topk = tk.c, ac.probs = probs.c;
+      ag.topk = tk.g, ag.probs = probs.g;
+    }
+    ASSERT_TRUE(cpu_->Attention(ac).ok());
+    const absl::Status s = gpu_->Attention(ag);
+    ASSERT_TRUE(s.ok()) << s;
+    const std::string name = std::string(cs.topk_k ? "sparse" : "dense") + "_attention_h" + std::to_string(cs.q_heads) +
+                             "_kv" + std::to_string(cs.kv_heads) + "_d" + std::to_string(cs.qk_dim);
+    ExpectClose(out, 1e-5, name + "_out");
+    ExpectClose(lse, 1e-5, name + "_lse");
+    if (cs.topk_k > 0) ExpectClose(probs, 1e-5, name + "_probs");
+  }
+}
+
+TEST_F(BackendParityTest, IndexerTopk) {
+  struct Case {
+    int heads, head_dim, k;
+    std::vector<int> lens, q_per_seq;
+  };
+  const Case cases[] = {
+      {8, 32, 16, {70, 33, 190}, {70, 1, 45}},
+      {5, 24, 64, {130, 300}, {130, 3}},
+      {64, 128, 2048, {2500, 5000}, {3, 2}},  // DeepSeek-V3.2 sizes, k = 2048, decode rows
+  };
+  for (const Case& cs : cases) {
+    Paged pg = MakePaged(cs.lens, 64, rng_);
+    Queries qs = MakeQueries(cs.lens, cs.q_per_seq);
+    const int tokens = static_cast<int>(qs.seq.size());
+    const int k_stride = cs.head_dim + 4;
+    const int scores_stride = *std::max_element(cs.lens.begin(), cs.lens.end()) + 7;
+    auto kc = Put(Randn(pg.num_slots * k_stride));
+    auto q = Put(Randn(static_cast<size_t>(tokens) * cs.heads * cs.head_dim));
+    auto w = Put(Randn(static_cast<size_t>(tokens) * cs.heads, 1.0f / std::sqrt(static_cast<float>(cs.heads * cs.head_dim))));
+    auto tseq = Put(qs.seq), tpos = Put(qs.pos), bt = Put(pg.block_tables);
+    IndexerArgs a{.scores_stride = scores_stride, .k_stride = k_stride, .num_slots = pg.num_slots, .heads = cs.heads,
+                  .head_dim = cs.head_dim, .k = cs.k};
+    a.layout = {.tokens = tokens, .num_seqs = pg.num_seqs, .max_blocks_per_seq = pg.max_blocks, .block_size = pg.block_size};
+    for (bool with_scores : {true, false}) {
+      auto idx = OutI(static_cast<size_t>(tokens) * cs.k);
+      auto scores = Out(static_cast<size_t>(tokens) * scores_stride);
+      IndexerArgs ac = a, ag = a;
+      ac.indices = idx.c, ac.q = q.c, ac.w = w.c, ac.k_cache = kc.c;
+      ac.layout.token_seq = tseq.c, ac.layout.token_pos = tpos.c, ac.layout.block_tables = bt.c;
+      ag.indices = idx.g, ag.q = q.g, ag.w = w.g, ag.k_cache = kc.g;
+      ag.layout.token_seq = tseq.g, ag.layout.token_pos = tpos.g, ag.layout.block_tables = bt.g;
+      // The CPU run always produces the reference scores (the margin rule needs them).
+      ac.scores = scores.c;
+      if (with_scores) ag.scores = scores.g;
+      ASSERT_TRUE(cpu_->IndexerTopk(ac).ok());
+      const absl::Status s = gpu_->IndexerTopk(ag);
+      ASSERT_TRUE(s.ok()) << s;
+      const std::string name = "indexer_h" + std::to_string(cs.heads) + "_d" + std::to_string(cs.head_dim) + "_k" +
+                               std::to_string(cs.k) + (with_scores ? "_scores" : "_fused");
+      if (with_scores) ExpectClose(scores, 1e-5, name);
+      const std::vector<int32_t> ic = Cpu(idx), ig = Gpu(idx);
+      const std::vector<float> ref = Cpu(scores);
+      std::vector<int32_t> valid(tokens);
+      for (int t = 0; t < tokens; ++t) valid[t] = qs.pos[t] + 1;
+      EXPECT_TRUE(test::IndexSetsWellFormed(ig.data(), tokens, cs.k, valid.data())) << name;
+      EXPECT_TRUE(test::IndexSetsMarginEqual(ic.data(), ig.data(), tokens, cs.k, ref.data(), scores_stride, valid.data(),
+                                             1e-5f))
+          << name;
+      int exact_rows = 0;
+      for (int t = 0; t < tokens; ++t) {
+        exact_rows += test::SortedValid(ic.data() + static_cast<size_t>(t) * cs.k, cs.k) ==
+                      test::SortedValid(ig.data() + static_cast<size_t>(t) * cs.k, cs.k);
+      }
+      RecordProperty(name + "_identical_rows", std::to_string(exact_rows) + "/" + std::to_string(tokens));
+    }
+  }
+}
+
+// ---- Topk on identical scores: identical sets ------------------------------------------------------
+
+TEST_F(BackendParityTest, TopkIdenticalScores) {
+  const int rows = 9, stride = 3001;
+  for (int k : {1, 7, 100, 2048}) {
+    std::vector<float> scores(static_cast<size_t>(rows) * stride);
+    for (float& s : scores) s = static_cast<float>(Uniform(-20, 20)) * 0.25f;  // many ties
+    for (int i = 0; i < 40; ++i) {
+      const float special[] = {kInf, -kInf, kNaN, -0.0f, 0.0f};
+      scores[Uniform(0, rows * stride - 1)] = special[Uniform(0, 4)];
+    }
+    std::vector<int32_t> lengths(rows);
+    for (int r = 0; r < rows; ++r) lengths[r] = r == 0 ? 0 : (r == 1 ? std::min(k, stride) : Uniform(1, stride));
+    auto sd = Put(scores);
+    auto ld = Put(lengths);
+    auto out = OutI(static_cast<size_t>(rows) * k);
+    ASSERT_TRUE(cpu_->Topk({.out = out.c, .scores = sd.c, .lengths = ld.c, .rows = rows, .stride = stride, .k = k}).ok());
+    ASSERT_TRUE(gpu_->Topk({.out = out.g, .scores = sd.g, .lengths = ld.g, .rows = rows, .stride = stride, .k = k}).ok());
+    const std::vector<int32_t> c = Cpu(out), g = Gpu(out);
+    EXPECT_TRUE(test::IndexSetsWellFormed(g.data(), rows, k, lengths.data())) << "k = " << k;
+    for (int r = 0; r < rows; ++r) {
+      EXPECT_EQ(test::SortedValid(c.data() + static_cast<size_t>(r) * k, k),
+                test::SortedValid(g.data() + static_cast<size_t>(r) * k, k))
+          << "k = " << k << ", row " << r << ", length " << lengths[r];
+    }
+  }
+}
+
+// ---- MoE -------------------------------------------------------------------------------------------
+
+TEST_F(BackendParityTest, MoeRoute) {
+  struct Case {
+    int experts, n_group, topk_group, top_k;
+    bool norm, bias;
+  };
+  const Case cases[] = {{64, 8, 3, 6, true, true}, {256, 8, 4, 8, true, true}, {40, 1, 1, 5, false, false}};
+  for (const Case& cs : cases) {
+    const int tokens = 37;
+    auto logits = Put(Randn(static_cast<size_t>(tokens) * cs.experts, 2.0f));
+    auto bias = Put(Randn(cs.experts, 0.1f));
+    auto ids = OutI(static_cast<size_t>(tokens) * cs.top_k);
+    auto wts = Out(static_cast<size_t>(tokens) * cs.top_k);
+    MoeRouteArgs m{.tokens = tokens, .experts = cs.experts, .top_k = cs.top_k, .n_group = cs.n_group,
+                   .topk_group = cs.topk_group, .norm_topk_prob = cs.norm, .routed_scaling_factor = 2.5f};
+    MoeRouteArgs mc = m, mg = m;
+    mc.expert_ids = ids.c, mc.expert_weights = wts.c, mc.logits = logits.c, mc.bias = cs.bias ? bias.c : nullptr;
+    mg.expert_ids = ids.g, mg.expert_weights = wts.g, mg.logits = logits.g, mg.bias = cs.bias ? bias.g : nullptr;
+    ASSERT_TRUE(cpu_->MoeRoute(mc).ok());
+    ASSERT_TRUE(gpu_->MoeRoute(mg).ok());
+    EXPECT_EQ(Cpu(ids), Gpu(ids)) << "experts " << cs.experts;
+    ExpectClose(wts, 1e-6, "moe_route_e" + std::to_string(cs.experts));
+  }
+}
+
+TEST_F(BackendParityTest, GatherScatterRows) {
+  const int count = 41, dim = 77, in_rows = 29;
+  std::vector<int32_t> rows(count);
+  for (int32_t& r : rows) r = Uniform(0, in_rows - 1);  // duplicates included
+  auto rd = Put(rows);
+  auto table = Put(Randn(static_cast<size_t>(in_rows) * dim));
+  auto gathered = Out(static_cast<size_t>(count) * dim);
+  ASSERT_TRUE(cpu_->GatherRows({.out = gathered.c, .in = table.c, .rows = rd.c, .count = count, .dim = dim}).ok());
+  ASSERT_TRUE(gpu_->GatherRows({.out = gathered.g, .in = table.g, .rows = rd.g, .count = count, .dim = dim}).ok());
+  EXPECT_EQ(Cpu(gathered), Gpu(gathered));
+  auto scale = Put(Randn(count));
+  auto src = Put(Randn(static_cast<size_t>(count) * dim));
+  for (bool with_scale : {true, false}) {
+    auto acc = Put(Randn(static_cast<size_t>(in_rows) * dim));
+    RowsArgs s{.count = count, .dim = dim};
+    RowsArgs sc = s, sg = s;
+    sc.out = acc.c, sc.in = src.c, sc.rows = rd.c, sc.scale = with_scale ? scale.c : nullptr;
+    sg.out = acc.g, sg.in = src.g, sg.rows = rd.g, sg.scale = with_scale ? scale.g : nullptr;
+    ASSERT_TRUE(cpu_->ScatterAddRows(sc).ok());
+    ASSERT_TRUE(gpu_->ScatterAddRows(sg).ok());
+    ExpectClose(acc, 1e-6, with_scale ? "scatter_add_scaled" : "scatter_add");
+  }
+}
+
+TEST_F(BackendParityTest, CrossEntropy) {
+  const int tokens = 17, vocab = 5003, stride = 5010;
+  std::vector<int32_t> targets(tokens);
+  for (int32_t& t : targets) t = Uniform(0, vocab - 1);
+  targets[4] = -1;
+  auto logits = Put(Randn(static_cast<size_t>(tokens) * stride, 4.0f));
+  auto td = Put(targets);
+  auto loss = Out(tokens);
+  ASSERT_TRUE(cpu_->CrossEntropy({.loss = loss.c, .logits = logits.c, .targets = td.c, .tokens = tokens, .vocab = vocab, .stride = stride}).ok());
+  ASSERT_TRUE(gpu_->CrossEntropy({.loss = loss.g, .logits = logits.g, .targets = td.g, .tokens = tokens, .vocab = vocab, .stride = stride}).ok());
+  ExpectClose(loss, 1e-5, "cross_entropy");
+  targets[2] = vocab;
+  auto bad = Put(targets);
+  EXPECT_EQ(cpu_->CrossEntropy({.loss = loss.c, .logits = logits.c, .targets = bad.c, .tokens = tokens, .vocab = vocab, .stride = stride}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu_->CrossEntropy({.loss = loss.g, .logits = logits.g, .targets = bad.g, .tokens = tokens, .vocab = vocab, .stride = stride}).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace ic::kernels

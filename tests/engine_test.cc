@@ -1,0 +1,315 @@
+// Engine semantics on synthetic models (DESIGN.md §3): chunked prefill, decode vs prefill, batched
+// decode, IndexCache reuse, k ≥ context equals dense, capacity errors, bad tokens, missing indexers.
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "sdk/engine.h"
+#include "sdk/synthetic_model.h"
+#include "tests/index_sets.h"
+
+namespace ic {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::shared_ptr<const Model> Synthetic(Architecture arch, int layers = 4, int topk = 16, std::string plan = "") {
+  SyntheticModelOptions o;
+  o.arch = arch;
+  o.num_layers = layers;
+  o.hidden_size = 128;
+  o.vocab_size = 256;
+  o.index_topk = topk;
+  o.index_n_heads = 4;
+  o.index_head_dim = 32;
+  o.plan = plan;
+  auto m = BuildSyntheticModel(o);
+  EXPECT_TRUE(m.ok()) << m.status();
+  return *m;
+}
+
+std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> d(0, vocab - 1);
+  std::vector<int32_t> v(n);
+  for (auto& t : v) t = d(rng);
+  return v;
+}
+
+double MaxRelError(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += std::pow(double(a[i]) - b[i], 2);
+    den += std::pow(double(b[i]), 2);
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// Everything one pass over `tokens` produces, run as segments of the given chunk sizes.
+struct PassResult {
+  std::vector<float> logits;                         // [tokens, vocab]
+  std::map<int, std::vector<int32_t>> topk;          // layer → [tokens, k]
+  std::map<int, std::vector<float>> scores;          // Full layer → [tokens, tokens] (−inf padded)
+};
+
+PassResult RunChunks(std::shared_ptr<const Model> model, const std::vector<int32_t>& tokens, std::vector<int> chunks,
+              const std::string& plan = "") {
+  const ModelConfig& c = model->config;
+  auto ctx = Context::Create(model, {.max_tokens = 4096, .plan = plan});
+  EXPECT_TRUE(ctx.ok()) << ctx.status();
+  const int seq = *(*ctx)->AddSequence();
+  PassResult run;
+  const int n = static_cast<int>(tokens.size());
+  run.logits.resize(static_cast<size_t>(n) * c.vocab_size);
+  int off = 0;
+  for (int chunk : chunks) {
+    if (off >= n) break;
+    chunk = std::min(chunk, n - off);
+    std::map<int, std::vector<int32_t>> topk;
+    std::map<int, std::vector<float>> scores;
+    Segment seg{seq, std::span(tokens).subspan(off, chunk)};
+    ForwardOutputs out{.all_logits = run.logits.data() + static_cast<size_t>(off) * c.vocab_size,
+                       .topk_by_layer = &topk, .scores_by_layer = &scores};
+    EXPECT_TRUE((*ctx)->Forward({&seg, 1}, out).ok());
+    for (auto& [l, v] : topk) run.topk[l].insert(run.topk[l].end(), v.begin(), v.end());
+    for (auto& [l, v] : scores) {  // re-pad each chunk's rows to n columns
+      const int cols = static_cast<int>(v.size() / chunk);
+      auto& dst = run.scores[l];
+      for (int r = 0; r < chunk; ++r) {
+        std::vector<float> row(n, -INFINITY);
+        std::copy(v.begin() + static_cast<size_t>(r) * cols, v.begin() + static_cast<size_t>(r + 1) * cols, row.begin());
+        dst.insert(dst.end(), row.begin(), row.end());
+      }
+    }
+    off += chunk;
+  }
+  return run;
+}
+
+void ExpectMarginEqual(const PassResult& a, const PassResult& b, const Model& model, int tokens, float rel_eps) {
+  const int k = model.config.index_topk;
+  std::vector<int32_t> valid(tokens);
+  std::iota(valid.begin(), valid.end(), 1);
+  for (auto& [l, idx] : a.topk) {
+    const int src = model.plan.SourceLayer(l);
+    const std::vector<float>& scores = b.scores.at(src);
+    EXPECT_TRUE(test::IndexSetsMarginEqual(idx.data(), b.topk.at(l).data(), tokens, k, scores.data(), tokens,
+                                     valid.data(), rel_eps))
+        << "layer " << l;
+  }
+}
+
+TEST(EngineTest, ChunkedPrefillMatchesOneShot_C5) {
+  for (Architecture arch : {Architecture::kDeepseekV32, Architecture::kLlamaDsa}) {
+    auto model = Synthetic(arch, 3, 32);
+    const auto tokens = RandomTokens(1000, model->config.vocab_size, 5);
+    PassResult one = RunChunks(model, tokens, {1000});
+    PassResult chunked = RunChunks(model, tokens, {1, 7, 64, 333, 595});
+    EXPECT_LT(MaxRelError(chunked.logits, one.logits), 1e-4);
+    ExpectMarginEqual(chunked, one, *model, 1000, 1e-5f);
+  }
+}
+
+TEST(EngineTest, DecodeAtPositionTEqualsPrefillRowT) {
+  auto model = Synthetic(Architecture::kGlmMoeDsa, 4, 16, "FSFS");
+  const ModelConfig& c = model->config;
+  const auto tokens = RandomTokens(90, c.vocab_size, 7);
+  PassResult ref = RunChunks(model, tokens, {90});
+  PassResult dec = RunChunks(model, tokens, std::vector<int>(90, 1));  // 90 single-token passes = decode steps
+  EXPECT_LT(MaxRelError(dec.logits, ref.logits), 1e-4);
+  ExpectMarginEqual(dec, ref, *model, 90, 1e-5f);
+}
+
+TEST(EngineTest, BatchedDecodeOfMixedLengthsEqualsOneByOne) {
+  auto model = Synthetic(Architecture::kDeepseekV32, 3, 8);
+  const ModelConfig& c = model->config;
+  auto ctx = *Context::Create(model, {.max_tokens = 2048});
+  std::vector<int> seqs;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 3; ++i) {
+    seqs.push_back(*ctx->AddSequence());
+    prompts.push_back(RandomTokens(5 + 37 * i, c.vocab_size, 100 + i));
+    ASSERT_TRUE(ctx->Prefill(seqs.back(), prompts.back()).ok());
+  }
+  const std::vector<int32_t> next = {3, 200, 77};
+  std::vector<float> batched(3 * c.vocab_size);
+  ASSERT_TRUE(ctx->Decode(seqs, next, batched.data()).ok());
+  for (int i = 0; i < 3; ++i) {
+    auto single = *Context::Create(model, {.max_tokens = 2048});
+    const int s = *single->AddSequence();
+    ASSERT_TRUE(single->Prefill(s, prompts[i]).ok());
+    std::vector<float> one(c.vocab_size);
+    ASSERT_TRUE(single->Decode({&s, 1}, {&next[i], 1}, one.data()).ok());
+    std::vector<float> row(batched.begin() + i * c.vocab_size, batched.begin() + (i + 1) * c.vocab_size);
+    EXPECT_LT(MaxRelError(row, one), 1e-5) << "sequence " << i;
+    EXPECT_EQ(*ctx->SequenceLength(seqs[i]), static_cast<int64_t>(prompts[i].size()) + 1);
+  }
+}
+
+TEST(EngineTest, SharedLayersReuseTheNearestFullLayersIndices) {
+  auto model = Synthetic(Architecture::kDeepseekV32, 6, 8);
+  const auto tokens = RandomTokens(100, model->config.vocab_size, 9);
+  PassResult dsa = RunChunks(model, tokens, {100});
+  PassResult ic = RunChunks(model, tokens, {100}, "FSSFSS");
+  for (int l : {1, 2}) EXPECT_EQ(ic.topk[l], ic.topk[0]) << l;
+  for (int l : {4, 5}) EXPECT_EQ(ic.topk[l], ic.topk[3]) << l;
+  EXPECT_EQ(ic.topk[0], dsa.topk[0]);  // layer 0 sees identical inputs
+  EXPECT_NE(ic.topk[3], ic.topk[0]);   // the Full layer 3 selects its own
+  // An all-Full plan given as a parameter is plain DSA: bitwise the same pass.
+  PassResult all_full = RunChunks(model, tokens, {100}, "FFFFFF");
+  EXPECT_EQ(all_full.logits, dsa.logits);
+  EXPECT_EQ(all_full.topk, dsa.topk);
+}
+
+TEST(EngineTest, SharedLayersGetNoIndexKCache) {
+  auto model = Synthetic(Architecture::kDeepseekV32, 8, 8);
+  auto dsa = *Context::Create(model, {.max_tokens = 1024});
+  auto ic = *Context::Create(model, {.max_tokens = 1024, .plan = "FSSSFSSS"});
+  EXPECT_EQ(dsa->cache_bytes().kv, ic->cache_bytes().kv);
+  EXPECT_EQ(ic->cache_bytes().index_k * 4, dsa->cache_bytes().index_k);
+  EXPECT_EQ(dsa->cache_bytes().index_k, int64_t{8} * 1024 * model->config.index_head_dim * 4);
+}
+
+TEST(EngineTest, TopkCoveringTheContextEqualsDenseAttention_C11) {
+  for (Architecture arch : {Architecture::kDeepseekV32, Architecture::kLlamaDsa}) {
+    auto sparse = Synthetic(arch, 3, 128);
+    auto dense_model = std::make_shared<Model>(*sparse);
+    dense_model->config.has_indexer = false;  // same weights, dense causal attention
+    const auto tokens = RandomTokens(128, sparse->config.vocab_size, 11);
+    PassResult s = RunChunks(sparse, tokens, {50, 78});
+    PassResult d = RunChunks(dense_model, tokens, {128});
+    EXPECT_LT(MaxRelError(s.logits, d.logits), 1e-5);
+  }
+}
+
+TEST(EngineTest, EvalLossIsTheMeanNextTokenCrossEntropy) {
+  auto model = Synthetic(Architecture::kLlamaDsa, 2, 16);
+  const ModelConfig& c = model->config;
+  const auto tokens = RandomTokens(150, c.vocab_size, 13);
+  PassResult run = RunChunks(model, tokens, {150});
+  double want = 0;
+  for (int t = 0; t + 1 < 150; ++t) {
+    const float* row = run.logits.data() + static_cast<size_t>(t) * c.vocab_size;
+    const double mx = *std::max_element(row, row + c.vocab_size);
+    double z = 0;
+    for (int v = 0; v < c.vocab_size; ++v) z += std::exp(row[v] - mx);
+    want += -(row[tokens[t + 1]] - mx - std::log(z));
+  }
+  want /= 149;
+  auto ctx = *Context::Create(model, {.max_tokens = 1024, .prefill_chunk = 64});
+  auto loss = ctx->EvalLoss(tokens);
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  EXPECT_EQ(loss->tokens, 149);
+  EXPECT_NEAR(loss->mean_loss, want, 1e-4 * want);
+  EXPECT_NEAR(loss->perplexity(), std::exp(want), 1e-3 * std::exp(want));
+  EXPECT_EQ(ctx->FreeTokens(), 1024);  // the temporary sequence is gone
+}
+
+TEST(EngineTest, RunningOutOfCapacityLeavesSequencesAsTheyWere) {
+  auto model = Synthetic(Architecture::kDeepseekV32, 2, 8);
+  auto ctx = *Context::Create(model, {.max_tokens = 200, .block_size = 64});  // 4 blocks = 256 tokens
+  const int a = *ctx->AddSequence();
+  const int b = *ctx->AddSequence();
+  ASSERT_TRUE(ctx->Prefill(a, RandomTokens(130, 256, 1)).ok());  // 3 blocks
+  EXPECT_EQ(ctx->FreeTokens(), 64);
+  absl::Status s = ctx->Prefill(b, RandomTokens(100, 256, 2));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("KV cache full"));
+  EXPECT_EQ(*ctx->SequenceLength(b), 0);
+  EXPECT_EQ(*ctx->SequenceLength(a), 130);
+  EXPECT_EQ(ctx->FreeTokens(), 64);
+  // A decode batch that needs one block too many fails as a whole.
+  ASSERT_TRUE(ctx->Prefill(b, RandomTokens(64, 256, 3)).ok());  // takes the last block
+  const std::vector<int> both = {a, b};
+  const std::vector<int32_t> next = {1, 2};
+  s = ctx->Decode(both, next, nullptr);  // b needs a 5th block
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(*ctx->SequenceLength(a), 130);
+  EXPECT_EQ(*ctx->SequenceLength(b), 64);
+  // Removing a sequence frees its blocks.
+  ASSERT_TRUE(ctx->RemoveSequence(a).ok());
+  EXPECT_EQ(ctx->FreeTokens(), 192);
+  EXPECT_EQ(ctx->RemoveSequence(a).code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(ctx->Decode({&b, 1}, {&next[1], 1}, nullptr).ok());
+}
+
+TEST(EngineTest, TokenIdsOutsideTheVocabularyAreRejected_C9) {
+  auto model = Synthetic(Architecture::kLlamaDsa, 2, 8);
+  auto ctx = *Context::Create(model);
+  const int s = *ctx->AddSequence();
+  for (int32_t bad : {256, -1}) {
+    const std::vector<int32_t> tokens = {1, 2, bad, 3};
+    absl::Status st = ctx->Prefill(s, tokens);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(st.message()), HasSubstr("token id " + std::to_string(bad)));
+    EXPECT_THAT(std::string(st.message()), HasSubstr("256"));
+    EXPECT_EQ(*ctx->SequenceLength(s), 0);
+  }
+  EXPECT_EQ(ctx->Prefill(s, {}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ctx->Prefill(999, std::vector<int32_t>{1}).code(), absl::StatusCode::kNotFound);
+}
+
+TEST(EngineTest, InvalidPlansAreRejectedAtContextCreation_C7) {
+  auto model = Synthetic(Architecture::kDeepseekV32, 4, 8);
+  for (const char* plan : {"SFFF", "FFXF", "FFF", "FFFFF"}) {
+    auto ctx = Context::Create(model, {.plan = plan});
+    EXPECT_EQ(ctx.status().code(), absl::StatusCode::kInvalidArgument) << plan;
+  }
+}
+
+TEST(EngineTest, CheckpointsWithoutSharedLayerIndexersLoad_C8) {
+  const std::string root = ::testing::TempDir() + "/ic_engine_c8";
+  auto model = Synthetic(Architecture::kGlmMoeDsa, 4, 8, "FSFS");
+  ASSERT_TRUE(SaveModel(*model, root + "/glm52", /*drop_shared_indexers=*/true).ok());
+  auto loaded = LoadModel(root + "/glm52");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->plan.ToString(), "FSFS");
+  auto ctx = Context::Create(*loaded);
+  ASSERT_TRUE(ctx.ok()) << ctx.status();
+  // Same logits as the in-memory model with its full set of weights.
+  const auto tokens = RandomTokens(40, 256, 4);
+  PassResult a = RunChunks(model, tokens, {40});
+  PassResult b = RunChunks(*loaded, tokens, {40});
+  EXPECT_EQ(a.logits, b.logits);
+  // A plan that makes a weightless layer Full fails naming the tensor.
+  auto bad = Context::Create(*loaded, {.plan = "FFFS"});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("model.layers.1.self_attn.indexer."));
+
+  // A Full layer 3 without indexer.wk.weight: loading works, context creation names the tensor.
+  auto broken = std::make_shared<Model>(*Synthetic(Architecture::kDeepseekV32, 4, 8));
+  broken->weights.layers[3].indexer.wk = {};
+  ASSERT_TRUE(SaveModel(*broken, root + "/no_wk").ok());
+  auto no_wk = LoadModel(root + "/no_wk");
+  ASSERT_TRUE(no_wk.ok()) << no_wk.status();
+  auto ctx2 = Context::Create(*no_wk);
+  EXPECT_EQ(ctx2.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(ctx2.status().message()), HasSubstr("model.layers.3.self_attn.indexer.wk.weight"));
+  std::filesystem::remove_all(root);
+}
+
+TEST(EngineTest, MetricsCountIndexerRunSkippedAndSaved) {
+  auto model = Synthetic(Architecture::kDeepseekV32, 8, 8);
+  auto ctx = *Context::Create(model, {.max_tokens = 1024, .plan = "FSSSFSSS"});
+  const int s = *ctx->AddSequence();
+  const Metrics::Totals before = Metrics::Global().GetTotals();
+  ASSERT_TRUE(ctx->Prefill(s, RandomTokens(200, 256, 21)).ok());
+  const Metrics::Totals after = Metrics::Global().GetTotals();
+  EXPECT_EQ(after.layers_run - before.layers_run, 2);
+  EXPECT_EQ(after.layers_skipped - before.layers_skipped, 6);
+  const double run = after.indexer_seconds - before.indexer_seconds;
+  const double saved = after.saved_seconds - before.saved_seconds;
+  EXPECT_GT(run, 0);
+  EXPECT_NEAR(saved, run / 2 * 6, 1e-9);  // mean Full-layer time × Shared layers
+  EXPECT_NEAR(after.baseline_seconds - before.baseline_seconds, run + saved, 1e-9);
+  EXPECT_EQ(after.prompt_tokens - before.prompt_tokens, 200);
+}
+
+}  // namespace
+}  // namespace ic

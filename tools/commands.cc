@@ -1,0 +1,319 @@
+// `indexcache info | run | eval | bench`.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "sdk/metrics.h"
+#include "sdk/status.h"
+#include "tools/cli.h"
+
+namespace ic::cli {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+bool WantsHelp(int argc, char** argv, const char* help) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
+      std::fputs(help, stdout);
+      return true;
+    }
+  }
+  return false;
+}
+
+int Fail(const char* cmd, const absl::Status& s) {
+  std::fprintf(stderr, "indexcache %s: %s\n", cmd, std::string(s.message()).c_str());
+  return 1;
+}
+
+#define CLI_ASSIGN_OR_FAIL(lhs, expr, cmd) \
+  auto lhs##_or = (expr);                  \
+  if (!lhs##_or.ok()) return Fail(cmd, lhs##_or.status()); \
+  auto& lhs = *lhs##_or
+
+constexpr const char* kModelOptions = R"(  --model DIR            HF checkpoint directory (config.json + *.safetensors); default: the embedded
+                         synthetic model (--seed, --layers)
+  --plan-file PATH       plan file overriding the checkpoint's plan keys
+  --device D             auto | cpu | cuda                                                 [auto]
+)";
+
+const std::vector<std::string> kModelKeys = {"model", "plan-file", "device", "seed", "layers"};
+
+std::vector<std::string> With(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+int64_t ParamCount(const Model& m) {
+  int64_t n = static_cast<int64_t>(m.weights.embed_tokens.data.size() + m.weights.lm_head.data.size() +
+                                   m.weights.final_norm.data.size());
+  auto add = [&](const HostTensor& t) { n += static_cast<int64_t>(t.data.size()); };
+  for (const LayerWeights& L : m.weights.layers) {
+    for (const HostTensor* t : {&L.input_norm, &L.post_attention_norm, &L.q_proj, &L.k_proj, &L.v_proj,
+                                &L.q_a_proj, &L.q_a_norm, &L.q_b_proj, &L.kv_a_proj, &L.kv_a_norm, &L.kv_b_proj,
+                                &L.o_proj, &L.indexer.wq, &L.indexer.wk, &L.indexer.k_norm_weight,
+                                &L.indexer.k_norm_bias, &L.indexer.weights_proj, &L.mlp.gate, &L.mlp.up,
+                                &L.mlp.down, &L.moe.router, &L.moe.correction_bias}) {
+      add(*t);
+    }
+    for (const MlpWeights& e : L.moe.experts) {
+      add(e.gate);
+      add(e.up);
+      add(e.down);
+    }
+    if (L.moe.shared) {
+      add(L.moe.shared->gate);
+      add(L.moe.shared->up);
+      add(L.moe.shared->down);
+    }
+  }
+  return n;
+}
+
+}  // namespace
+
+int CmdInfo(int argc, char** argv) {
+  const std::string help = absl::StrCat(
+      "usage: indexcache info [options]\n\nModel and plan summary.\n\noptions:\n", kModelOptions,
+      "  --plan P               show this plan instead of the checkpoint's (1/4, FSSS…, file:PATH)\n");
+  if (WantsHelp(argc, argv, help.c_str())) return 0;
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"plan"}), {}), "info");
+  CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "info");
+  const ModelConfig& c = model->config;
+  Plan plan = model->plan;
+  if (args.Has("plan")) {
+    CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plan"), *model), "info");
+    CLI_ASSIGN_OR_FAIL(p, ParsePlan(plans[0].pattern, c.num_hidden_layers), "info");
+    plan = p;
+    plan.source = plans[0].name;
+  }
+  std::printf("model          %s\n", model->path.empty() ? "(embedded synthetic)" : model->path.c_str());
+  std::printf("architecture   %s (model_type %s)\n", std::string(ArchitectureName(c.arch)).c_str(), c.model_type.c_str());
+  std::printf("parameters     %.2f M (F32 on the host)\n", ParamCount(*model) / 1e6);
+  std::printf("layers         %d, hidden %d, vocab %d, max positions %d\n", c.num_hidden_layers, c.hidden_size,
+              c.vocab_size, c.max_position_embeddings);
+  if (c.mla) {
+    std::printf("attention      MLA: %d heads, q_lora %d, kv_lora %d, qk_nope %d, qk_rope %d, v %d\n",
+                c.num_attention_heads, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim,
+                c.v_head_dim);
+  } else {
+    std::printf("attention      GQA: %d heads, %d KV heads, head dim %d\n", c.num_attention_heads,
+                c.num_key_value_heads, c.head_dim);
+  }
+  std::printf("rope           %s, theta %g, factor %g\n", c.rope.type.c_str(), c.rope.theta, c.rope.factor);
+  int moe_layers = static_cast<int>(std::count(c.moe_layer.begin(), c.moe_layer.end(), true));
+  if (moe_layers > 0) {
+    std::printf("MoE            %d layers: %d routed experts (top %d, %d groups, top %d groups), %d shared, "
+                "intermediate %d\n",
+                moe_layers, c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group, c.n_shared_experts,
+                c.moe_intermediate_size);
+  }
+  if (!c.has_indexer) {
+    std::printf("indexer        none (dense causal attention)\n");
+    return 0;
+  }
+  std::printf("indexer        %d heads × %d, top-k %d, rope dims %d (%s)\n", c.index_n_heads, c.index_head_dim,
+              c.index_topk, c.index_rope_head_dim, c.indexer_rope_interleave ? "interleaved" : "NeoX");
+  std::printf("plan           %s  (%d Full / %d layers; source: %s)\n", plan.ToString().c_str(), plan.NumFull(),
+              plan.num_layers(), plan.source.c_str());
+  int missing = 0;
+  for (int i = 0; i < c.num_hidden_layers; ++i) missing += !model->weights.layers[i].indexer.missing.empty();
+  std::printf("indexer weights present in %d of %d layers\n", c.num_hidden_layers - missing, c.num_hidden_layers);
+  const int kv = c.mla ? c.kv_lora_rank + c.qk_rope_head_dim : 2 * c.num_key_value_heads * c.head_dim;
+  std::printf("cache / token  KV %d values × %d layers; index-K %d values × %d Full layers "
+              "(bf16: %d B, fp8+scale: %d B per Full layer)\n",
+              kv, c.num_hidden_layers, c.index_head_dim, plan.NumFull(), 2 * c.index_head_dim, c.index_head_dim + 4);
+  absl::Status ok = CheckIndexersForPlan(*model, plan);
+  if (!ok.ok()) std::printf("WARNING        %s\n", std::string(ok.message()).c_str());
+  return 0;
+}
+
+int CmdRun(int argc, char** argv) {
+  const std::string help = absl::StrCat(
+      "usage: indexcache run --tokens 1,2,3 [options]\n\nGreedy generation from token ids; prints the new ids.\n\n"
+      "options:\n", kModelOptions,
+      "  --tokens LIST          prompt token ids, comma-separated\n"
+      "  --token-file PATH      prompt from a token file (little-endian uint32)\n"
+      "  --max-new N            tokens to generate                                         [16]\n"
+      "  --plan P               IndexCache plan (dsa, 1/2, 1/4, FSSS…, file:PATH)          [checkpoint]\n"
+      "  --stop-at-eos          stop at the model's eos_token_id\n");
+  if (WantsHelp(argc, argv, help.c_str())) return 0;
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"tokens", "token-file", "max-new", "plan"}),
+                                       {"stop-at-eos"}), "run");
+  CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "run");
+  CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "run");
+  const ModelConfig& c = model->config;
+  std::vector<int32_t> prompt;
+  if (args.Has("token-file")) {
+    CLI_ASSIGN_OR_FAIL(t, ReadTokenFile(args.Get("token-file"), c.vocab_size), "run");
+    prompt = t;
+  } else if (args.Has("tokens")) {
+    CLI_ASSIGN_OR_FAIL(t, ParseTokenList(args.Get("tokens"), c.vocab_size), "run");
+    prompt = t;
+  } else {
+    return Fail("run", InvalidArgument("give the prompt with --tokens or --token-file"));
+  }
+  CLI_ASSIGN_OR_FAIL(max_new, args.GetInt("max-new", 16), "run");
+  if (max_new < 1) return Fail("run", InvalidArgument("--max-new must be ≥ 1"));
+  std::string pattern;
+  if (args.Has("plan")) {
+    CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plan"), *model), "run");
+    pattern = plans[0].pattern;
+  }
+  ContextOptions co{.device = device, .max_tokens = static_cast<int64_t>(prompt.size()) + max_new + 64, .plan = pattern};
+  CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), "run");
+  CLI_ASSIGN_OR_FAIL(seq, ctx->AddSequence(), "run");
+  std::vector<float> logits(c.vocab_size);
+  const double t0 = Now();
+  absl::Status s = ctx->Prefill(seq, prompt, logits.data());
+  if (!s.ok()) return Fail("run", s);
+  const double t1 = Now();
+  std::vector<int32_t> out;
+  for (int64_t i = 0; i < max_new; ++i) {
+    const int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    out.push_back(next);
+    if (args.Has("stop-at-eos") && next == c.eos_token_id) break;
+    if (i + 1 < max_new) {
+      s = ctx->Decode({&seq, 1}, {&next, 1}, logits.data());
+      if (!s.ok()) return Fail("run", s);
+    }
+  }
+  const double t2 = Now();
+  for (size_t i = 0; i < out.size(); ++i) std::printf("%s%d", i ? "," : "", out[i]);
+  std::printf("\n");
+  std::fprintf(stderr, "plan %s; prefill %zu tokens in %s; %zu tokens generated at %.1f tokens/s\n",
+               ctx->plan().ToString().c_str(), prompt.size(), FormatSeconds(t1 - t0).c_str(), out.size(),
+               out.size() > 1 ? (out.size() - 1) / (t2 - t1) : 0.0);
+  return 0;
+}
+
+int CmdEval(int argc, char** argv) {
+  const std::string help = absl::StrCat(
+      "usage: indexcache eval --token-file PATH [options]\n\n"
+      "Next-token LM loss and perplexity of one or several plans on a token file, in windows of --context\n"
+      "tokens (each window a fresh sequence).\n\noptions:\n", kModelOptions,
+      "  --token-file PATH      little-endian uint32 token ids\n"
+      "  --plans LIST           comma-separated: dsa, checkpoint, 1/2, 1/4, 1/8, FSSS…, file:PATH  [dsa,1/2,1/4]\n"
+      "  --context N            tokens per window                                          [1024]\n"
+      "  --max-tokens N         evaluate at most N tokens of the file (0 = all)            [0]\n");
+  if (WantsHelp(argc, argv, help.c_str())) return 0;
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"token-file", "plans", "context", "max-tokens"}), {}),
+                     "eval");
+  CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "eval");
+  CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "eval");
+  if (!args.Has("token-file")) return Fail("eval", InvalidArgument("--token-file is required"));
+  CLI_ASSIGN_OR_FAIL(tokens, ReadTokenFile(args.Get("token-file"), model->config.vocab_size), "eval");
+  CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plans", "dsa,1/2,1/4"), *model), "eval");
+  CLI_ASSIGN_OR_FAIL(context, args.GetInt("context", 1024), "eval");
+  CLI_ASSIGN_OR_FAIL(max_tokens, args.GetInt("max-tokens", 0), "eval");
+  if (context < 2) return Fail("eval", InvalidArgument("--context must be ≥ 2"));
+  if (max_tokens > 0 && static_cast<int64_t>(tokens.size()) > max_tokens) tokens.resize(max_tokens);
+  std::vector<std::span<const int32_t>> windows;
+  for (size_t off = 0; off + 1 < tokens.size(); off += context) {
+    windows.push_back(std::span(tokens).subspan(off, std::min<size_t>(context, tokens.size() - off)));
+  }
+  std::printf("%-22s %-*s %10s %12s %10s\n", "plan", model->config.num_hidden_layers, "pattern", "loss", "perplexity",
+              "tokens");
+  for (const NamedPlan& p : plans) {
+    CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, {.device = device, .max_tokens = context + 64, .plan = p.pattern}),
+                       "eval");
+    double sum = 0;
+    int64_t n = 0;
+    Progress progress("eval " + p.name, static_cast<int64_t>(windows.size()));
+    for (size_t w = 0; w < windows.size(); ++w) {
+      if (windows[w].size() < 2) continue;
+      CLI_ASSIGN_OR_FAIL(r, ctx->EvalLoss(windows[w]), "eval");
+      sum += r.mean_loss * r.tokens;
+      n += r.tokens;
+      progress.Update(static_cast<int64_t>(w + 1));
+    }
+    progress.Finish();
+    const double loss = n ? sum / n : 0;
+    std::printf("%-22s %s %10.5f %12.4f %10lld\n", p.name.c_str(), p.pattern.c_str(), loss, std::exp(loss),
+                static_cast<long long>(n));
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+int CmdBench(int argc, char** argv) {
+  const std::string help = absl::StrCat(
+      "usage: indexcache bench [options]\n\n"
+      "Prefill seconds and decode tokens/s per plan and context length, with the indexer's share of the\n"
+      "time (measured at Full layers) and the time IndexCache saved.\n\noptions:\n", kModelOptions,
+      "  --plans LIST           comma-separated plans                                      [dsa,1/2,1/4]\n"
+      "  --contexts LIST        context lengths in tokens                                  [1024,4096]\n"
+      "  --decode-steps N       decode steps timed after each prefill                      [16]\n"
+      "  --batch N              sequences decoded together                                 [1]\n");
+  if (WantsHelp(argc, argv, help.c_str())) return 0;
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"plans", "contexts", "decode-steps", "batch"}), {}),
+                     "bench");
+  CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "bench");
+  CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "bench");
+  CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plans", "dsa,1/2,1/4"), *model), "bench");
+  CLI_ASSIGN_OR_FAIL(steps, args.GetInt("decode-steps", 16), "bench");
+  CLI_ASSIGN_OR_FAIL(batch, args.GetInt("batch", 1), "bench");
+  if (steps < 0 || batch < 1) return Fail("bench", InvalidArgument("--decode-steps ≥ 0 and --batch ≥ 1 required"));
+  std::vector<int64_t> contexts;
+  for (absl::string_view piece : absl::StrSplit(args.Get("contexts", "1024,4096"), ',', absl::SkipEmpty())) {
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(piece, &v) || v < 2) {
+      return Fail("bench", InvalidArgument("--contexts: '", piece, "' is not a length ≥ 2"));
+    }
+    contexts.push_back(v);
+  }
+  const ModelConfig& c = model->config;
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> dist(0, c.vocab_size - 1);
+  std::printf("%-14s %8s %12s %10s %14s %12s %12s\n", "plan", "context", "prefill", "prefill", "decode tok/s",
+              "indexer", "saved");
+  std::printf("%-14s %8s %12s %10s %14s %12s %12s\n", "", "", "", "tok/s", "per sequence", "share", "(est.)");
+  std::map<int64_t, std::pair<double, double>> dsa_times;
+  for (int64_t ctx_len : contexts) {
+    std::vector<int32_t> prompt(ctx_len);
+    for (auto& t : prompt) t = dist(rng);
+    for (const NamedPlan& p : plans) {
+      ContextOptions co{.device = device, .max_tokens = (ctx_len + steps + 64) * batch, .plan = p.pattern};
+      CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), "bench");
+      std::vector<int> seqs;
+      const Metrics::Totals m0 = Metrics::Global().GetTotals();
+      double prefill = 0;
+      for (int64_t b = 0; b < batch; ++b) {
+        CLI_ASSIGN_OR_FAIL(seq, ctx->AddSequence(), "bench");
+        seqs.push_back(seq);
+        const double t0 = Now();
+        absl::Status s = ctx->Prefill(seq, prompt);
+        if (!s.ok()) return Fail("bench", s);
+        prefill += Now() - t0;
+      }
+      prefill /= batch;
+      const Metrics::Totals m1 = Metrics::Global().GetTotals();
+      std::vector<int32_t> next(batch, 1);
+      const double t1 = Now();
+      for (int64_t i = 0; i < steps; ++i) {
+        absl::Status s = ctx->Decode(seqs, next, nullptr);
+        if (!s.ok()) return Fail("bench", s);
+      }
+      const double decode = Now() - t1;
+      const Metrics::Totals m2 = Metrics::Global().GetTotals();
+      const double indexer = m2.indexer_seconds - m0.indexer_seconds;
+      const double saved = m2.saved_seconds - m0.saved_seconds;
+      const double share = indexer / std::max(prefill * batch + decode, 1e-12);
+      (void)m1;
+      std::printf("%-14s %8lld %12s %10.0f %14.1f %11.1f%% %12s\n", p.name.c_str(), static_cast<long long>(ctx_len),
+                  FormatSeconds(prefill).c_str(), ctx_len / prefill, steps ? steps / decode : 0.0, 100 * share,
+                  FormatSeconds(saved).c_str());
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
+}  // namespace ic::cli

@@ -1,0 +1,37 @@
+// `indexcache`: the IndexCache SDK's command-line tool.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "tools/cli.h"
+
+namespace {
+
+constexpr const char* kUsage = R"(indexcache — DeepSeek-Sparse-Attention runtime with IndexCache
+
+usage: indexcache <command> [options]      (indexcache <command> --help for its options)
+
+commands:
+  demo    run the embedded synthetic DSA model with baseline DSA and an IndexCache plan, side by side
+  info    model and plan summary (layers, Full/Shared, cache bytes per token)
+  run     generate tokens from token ids
+  eval    LM loss and perplexity of one or several plans on a token file
+  bench   prefill and decode timing per plan
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "demo") return ic::cli::CmdDemo(argc - 1, argv + 1);
+  if (cmd == "info") return ic::cli::CmdInfo(argc - 1, argv + 1);
+  if (cmd == "run") return ic::cli::CmdRun(argc - 1, argv + 1);
+  if (cmd == "eval") return ic::cli::CmdEval(argc - 1, argv + 1);
+  if (cmd == "bench") return ic::cli::CmdBench(argc - 1, argv + 1);
+  std::fprintf(stderr, "indexcache: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+  return 2;
+}
