@@ -8,9 +8,8 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "absl/strings/str_join.h"
 #include "sdk/status.h"
@@ -48,9 +47,7 @@ const json* Find(const json& obj, absl::string_view key) {
   return &*it;
 }
 
-absl::Status Missing(absl::string_view key) {
-  return InvalidArgument(kFile, "missing required key \"", key, "\"");
-}
+absl::Status Missing(absl::string_view key) { return InvalidArgument(kFile, "missing required key \"", key, "\""); }
 
 absl::Status BadType(absl::string_view key, const json& v, absl::string_view expected) {
   return InvalidArgument(kFile, key, " is ", v.dump(), "; expected ", expected);
@@ -58,8 +55,7 @@ absl::Status BadType(absl::string_view key, const json& v, absl::string_view exp
 
 // Reads an integer (an integral float such as 4096.0 is accepted). `*out` keeps its value when the key
 // is absent and not required.
-absl::Status ReadInt(const json& obj, absl::string_view key, bool required, int* out,
-                     absl::string_view prefix = "") {
+absl::Status ReadInt(const json& obj, absl::string_view key, bool required, int* out, absl::string_view prefix = "") {
   const std::string name = absl::StrCat(prefix, key);
   const json* v = Find(obj, key);
   if (v == nullptr) return required ? Missing(name) : absl::OkStatus();
@@ -144,8 +140,8 @@ absl::StatusOr<Architecture> ReadArchitecture(const json& root) {
     if (name == a.name) return a.arch;
     supported.push_back(a.name);
   }
-  return InvalidArgument(kFile, "architecture \"", name, "\" is not supported; supported: ",
-                         absl::StrJoin(supported, ", "));
+  return InvalidArgument(kFile, "architecture \"", name,
+                         "\" is not supported; supported: ", absl::StrJoin(supported, ", "));
 }
 
 // RoPE: `rope_parameters` (transformers 5) or `rope_scaling` + top-level `rope_theta` (older files).
@@ -193,12 +189,11 @@ absl::Status ReadRope(const json& root, int max_position_embeddings, RopeConfig*
   // model's max_position_embeddings.
   if (type == "yarn" || type == "llama3") {
     rope->original_max_position_embeddings = max_position_embeddings;
-    IC_RETURN_IF_ERROR(ReadDouble(p, "original_max_position_embeddings", false,
-                                  &rope->original_max_position_embeddings, prefix));
-    IC_RETURN_IF_ERROR(ReadDouble(root, "original_max_position_embeddings", false,
-                                  &rope->original_max_position_embeddings));
-    IC_RETURN_IF_ERROR(Positive(prefix + "original_max_position_embeddings",
-                                rope->original_max_position_embeddings));
+    IC_RETURN_IF_ERROR(
+        ReadDouble(p, "original_max_position_embeddings", false, &rope->original_max_position_embeddings, prefix));
+    IC_RETURN_IF_ERROR(
+        ReadDouble(root, "original_max_position_embeddings", false, &rope->original_max_position_embeddings));
+    IC_RETURN_IF_ERROR(Positive(prefix + "original_max_position_embeddings", rope->original_max_position_embeddings));
   }
   if (type == "yarn") {
     // HF: a missing factor is max_position_embeddings / original_max_position_embeddings.
@@ -269,8 +264,7 @@ absl::Status ReadMoe(const json& root, ModelConfig* c) {
       if (t == "sparse") {
         c->moe_layer[i] = true;
       } else if (t != "dense") {
-        return InvalidArgument(kFile, "mlp_layer_types[", i, "] is ", t.dump(),
-                               "; expected \"dense\" or \"sparse\"");
+        return InvalidArgument(kFile, "mlp_layer_types[", i, "] is ", t.dump(), "; expected \"dense\" or \"sparse\"");
       }
     }
   } else {
@@ -303,12 +297,11 @@ absl::Status ReadMoe(const json& root, ModelConfig* c) {
   IC_RETURN_IF_ERROR(Positive("topk_group", c->topk_group));
   IC_RETURN_IF_ERROR(Positive("routed_scaling_factor", c->routed_scaling_factor));
   if (c->num_experts_per_tok > c->n_routed_experts) {
-    return InvalidArgument(kFile, "num_experts_per_tok ", c->num_experts_per_tok, " exceeds ", experts_name,
-                           " ", c->n_routed_experts);
+    return InvalidArgument(kFile, "num_experts_per_tok ", c->num_experts_per_tok, " exceeds ", experts_name, " ",
+                           c->n_routed_experts);
   }
   if (c->n_routed_experts % c->n_group != 0) {
-    return InvalidArgument(kFile, experts_name, " ", c->n_routed_experts, " is not divisible by n_group ",
-                           c->n_group);
+    return InvalidArgument(kFile, experts_name, " ", c->n_routed_experts, " is not divisible by n_group ", c->n_group);
   }
   if (c->topk_group > c->n_group) {
     return InvalidArgument(kFile, "topk_group ", c->topk_group, " exceeds n_group ", c->n_group);
@@ -607,7 +600,8 @@ std::string ModelConfigToJson(const ModelConfig& c) {
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("fp-contract=off")))
 #endif
-RopeTables ComputeRope(const RopeConfig& rope, int dim, int max_position_embeddings) {
+RopeTables
+ComputeRope(const RopeConfig& rope, int dim, int max_position_embeddings) {
   RopeTables out;
   const int half = dim / 2;
   const float base = static_cast<float>(rope.theta);
@@ -623,17 +617,19 @@ RopeTables ComputeRope(const RopeConfig& rope, int dim, int max_position_embeddi
     const float factor = static_cast<float>(rope.factor);
     for (float& f : out.inv_freq) f = f / factor;
   } else if (rope.type == "llama3") {
-    const double old_context = rope.original_max_position_embeddings > 0 ? rope.original_max_position_embeddings
-                                                                          : max_position_embeddings;
+    const double old_context =
+        rope.original_max_position_embeddings > 0 ? rope.original_max_position_embeddings : max_position_embeddings;
     const float factor = static_cast<float>(rope.factor);
     const float low_wavelen = static_cast<float>(old_context / rope.low_freq_factor);
     const float high_wavelen = static_cast<float>(old_context / rope.high_freq_factor);
     const float two_pi = static_cast<float>(2 * M_PI);
     for (float& f : out.inv_freq) {
-      const float wavelen = two_pi / f;
+      // torch evaluates `scalar / tensor` as reciprocal(tensor) * scalar.
+      const float wavelen = (1.0f / f) * two_pi;
       const float llama = wavelen > low_wavelen ? f / factor : f;
       if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
-        const float smooth = (static_cast<float>(old_context) / wavelen - static_cast<float>(rope.low_freq_factor)) /
+        const float ratio = (1.0f / wavelen) * static_cast<float>(old_context);
+        const float smooth = (ratio - static_cast<float>(rope.low_freq_factor)) /
                              static_cast<float>(rope.high_freq_factor - rope.low_freq_factor);
         const float a = (1.0f - smooth) * llama;
         const float b = a / factor;
@@ -644,15 +640,15 @@ RopeTables ComputeRope(const RopeConfig& rope, int dim, int max_position_embeddi
       }
     }
   } else if (rope.type == "yarn") {
-    const double original = rope.original_max_position_embeddings > 0 ? rope.original_max_position_embeddings
-                                                                       : max_position_embeddings;
+    const double original =
+        rope.original_max_position_embeddings > 0 ? rope.original_max_position_embeddings : max_position_embeddings;
     const double factor = rope.factor;
     auto get_mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
     if (rope.attention_factor) {
       out.attention_scaling = static_cast<float>(*rope.attention_factor);
     } else if (rope.mscale != 0 && rope.mscale_all_dim != 0) {
-      out.attention_scaling = static_cast<float>(get_mscale(factor, rope.mscale) /
-                                                 get_mscale(factor, rope.mscale_all_dim));
+      out.attention_scaling =
+          static_cast<float>(get_mscale(factor, rope.mscale) / get_mscale(factor, rope.mscale_all_dim));
     } else {
       out.attention_scaling = static_cast<float>(get_mscale(factor, 1.0));
     }

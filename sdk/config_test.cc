@@ -1,15 +1,15 @@
 #include "sdk/config.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 namespace ic {
 namespace {
@@ -215,7 +215,7 @@ TEST(ConfigTest, LlamaDsaDefaultsAndRoundTrip) {
   EXPECT_EQ(c.model_type, "llama_dsa");
   EXPECT_FALSE(c.mla);
   EXPECT_TRUE(c.has_indexer);
-  EXPECT_EQ(c.head_dim, 16);  // hidden / heads
+  EXPECT_EQ(c.head_dim, 16);             // hidden / heads
   EXPECT_EQ(c.index_rope_head_dim, 16);  // index_head_dim / 2
   EXPECT_FALSE(c.indexer_rope_interleave);
   EXPECT_EQ(c.index_topk_pattern, "FSFS");
@@ -245,8 +245,11 @@ TEST(ConfigTest, LlamaDsaDefaultsAndRoundTrip) {
 
 TEST(ConfigTest, RopeVariantsRoundTrip) {
   json j = LlamaDsaJson();
-  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
-                       {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
+  j["rope_scaling"] = {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 64}};
   ModelConfig c = MustParse(j.dump());
   EXPECT_EQ(c.rope.type, "llama3");
   EXPECT_DOUBLE_EQ(c.rope.original_max_position_embeddings, 64);
@@ -260,8 +263,7 @@ TEST(ConfigTest, RopeVariantsRoundTrip) {
   ExpectRoundTrip(c);
 
   j = LlamaDsaJson();
-  j["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"attention_factor", 1.25},
-                          {"truncate", false}};
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"attention_factor", 1.25}, {"truncate", false}};
   c = MustParse(j.dump());
   EXPECT_DOUBLE_EQ(c.rope.original_max_position_embeddings, 256);  // defaults to max_position_embeddings
   EXPECT_EQ(c.rope.attention_factor, 1.25);
@@ -313,9 +315,9 @@ TEST(ConfigTest, LoadMissingIsNotFound) {
 }
 
 struct BadCase {
-  std::string base;    // "dsv32" or "llama_dsa"
-  std::string key;     // a JSON pointer into the config
-  json value;          // null with erase = true: remove the key
+  std::string base;  // "dsv32" or "llama_dsa"
+  std::string key;   // a JSON pointer into the config
+  json value;        // null with erase = true: remove the key
   bool erase;
   std::string expect;  // substring of the error
 };
@@ -323,7 +325,8 @@ struct BadCase {
 TEST(ConfigTest, BadValuesAreRejectedWithTheirName) {
   const json dsv32 = json::parse(ReadText(SharedDir() + "/golden/dsv32-tiny/config.json"));
   const std::vector<BadCase> cases = {
-      {"dsv32", "/architectures", json::array({"MistralForCausalLM"}), false, "\"MistralForCausalLM\" is not supported"},
+      {"dsv32", "/architectures", json::array({"MistralForCausalLM"}), false,
+       "\"MistralForCausalLM\" is not supported"},
       {"dsv32", "/architectures", json::array(), false, "architectures"},
       {"dsv32", "/architectures", nullptr, true, "missing required key \"architectures\""},
       {"dsv32", "/hidden_size", -4, false, "hidden_size must be positive, got -4"},
@@ -520,6 +523,71 @@ TEST(RopeTest, LinearAndLlama3) {
   EXPECT_NEAR(t.inv_freq[8], 0.03760603093086393, 1e-6 * 0.0376);
   EXPECT_NEAR(t.inv_freq[16], 0.0005248461609929547, 1e-5 * 0.000525);
   EXPECT_NEAR(t.inv_freq[24], 6.647869871181236e-06, 1e-6 * 6.65e-6);
+}
+
+// inv_freq from HF transformers 5.17.0 (torch 2.11.0, CPU, AVX512), printed with float.hex() on
+// 2026-11-29: ROPE_INIT_FUNCTIONS[type](LlamaConfig(head_dim=dim, rope_parameters=...)). Our float32
+// step-by-step evaluation matches bit for bit.
+TEST(RopeTest, MatchesHfBitForBit) {
+  RopeConfig yarn;
+  yarn.type = "yarn";
+  yarn.factor = 40;
+  yarn.original_max_position_embeddings = 4096;
+  yarn.mscale = 1;
+  yarn.mscale_all_dim = 1;
+  const std::vector<float> yarn_hf = {
+      0x1.000000p+0f,  0x1.7ff222p-1f,  0x1.1feb34p-1f,  0x1.afd136p-2f,  0x1.43d136p-2f,  0x1.e5a846p-3f,
+      0x1.6c310ep-3f,  0x1.111aeep-3f,  0x1.99999ap-4f,  0x1.33281ap-4f,  0x1.ccab84p-5f,  0x1.3f8b74p-5f,
+      0x1.b86436p-6f,  0x1.2d1b86p-6f,  0x1.97e506p-7f,  0x1.111aeep-7f,  0x1.6872b2p-8f,  0x1.d2e0ccp-9f,
+      0x1.26d42cp-9f,  0x1.67459ap-10f, 0x1.9e7c6ep-11f, 0x1.b32624p-12f, 0x1.74eea6p-13f, 0x1.17a8e2p-15f,
+      0x1.a36e2ep-16f, 0x1.3a8746p-16f, 0x1.d7b9e0p-17f, 0x1.61bea2p-17f, 0x1.094566p-17f, 0x1.8dd9bap-18f,
+      0x1.2a5884p-18f, 0x1.bf749ep-19f};
+  EXPECT_EQ(ComputeRope(yarn, 64, 163840).inv_freq, yarn_hf);
+
+  RopeConfig notrunc;
+  notrunc.type = "yarn";
+  notrunc.factor = 4;
+  notrunc.original_max_position_embeddings = 2048;
+  notrunc.mscale = 0.707;
+  notrunc.mscale_all_dim = 1;
+  notrunc.truncate = false;
+  const std::vector<float> notrunc_hf = {
+      0x1.000000p+0f,  0x1.7ff222p-1f,  0x1.1feb34p-1f,  0x1.afd136p-2f,  0x1.43d136p-2f,  0x1.e5a846p-3f,
+      0x1.6c310ep-3f,  0x1.111aeep-3f,  0x1.99999ap-4f,  0x1.213fdep-4f,  0x1.951ea2p-5f,  0x1.1a47aap-5f,
+      0x1.8716dcp-6f,  0x1.0d1366p-6f,  0x1.6f4320p-7f,  0x1.f061a4p-8f,  0x1.4b69e8p-8f,  0x1.b3d44cp-9f,
+      0x1.18ea9cp-9f,  0x1.6075fep-10f, 0x1.a95990p-11f, 0x1.36d21ap-11f, 0x1.d22a50p-12f, 0x1.5d931cp-12f,
+      0x1.0624dep-12f, 0x1.892918p-13f, 0x1.26d42cp-13f, 0x1.ba2e4ap-14f, 0x1.4b96c0p-14f, 0x1.f1502ap-15f,
+      0x1.74eea6p-15f, 0x1.17a8e4p-15f};
+  RopeTables t = ComputeRope(notrunc, 64, 8192);
+  EXPECT_EQ(t.inv_freq, notrunc_hf);
+  EXPECT_FLOAT_EQ(t.attention_scaling, 0x1.edbc41e43a629p-1f);
+
+  RopeConfig l3;
+  l3.type = "llama3";
+  l3.theta = 500000;
+  l3.factor = 8;
+  l3.low_freq_factor = 1;
+  l3.high_freq_factor = 4;
+  l3.original_max_position_embeddings = 8192;
+  const std::vector<float> l3_hf = {
+      0x1.000000p+0f,  0x1.a11582p-1f,  0x1.53c38cp-1f,  0x1.14c708p-1f,  0x1.c2ef78p-2f,  0x1.6f56fap-2f,
+      0x1.2b3dc6p-2f,  0x1.e788c2p-3f,  0x1.8d2760p-3f,  0x1.438740p-3f,  0x1.078d40p-3f,  0x1.ad6338p-4f,
+      0x1.5dc95ap-4f,  0x1.1cf130p-4f,  0x1.d03ccep-5f,  0x1.7a2d08p-5f,  0x1.341190p-5f,  0x1.f5ea7ep-6f,
+      0x1.98de92p-6f,  0x1.4d1272p-6f,  0x1.0f5386p-6f,  0x1.ba0dd8p-7f,  0x1.681adap-7f,  0x1.2558fep-7f,
+      0x1.ddee9ep-8f,  0x1.8554ecp-8f,  0x1.3d2804p-8f,  0x1.025c6ap-8f,  0x1.a4ee40p-9f,  0x1.1bfa0cp-9f,
+      0x1.67a23ap-10f, 0x1.c12f3cp-11f, 0x1.132ba4p-11f, 0x1.47e210p-12f, 0x1.765ba4p-13f, 0x1.90d10cp-14f,
+      0x1.46831ap-14f, 0x1.09fb7ep-14f, 0x1.b15902p-15f, 0x1.610332p-15f, 0x1.1f91f0p-15f, 0x1.d484dep-16f,
+      0x1.7da9e8p-16f, 0x1.36e8eap-16f, 0x1.fa8b86p-17f, 0x1.9ca3eap-17f, 0x1.5024d6p-17f, 0x1.11d41ep-17f,
+      0x1.be2188p-18f, 0x1.6b6d0ep-18f, 0x1.280d96p-18f, 0x1.e25700p-19f, 0x1.88ec20p-19f, 0x1.4014d2p-19f,
+      0x1.04be68p-19f, 0x1.a8d010p-20f, 0x1.5a0f4ep-20f, 0x1.19e800p-20f, 0x1.cb4a9ap-21f, 0x1.76258ep-21f,
+      0x1.30c94ep-21f, 0x1.f09184p-22f, 0x1.948360p-22f, 0x1.4985fep-22f};  // all 64
+  EXPECT_EQ(ComputeRope(l3, 128, 131072).inv_freq, l3_hf);
+
+  RopeConfig d;
+  d.theta = 100000;
+  const std::vector<float> default_hf = {0x1.000000p+0f, 0x1.e5a846p-3f,  0x1.ccab84p-5f,  0x1.b4f7e4p-7f,
+                                         0x1.9e7c70p-9f, 0x1.892918p-11f, 0x1.74eea6p-13f, 0x1.61bea4p-15f};
+  EXPECT_EQ(ComputeRope(d, 16, 512).inv_freq, default_hf);
 }
 
 TEST(RopeTest, SoftmaxScaleOnlyForMlaWithMscaleAllDim) {

@@ -1,13 +1,13 @@
 // IndexCache plans: parsing, checkpoint sources, plan files, uniform plans (DESIGN.md §3).
 #include "sdk/plan.h"
 
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
 #include <cmath>
 #include <fstream>
 #include <limits>
 #include <sstream>
-
-#include <google/protobuf/io/tokenizer.h>
-#include <google/protobuf/text_format.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -142,8 +142,8 @@ absl::StatusOr<Plan> LoadPlanFile(const std::string& path, int num_layers) {
   google::protobuf::TextFormat::Parser parser;
   parser.RecordErrorsTo(&collector);
   if (!parser.ParseFromString(text, &file)) {
-    return InvalidArgument(path, ": not a plan file (protobuf text format PlanFile, or a bare F/S string): ",
-                           collector.errors);
+    return InvalidArgument(
+        path, ": not a plan file (protobuf text format PlanFile, or a bare F/S string): ", collector.errors);
   }
   absl::StatusOr<Plan> plan = ParsePlan(file.pattern(), num_layers);
   if (!plan.ok()) return Prefixed(plan.status(), absl::StrCat(path, ": "));
@@ -181,9 +181,7 @@ absl::StatusOr<Plan> UniformPlan(int num_layers, int r) {
 absl::StatusOr<int> ParseKeepFraction(std::string_view keep_std) {
   const absl::string_view keep(keep_std.data(), keep_std.size());
   const absl::string_view text = absl::StripAsciiWhitespace(keep);
-  auto bad = [&](absl::string_view why) {
-    return InvalidArgument("keep fraction \"", keep, "\": ", why);
-  };
+  auto bad = [&](absl::string_view why) { return InvalidArgument("keep fraction \"", keep, "\": ", why); };
   double value = 0;
   const size_t slash = text.find('/');
   if (slash != absl::string_view::npos) {

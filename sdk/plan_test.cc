@@ -1,13 +1,13 @@
 #include "sdk/plan.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-#include <unistd.h>
 
 namespace ic {
 namespace {
@@ -147,8 +147,8 @@ TEST(PlanTest, KeepFractions) {
   EXPECT_EQ(*ParseKeepFraction("0.5"), 2);
   EXPECT_EQ(*ParseKeepFraction("0.1"), 10);
   EXPECT_EQ(*ParseKeepFraction(" 1/2 "), 2);
-  for (const char* bad : {"0", "0/4", "-0.25", "-1/4", "1/-4", "1.5", "3/2", "2/3", "0.3", "abc", "", "1/", "/4",
-                          "1/0", "nan", "inf", "0.25x"}) {
+  for (const char* bad : {"0", "0/4", "-0.25", "-1/4", "1/-4", "1.5", "3/2", "2/3", "0.3", "abc", "", "1/", "/4", "1/0",
+                          "nan", "inf", "0.25x"}) {
     absl::StatusOr<int> r = ParseKeepFraction(bad);
     ASSERT_FALSE(r.ok()) << bad << " -> " << *r;
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);

@@ -11,10 +11,9 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_join.h"
 #include "sdk/status.h"
@@ -31,9 +30,9 @@ struct DTypeInfo {
   size_t size;
 };
 constexpr DTypeInfo kDTypes[] = {
-    {DType::kF32, "F32", 4},     {DType::kF16, "F16", 2}, {DType::kBF16, "BF16", 2}, {DType::kF8E4M3, "F8_E4M3", 1},
-    {DType::kI32, "I32", 4},     {DType::kI64, "I64", 8}, {DType::kU8, "U8", 1},     {DType::kI8, "I8", 1},
-    {DType::kBool, "BOOL", 1},   {DType::kF64, "F64", 8},
+    {DType::kF32, "F32", 4},   {DType::kF16, "F16", 2}, {DType::kBF16, "BF16", 2}, {DType::kF8E4M3, "F8_E4M3", 1},
+    {DType::kI32, "I32", 4},   {DType::kI64, "I64", 8}, {DType::kU8, "U8", 1},     {DType::kI8, "I8", 1},
+    {DType::kBool, "BOOL", 1}, {DType::kF64, "F64", 8},
 };
 
 const DTypeInfo* FindDType(const std::string& name) {
@@ -213,8 +212,8 @@ absl::Status SafetensorsFile::ParseHeader(std::vector<TensorInfo>* tensors) cons
     if (dtype == nullptr) {
       std::vector<const char*> names;
       for (const DTypeInfo& d : kDTypes) names.push_back(d.name);
-      return bad("dtype \"", dtype_it->get<std::string>(), "\" is not supported; supported: ",
-                 absl::StrJoin(names, ", "));
+      return bad("dtype \"", dtype_it->get<std::string>(),
+                 "\" is not supported; supported: ", absl::StrJoin(names, ", "));
     }
     auto shape_it = entry.find("shape");
     if (shape_it == entry.end() || !shape_it->is_array()) return bad("missing shape (a list of sizes)");
@@ -289,7 +288,8 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Open(const std::string
       std::set<std::string> shards;
       for (const auto& [tensor, shard] : map_it->items()) {
         if (!shard.is_string()) {
-          return InvalidArgument(index_path, ": weight_map[\"", tensor, "\"] is ", shard.dump(), "; expected a file name");
+          return InvalidArgument(index_path, ": weight_map[\"", tensor, "\"] is ", shard.dump(),
+                                 "; expected a file name");
         }
         const std::string name = shard.get<std::string>();
         if (name.empty() || name[0] == '/' || name.find("..") != std::string::npos) {
@@ -315,8 +315,7 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Open(const std::string
     absl::StatusOr<std::unique_ptr<SafetensorsFile>> opened = SafetensorsFile::Open(file, &tensors);
     if (!opened.ok()) {
       if (absl::IsNotFound(opened.status()) && !index_entries.empty()) {
-        return absl::NotFoundError(
-            absl::StrCat(file, ": shard listed in model.safetensors.index.json not found"));
+        return absl::NotFoundError(absl::StrCat(file, ": shard listed in model.safetensors.index.json not found"));
       }
       return opened.status();
     }
@@ -407,7 +406,8 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
       return bad("shape [", absl::StrJoin(t.shape, ", "), "] holds ", numel, " values but data has ", t.data.size());
     }
     const uint64_t nbytes = static_cast<uint64_t>(numel) * DTypeSize(t.dtype);
-    header[t.name] = {{"dtype", std::string(DTypeName(t.dtype))}, {"shape", t.shape}, {"data_offsets", {offset, offset + nbytes}}};
+    header[t.name] = {
+        {"dtype", std::string(DTypeName(t.dtype))}, {"shape", t.shape}, {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;
   }
   std::string text = header.dump();

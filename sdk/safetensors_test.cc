@@ -1,5 +1,7 @@
 #include "sdk/safetensors.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,9 +12,6 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 namespace ic {
 namespace {
@@ -96,8 +95,8 @@ TEST_F(SafetensorsTest, RoundTripF32AndBf16) {
 
 TEST_F(SafetensorsTest, Bf16RoundsToNearestEven) {
   EXPECT_EQ(FloatToBf16(1.0f), 0x3f80);
-  EXPECT_EQ(FloatToBf16(1.00390625f), 0x3f80);  // halfway, tie to even (down)
-  EXPECT_EQ(FloatToBf16(1.01171875f), 0x3f82);  // halfway, tie to even (up)
+  EXPECT_EQ(FloatToBf16(1.00390625f), 0x3f80);    // halfway, tie to even (down)
+  EXPECT_EQ(FloatToBf16(1.01171875f), 0x3f82);    // halfway, tie to even (up)
   EXPECT_EQ(FloatToBf16(1.0048828125f), 0x3f81);  // above halfway
   EXPECT_EQ(FloatToBf16(-2.0f), 0xc000);
   EXPECT_EQ(FloatToBf16(INFINITY), 0x7f80);
@@ -108,11 +107,10 @@ TEST_F(SafetensorsTest, Bf16RoundsToNearestEven) {
 TEST_F(SafetensorsTest, ReadsF16AndBlockScaledF8) {
   // F16 [3]: 1.0 (0x3c00), -2.5 (0xc100), smallest subnormal (0x0001).
   // F8_E4M3 [2, 130]: byte 0x38 = 1.0, 0x40 = 2.0; scale_inv F32 [1, 2] = {0.5, 4}.
-  const std::string header =
-      R"({"h":{"dtype":"F16","shape":[3],"data_offsets":[0,6]},)"
-      R"("w.weight":{"dtype":"F8_E4M3","shape":[2,130],"data_offsets":[8,268]},)"
-      R"("w.weight_scale_inv":{"dtype":"F32","shape":[1,2],"data_offsets":[272,280]},)"
-      R"("i":{"dtype":"I32","shape":[1],"data_offsets":[280,284]}})";
+  const std::string header = R"({"h":{"dtype":"F16","shape":[3],"data_offsets":[0,6]},)"
+                             R"("w.weight":{"dtype":"F8_E4M3","shape":[2,130],"data_offsets":[8,268]},)"
+                             R"("w.weight_scale_inv":{"dtype":"F32","shape":[1,2],"data_offsets":[272,280]},)"
+                             R"("i":{"dtype":"I32","shape":[1],"data_offsets":[280,284]}})";
   const std::string path = dir_ + "/x.safetensors";
   {
     std::ofstream out(path, std::ios::binary);
@@ -144,7 +142,8 @@ TEST_F(SafetensorsTest, ReadsF16AndBlockScaledF8) {
 
 // C10: broken files, each a clear error naming the file and the tensor.
 TEST_F(SafetensorsTest, C10HeaderLengthLargerThanTheFile) {
-  const std::string path = WriteRaw("big.safetensors", 1 << 20, R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4);
+  const std::string path =
+      WriteRaw("big.safetensors", 1 << 20, R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4);
   EXPECT_THAT(ErrorOpening(path), HasSubstr(path + ": header length 1048576 is larger than the file"));
   const std::string huge = WriteRaw("huge.safetensors", ~0ull, "{}", 0);
   EXPECT_THAT(ErrorOpening(huge), HasSubstr("is larger than the file"));
@@ -210,7 +209,8 @@ TEST_F(SafetensorsTest, BadEntries) {
       {R"({"t":{"dtype":"F32","data_offsets":[0,4]}})", "tensor \"t\": missing shape"},
       {R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[4]}})", "tensor \"t\": data_offsets must be [begin, end]"},
       {R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}})", "tensor \"t\": data_offsets must be"},
-      {R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}})", "tensor \"t\": data_offsets begin 8 is after end 4"},
+      {R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}})",
+       "tensor \"t\": data_offsets begin 8 is after end 4"},
       {R"({"t":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4]}})",
        "tensor \"t\": shape"},
       {R"({"t":[1,2]})", "tensor \"t\": entry is [1,2]; expected an object"},
@@ -265,7 +265,8 @@ TEST_F(SafetensorsTest, ShardedIndexErrors) {
 }
 
 TEST_F(SafetensorsTest, MissingPaths) {
-  EXPECT_THAT(ErrorOpening(dir_ + "/nothing.safetensors", absl::StatusCode::kNotFound), HasSubstr("nothing.safetensors"));
+  EXPECT_THAT(ErrorOpening(dir_ + "/nothing.safetensors", absl::StatusCode::kNotFound),
+              HasSubstr("nothing.safetensors"));
   EXPECT_THAT(ErrorOpening(dir_, absl::StatusCode::kNotFound), HasSubstr("no model.safetensors"));
 }
 

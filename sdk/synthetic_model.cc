@@ -120,7 +120,23 @@ absl::StatusOr<std::shared_ptr<const Model>> BuildSyntheticModel(const Synthetic
   const int H = c.hidden_size;
   w.embed_tokens = init.Normal(c.vocab_size, H, 1.0);
   w.final_norm = init.NormWeight(H);
-  if (!c.tie_word_embeddings) w.lm_head = init.Linear(c.vocab_size, H, 4.0);
+  if (!c.tie_word_embeddings) w.lm_head = init.Linear(c.vocab_size, H, 1.0);
+  // Real DSA models select similar tokens in adjacent layers (IndexCache, Appendix A: overlap 0.7–1.0).
+  // The synthetic indexers share a base projection plus per-layer noise to mimic that.
+  IndexerWeights base;
+  if (c.has_indexer) {
+    base.wq = init.Linear(c.index_n_heads * c.index_head_dim, c.mla ? c.q_lora_rank : H, 2.0);
+    base.wk = init.Linear(c.index_head_dim, H, 2.0);
+    base.weights_proj = init.Linear(c.index_n_heads, H, 4.0);
+  }
+  auto near_base = [&](const HostTensor& b, double rel_noise) {
+    HostTensor t = init.Normal(b.shape[0], b.shape.size() > 1 ? b.shape[1] : 0, 1.0);
+    const double in = b.shape.size() > 1 ? static_cast<double>(b.shape[1]) : 1.0;
+    for (size_t i = 0; i < t.data.size(); ++i) {
+      t.data[i] = b.data[i] + static_cast<float>(rel_noise * 2.0 / std::sqrt(in)) * t.data[i];
+    }
+    return t;
+  };
   w.layers.resize(c.num_hidden_layers);
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     LayerWeights& L = w.layers[i];
@@ -143,11 +159,11 @@ absl::StatusOr<std::shared_ptr<const Model>> BuildSyntheticModel(const Synthetic
     }
     if (c.has_indexer) {
       IndexerWeights& ix = L.indexer;
-      ix.wq = init.Linear(c.index_n_heads * c.index_head_dim, c.mla ? c.q_lora_rank : H, 2.0);
-      ix.wk = init.Linear(c.index_head_dim, H, 2.0);
+      ix.wq = near_base(base.wq, 0.3);
+      ix.wk = near_base(base.wk, 0.3);
       ix.k_norm_weight = init.NormWeight(c.index_head_dim);
       ix.k_norm_bias = init.Normal(c.index_head_dim, 0, 0.1);
-      ix.weights_proj = init.Linear(c.index_n_heads, H, 4.0);
+      ix.weights_proj = near_base(base.weights_proj, 0.3);
       ix.any_present = true;
     }
     L.is_moe = c.moe_layer[i];

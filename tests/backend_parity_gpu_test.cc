@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -59,13 +61,17 @@ double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
 class BackendParityTest : public ::testing::Test {
  protected:
   void SetUp() override {
+#ifdef IC_PARITY_CPU_ONLY  // harness check without a GPU: the CPU backend against itself
+    auto gpu = CreateBackend(DeviceKind::kCpu);
+#else
     if (CudaDeviceCount() == 0) {
       GTEST_SKIP() << "no CUDA GPU is visible (or this build has no CUDA backend): CPU-vs-CUDA parity "
                       "skipped";
     }
+    auto gpu = CreateBackend(DeviceKind::kCuda, 0);
+#endif
     auto cpu = CreateBackend(DeviceKind::kCpu);
     ASSERT_TRUE(cpu.ok()) << cpu.status();
-    auto gpu = CreateBackend(DeviceKind::kCuda, 0);
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     cpu_ = std::move(*cpu);
     gpu_ = std::move(*gpu);
@@ -132,7 +138,9 @@ class BackendParityTest : public ::testing::Test {
     const std::vector<float> c = Cpu(d), g = Gpu(d);
     const double err = RelErr(g, c);
     EXPECT_LE(err, tol) << what << ": normalised error " << err;
-    RecordProperty(what, std::to_string(err));
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.3e", err);
+    RecordProperty(what, buf);
   }
 
   std::unique_ptr<Backend> cpu_, gpu_;
@@ -422,12 +430,30 @@ TEST_F(BackendParityTest, IndexerTopk) {
     const int scores_stride = *std::max_element(cs.lens.begin(), cs.lens.end()) + 7;
     auto kc = Put(Randn(pg.num_slots * k_stride));
     auto q = Put(Randn(static_cast<size_t>(tokens) * cs.heads * cs.head_dim));
-    auto w = Put(Randn(static_cast<size_t>(tokens) * cs.heads, 1.0f / std::sqrt(static_cast<float>(cs.heads * cs.head_dim))));
+    // Positive head weights keep the k-th score away from 0, where a relative margin would be vacuous.
+    std::vector<float> wh = Randn(static_cast<size_t>(tokens) * cs.heads, 1.0f / std::sqrt(static_cast<float>(cs.heads * cs.head_dim)));
+    for (float& x : wh) x = std::fabs(x);
+    auto w = Put(wh);
     auto tseq = Put(qs.seq), tpos = Put(qs.pos), bt = Put(pg.block_tables);
     IndexerArgs a{.scores_stride = scores_stride, .k_stride = k_stride, .num_slots = pg.num_slots, .heads = cs.heads,
                   .head_dim = cs.head_dim, .k = cs.k};
     a.layout = {.tokens = tokens, .num_seqs = pg.num_seqs, .max_blocks_per_seq = pg.max_blocks, .block_size = pg.block_size};
-    for (bool with_scores : {true, false}) {
+    for (int variant = 0; variant < 3; ++variant) {
+      // 0: with scores; 1: fused (no scores); 2: fused on a backend forced to 1-3-row query tiles.
+      const bool with_scores = variant == 0;
+      Backend* gpu = gpu_.get();
+      std::unique_ptr<Backend> tiny_tiles;
+#ifndef IC_PARITY_CPU_ONLY
+      if (variant == 2) {
+        const std::string bytes = std::to_string(sizeof(float) * pg.max_blocks * pg.block_size * (1 + cs.k % 3));
+        setenv("IC_CUDA_INDEXER_TILE_BYTES", bytes.c_str(), 1);
+        auto b = CreateBackend(DeviceKind::kCuda, 0);
+        unsetenv("IC_CUDA_INDEXER_TILE_BYTES");
+        ASSERT_TRUE(b.ok()) << b.status();
+        tiny_tiles = std::move(*b);
+        gpu = tiny_tiles.get();
+      }
+#endif
       auto idx = OutI(static_cast<size_t>(tokens) * cs.k);
       auto scores = Out(static_cast<size_t>(tokens) * scores_stride);
       IndexerArgs ac = a, ag = a;
@@ -439,10 +465,11 @@ TEST_F(BackendParityTest, IndexerTopk) {
       ac.scores = scores.c;
       if (with_scores) ag.scores = scores.g;
       ASSERT_TRUE(cpu_->IndexerTopk(ac).ok());
-      const absl::Status s = gpu_->IndexerTopk(ag);
+      absl::Status s = gpu->IndexerTopk(ag);
+      if (s.ok()) s = gpu->Synchronize();
       ASSERT_TRUE(s.ok()) << s;
       const std::string name = "indexer_h" + std::to_string(cs.heads) + "_d" + std::to_string(cs.head_dim) + "_k" +
-                               std::to_string(cs.k) + (with_scores ? "_scores" : "_fused");
+                               std::to_string(cs.k) + (with_scores ? "_scores" : (variant == 1 ? "_fused" : "_fused_small_tiles"));
       if (with_scores) ExpectClose(scores, 1e-5, name);
       const std::vector<int32_t> ic = Cpu(idx), ig = Gpu(idx);
       const std::vector<float> ref = Cpu(scores);

@@ -90,7 +90,8 @@ std::vector<int32_t> SortedValid(const int32_t* row, int k) {
     for (int32_t p : diff) {
       const float v = s[p];
       const bool same = OrderKey(v) == OrderKey(kth);  // covers ±inf and NaN at the boundary
-      if (!same && !(std::fabs(static_cast<double>(v) - kth) <= tol)) {
+      const bool near = std::isfinite(kth) && std::fabs(static_cast<double>(v) - kth) <= tol;
+      if (!same && !near) {
         const bool in_a = std::binary_search(va.begin(), va.end(), p);
         return ::testing::AssertionFailure()
                << "row " << r << ": position " << p << " (only in " << (in_a ? "a" : "b") << ") has score " << v

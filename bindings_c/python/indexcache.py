@@ -1,0 +1,533 @@
+"""IndexCache SDK from Python, through the stable C ABI (libindexcache.so) and ctypes.
+
+No compiled extension: this one file loads libindexcache.so and wraps include/indexcache/indexcache.h in
+two classes, Model and Context. Logits come back as ``array.array('f')`` (zero-copy into NumPy with
+``numpy.frombuffer(logits, dtype=numpy.float32)``).
+
+The library is found through, in order: the environment variable INDEXCACHE_LIB (the .so file, or a
+directory holding it), build trees next to this file (``<repo>/build*/bindings_c/``), and the system
+loader path (``ctypes.util.find_library("indexcache")``).
+
+    import indexcache as ic
+
+    model = ic.Model.synthetic(num_layers=4, hidden_size=64, vocab_size=128, plan="FSFS")
+    with ic.Context(model, device=ic.Device.CPU, max_tokens=4096) as ctx:
+        seq = ctx.add_sequence()
+        logits = ctx.prefill(seq, [1, 2, 3, 4])          # array('f') of vocab_size floats
+        nxt = max(range(len(logits)), key=logits.__getitem__)
+        logits = ctx.decode(seq, nxt)                      # one row
+        loss, n = ctx.eval_loss([1, 2, 3, 4, 5])
+    print(ic.metrics_text())
+
+Errors raise IndexCacheError(status, message). Thread safety follows the C API: a Model may be shared;
+a Context must not be used from two threads at once.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import ctypes.util
+import dataclasses
+import enum
+import glob
+import os
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    "Architecture", "Context", "Device", "IndexCacheError", "Model", "ModelInfo", "Status",
+    "cuda_device_count", "library_path", "metrics_exposer_port", "metrics_text", "start_metrics_exposer",
+    "version",
+]
+
+
+class Status(enum.IntEnum):
+    """ic_status_t."""
+    OK = 0
+    INVALID_ARGUMENT = 1
+    NOT_FOUND = 2
+    OUT_OF_MEMORY = 3
+    UNAVAILABLE = 4
+    FAILED_PRECONDITION = 5
+    INTERNAL = 6
+    ALREADY_EXISTS = 7
+    OUT_OF_RANGE = 8
+    UNIMPLEMENTED = 9
+
+
+class Device(enum.IntEnum):
+    """ic_device_t."""
+    AUTO = 0
+    CPU = 1
+    CUDA = 2
+
+
+class Architecture(enum.IntEnum):
+    """ic_architecture_t."""
+    DEEPSEEK_V32 = 0
+    GLM_MOE_DSA = 1
+    LLAMA_DSA = 2
+    LLAMA = 3
+
+
+class IndexCacheError(RuntimeError):
+    """A failed ic_* call: `status` (a Status, or the raw int for a code this module does not know)
+    and `message` (ic_last_error_message)."""
+
+    def __init__(self, status: int, message: str):
+        try:
+            self.status: Union[Status, int] = Status(status)
+            name = "IC_ERR_" + self.status.name if status else "IC_OK"
+        except ValueError:
+            self.status = status
+            name = f"status {status}"
+        self.message = message
+        super().__init__(f"{name}: {message}")
+
+
+# ---- C declarations (must match indexcache.h) ---------------------------------------------------------
+
+class _ModelLoadParams(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("plan_file", ctypes.c_char_p)]
+
+
+class _SyntheticParams(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("architecture", ctypes.c_int),
+        ("seed", ctypes.c_uint64),
+        ("num_layers", ctypes.c_int32),
+        ("hidden_size", ctypes.c_int32),
+        ("vocab_size", ctypes.c_int32),
+        ("index_topk", ctypes.c_int32),
+        ("index_n_heads", ctypes.c_int32),
+        ("index_head_dim", ctypes.c_int32),
+        ("max_position_embeddings", ctypes.c_int32),
+        ("plan", ctypes.c_char_p),
+    ]
+
+
+class _ModelInfo(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("architecture", ctypes.c_char_p),
+        ("vocab_size", ctypes.c_int32),
+        ("hidden_size", ctypes.c_int32),
+        ("num_layers", ctypes.c_int32),
+        ("index_topk", ctypes.c_int32),
+        ("has_indexer", ctypes.c_int32),
+        ("index_n_heads", ctypes.c_int32),
+        ("index_head_dim", ctypes.c_int32),
+        ("num_full_layers", ctypes.c_int32),
+        ("max_position_embeddings", ctypes.c_int32),
+    ]
+
+
+class _ContextParams(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("device", ctypes.c_int),
+        ("device_ordinal", ctypes.c_int32),
+        ("max_tokens", ctypes.c_int64),
+        ("block_size", ctypes.c_int32),
+        ("prefill_chunk", ctypes.c_int32),
+        ("plan", ctypes.c_char_p),
+        ("metrics_address", ctypes.c_char_p),
+        ("record_metrics", ctypes.c_int32),
+        ("rank", ctypes.c_int32),
+        ("world_size", ctypes.c_int32),
+        ("tp_size", ctypes.c_int32),
+        ("ep_size", ctypes.c_int32),
+    ]
+
+
+_P = ctypes.c_void_p
+_I32P = ctypes.POINTER(ctypes.c_int32)
+_I64P = ctypes.POINTER(ctypes.c_int64)
+_F32P = ctypes.POINTER(ctypes.c_float)
+_SIZEP = ctypes.POINTER(ctypes.c_size_t)
+_st = ctypes.c_int  # ic_status_t
+
+_SIGNATURES = {
+    "ic_version": (ctypes.c_int, []),
+    "ic_version_string": (ctypes.c_char_p, []),
+    "ic_status_string": (ctypes.c_char_p, [ctypes.c_int]),
+    "ic_last_error_message": (ctypes.c_char_p, []),
+    "ic_model_load_default_params": (_st, [_P]),
+    "ic_model_load": (_st, [ctypes.c_char_p, _P, ctypes.POINTER(_P)]),
+    "ic_synthetic_default_params": (_st, [_P]),
+    "ic_model_create_synthetic": (_st, [_P, ctypes.POINTER(_P)]),
+    "ic_model_save": (_st, [_P, ctypes.c_char_p]),
+    "ic_model_free": (_st, [_P]),
+    "ic_model_info": (_st, [_P, ctypes.POINTER(_ModelInfo)]),
+    "ic_model_plan": (_st, [_P, ctypes.c_char_p, ctypes.c_size_t]),
+    "ic_context_default_params": (_st, [_P]),
+    "ic_context_create": (_st, [_P, _P, ctypes.POINTER(_P)]),
+    "ic_context_free": (_st, [_P]),
+    "ic_context_device": (_st, [_P, ctypes.POINTER(ctypes.c_int)]),
+    "ic_context_plan": (_st, [_P, ctypes.c_char_p, ctypes.c_size_t]),
+    "ic_context_free_tokens": (_st, [_P, _I64P]),
+    "ic_sequence_add": (_st, [_P, _I32P]),
+    "ic_sequence_remove": (_st, [_P, ctypes.c_int32]),
+    "ic_sequence_length": (_st, [_P, ctypes.c_int32, _I64P]),
+    "ic_prefill": (_st, [_P, ctypes.c_int32, _I32P, ctypes.c_size_t, _F32P]),
+    "ic_decode": (_st, [_P, _I32P, _I32P, ctypes.c_size_t, _F32P]),
+    "ic_eval_loss": (_st, [_P, _I32P, ctypes.c_size_t, ctypes.POINTER(ctypes.c_double), _I64P]),
+    "ic_metrics_text": (_st, [ctypes.c_char_p, ctypes.c_size_t, _SIZEP]),
+    "ic_metrics_start_exposer": (_st, [ctypes.c_char_p]),
+    "ic_metrics_exposer_port": (_st, [_I32P]),
+    "ic_cuda_device_count": (ctypes.c_int, []),
+}
+
+# The version of indexcache.h these declarations follow (major, minor): a library with another
+# major version, or an older minor one, is refused.
+_HEADER_VERSION = (0, 1)
+
+
+def _candidate_paths() -> List[str]:
+    env = os.environ.get("INDEXCACHE_LIB")
+    if env:
+        if os.path.isdir(env):
+            return [os.path.join(env, "libindexcache.so")]
+        return [env]
+    here = os.path.dirname(os.path.abspath(__file__))
+    repo = os.path.dirname(os.path.dirname(here))  # bindings_c/python -> repo root
+    found = sorted(glob.glob(os.path.join(repo, "build*", "bindings_c", "libindexcache.so")),
+                   key=os.path.getmtime, reverse=True)  # the most recently built first
+    found += [os.path.join(here, "libindexcache.so")]
+    system = ctypes.util.find_library("indexcache")
+    if system:
+        found.append(system)
+    return found
+
+
+def _load_library() -> Tuple[ctypes.CDLL, str]:
+    candidates = _candidate_paths()
+    errors = []
+    for path in candidates:
+        if os.path.sep in path and not os.path.exists(path):
+            errors.append(f"{path}: not found")
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as e:
+            errors.append(f"{path}: {e}")
+            continue
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+        return lib, path
+    raise ImportError("cannot load libindexcache.so (set INDEXCACHE_LIB to the file or its directory); "
+                      "tried: " + ("; ".join(errors) if errors else "nothing"))
+
+
+_lib, _lib_path = _load_library()
+
+
+def _check_abi() -> None:
+    v = _lib.ic_version()
+    major, minor = v // 10000, (v // 100) % 100
+    if major != _HEADER_VERSION[0] or minor < _HEADER_VERSION[1]:
+        raise ImportError(f"{_lib_path} is version {_lib.ic_version_string().decode()}; this module "
+                          f"needs {_HEADER_VERSION[0]}.{_HEADER_VERSION[1]} or a later {_HEADER_VERSION[0]}.x")
+    # The library's struct sizes must be the ones declared above (a 4 KiB scratch buffer absorbs any
+    # larger struct safely).
+    for fill, struct in ((_lib.ic_context_default_params, _ContextParams),
+                         (_lib.ic_synthetic_default_params, _SyntheticParams),
+                         (_lib.ic_model_load_default_params, _ModelLoadParams)):
+        scratch = ctypes.create_string_buffer(4096)
+        _check(fill(scratch))
+        size = ctypes.c_size_t.from_buffer(scratch).value
+        if size != ctypes.sizeof(struct):
+            raise ImportError(f"{_lib_path}: {struct.__name__} is {size} bytes in the library and "
+                              f"{ctypes.sizeof(struct)} in indexcache.py: rebuild or update the module")
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise IndexCacheError(status, (_lib.ic_last_error_message() or b"").decode("utf-8", "replace"))
+
+
+def _bytes(s: Optional[Union[str, os.PathLike]]) -> Optional[bytes]:
+    return None if s is None else os.fsencode(s)
+
+
+def _tokens(tokens: Union[Sequence[int], Iterable[int], int]) -> Tuple[ctypes.Array, int]:
+    if isinstance(tokens, int):
+        tokens = [tokens]
+    arr = array.array("i", tokens)  # C int == int32 on every platform this library supports
+    return (ctypes.c_int32 * len(arr)).from_buffer(arr), len(arr)
+
+
+_check_abi()
+
+
+def library_path() -> str:
+    """The path of the loaded libindexcache.so."""
+    return _lib_path
+
+
+def version() -> str:
+    """The library's version, "MAJOR.MINOR.PATCH"."""
+    return _lib.ic_version_string().decode()
+
+
+def cuda_device_count() -> int:
+    """Visible CUDA devices (0 in a CUDA-less build or without a GPU)."""
+    return int(_lib.ic_cuda_device_count())
+
+
+def metrics_text() -> str:
+    """The Prometheus text exposition of every indexcache_* metric of this process."""
+    needed = ctypes.c_size_t(0)
+    _check(_lib.ic_metrics_text(None, 0, ctypes.byref(needed)))
+    while True:
+        buf = ctypes.create_string_buffer(needed.value + 4096)  # slack: metrics may grow meanwhile
+        status = _lib.ic_metrics_text(buf, len(buf), ctypes.byref(needed))
+        if status == 0:
+            return buf.value.decode("utf-8")
+        if needed.value < len(buf):
+            _check(status)
+
+
+def start_metrics_exposer(address: str) -> None:
+    """Starts the process-wide HTTP exposer (GET /metrics) on e.g. "127.0.0.1:9464" (port 0: any)."""
+    _check(_lib.ic_metrics_start_exposer(_bytes(address)))
+
+
+def metrics_exposer_port() -> int:
+    """The exposer's TCP port, or 0 when none runs."""
+    port = ctypes.c_int32(0)
+    _check(_lib.ic_metrics_exposer_port(ctypes.byref(port)))
+    return port.value
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    index_topk: int
+    has_indexer: bool
+    index_n_heads: int
+    index_head_dim: int
+    num_full_layers: int
+    max_position_embeddings: int
+
+
+class Model:
+    """An immutable model (ic_model_t). Create with Model.load or Model.synthetic; close() or a `with`
+    block releases it early (contexts keep what they need alive)."""
+
+    def __init__(self, handle: int):
+        self._handle: Optional[int] = handle
+
+    @classmethod
+    def load(cls, directory: Union[str, os.PathLike], plan_file: Optional[str] = None) -> "Model":
+        """Loads an HF checkpoint directory (config.json + *.safetensors); plan_file overrides its plan."""
+        params = _ModelLoadParams()
+        _check(_lib.ic_model_load_default_params(ctypes.byref(params)))
+        keep = _bytes(plan_file)
+        params.plan_file = keep
+        out = _P()
+        _check(_lib.ic_model_load(_bytes(directory), ctypes.byref(params), ctypes.byref(out)))
+        return cls(out.value)
+
+    @classmethod
+    def synthetic(cls, *, architecture: Architecture = Architecture.DEEPSEEK_V32, seed: Optional[int] = None,
+                  num_layers: Optional[int] = None, hidden_size: Optional[int] = None,
+                  vocab_size: Optional[int] = None, index_topk: Optional[int] = None,
+                  index_n_heads: Optional[int] = None, index_head_dim: Optional[int] = None,
+                  max_position_embeddings: Optional[int] = None, plan: Optional[str] = None) -> "Model":
+        """A deterministic in-memory model; unset fields take the library's defaults."""
+        params = _SyntheticParams()
+        _check(_lib.ic_synthetic_default_params(ctypes.byref(params)))
+        params.architecture = int(architecture)
+        for name, value in (("seed", seed), ("num_layers", num_layers), ("hidden_size", hidden_size),
+                            ("vocab_size", vocab_size), ("index_topk", index_topk),
+                            ("index_n_heads", index_n_heads), ("index_head_dim", index_head_dim),
+                            ("max_position_embeddings", max_position_embeddings)):
+            if value is not None:
+                setattr(params, name, value)
+        keep = _bytes(plan)
+        params.plan = keep
+        out = _P()
+        _check(_lib.ic_model_create_synthetic(ctypes.byref(params), ctypes.byref(out)))
+        return cls(out.value)
+
+    @property
+    def handle(self) -> int:
+        if self._handle is None:
+            raise ValueError("the model is closed")
+        return self._handle
+
+    def save(self, directory: Union[str, os.PathLike]) -> None:
+        """Writes config.json + model.safetensors (F32) to `directory`."""
+        _check(_lib.ic_model_save(self.handle, _bytes(directory)))
+
+    @property
+    def info(self) -> ModelInfo:
+        raw = _ModelInfo()
+        raw.struct_size = ctypes.sizeof(raw)
+        _check(_lib.ic_model_info(self.handle, ctypes.byref(raw)))
+        return ModelInfo(raw.architecture.decode(), raw.vocab_size, raw.hidden_size, raw.num_layers,
+                         raw.index_topk, bool(raw.has_indexer), raw.index_n_heads, raw.index_head_dim,
+                         raw.num_full_layers, raw.max_position_embeddings)
+
+    @property
+    def plan(self) -> str:
+        """The model's plan: one 'F' (Full) or 'S' (Shared) per layer."""
+        buf = ctypes.create_string_buffer(self.info.num_layers + 1)
+        _check(_lib.ic_model_plan(self.handle, buf, len(buf)))
+        return buf.value.decode()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            _check(_lib.ic_model_free(handle))
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing sensible to do
+            pass
+
+    def __repr__(self) -> str:
+        if self._handle is None:
+            return "<indexcache.Model closed>"
+        i = self.info
+        return f"<indexcache.Model {i.architecture} layers={i.num_layers} vocab={i.vocab_size} plan={self.plan}>"
+
+
+class Context:
+    """Sequences, caches and a device (ic_context_t). Not thread-safe. Unset options take the library's
+    defaults (device AUTO, max_tokens 16384, block_size 64, prefill_chunk 512, the model's plan).
+    metrics_address starts the process-wide Prometheus exposer; rank/world_size/tp_size/ep_size are
+    reserved for multi-GPU contexts (only single-rank values are accepted in this version)."""
+
+    def __init__(self, model: Model, *, device: Device = Device.AUTO, device_ordinal: int = 0,
+                 max_tokens: Optional[int] = None, block_size: Optional[int] = None,
+                 prefill_chunk: Optional[int] = None, plan: Optional[str] = None,
+                 metrics_address: Optional[str] = None, record_metrics: bool = True,
+                 rank: int = 0, world_size: int = 1, tp_size: int = 1, ep_size: int = 1):
+        self._handle: Optional[int] = None
+        params = _ContextParams()
+        _check(_lib.ic_context_default_params(ctypes.byref(params)))
+        params.device = int(device)
+        params.device_ordinal = device_ordinal
+        if max_tokens is not None:
+            params.max_tokens = max_tokens
+        if block_size is not None:
+            params.block_size = block_size
+        if prefill_chunk is not None:
+            params.prefill_chunk = prefill_chunk
+        keep = (_bytes(plan), _bytes(metrics_address))
+        params.plan, params.metrics_address = keep
+        params.record_metrics = 1 if record_metrics else 0
+        # Reserved for multi-GPU: this version accepts 1 (world_size > 1 raises UNAVAILABLE).
+        params.rank, params.world_size, params.tp_size, params.ep_size = rank, world_size, tp_size, ep_size
+        out = _P()
+        _check(_lib.ic_context_create(model.handle, ctypes.byref(params), ctypes.byref(out)))
+        self._handle = out.value
+        self.vocab_size = model.info.vocab_size
+        self.num_layers = model.info.num_layers
+
+    @property
+    def handle(self) -> int:
+        if self._handle is None:
+            raise ValueError("the context is closed")
+        return self._handle
+
+    @property
+    def device(self) -> Device:
+        out = ctypes.c_int(0)
+        _check(_lib.ic_context_device(self.handle, ctypes.byref(out)))
+        return Device(out.value)
+
+    @property
+    def plan(self) -> str:
+        buf = ctypes.create_string_buffer(self.num_layers + 1)
+        _check(_lib.ic_context_plan(self.handle, buf, len(buf)))
+        return buf.value.decode()
+
+    @property
+    def free_tokens(self) -> int:
+        out = ctypes.c_int64(0)
+        _check(_lib.ic_context_free_tokens(self.handle, ctypes.byref(out)))
+        return out.value
+
+    def add_sequence(self) -> int:
+        out = ctypes.c_int32(0)
+        _check(_lib.ic_sequence_add(self.handle, ctypes.byref(out)))
+        return out.value
+
+    def remove_sequence(self, seq_id: int) -> None:
+        _check(_lib.ic_sequence_remove(self.handle, seq_id))
+
+    def sequence_length(self, seq_id: int) -> int:
+        out = ctypes.c_int64(0)
+        _check(_lib.ic_sequence_length(self.handle, seq_id, ctypes.byref(out)))
+        return out.value
+
+    def prefill(self, seq_id: int, tokens: Iterable[int], logits: bool = True) -> Optional[array.array]:
+        """Appends tokens to the sequence; returns the last token's logits [vocab] (or None)."""
+        toks, n = _tokens(tokens)
+        out = array.array("f", bytes(4 * self.vocab_size)) if logits else None
+        ptr = (ctypes.c_float * self.vocab_size).from_buffer(out) if logits else None
+        _check(_lib.ic_prefill(self.handle, seq_id, toks, n, ptr))
+        return out
+
+    def decode(self, seq_ids: Union[int, Sequence[int]], tokens: Union[int, Sequence[int]],
+               logits: bool = True) -> Union[None, array.array, List[array.array]]:
+        """One decode step. With a single id and token, returns that row [vocab]; with sequences of
+        ids and tokens (one per sequence, ids distinct), returns a list of rows."""
+        single = isinstance(seq_ids, int)
+        ids, n = _tokens(seq_ids)
+        toks, m = _tokens(tokens)
+        if n != m:
+            raise ValueError(f"decode: {n} sequence ids but {m} tokens")
+        flat = array.array("f", bytes(4 * self.vocab_size * n)) if logits else None
+        ptr = (ctypes.c_float * (self.vocab_size * n)).from_buffer(flat) if logits else None
+        _check(_lib.ic_decode(self.handle, ids, toks, n, ptr))
+        if flat is None:
+            return None
+        v = self.vocab_size
+        rows = [flat[i * v:(i + 1) * v] for i in range(n)]
+        return rows[0] if single else rows
+
+    def eval_loss(self, tokens: Iterable[int]) -> Tuple[float, int]:
+        """(mean next-token loss in nats, predicted tokens) of `tokens` as a fresh temporary sequence."""
+        toks, n = _tokens(tokens)
+        loss = ctypes.c_double(0)
+        predicted = ctypes.c_int64(0)
+        _check(_lib.ic_eval_loss(self.handle, toks, n, ctypes.byref(loss), ctypes.byref(predicted)))
+        return loss.value, predicted.value
+
+    def metrics_text(self) -> str:
+        """The process-wide metrics (every context records into one registry)."""
+        return metrics_text()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            _check(_lib.ic_context_free(handle))
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -6,8 +6,9 @@
 //   S = scale · Q·Kᵀ (sgemm, only keys 0..last position of the tile) → causal softmax per row (thread
 //   pool) → O = P·V (sgemm).
 // Memory is O(T·G·L), never O(L²).
-// Sparse: per query token (thread pool), the valid selected keys (0 ≤ s ≤ pos; −1 and anything else
-// ignored) are visited key-outer / head-inner, so each cached row is read once per token and KV head.
+// Sparse: the same tiles, over the union U of the tile's selected keys (valid entries 0 ≤ s ≤ pos; −1
+// and anything else ignored); each row's softmax covers only its own entries. U ⊆ 0..last position of
+// the tile, so sparse never costs more than dense, and far less when the selections overlap.
 #include <cblas.h>
 
 #include <algorithm>
@@ -72,35 +73,33 @@ absl::Status ValidateAttention(const AttentionArgs& a, Dims* d) {
 
 // In-place causal softmax of row[0, valid) (zeros written to row[valid, width)); returns the log-sum-exp.
 float SoftmaxRow(float* row, int valid, int width) {
-  float m = -std::numeric_limits<float>::infinity();
-  for (int i = 0; i < valid; ++i) m = std::max(m, row[i]);
-  double sum = 0.0;
-  if (m == -std::numeric_limits<float>::infinity()) {  // every logit −inf: uniform is meaningless, emit 0
+  const float m = valid > 0 ? internal::MaxOf(row, valid) : -std::numeric_limits<float>::infinity();
+  if (m == -std::numeric_limits<float>::infinity()) {  // no key (or every logit −inf): no weight at all
     std::fill(row, row + width, 0.0f);
     return m;
   }
-  for (int i = 0; i < valid; ++i) {
-    const float e = std::exp(row[i] - m);
-    row[i] = e;
-    sum += e;
-  }
-  const float inv = static_cast<float>(1.0 / sum);
-  for (int i = 0; i < valid; ++i) row[i] *= inv;
+  const double sum = internal::ExpShiftSum(row, valid, m);
+  internal::Scale(row, static_cast<float>(1.0 / sum), valid);
   std::fill(row + valid, row + width, 0.0f);
   return m + static_cast<float>(std::log(sum));
+}
+
+// Tokens per tile: up to ~256 score rows (T·G), and at most kScoreBudget floats of scores.
+int TileTokens(int group, int lk, int ntok) {
+  constexpr int64_t kScoreBudget = int64_t{1} << 22;  // floats of S per tile (16 MiB)
+  int tile = std::max(1, 256 / group);
+  tile = static_cast<int>(std::min<int64_t>(tile, std::max<int64_t>(1, kScoreBudget / (static_cast<int64_t>(group) * lk))));
+  return std::max(1, std::min(tile, ntok));
 }
 
 void DenseAttention(const AttentionArgs& a, const Dims& d) {
   const TokenLayout& l = a.layout;
   const int G = d.group;
-  constexpr int64_t kScoreBudget = int64_t{1} << 22;  // floats of S per tile (16 MiB)
   std::vector<float> kg, vg, qs, s, o;
   for (const internal::SequenceTokens& seq : internal::GroupBySequence(l)) {
     const int lk = seq.max_pos + 1;
     const int ntok = static_cast<int>(seq.tokens.size());
-    int tile = std::max(1, 256 / G);
-    tile = static_cast<int>(std::min<int64_t>(tile, std::max<int64_t>(1, kScoreBudget / (static_cast<int64_t>(G) * lk))));
-    tile = std::min(tile, ntok);
+    const int tile = TileTokens(G, lk, ntok);
     kg.resize(static_cast<size_t>(lk) * a.qk_dim);
     vg.resize(static_cast<size_t>(lk) * a.v_dim);
     for (int g = 0; g < a.kv_heads; ++g) {
@@ -137,58 +136,103 @@ void DenseAttention(const AttentionArgs& a, const Dims& d) {
   }
 }
 
+// Sparse attention, tiled like the dense path: a tile of query tokens of one sequence attends to the
+// union U of their selected keys (adjacent queries share most of them), S = scale·Q·K_Uᵀ by sgemm, then
+// each row keeps only its own selected entries (softmax over those, written back as probabilities),
+// and O = P·V_U by sgemm. U ⊆ 0..last position of the tile, so a tile never costs more than dense.
 void SparseAttention(const AttentionArgs& a, const Dims& d) {
   const TokenLayout& l = a.layout;
   const int G = d.group;
   const int K = a.topk_k;
-  internal::ParallelFor(l.tokens, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> sel;     // indices into topk[t, :] of the valid entries
-    std::vector<int64_t> slots;   // their cache slots
-    std::vector<float> logits;    // [G, n]
-    for (int64_t t = begin; t < end; ++t) {
-      const int seq = l.token_seq[t], pos = l.token_pos[t];
-      const int32_t* row = a.topk + t * K;
-      sel.clear();
-      slots.clear();
-      for (int i = 0; i < K; ++i) {
-        if (row[i] >= 0 && row[i] <= pos) {
-          sel.push_back(i);
-          slots.push_back(SlotOf(l, seq, row[i]));
+  std::vector<float> kg, vg, qs, s, o;
+  std::vector<int32_t> col_of, upos;
+  for (const internal::SequenceTokens& seq : internal::GroupBySequence(l)) {
+    const int lk = seq.max_pos + 1;
+    const int ntok = static_cast<int>(seq.tokens.size());
+    col_of.assign(lk, -1);
+    for (int t0 = 0; t0 < ntok;) {
+      const int nt = TileTokens(G, lk, ntok - t0);
+      upos.clear();
+      for (int i = 0; i < nt; ++i) {
+        const int tok = seq.tokens[t0 + i], pos = l.token_pos[tok];
+        const int32_t* row = a.topk + static_cast<int64_t>(tok) * K;
+        for (int e = 0; e < K; ++e) {
+          const int32_t p = row[e];
+          if (p >= 0 && p <= pos && col_of[p] < 0) {
+            col_of[p] = 0;
+            upos.push_back(p);
+          }
         }
+        if (a.probs != nullptr) std::fill(a.probs + static_cast<int64_t>(tok) * K, a.probs + static_cast<int64_t>(tok + 1) * K, 0.0f);
       }
-      const int n = static_cast<int>(sel.size());
-      float* out_t = a.out + t * a.q_heads * a.v_dim;
-      std::fill(out_t, out_t + static_cast<int64_t>(a.q_heads) * a.v_dim, 0.0f);
-      float* probs_t = a.probs != nullptr ? a.probs + t * K : nullptr;
-      if (probs_t != nullptr) std::fill(probs_t, probs_t + K, 0.0f);
-      logits.resize(static_cast<size_t>(G) * std::max(n, 1));
+      std::sort(upos.begin(), upos.end());
+      const int nu = static_cast<int>(upos.size());
+      for (int i = 0; i < nu; ++i) col_of[upos[i]] = i;
+      const int rows = nt * G;
+      const int ld = std::max(nu, 1);
+      kg.resize(static_cast<size_t>(ld) * a.qk_dim);
+      vg.resize(static_cast<size_t>(ld) * a.v_dim);
+      qs.resize(static_cast<size_t>(rows) * a.qk_dim);
+      s.resize(static_cast<size_t>(rows) * ld);
+      o.resize(static_cast<size_t>(rows) * a.v_dim);
       for (int g = 0; g < a.kv_heads; ++g) {
-        const float* q_g = a.q + t * d.q_stride + static_cast<int64_t>(g) * G * a.qk_dim;
-        for (int i = 0; i < n; ++i) {  // key-outer: each cached row read once
-          const float* krow = a.k_cache + slots[i] * d.k_stride + static_cast<int64_t>(g) * a.qk_dim;
-          for (int j = 0; j < G; ++j) {
-            logits[static_cast<size_t>(j) * n + i] = a.scale * internal::Dot(q_g + static_cast<int64_t>(j) * a.qk_dim, krow, a.qk_dim);
-          }
+        for (int i = 0; i < nu; ++i) {
+          const int64_t slot = SlotOf(l, seq.seq, upos[i]);
+          std::memcpy(kg.data() + static_cast<size_t>(i) * a.qk_dim,
+                      a.k_cache + slot * d.k_stride + static_cast<int64_t>(g) * a.qk_dim, sizeof(float) * a.qk_dim);
+          std::memcpy(vg.data() + static_cast<size_t>(i) * a.v_dim,
+                      a.v_cache + slot * d.v_stride + static_cast<int64_t>(g) * a.v_dim, sizeof(float) * a.v_dim);
         }
-        for (int j = 0; j < G; ++j) {
-          const float lse = n > 0 ? SoftmaxRow(logits.data() + static_cast<size_t>(j) * n, n, n)
-                                  : -std::numeric_limits<float>::infinity();
-          if (a.lse != nullptr) a.lse[t * a.q_heads + g * G + j] = lse;
+        for (int i = 0; i < nt; ++i) {
+          const float* src = a.q + static_cast<int64_t>(seq.tokens[t0 + i]) * d.q_stride + static_cast<int64_t>(g) * G * a.qk_dim;
+          std::memcpy(qs.data() + static_cast<size_t>(i) * G * a.qk_dim, src, sizeof(float) * G * a.qk_dim);
         }
-        float* out_g = out_t + static_cast<int64_t>(g) * G * a.v_dim;
-        for (int i = 0; i < n; ++i) {
-          const float* vrow = a.v_cache + slots[i] * d.v_stride + static_cast<int64_t>(g) * a.v_dim;
-          float psum = 0.0f;
-          for (int j = 0; j < G; ++j) {
-            const float p = logits[static_cast<size_t>(j) * n + i];
-            psum += p;
-            internal::Axpy(out_g + static_cast<int64_t>(j) * a.v_dim, vrow, p, a.v_dim);
+        if (nu > 0) {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nu, a.qk_dim, a.scale, qs.data(), a.qk_dim,
+                      kg.data(), a.qk_dim, 0.0f, s.data(), ld);
+        }
+        internal::ParallelFor(nt, 1, [&](int64_t b, int64_t e_end) {
+          std::vector<float> vals(K);
+          std::vector<int32_t> ents(K), cols(K);
+          for (int64_t i = b; i < e_end; ++i) {
+            const int tok = seq.tokens[t0 + i], pos = l.token_pos[tok];
+            const int32_t* row = a.topk + static_cast<int64_t>(tok) * K;
+            int n = 0;  // the row's valid entries, compacted
+            for (int e = 0; e < K; ++e) {
+              if (row[e] >= 0 && row[e] <= pos) {
+                ents[n] = e;
+                cols[n++] = col_of[row[e]];
+              }
+            }
+            float* probs = a.probs != nullptr ? a.probs + static_cast<int64_t>(tok) * K : nullptr;
+            for (int j = 0; j < G; ++j) {
+              float* srow = s.data() + (i * G + j) * ld;
+              for (int c = 0; c < n; ++c) vals[c] = srow[cols[c]];
+              std::fill(srow, srow + ld, 0.0f);
+              const float lse = SoftmaxRow(vals.data(), n, n);
+              for (int c = 0; c < n; ++c) {
+                srow[cols[c]] += vals[c];  // += : a duplicated entry counts twice, as in the definition
+                if (probs != nullptr) probs[ents[c]] += vals[c] / static_cast<float>(a.q_heads);
+              }
+              if (a.lse != nullptr) a.lse[static_cast<int64_t>(tok) * a.q_heads + g * G + j] = lse;
+            }
           }
-          if (probs_t != nullptr) probs_t[sel[i]] += psum / static_cast<float>(a.q_heads);
+        });
+        if (nu > 0) {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, a.v_dim, nu, 1.0f, s.data(), ld, vg.data(),
+                      a.v_dim, 0.0f, o.data(), a.v_dim);
+        } else {
+          std::fill(o.begin(), o.begin() + static_cast<size_t>(rows) * a.v_dim, 0.0f);
+        }
+        for (int i = 0; i < nt; ++i) {
+          float* dst = a.out + (static_cast<int64_t>(seq.tokens[t0 + i]) * a.q_heads + static_cast<int64_t>(g) * G) * a.v_dim;
+          std::memcpy(dst, o.data() + static_cast<size_t>(i) * G * a.v_dim, sizeof(float) * G * a.v_dim);
         }
       }
+      for (int p : upos) col_of[p] = -1;
+      t0 += nt;
     }
-  });
+  }
 }
 
 }  // namespace

@@ -95,7 +95,7 @@ absl::Status CpuBackend::IndexerTopk(const IndexerArgs& a) {
           for (int j = 0; j < H; ++j) {
             const float wj = a.w[static_cast<int64_t>(t) * H + j];
             const float* srow = s.data() + (i * H + j) * lt;
-            for (int p = 0; p < valid; ++p) acc[p] += wj * std::max(srow[p], 0.0f);
+            internal::ReluAxpy(acc, srow, wj, valid);
           }
           if (want_scores) {
             float* out = a.scores + static_cast<int64_t>(t) * a.scores_stride;

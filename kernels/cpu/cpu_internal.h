@@ -4,7 +4,7 @@
 //                    OpenBLAS threads its own sgemm calls, so we never call BLAS from pool workers).
 //   TopkSortKey      the DESIGN.md §3 total order as an unsigned key: +inf > finite > −inf > NaN, −0 == +0.
 //   SelectTopkRow    exact top-k of one row (ties → smaller position), output in ascending position order.
-//   Dot / Axpy       small vectorisable loops for gathered rows.
+//   Exp4 / ExpShiftSum / MaxOf / Axpy / ReluAxpy   4-wide loops for softmax and the indexer.
 //   ValidateLayout / SlotOf / GroupBySequence   paged-cache bookkeeping shared by attention and indexer.
 #pragma once
 
@@ -41,21 +41,103 @@ inline uint64_t TopkPackedKey(float v, int32_t pos) {
 // then −1. scratch is reused across calls.
 void SelectTopkRow(const float* scores, int len, int k, int32_t* out, std::vector<uint64_t>& scratch);
 
-inline float Dot(const float* __restrict a, const float* __restrict b, int n) {
-  float acc[16] = {};
+// ---- 4-wide loops (GCC/Clang vector extensions, SSE2 baseline: vectorised at -O2 without -ffast-math
+// or -march) ----
+
+typedef float V4f __attribute__((vector_size(16)));
+typedef int32_t V4i __attribute__((vector_size(16)));
+
+inline V4f Load4(const float* p) {
+  V4f v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void Store4(float* p, V4f v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+// exp(x) per lane (Cephes-style range reduction + degree-6 polynomial; ≤ 2 ulp on [−87.3, 88]).
+// Inputs below −87.3 give ~1e-38 instead of 0 (harmless next to a softmax maximum of 1); NaN stays NaN.
+inline V4f Exp4(V4f x) {
+  const V4f hi = V4f{} + 88.0f, lo = V4f{} - 87.3365447504f;
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+  const V4f fx = x * 1.44269504088896341f + 0.5f;
+  V4f tf = __builtin_convertvector(__builtin_convertvector(fx, V4i), V4f);
+  tf = tf > fx ? tf - 1.0f : tf;  // floor
+  x = x - tf * 0.693359375f + tf * 2.12194440e-4f;
+  const V4f z = x * x;
+  V4f y = V4f{} + 1.9875691500e-4f;
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * z + x + 1.0f;
+  const V4i e = (__builtin_convertvector(tf, V4i) + 127) << 23;
+  V4f scale;
+  __builtin_memcpy(&scale, &e, sizeof(scale));
+  return y * scale;
+}
+
+inline float ExpScalar(float x) {
+  const V4f v = Exp4(V4f{} + x);
+  return v[0];
+}
+
+// x[i] = exp(x[i] − m) for i < n; returns Σ x[i] (4-lane partial sums, accumulated in double).
+inline double ExpShiftSum(float* x, int n, float m) {
+  double sum = 0.0;
   int i = 0;
-  for (; i + 16 <= n; i += 16) {
-    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
+  for (; i + 4 <= n; i += 4) {
+    const V4f e = Exp4(Load4(x + i) - m);
+    Store4(x + i, e);
+    sum += static_cast<double>((e[0] + e[1]) + (e[2] + e[3]));
   }
-  float s = 0.0f;
-  for (; i < n; ++i) s += a[i] * b[i];
-  for (int j = 0; j < 16; ++j) s += acc[j];
-  return s;
+  for (; i < n; ++i) {
+    x[i] = ExpScalar(x[i] - m);
+    sum += x[i];
+  }
+  return sum;
+}
+
+// max of x[0, n) (n ≥ 1); NaN inputs are skipped unless x[0] is NaN.
+inline float MaxOf(const float* x, int n) {
+  float m = x[0];
+  int i = 0;
+  if (n >= 4) {
+    V4f v = Load4(x);
+    for (i = 4; i + 4 <= n; i += 4) {
+      const V4f w = Load4(x + i);
+      v = w > v ? w : v;
+    }
+    for (int j = 0; j < 4; ++j) m = v[j] > m ? v[j] : m;
+  }
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// y[0, n) *= alpha
+inline void Scale(float* y, float alpha, int n) {
+  int i = 0;
+  for (; i + 4 <= n; i += 4) Store4(y + i, Load4(y + i) * alpha);
+  for (; i < n; ++i) y[i] *= alpha;
 }
 
 // y[0, n) += alpha · x[0, n)
-inline void Axpy(float* __restrict y, const float* __restrict x, float alpha, int n) {
-  for (int i = 0; i < n; ++i) y[i] += alpha * x[i];
+inline void Axpy(float* y, const float* x, float alpha, int n) {
+  int i = 0;
+  for (; i + 4 <= n; i += 4) Store4(y + i, Load4(y + i) + Load4(x + i) * alpha);
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// y[0, n) += alpha · max(x[0, n), 0)
+inline void ReluAxpy(float* y, const float* x, float alpha, int n) {
+  int i = 0;
+  const V4f zero = V4f{};
+  for (; i + 4 <= n; i += 4) {
+    const V4f v = Load4(x + i);
+    Store4(y + i, Load4(y + i) + (v < zero ? zero : v) * alpha);
+  }
+  for (; i < n; ++i) y[i] += alpha * (x[i] < 0.0f ? 0.0f : x[i]);
 }
 
 // Checks token_seq, token_pos and the block-table entries every token needs against num_slots.

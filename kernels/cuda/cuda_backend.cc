@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <tuple>
@@ -55,7 +56,8 @@ absl::Status CublasError(cublasStatus_t s, const char* what, const char* file, i
   } while (0)
 
 constexpr size_t kCublasWorkspaceBytes = 32u << 20;
-// Budget of one indexer score tile ([rows, max_len] floats); the tile's rows follow from it.
+// Default budget of one indexer score tile ([rows, max_len] floats); the tile's rows follow from it.
+// IC_CUDA_INDEXER_TILE_BYTES overrides it at backend creation (tests use it to force many tiles).
 constexpr size_t kIndexerTileBytes = 256u << 20;
 
 int BytesAlignment(uint64_t v) {
@@ -109,6 +111,9 @@ class CudaBackend final : public Backend {
 
   absl::Status Init() {
     IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    if (const char* e = std::getenv("IC_CUDA_INDEXER_TILE_BYTES"); e != nullptr && *e != '\0') {
+      indexer_tile_bytes_ = std::max<size_t>(std::strtoull(e, nullptr, 10), sizeof(float));
+    }
     cudaDeviceProp prop{};
     IC_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device_));
     device_name_ = prop.name;
@@ -227,9 +232,9 @@ class CudaBackend final : public Backend {
     if (bytes <= scratch_bytes_) return scratch_;
     IC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
     if (scratch_ != nullptr) IC_CUDA_RETURN_IF_ERROR(cudaFree(scratch_));
+    const size_t want = std::max(bytes, scratch_bytes_ * 2);
     scratch_ = nullptr;
     scratch_bytes_ = 0;
-    const size_t want = std::max(bytes, scratch_bytes_ * 2);
     const cudaError_t e = cudaMalloc(&scratch_, want);
     if (e == cudaErrorMemoryAllocation) {
       cudaGetLastError();
@@ -292,6 +297,7 @@ class CudaBackend final : public Backend {
   int device_;
   std::string device_name_;
   size_t max_shared_ = 48 << 10;
+  size_t indexer_tile_bytes_ = kIndexerTileBytes;
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   void* cublas_ws_ = nullptr;
@@ -569,7 +575,7 @@ absl::Status CudaBackend::IndexerTopk(const IndexerArgs& a) {
     return absl::OkStatus();
   }
   // Query tiles: [rows, max_len] scores at a time (max_len bounds every valid position).
-  const int64_t by_budget = static_cast<int64_t>(kIndexerTileBytes / (sizeof(float) * max_len));
+  const int64_t by_budget = static_cast<int64_t>(indexer_tile_bytes_ / (sizeof(float) * max_len));
   const int tile = static_cast<int>(std::clamp<int64_t>(by_budget, 1, std::min(a.layout.tokens, 65535)));
   auto ws_or = Scratch(sizeof(float) * static_cast<size_t>(tile) * max_len);
   if (!ws_or.ok()) return ws_or.status();

@@ -16,11 +16,11 @@ constexpr int kKeys = 128;
 __global__ void __launch_bounds__(kKeys) IndexerScoresKernel(float* ws, IndexerParams p, int t0,
                                                              int max_len, bool all_rows,
                                                              DeviceError* err) {
-  extern __shared__ float smem[];
+  extern __shared__ int64_t smem_i64[];
   const int H = p.heads, D = p.head_dim;
-  float* qs = smem;                 // [H, D]
-  float* ks = qs + H * D;           // [D, kKeys + 1]
-  int64_t* slots = reinterpret_cast<int64_t*>(ks + D * (kKeys + 1));  // [kKeys]
+  int64_t* slots = smem_i64;                            // [kKeys]
+  float* qs = reinterpret_cast<float*>(slots + kKeys);  // [H, D]
+  float* ks = qs + H * D;                               // [D, kKeys + 1]
   const int row = blockIdx.y;
   const int t = t0 + row;
   const int pos = p.layout.token_pos[t];

@@ -1,0 +1,718 @@
+/* The C ABI end to end, compiled as C (C99): models (synthetic, saved and reloaded, and the golden dense
+ * Llama checkpoint when present), plans, contexts, prefill, decode, loss, metrics, and the error paths
+ * (NULL and freed handles, struct_size, bad tokens, invalid plans, a full KV cache).
+ *
+ * Prints "N passed, M failed" and returns nonzero when anything failed. IC_SOURCE_DIR (a compile
+ * definition) locates tests/data/golden/llama-tiny-dense; $IC_SHARED_DIR/golden/llama-tiny-dense is
+ * the fallback. */
+#define _POSIX_C_SOURCE 200809L
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "indexcache/indexcache.h"
+
+#ifndef IC_SOURCE_DIR
+#define IC_SOURCE_DIR "."
+#endif
+
+static int g_passed = 0;
+static int g_failed = 0;
+
+static void Report(int ok, const char* file, int line, const char* what, const char* detail) {
+  if (ok) {
+    ++g_passed;
+    return;
+  }
+  ++g_failed;
+  fprintf(stderr, "FAILED %s:%d: %s%s%s\n  last error: %s\n", file, line, what, detail[0] ? ": " : "",
+          detail, ic_last_error_message());
+}
+
+#define CHECK(cond) Report((cond) ? 1 : 0, __FILE__, __LINE__, #cond, "")
+
+/* Expects `expr` to return `code`; prints the status names otherwise. */
+#define CHECK_STATUS(expr, code)                                                            \
+  do {                                                                                      \
+    ic_status_t s_ = (expr);                                                                \
+    char d_[256];                                                                           \
+    snprintf(d_, sizeof(d_), "got %s, expected %s", ic_status_string(s_), ic_status_string(code)); \
+    Report(s_ == (code), __FILE__, __LINE__, #expr, d_);                                    \
+  } while (0)
+
+#define CHECK_OK(expr) CHECK_STATUS(expr, IC_OK)
+
+/* Expects the last error message to contain `needle`. */
+#define CHECK_MESSAGE_HAS(needle)                                                           \
+  do {                                                                                      \
+    char d_[256];                                                                           \
+    snprintf(d_, sizeof(d_), "message lacks \"%s\"", (needle));                            \
+    Report(strstr(ic_last_error_message(), (needle)) != NULL, __FILE__, __LINE__,           \
+           "CHECK_MESSAGE_HAS(" #needle ")", d_);                                           \
+  } while (0)
+
+/* ---- helpers ------------------------------------------------------------------------------------- */
+
+static void MakeTokens(int32_t* out, size_t n, int32_t vocab, uint32_t seed) {
+  size_t i;
+  uint32_t x = seed;
+  for (i = 0; i < n; ++i) {
+    x = x * 1664525u + 1013904223u;
+    out[i] = (int32_t)((x >> 8) % (uint32_t)vocab);
+  }
+}
+
+static double MaxAbsDiff(const float* a, const float* b, size_t n) {
+  double m = 0;
+  size_t i;
+  for (i = 0; i < n; ++i) {
+    double d = fabs((double)a[i] - (double)b[i]);
+    if (d > m || d != d) m = d;
+  }
+  return m;
+}
+
+static int32_t Argmax(const float* x, size_t n) {
+  size_t i, best = 0;
+  for (i = 1; i < n; ++i) {
+    if (x[i] > x[best]) best = i;
+  }
+  return (int32_t)best;
+}
+
+/* −log softmax(logits)[target], in double. */
+static double TokenLoss(const float* logits, size_t vocab, int32_t target) {
+  double mx = logits[0], sum = 0;
+  size_t i;
+  for (i = 1; i < vocab; ++i) {
+    if (logits[i] > mx) mx = logits[i];
+  }
+  for (i = 0; i < vocab; ++i) sum += exp((double)logits[i] - mx);
+  return log(sum) + mx - (double)logits[target];
+}
+
+static int IsDirectory(const char* path) {
+  struct stat st;
+  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* ---- tests --------------------------------------------------------------------------------------- */
+
+static void TestVersionAndStatus(void) {
+  CHECK(ic_version() == IC_VERSION);
+  CHECK(strcmp(ic_version_string(), IC_VERSION_STRING) == 0);
+  CHECK(strcmp(ic_status_string(IC_OK), "IC_OK") == 0);
+  CHECK(strcmp(ic_status_string(IC_ERR_OUT_OF_MEMORY), "IC_ERR_OUT_OF_MEMORY") == 0);
+  CHECK(strcmp(ic_status_string((ic_status_t)999), "IC_ERR_UNKNOWN") == 0);
+  CHECK(ic_cuda_device_count() >= 0);
+  CHECK(ic_last_error_message() != NULL);
+}
+
+static void TestNullArguments(void) {
+  ic_model_t* model = (ic_model_t*)1;
+  ic_context_t* ctx = (ic_context_t*)1;
+  ic_model_info_t info;
+  int32_t seq = 0;
+  int32_t tok = 1;
+  int64_t len = 0;
+  double loss = 0;
+  char buf[16];
+
+  CHECK_STATUS(ic_model_create_synthetic(NULL, NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("out is NULL");
+  CHECK_STATUS(ic_model_load(NULL, NULL, &model), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("dir is NULL");
+  CHECK(model == NULL); /* outputs are cleared on failure */
+  CHECK_STATUS(ic_model_load("/nonexistent/indexcache-model", NULL, &model), IC_ERR_NOT_FOUND);
+  CHECK_MESSAGE_HAS("/nonexistent/indexcache-model");
+  info.struct_size = sizeof(info);
+  CHECK_STATUS(ic_model_info(NULL, &info), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("model is NULL");
+  CHECK_STATUS(ic_model_plan(NULL, buf, sizeof(buf)), IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_context_create(NULL, NULL, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("model is NULL");
+  CHECK(ctx == NULL);
+  CHECK_STATUS(ic_sequence_add(NULL, &seq), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("ctx is NULL");
+  CHECK_STATUS(ic_sequence_remove(NULL, 0), IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_sequence_length(NULL, 0, &len), IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_prefill(NULL, 0, &tok, 1, NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_decode(NULL, &seq, &tok, 1, NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_eval_loss(NULL, &tok, 1, &loss, NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_context_default_params(NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("params is NULL");
+  CHECK_STATUS(ic_metrics_start_exposer(NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_metrics_text(NULL, 5, NULL), IC_ERR_INVALID_ARGUMENT);
+  /* Freeing NULL is a no-op, like free(). */
+  CHECK_OK(ic_model_free(NULL));
+  CHECK_OK(ic_context_free(NULL));
+  CHECK(strcmp(ic_last_error_message(), "") == 0); /* cleared by a successful call */
+}
+
+/* A 4-layer DeepSeek-V3.2-style synthetic model with plan FSFS, small enough for seconds on a CPU. */
+static ic_model_t* MakeSmallModel(const char* plan) {
+  ic_synthetic_params_t sp;
+  ic_model_t* model = NULL;
+  CHECK_OK(ic_synthetic_default_params(&sp));
+  CHECK(sp.struct_size == sizeof(sp));
+  CHECK(sp.architecture == IC_ARCH_DEEPSEEK_V32);
+  sp.num_layers = 4;
+  sp.hidden_size = 64;
+  sp.vocab_size = 128;
+  sp.index_topk = 8;
+  sp.index_n_heads = 4;
+  sp.index_head_dim = 16;
+  sp.plan = plan;
+  CHECK_OK(ic_model_create_synthetic(&sp, &model));
+  return model;
+}
+
+static void TestStructSize(ic_model_t* model) {
+  struct {
+    ic_context_params_t p;
+    uint64_t future_field;
+  } bigger;
+  ic_context_params_t cp;
+  ic_context_t* ctx = NULL;
+  ic_model_info_t info;
+
+  CHECK_OK(ic_context_default_params(&cp));
+  CHECK(cp.struct_size == sizeof(cp));
+  cp.struct_size = 4;
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("struct_size");
+  CHECK(ctx == NULL);
+
+  /* A caller built against a newer header: unknown trailing bytes must be zero. */
+  memset(&bigger, 0, sizeof(bigger));
+  CHECK_OK(ic_context_default_params(&bigger.p));
+  bigger.p.struct_size = sizeof(bigger);
+  bigger.p.device = IC_DEVICE_CPU;
+  bigger.p.max_tokens = 64;
+  bigger.future_field = 1;
+  CHECK_STATUS(ic_context_create(model, &bigger.p, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("does not have");
+  bigger.future_field = 0;
+  CHECK_OK(ic_context_create(model, &bigger.p, &ctx));
+  CHECK_OK(ic_context_free(ctx));
+
+  info.struct_size = 8;
+  CHECK_STATUS(ic_model_info(model, &info), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("struct_size");
+}
+
+static void TestContextParamErrors(ic_model_t* model) {
+  ic_context_params_t cp;
+  ic_context_t* ctx = NULL;
+
+  ic_context_default_params(&cp);
+  cp.device = IC_DEVICE_CPU;
+  cp.plan = "SFFF";
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("layer 0");
+  CHECK(ctx == NULL);
+  cp.plan = "FSF";
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("FSF");
+  cp.plan = "FSXF";
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("position 2");
+
+  ic_context_default_params(&cp);
+  cp.world_size = 2;
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_UNAVAILABLE);
+  CHECK_MESSAGE_HAS("world_size=2");
+  ic_context_default_params(&cp);
+  cp.tp_size = 4;
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_UNAVAILABLE);
+  CHECK_MESSAGE_HAS("tp_size=4");
+  ic_context_default_params(&cp);
+  cp.rank = 1;
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("rank");
+  ic_context_default_params(&cp);
+  cp.device = (ic_device_t)7;
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("device is 7");
+  ic_context_default_params(&cp);
+  cp.block_size = 0;
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("block_size");
+  if (ic_cuda_device_count() == 0) {
+    ic_context_default_params(&cp);
+    cp.device = IC_DEVICE_CUDA;
+    CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_UNAVAILABLE);
+  }
+  ic_context_default_params(&cp);
+  cp.metrics_address = "not an address";
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK(ctx == NULL);
+}
+
+/* Prefill/decode agreement, batched decode, loss against logits computed through the API. */
+static void TestForward(ic_model_t* model, const char* expect_plan) {
+  enum { kN = 40 };
+  ic_context_params_t cp;
+  ic_context_t* ctx = NULL;
+  ic_model_info_t info;
+  ic_device_t device;
+  int32_t tokens[kN];
+  int32_t seq_a, seq_b, seq_c, ids[2], next[2];
+  int64_t len = -1, predicted = 0;
+  double loss = 0, expected = 0;
+  float *la, *lb, *row, *batch;
+  char plan[16];
+  size_t vocab, i;
+
+  info.struct_size = sizeof(info);
+  CHECK_OK(ic_model_info(model, &info));
+  vocab = (size_t)info.vocab_size;
+  MakeTokens(tokens, kN, info.vocab_size, 7u);
+
+  ic_context_default_params(&cp);
+  cp.device = IC_DEVICE_CPU;
+  cp.max_tokens = 512;
+  cp.block_size = 16;
+  cp.prefill_chunk = 16; /* several forward passes per prefill */
+  CHECK_OK(ic_context_create(model, &cp, &ctx));
+  if (ctx == NULL) return;
+  CHECK_OK(ic_context_device(ctx, &device));
+  CHECK(device == IC_DEVICE_CPU);
+  CHECK_OK(ic_context_plan(ctx, plan, sizeof(plan)));
+  CHECK(strcmp(plan, expect_plan) == 0);
+
+  la = (float*)malloc(sizeof(float) * vocab);
+  lb = (float*)malloc(sizeof(float) * vocab);
+  row = (float*)malloc(sizeof(float) * vocab);
+  batch = (float*)malloc(sizeof(float) * vocab * 2);
+
+  /* Decode at position t gives prefill's row t. */
+  CHECK_OK(ic_sequence_add(ctx, &seq_a));
+  CHECK_OK(ic_sequence_add(ctx, &seq_b));
+  CHECK(seq_a != seq_b);
+  CHECK_OK(ic_prefill(ctx, seq_a, tokens, kN, la));
+  CHECK_OK(ic_prefill(ctx, seq_b, tokens, kN - 1, NULL));
+  CHECK_OK(ic_decode(ctx, &seq_b, &tokens[kN - 1], 1, lb));
+  CHECK(MaxAbsDiff(la, lb, vocab) <= 1e-4);
+  CHECK(la[0] == la[0] && fabs(la[0]) < 1e6);
+  CHECK_OK(ic_sequence_length(ctx, seq_a, &len));
+  CHECK(len == kN);
+  CHECK_OK(ic_sequence_length(ctx, seq_b, &len));
+  CHECK(len == kN);
+
+  /* A batch of two sequences with the same history gives two equal rows, equal to a single decode. */
+  ids[0] = seq_a;
+  ids[1] = seq_b;
+  next[0] = next[1] = Argmax(la, vocab);
+  CHECK_OK(ic_decode(ctx, ids, next, 2, batch));
+  CHECK(MaxAbsDiff(batch, batch + vocab, vocab) <= 1e-4);
+  CHECK_OK(ic_sequence_length(ctx, seq_a, &len));
+  CHECK(len == kN + 1);
+  ids[1] = seq_a;
+  CHECK_STATUS(ic_decode(ctx, ids, next, 2, batch), IC_ERR_INVALID_ARGUMENT); /* repeated id */
+  CHECK_MESSAGE_HAS("twice");
+
+  /* Error paths leave the sequence as it was. */
+  tokens[3] = 9999;
+  CHECK_STATUS(ic_prefill(ctx, seq_a, tokens, 8, NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("9999");
+  CHECK_STATUS(ic_decode(ctx, &seq_a, &tokens[3], 1, NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("9999");
+  next[0] = -5;
+  CHECK_STATUS(ic_decode(ctx, &seq_a, next, 1, NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("-5");
+  CHECK_OK(ic_sequence_length(ctx, seq_a, &len));
+  CHECK(len == kN + 1);
+  MakeTokens(tokens, kN, info.vocab_size, 7u);
+  CHECK_STATUS(ic_prefill(ctx, seq_a, tokens, 0, NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_prefill(ctx, seq_a, NULL, 3, NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("tokens is NULL");
+  CHECK_STATUS(ic_prefill(ctx, 12345, tokens, 3, NULL), IC_ERR_NOT_FOUND);
+  CHECK_MESSAGE_HAS("12345");
+  CHECK_STATUS(ic_sequence_remove(ctx, 12345), IC_ERR_NOT_FOUND);
+  CHECK_STATUS(ic_sequence_length(ctx, seq_a, NULL), IC_ERR_INVALID_ARGUMENT);
+
+  /* Loss: the mean of −log p(t[i+1]) over logits computed one position at a time through the API. */
+  CHECK_OK(ic_sequence_add(ctx, &seq_c));
+  CHECK_OK(ic_prefill(ctx, seq_c, tokens, 1, row));
+  expected = TokenLoss(row, vocab, tokens[1]);
+  for (i = 1; i + 1 < kN; ++i) {
+    CHECK_OK(ic_decode(ctx, &seq_c, &tokens[i], 1, row));
+    expected += TokenLoss(row, vocab, tokens[i + 1]);
+  }
+  expected /= (double)(kN - 1);
+  CHECK_OK(ic_eval_loss(ctx, tokens, kN, &loss, &predicted));
+  CHECK(predicted == kN - 1);
+  CHECK(isfinite(loss) && loss > 0);
+  CHECK(fabs(loss - expected) <= 1e-4 * (1.0 + fabs(expected)));
+  if (fabs(loss - expected) > 1e-4 * (1.0 + fabs(expected))) {
+    fprintf(stderr, "  loss %.8f vs %.8f from logits\n", loss, expected);
+  }
+  CHECK_STATUS(ic_eval_loss(ctx, tokens, 1, &loss, NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_eval_loss(ctx, tokens, kN, NULL, NULL), IC_ERR_INVALID_ARGUMENT);
+
+  CHECK_OK(ic_sequence_remove(ctx, seq_a));
+  CHECK_STATUS(ic_sequence_length(ctx, seq_a, &len), IC_ERR_NOT_FOUND);
+  CHECK_OK(ic_context_free(ctx));
+  free(la);
+  free(lb);
+  free(row);
+  free(batch);
+}
+
+/* A full KV cache is IC_ERR_OUT_OF_MEMORY and changes nothing. */
+static void TestKvCacheFull(ic_model_t* model) {
+  ic_context_params_t cp;
+  ic_context_t* ctx = NULL;
+  int32_t tokens[80];
+  int32_t seq, other;
+  int64_t len = -1, free_tokens = -1;
+  double loss;
+
+  MakeTokens(tokens, 80, 128, 3u);
+  ic_context_default_params(&cp);
+  cp.device = IC_DEVICE_CPU;
+  cp.max_tokens = 64;
+  cp.block_size = 16;
+  CHECK_OK(ic_context_create(model, &cp, &ctx));
+  if (ctx == NULL) return;
+  CHECK_OK(ic_context_free_tokens(ctx, &free_tokens));
+  CHECK(free_tokens == 64);
+  CHECK_OK(ic_sequence_add(ctx, &seq));
+  CHECK_OK(ic_prefill(ctx, seq, tokens, 60, NULL));
+  CHECK_STATUS(ic_prefill(ctx, seq, tokens + 60, 10, NULL), IC_ERR_OUT_OF_MEMORY);
+  CHECK_MESSAGE_HAS("KV cache full");
+  CHECK_OK(ic_sequence_length(ctx, seq, &len));
+  CHECK(len == 60);
+  CHECK_OK(ic_prefill(ctx, seq, tokens + 60, 4, NULL)); /* fills the last block */
+  CHECK_STATUS(ic_decode(ctx, &seq, tokens, 1, NULL), IC_ERR_OUT_OF_MEMORY); /* needs a new block */
+  CHECK_OK(ic_sequence_length(ctx, seq, &len));
+  CHECK(len == 64);
+  CHECK_OK(ic_sequence_add(ctx, &other));
+  CHECK_STATUS(ic_decode(ctx, &other, tokens, 1, NULL), IC_ERR_OUT_OF_MEMORY);
+  CHECK_OK(ic_sequence_length(ctx, other, &len));
+  CHECK(len == 0);
+  CHECK_STATUS(ic_eval_loss(ctx, tokens, 10, &loss, NULL), IC_ERR_OUT_OF_MEMORY);
+  CHECK_OK(ic_sequence_remove(ctx, seq));
+  CHECK_OK(ic_context_free_tokens(ctx, &free_tokens));
+  CHECK(free_tokens == 64);
+  CHECK_OK(ic_eval_loss(ctx, tokens, 64, &loss, NULL));
+  CHECK_OK(ic_context_free(ctx));
+}
+
+static void TestMetricsText(void) {
+  size_t needed = 0, small_needed = 0;
+  char small[8];
+  char* text;
+  CHECK_OK(ic_metrics_text(NULL, 0, &needed));
+  CHECK(needed > 1);
+  text = (char*)malloc(needed + 65536);
+  CHECK_OK(ic_metrics_text(text, needed + 65536, &needed));
+  CHECK(strlen(text) + 1 == needed);
+  CHECK(strstr(text, "indexcache_indexer_layers_total") != NULL);
+  CHECK(strstr(text, "indexcache_prompt_tokens_total") != NULL);
+  CHECK(strstr(text, "indexcache_generated_tokens_total") != NULL);
+  CHECK_STATUS(ic_metrics_text(small, sizeof(small), &small_needed), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("too small");
+  CHECK(small_needed > sizeof(small));
+  free(text);
+}
+
+/* Handles: plan buffer sizes, model freed before its context, freed-handle detection. */
+static void TestHandles(void) {
+  ic_model_t* model = MakeSmallModel("FSFS");
+  ic_context_t* ctx = NULL;
+  ic_context_params_t cp;
+  ic_model_info_t info;
+  char plan[8];
+  int32_t seq = -1, tok = 5;
+  float* logits;
+  if (model == NULL) return;
+
+  info.struct_size = sizeof(info);
+  CHECK_OK(ic_model_info(model, &info));
+  CHECK(info.struct_size == sizeof(info));
+  CHECK(strcmp(info.architecture, "DeepseekV32ForCausalLM") == 0);
+  CHECK(info.vocab_size == 128 && info.hidden_size == 64 && info.num_layers == 4);
+  CHECK(info.has_indexer == 1 && info.index_topk == 8 && info.index_n_heads == 4);
+  CHECK(info.index_head_dim == 16 && info.num_full_layers == 2);
+  CHECK_OK(ic_model_plan(model, plan, sizeof(plan)));
+  CHECK(strcmp(plan, "FSFS") == 0);
+  CHECK_OK(ic_model_plan(model, plan, 5));
+  CHECK_STATUS(ic_model_plan(model, plan, 4), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("needs 5 bytes");
+  CHECK_STATUS(ic_model_plan(model, NULL, 0), IC_ERR_INVALID_ARGUMENT);
+
+  TestStructSize(model);
+  TestContextParamErrors(model);
+
+  ic_context_default_params(&cp);
+  cp.device = IC_DEVICE_CPU;
+  cp.max_tokens = 128;
+  CHECK_OK(ic_context_create(model, &cp, &ctx));
+  CHECK_OK(ic_model_free(model)); /* the context keeps the model alive */
+  CHECK_STATUS(ic_model_free(model), IC_ERR_INVALID_ARGUMENT); /* double free detected */
+  CHECK_STATUS(ic_model_plan(model, plan, sizeof(plan)), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("not a live");
+  logits = (float*)malloc(sizeof(float) * 128);
+  CHECK_OK(ic_sequence_add(ctx, &seq));
+  CHECK_OK(ic_prefill(ctx, seq, &tok, 1, logits));
+  CHECK_OK(ic_decode(ctx, &seq, &tok, 1, logits));
+  CHECK_OK(ic_context_free(ctx));
+  CHECK_STATUS(ic_sequence_add(ctx, &seq), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("not a live");
+  CHECK_STATUS(ic_context_free(ctx), IC_ERR_INVALID_ARGUMENT);
+  free(logits);
+}
+
+/* Save a synthetic model, load it back through ic_model_load, and get the same logits. */
+static void TestSaveLoad(ic_model_t* model) {
+  char dir[] = "/tmp/ic_c_api_test_XXXXXX";
+  char path[512], plan[16];
+  ic_model_t* loaded = NULL;
+  ic_context_t *c1 = NULL, *c2 = NULL;
+  ic_context_params_t cp;
+  ic_model_load_params_t lp;
+  int32_t tokens[20], s1, s2;
+  float a[128], b[128];
+  FILE* f;
+
+  if (mkdtemp(dir) == NULL) {
+    CHECK(!"mkdtemp failed");
+    return;
+  }
+  CHECK_OK(ic_model_save(model, dir));
+  CHECK_STATUS(ic_model_save(model, NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_OK(ic_model_load(dir, NULL, &loaded));
+  if (loaded != NULL) {
+    CHECK_OK(ic_model_plan(loaded, plan, sizeof(plan)));
+    CHECK(strcmp(plan, "FSFS") == 0);
+    MakeTokens(tokens, 20, 128, 11u);
+    ic_context_default_params(&cp);
+    cp.device = IC_DEVICE_CPU;
+    cp.max_tokens = 64;
+    CHECK_OK(ic_context_create(model, &cp, &c1));
+    CHECK_OK(ic_context_create(loaded, &cp, &c2));
+    if (c1 != NULL && c2 != NULL) {
+      CHECK_OK(ic_sequence_add(c1, &s1));
+      CHECK_OK(ic_sequence_add(c2, &s2));
+      CHECK_OK(ic_prefill(c1, s1, tokens, 20, a));
+      CHECK_OK(ic_prefill(c2, s2, tokens, 20, b));
+      CHECK(MaxAbsDiff(a, b, 128) <= 1e-5);
+    }
+    ic_context_free(c1);
+    ic_context_free(c2);
+    ic_model_free(loaded);
+    loaded = NULL;
+  }
+
+  /* A plan file overrides the checkpoint's plan. */
+  snprintf(path, sizeof(path), "%s/plan.txt", dir);
+  f = fopen(path, "w");
+  if (f != NULL) {
+    fputs("FFSS\n", f);
+    fclose(f);
+    ic_model_load_default_params(&lp);
+    lp.plan_file = path;
+    CHECK_OK(ic_model_load(dir, &lp, &loaded));
+    if (loaded != NULL) {
+      CHECK_OK(ic_model_plan(loaded, plan, sizeof(plan)));
+      CHECK(strcmp(plan, "FFSS") == 0);
+      ic_model_free(loaded);
+    }
+    remove(path);
+  }
+  snprintf(path, sizeof(path), "%s/config.json", dir);
+  remove(path);
+  snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+  remove(path);
+  rmdir(dir);
+}
+
+/* ---- the golden dense Llama checkpoint (HF transformers' own numbers) ---------------------------- */
+
+typedef struct {
+  unsigned char* bytes;
+  size_t size;
+  size_t data_start;
+  const char* header; /* NUL-terminated copy */
+} Safetensors;
+
+static int ReadSafetensors(const char* path, Safetensors* st) {
+  FILE* f = fopen(path, "rb");
+  uint64_t hlen = 0;
+  long size;
+  int i;
+  char* header;
+  if (f == NULL) return 0;
+  fseek(f, 0, SEEK_END);
+  size = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  st->bytes = (unsigned char*)malloc((size_t)size);
+  st->size = (size_t)size;
+  if (fread(st->bytes, 1, (size_t)size, f) != (size_t)size) {
+    fclose(f);
+    return 0;
+  }
+  fclose(f);
+  for (i = 7; i >= 0; --i) hlen = (hlen << 8) | st->bytes[i];
+  if (8 + hlen > (uint64_t)size) return 0;
+  header = (char*)malloc((size_t)hlen + 1);
+  memcpy(header, st->bytes + 8, (size_t)hlen);
+  header[hlen] = '\0';
+  st->header = header;
+  st->data_start = 8 + (size_t)hlen;
+  return 1;
+}
+
+/* The data of tensor `name` and its size in bytes (NULL if absent). */
+static const void* Tensor(const Safetensors* st, const char* name, size_t* bytes) {
+  char key[128];
+  const char* p;
+  unsigned long begin = 0, end = 0;
+  snprintf(key, sizeof(key), "\"%s\"", name);
+  p = strstr(st->header, key);
+  if (p == NULL) return NULL;
+  p = strstr(p, "\"data_offsets\"");
+  if (p == NULL || sscanf(p, "\"data_offsets\":[%lu,%lu]", &begin, &end) != 2) return NULL;
+  if (st->data_start + end > st->size) return NULL;
+  *bytes = end - begin;
+  return st->bytes + st->data_start + begin;
+}
+
+static void TestGoldenLlama(void) {
+  char dir[512], path[600], plan[8];
+  const char* shared = getenv("IC_SHARED_DIR");
+  Safetensors st;
+  ic_model_t* model = NULL;
+  ic_context_t* ctx = NULL;
+  ic_context_params_t cp;
+  ic_model_info_t info;
+  const int32_t* ids;
+  const float* golden;
+  const int32_t* greedy;
+  const int32_t* prompt_len;
+  size_t n_ids_bytes = 0, n_logits_bytes = 0, n_greedy_bytes = 0, n_len_bytes = 0;
+  size_t S, V, t, i;
+  float* logits;
+  double err2 = 0, ref2 = 0, loss = 0, expected = 0;
+  int32_t seq, tok;
+  int64_t predicted = 0;
+
+  snprintf(dir, sizeof(dir), "%s/tests/data/golden/llama-tiny-dense", IC_SOURCE_DIR);
+  if (!IsDirectory(dir) && shared != NULL) {
+    snprintf(dir, sizeof(dir), "%s/golden/llama-tiny-dense", shared);
+  }
+  if (!IsDirectory(dir)) {
+    printf("golden llama-tiny-dense not found: skipped\n");
+    return;
+  }
+  snprintf(path, sizeof(path), "%s/golden.safetensors", dir);
+  memset(&st, 0, sizeof(st));
+  CHECK(ReadSafetensors(path, &st));
+  if (st.header == NULL) return;
+  ids = (const int32_t*)Tensor(&st, "input_ids", &n_ids_bytes);
+  golden = (const float*)Tensor(&st, "logits", &n_logits_bytes);
+  greedy = (const int32_t*)Tensor(&st, "greedy_tokens", &n_greedy_bytes);
+  prompt_len = (const int32_t*)Tensor(&st, "greedy_prompt_len", &n_len_bytes);
+  CHECK(ids != NULL && golden != NULL && greedy != NULL && prompt_len != NULL);
+  if (ids == NULL || golden == NULL || greedy == NULL || prompt_len == NULL) return;
+
+  CHECK_OK(ic_model_load(dir, NULL, &model));
+  if (model == NULL) return;
+  info.struct_size = sizeof(info);
+  CHECK_OK(ic_model_info(model, &info));
+  CHECK(strcmp(info.architecture, "LlamaForCausalLM") == 0);
+  CHECK(info.has_indexer == 0 && info.index_topk == 0 && info.num_layers == 3);
+  CHECK_OK(ic_model_plan(model, plan, sizeof(plan)));
+  CHECK(strcmp(plan, "FFF") == 0);
+  S = n_ids_bytes / sizeof(int32_t);
+  V = (size_t)info.vocab_size;
+  CHECK(n_logits_bytes == S * V * sizeof(float));
+
+  ic_context_default_params(&cp);
+  cp.device = IC_DEVICE_CPU;
+  cp.max_tokens = 256;
+  cp.block_size = 16;
+  cp.prefill_chunk = 32;
+  CHECK_OK(ic_context_create(model, &cp, &ctx));
+  CHECK_OK(ic_model_free(model));
+  if (ctx == NULL) return;
+  logits = (float*)malloc(sizeof(float) * V);
+
+  /* Every row: prefill token 0, then decode one token at a time; relative Frobenius error < 1e-4. */
+  CHECK_OK(ic_sequence_add(ctx, &seq));
+  for (t = 0; t < S; ++t) {
+    if (t == 0) {
+      CHECK_OK(ic_prefill(ctx, seq, ids, 1, logits));
+    } else {
+      CHECK_OK(ic_decode(ctx, &seq, &ids[t], 1, logits));
+    }
+    for (i = 0; i < V; ++i) {
+      double d = (double)logits[i] - (double)golden[t * V + i];
+      err2 += d * d;
+      ref2 += (double)golden[t * V + i] * golden[t * V + i];
+    }
+    if (t + 1 < S) expected += TokenLoss(&golden[t * V], V, ids[t + 1]);
+  }
+  CHECK(sqrt(err2 / ref2) < 1e-4);
+  printf("golden llama-tiny-dense: decode-path logits relative error %.3g\n", sqrt(err2 / ref2));
+  CHECK_OK(ic_sequence_remove(ctx, seq));
+
+  /* One chunked prefill: its last row is golden's last row. */
+  CHECK_OK(ic_sequence_add(ctx, &seq));
+  CHECK_OK(ic_prefill(ctx, seq, ids, S, logits));
+  err2 = ref2 = 0;
+  for (i = 0; i < V; ++i) {
+    double d = (double)logits[i] - (double)golden[(S - 1) * V + i];
+    err2 += d * d;
+    ref2 += (double)golden[(S - 1) * V + i] * golden[(S - 1) * V + i];
+  }
+  CHECK(sqrt(err2 / ref2) < 1e-4);
+  CHECK_OK(ic_sequence_remove(ctx, seq));
+
+  /* The loss from golden logits. */
+  expected /= (double)(S - 1);
+  CHECK_OK(ic_eval_loss(ctx, ids, S, &loss, &predicted));
+  CHECK(predicted == (int64_t)S - 1);
+  CHECK(fabs(loss - expected) <= 1e-4 * (1.0 + expected));
+
+  /* Greedy decoding from the first greedy_prompt_len tokens. */
+  CHECK_OK(ic_sequence_add(ctx, &seq));
+  CHECK_OK(ic_prefill(ctx, seq, ids, (size_t)prompt_len[0], logits));
+  for (i = 0; i < n_greedy_bytes / sizeof(int32_t); ++i) {
+    tok = Argmax(logits, V);
+    if (tok != greedy[i]) {
+      fprintf(stderr, "  greedy token %u: %d, golden %d\n", (unsigned)i, tok, greedy[i]);
+    }
+    CHECK(tok == greedy[i]);
+    CHECK_OK(ic_decode(ctx, &seq, &tok, 1, logits));
+  }
+  CHECK_OK(ic_context_free(ctx));
+  free(logits);
+  free(st.bytes);
+  free((void*)st.header);
+}
+
+int main(void) {
+  ic_model_t* model;
+  TestVersionAndStatus();
+  TestNullArguments();
+  TestHandles();
+  model = MakeSmallModel("FSFS");
+  if (model != NULL) {
+    TestForward(model, "FSFS");
+    TestKvCacheFull(model);
+    TestSaveLoad(model);
+    CHECK_OK(ic_model_free(model));
+  }
+  TestMetricsText();
+  TestGoldenLlama();
+  printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}

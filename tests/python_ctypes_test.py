@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""The ctypes module (bindings_c/python/indexcache.py) on the synthetic model, through libindexcache.so.
+
+Run by ctest with INDEXCACHE_LIB pointing at the built library; by hand:
+    INDEXCACHE_LIB=build/bindings_c/libindexcache.so python3 tests/python_ctypes_test.py
+"""
+
+import math
+import os
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bindings_c", "python"))
+
+import indexcache as ic  # noqa: E402
+
+
+def _tokens(n, vocab, seed=7):
+    x, out = seed, []
+    for _ in range(n):
+        x = (x * 1664525 + 1013904223) % 2**32
+        out.append((x >> 8) % vocab)
+    return out
+
+
+def _token_loss(logits, target):
+    m = max(logits)
+    return math.log(sum(math.exp(v - m) for v in logits)) + m - logits[target]
+
+
+class IndexCacheCtypesTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.model = ic.Model.synthetic(num_layers=4, hidden_size=64, vocab_size=128, index_topk=8,
+                                       index_n_heads=4, index_head_dim=16, plan="FSFS")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.model.close()
+
+    def context(self, **kw):
+        kw.setdefault("device", ic.Device.CPU)
+        kw.setdefault("max_tokens", 512)
+        kw.setdefault("block_size", 16)
+        kw.setdefault("prefill_chunk", 16)
+        return ic.Context(self.model, **kw)
+
+    def test_version(self):
+        self.assertRegex(ic.version(), r"^\d+\.\d+\.\d+$")
+        self.assertTrue(os.path.exists(ic.library_path()))
+        self.assertGreaterEqual(ic.cuda_device_count(), 0)
+
+    def test_model_info_and_plan(self):
+        info = self.model.info
+        self.assertEqual(info.architecture, "DeepseekV32ForCausalLM")
+        self.assertEqual((info.vocab_size, info.hidden_size, info.num_layers), (128, 64, 4))
+        self.assertTrue(info.has_indexer)
+        self.assertEqual((info.index_topk, info.num_full_layers), (8, 2))
+        self.assertEqual(self.model.plan, "FSFS")
+        self.assertIn("FSFS", repr(self.model))
+
+    def test_decode_matches_prefill(self):
+        toks = _tokens(40, 128)
+        with self.context() as ctx:
+            self.assertEqual(ctx.plan, "FSFS")
+            self.assertEqual(ctx.device, ic.Device.CPU)
+            a, b = ctx.add_sequence(), ctx.add_sequence()
+            la = ctx.prefill(a, toks)
+            self.assertEqual(len(la), 128)
+            self.assertIsNone(ctx.prefill(b, toks[:-1], logits=False))
+            lb = ctx.decode(b, toks[-1])
+            self.assertLessEqual(max(abs(x - y) for x, y in zip(la, lb)), 1e-4)
+            self.assertEqual(ctx.sequence_length(b), 40)
+            nxt = max(range(128), key=la.__getitem__)
+            rows = ctx.decode([a, b], [nxt, nxt])
+            self.assertEqual(len(rows), 2)
+            self.assertLessEqual(max(abs(x - y) for x, y in zip(rows[0], rows[1])), 1e-4)
+            ctx.remove_sequence(a)
+            with self.assertRaises(ic.IndexCacheError) as e:
+                ctx.sequence_length(a)
+            self.assertEqual(e.exception.status, ic.Status.NOT_FOUND)
+
+    def test_eval_loss_matches_logits(self):
+        toks = _tokens(24, 128, seed=3)
+        with self.context() as ctx:
+            seq = ctx.add_sequence()
+            row = ctx.prefill(seq, toks[:1])
+            total = _token_loss(row, toks[1])
+            for i in range(1, len(toks) - 1):
+                row = ctx.decode(seq, toks[i])
+                total += _token_loss(row, toks[i + 1])
+            loss, n = ctx.eval_loss(toks)
+            self.assertEqual(n, len(toks) - 1)
+            self.assertTrue(math.isfinite(loss))
+            self.assertAlmostEqual(loss, total / n, delta=1e-4 * (1 + abs(loss)))
+
+    def test_errors(self):
+        with self.assertRaises(ic.IndexCacheError) as e:
+            self.context(plan="SFFF")
+        self.assertEqual(e.exception.status, ic.Status.INVALID_ARGUMENT)
+        self.assertIn("layer 0", e.exception.message)
+        with self.assertRaises(ic.IndexCacheError) as e:
+            self.context(plan="FSF")
+        self.assertIn("layers", e.exception.message)
+        with self.context(max_tokens=64) as ctx:
+            seq = ctx.add_sequence()
+            with self.assertRaises(ic.IndexCacheError) as e:
+                ctx.prefill(seq, [1, 2, 5000])
+            self.assertEqual(e.exception.status, ic.Status.INVALID_ARGUMENT)
+            self.assertIn("5000", str(e.exception))
+            ctx.prefill(seq, _tokens(60, 128), logits=False)
+            with self.assertRaises(ic.IndexCacheError) as e:
+                ctx.prefill(seq, _tokens(10, 128))
+            self.assertEqual(e.exception.status, ic.Status.OUT_OF_MEMORY)
+            self.assertEqual(ctx.sequence_length(seq), 60)
+        with self.assertRaises(ValueError):
+            ctx.add_sequence()  # closed
+        with self.assertRaises(ic.IndexCacheError) as e:
+            ic.Model.load("/nonexistent/indexcache-model")
+        self.assertEqual(e.exception.status, ic.Status.NOT_FOUND)
+        with self.assertRaises(ic.IndexCacheError) as e:
+            self.context(world_size=2)
+        self.assertEqual(e.exception.status, ic.Status.UNAVAILABLE)
+        self.assertIn("world_size=2", e.exception.message)
+        if ic.cuda_device_count() == 0:
+            with self.assertRaises(ic.IndexCacheError) as e:
+                self.context(device=ic.Device.CUDA)
+            self.assertEqual(e.exception.status, ic.Status.UNAVAILABLE)
+
+    def test_save_load_roundtrip(self):
+        toks = _tokens(20, 128, seed=11)
+        with tempfile.TemporaryDirectory() as d:
+            self.model.save(d)
+            with ic.Model.load(d) as loaded:
+                self.assertEqual(loaded.plan, "FSFS")
+                with self.context() as c1, ic.Context(loaded, device=ic.Device.CPU, max_tokens=64) as c2:
+                    a = c1.prefill(c1.add_sequence(), toks)
+                    b = c2.prefill(c2.add_sequence(), toks)
+                    self.assertLessEqual(max(abs(x - y) for x, y in zip(a, b)), 1e-5)
+
+    def test_model_closed_before_context(self):
+        model = ic.Model.synthetic(num_layers=2, hidden_size=64, vocab_size=64, index_topk=4,
+                                   index_n_heads=2, index_head_dim=8)
+        ctx = ic.Context(model, device=ic.Device.CPU, max_tokens=64)
+        model.close()
+        seq = ctx.add_sequence()
+        self.assertEqual(len(ctx.prefill(seq, [1, 2, 3])), 64)
+        ctx.close()
+
+    def test_metrics_text(self):
+        with self.context() as ctx:
+            ctx.prefill(ctx.add_sequence(), [1, 2, 3], logits=False)
+            text = ctx.metrics_text()
+        self.assertIn("indexcache_prompt_tokens_total", text)
+        self.assertIn("indexcache_indexer_layers_total", text)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
