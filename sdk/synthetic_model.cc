@@ -45,7 +45,8 @@ class Init {
 };
 
 MlpWeights MakeMlp(Init& init, int hidden, int inter) {
-  return {init.Linear(inter, hidden), init.Linear(inter, hidden), init.Linear(hidden, inter)};
+  // A small down projection keeps the residual stream (and so each layer's top-k) stable across layers.
+  return {init.Linear(inter, hidden), init.Linear(inter, hidden), init.Linear(hidden, inter, 0.3)};
 }
 
 ModelConfig MakeConfig(const SyntheticModelOptions& o) {
@@ -123,11 +124,12 @@ absl::StatusOr<std::shared_ptr<const Model>> BuildSyntheticModel(const Synthetic
   if (!c.tie_word_embeddings) w.lm_head = init.Linear(c.vocab_size, H, 1.0);
   // Real DSA models select similar tokens in adjacent layers (IndexCache, Appendix A: overlap 0.7–1.0).
   // The synthetic indexers share a base projection plus per-layer noise to mimic that.
-  IndexerWeights base;
+  struct { HostTensor wq, wk, weights_proj, wq_a; } base;
   if (c.has_indexer) {
     base.wq = init.Linear(c.index_n_heads * c.index_head_dim, c.mla ? c.q_lora_rank : H, 2.0);
     base.wk = init.Linear(c.index_head_dim, H, 2.0);
     base.weights_proj = init.Linear(c.index_n_heads, H, 4.0);
+    if (c.mla) base.wq_a = init.Linear(c.q_lora_rank, H);  // the indexer's query input is q_latent
   }
   auto near_base = [&](const HostTensor& b, double rel_noise) {
     HostTensor t = init.Normal(b.shape[0], b.shape.size() > 1 ? b.shape[1] : 0, 1.0);
@@ -144,26 +146,26 @@ absl::StatusOr<std::shared_ptr<const Model>> BuildSyntheticModel(const Synthetic
     L.post_attention_norm = init.NormWeight(H);
     const int NH = c.num_attention_heads;
     if (c.mla) {
-      L.q_a_proj = init.Linear(c.q_lora_rank, H);
+      L.q_a_proj = c.has_indexer ? near_base(base.wq_a, 0.1) : init.Linear(c.q_lora_rank, H);
       L.q_a_norm = init.NormWeight(c.q_lora_rank);
       L.q_b_proj = init.Linear(NH * c.qk_head_dim(), c.q_lora_rank, 2.0);
       L.kv_a_proj = init.Linear(c.kv_lora_rank + c.qk_rope_head_dim, H, 2.0);
       L.kv_a_norm = init.NormWeight(c.kv_lora_rank);
       L.kv_b_proj = init.Linear(NH * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
-      L.o_proj = init.Linear(H, NH * c.v_head_dim, 0.5);
+      L.o_proj = init.Linear(H, NH * c.v_head_dim, 0.3);
     } else {
       L.q_proj = init.Linear(NH * c.head_dim, H, 2.0);
       L.k_proj = init.Linear(c.num_key_value_heads * c.head_dim, H, 2.0);
       L.v_proj = init.Linear(c.num_key_value_heads * c.head_dim, H);
-      L.o_proj = init.Linear(H, NH * c.head_dim, 0.5);
+      L.o_proj = init.Linear(H, NH * c.head_dim, 0.3);
     }
     if (c.has_indexer) {
       IndexerWeights& ix = L.indexer;
-      ix.wq = near_base(base.wq, 0.3);
-      ix.wk = near_base(base.wk, 0.3);
+      ix.wq = near_base(base.wq, 0.1);
+      ix.wk = near_base(base.wk, 0.1);
       ix.k_norm_weight = init.NormWeight(c.index_head_dim);
       ix.k_norm_bias = init.Normal(c.index_head_dim, 0, 0.1);
-      ix.weights_proj = near_base(base.weights_proj, 0.3);
+      ix.weights_proj = near_base(base.weights_proj, 0.1);
       ix.any_present = true;
     }
     L.is_moe = c.moe_layer[i];

@@ -423,6 +423,27 @@ static void TestMetricsText(void) {
   free(text);
 }
 
+/* The exposer: one per process, started by a context parameter or directly. */
+static void TestExposer(ic_model_t* model) {
+  ic_context_params_t cp;
+  ic_context_t* ctx = NULL;
+  int32_t port = -1;
+  CHECK_OK(ic_metrics_exposer_port(&port));
+  CHECK(port == 0);
+  CHECK_STATUS(ic_metrics_start_exposer("127.0.0.1:notaport"), IC_ERR_INVALID_ARGUMENT);
+  ic_context_default_params(&cp);
+  cp.device = IC_DEVICE_CPU;
+  cp.max_tokens = 64;
+  cp.metrics_address = "127.0.0.1:0";
+  CHECK_OK(ic_context_create(model, &cp, &ctx));
+  CHECK_OK(ic_context_free(ctx));
+  CHECK_OK(ic_metrics_exposer_port(&port));
+  CHECK(port > 0);
+  CHECK_OK(ic_metrics_start_exposer("127.0.0.1:0")); /* the same address again: a no-op */
+  CHECK_STATUS(ic_metrics_start_exposer("127.0.0.1:1"), IC_ERR_ALREADY_EXISTS);
+  CHECK_MESSAGE_HAS("127.0.0.1:0");
+}
+
 /* Handles: plan buffer sizes, model freed before its context, freed-handle detection. */
 static void TestHandles(void) {
   ic_model_t* model = MakeSmallModel("FSFS");
@@ -709,6 +730,7 @@ int main(void) {
     TestForward(model, "FSFS");
     TestKvCacheFull(model);
     TestSaveLoad(model);
+    TestExposer(model);
     CHECK_OK(ic_model_free(model));
   }
   TestMetricsText();

@@ -85,6 +85,9 @@ done < <(grep '^ic_' "$work/symbols")
     echo '  const char* msg = ic_last_error_message();'
     echo '  printf("ic_last_error_message: \"%s\"\n", msg ? msg : "(null)");'
   fi
+  echo '#ifdef IC_VERSION_STRING'
+  echo '  printf("header version %s\n", IC_VERSION_STRING);'
+  echo '#endif'
   echo '  printf("resolved %zu ic_* functions\n", n);'
   echo '  return n == sizeof(fns) / sizeof(fns[0]) ? 0 : 1;'
   echo '}'
@@ -98,7 +101,13 @@ echo "pkg-config indexcache $(pkg-config --modversion indexcache): $pc_flags"
 # shellcheck disable=SC2086
 cc -std=c11 -Wall -Wextra -Werror -o "$work/consumer_pc" "$work/main.c" $pc_flags ||
   fail "C consumer does not build with pkg-config flags"
-LD_LIBRARY_PATH=$libdir "$work/consumer_pc" || fail "C consumer (pkg-config) failed to run"
+LD_LIBRARY_PATH=$libdir "$work/consumer_pc" | tee "$work/consumer_pc.out" ||
+  fail "C consumer (pkg-config) failed to run"
+# The header's IC_VERSION_STRING (when it has one) must be the packaged version.
+header_version=$(sed -n 's/^header version //p' "$work/consumer_pc.out")
+if [[ -n $header_version && $header_version != "$(pkg-config --modversion indexcache)" ]]; then
+  fail "header says version $header_version, indexcache.pc says $(pkg-config --modversion indexcache)"
+fi
 
 step "find_package(indexcache)"
 mkdir -p "$work/consumer"
@@ -106,7 +115,7 @@ cp "$work/main.c" "$work/consumer/main.c"
 cat > "$work/consumer/CMakeLists.txt" <<'CMAKE'
 cmake_minimum_required(VERSION 3.16)
 project(indexcache_consumer C)
-find_package(indexcache REQUIRED)
+find_package(indexcache ${WANT_VERSION} REQUIRED)  # exercises indexcacheConfigVersion.cmake
 message(STATUS "found indexcache ${indexcache_VERSION} in ${indexcache_DIR}")
 add_executable(consumer main.c)
 set_target_properties(consumer PROPERTIES C_STANDARD 11)
@@ -114,6 +123,7 @@ target_compile_options(consumer PRIVATE -Wall -Wextra -Werror)
 target_link_libraries(consumer PRIVATE indexcache::indexcache)
 CMAKE
 cmake -S "$work/consumer" -B "$work/consumer/build" -DCMAKE_PREFIX_PATH="$prefix" \
+  -DWANT_VERSION="$(pkg-config --modversion indexcache)" \
   -DCMAKE_BUILD_TYPE=Release > "$work/consumer.log" || { cat "$work/consumer.log"; fail "find_package(indexcache) failed"; }
 grep 'found indexcache' "$work/consumer.log"
 cmake --build "$work/consumer/build" > "$work/consumer_build.log" ||

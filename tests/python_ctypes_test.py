@@ -141,7 +141,7 @@ class IndexCacheCtypesTest(unittest.TestCase):
 
     def test_model_closed_before_context(self):
         model = ic.Model.synthetic(num_layers=2, hidden_size=64, vocab_size=64, index_topk=4,
-                                   index_n_heads=2, index_head_dim=8)
+                                   index_n_heads=2, index_head_dim=16)
         ctx = ic.Context(model, device=ic.Device.CPU, max_tokens=64)
         model.close()
         seq = ctx.add_sequence()
