@@ -70,8 +70,12 @@ absl::Status CheckNotNull(const T* p, const char* arg) {
 }
 
 // Reads a caller's params struct of `user_size` bytes (its first member) into `*out`, which holds the
-// defaults. Accepts sizes from `min_size` (the first published version) up to sizeof(T); a larger size
-// is accepted only when the bytes this library does not know are all zero.
+// defaults. Accepts sizes from `min_size` (the first published version) up to sizeof(T), keeping the
+// defaults of the fields an older caller does not have; a larger size (a newer caller) is accepted only
+// when the bytes this library does not know are all zero.
+// A newer header may append fields, but not kilobytes of them; a larger struct_size is garbage.
+inline constexpr size_t kMaxUnknownTail = 4096;
+
 template <typename T>
 absl::Status ReadParams(const T* user, size_t min_size, const char* type_name, T* out) {
   static_assert(std::is_trivially_copyable_v<T>);
@@ -80,6 +84,11 @@ absl::Status ReadParams(const T* user, size_t min_size, const char* type_name, T
     return absl::InvalidArgumentError(absl::StrCat(
         type_name, ".struct_size is ", user_size, "; expected at least ", min_size,
         " (fill the struct with its ic_*_default_params function)"));
+  }
+  if (user_size > sizeof(T) + kMaxUnknownTail) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        type_name, ".struct_size is ", user_size, ", far larger than the ", sizeof(T),
+        " bytes this library knows: uninitialised? (fill the struct with its ic_*_default_params function)"));
   }
   if (user_size > sizeof(T)) {
     const auto* tail = reinterpret_cast<const unsigned char*>(user) + sizeof(T);

@@ -539,8 +539,8 @@ std::string ModelConfigToJson(const ModelConfig& c) {
   rope["rope_type"] = c.rope.type;
   rope["rope_theta"] = c.rope.theta;
   if (c.rope.type != "default") rope["factor"] = c.rope.factor;
-  if (c.rope.type == "yarn" || c.rope.type == "llama3") {
-    rope["original_max_position_embeddings"] = c.rope.original_max_position_embeddings;
+  if ((c.rope.type == "yarn" || c.rope.type == "llama3") && c.rope.original_max_position_embeddings > 0) {
+    rope["original_max_position_embeddings"] = c.rope.original_max_position_embeddings;  // else: max_position
   }
   if (c.rope.type == "llama3") {
     rope["low_freq_factor"] = c.rope.low_freq_factor;
@@ -575,9 +575,12 @@ std::string ModelConfigToJson(const ModelConfig& c) {
       j["n_group"] = c.n_group;
       j["topk_group"] = c.topk_group;
     }
-    std::vector<std::string> types;
-    for (bool m : c.moe_layer) types.push_back(m ? "sparse" : "dense");
-    j["mlp_layer_types"] = types;
+    // A config built in code may leave moe_layer empty: the reader then derives it from first_k_dense_replace.
+    if (static_cast<int>(c.moe_layer.size()) == c.num_hidden_layers) {
+      std::vector<std::string> types;
+      for (bool m : c.moe_layer) types.push_back(m ? "sparse" : "dense");
+      j["mlp_layer_types"] = types;
+    }
   } else {
     j["head_dim"] = c.head_dim;
   }

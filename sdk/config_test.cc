@@ -298,6 +298,16 @@ TEST(ConfigTest, ExpertCountAliases) {
   EXPECT_EQ(MustParse(j.dump()).moe_layer, (std::vector<bool>{false, true, true, true}));
 }
 
+TEST(ConfigTest, ToJsonOfACodeBuiltConfig) {
+  // A config filled in code (synthetic model, distillation) may leave derived fields empty.
+  ModelConfig c = MustParse(ReadText(SharedDir() + "/golden/dsv32-tiny/config.json"));
+  c.moe_layer.clear();
+  c.rope.original_max_position_embeddings = 0;
+  ModelConfig back = MustParse(ModelConfigToJson(c));
+  EXPECT_EQ(back.moe_layer, (std::vector<bool>{false, true, true, true}));  // from first_k_dense_replace = 1
+  EXPECT_DOUBLE_EQ(back.rope.original_max_position_embeddings, 512);        // max_position_embeddings
+}
+
 TEST(ConfigTest, MalformedJson) {
   absl::StatusOr<ModelConfig> c = ParseModelConfig("{\"architectures\": [\"LlamaForCausalLM\"],");
   ASSERT_FALSE(c.ok());

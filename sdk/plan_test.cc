@@ -30,8 +30,9 @@ std::string PlanOf(const ModelConfig& c) {
 
 std::string ErrorOf(const absl::StatusOr<Plan>& p) {
   EXPECT_FALSE(p.ok());
-  if (!p.ok()) EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
-  return p.ok() ? "" : std::string(p.status().message());
+  if (p.ok()) return "";
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+  return std::string(p.status().message());
 }
 
 std::string TempPath(const std::string& name) {

@@ -113,6 +113,11 @@ absl::StatusOr<std::shared_ptr<const Model>> BuildSyntheticModel(const Synthetic
                            "index_topk ≥ 1, index heads ≥ 1, even index_head_dim required; got layers=",
                            o.num_layers, " hidden=", o.hidden_size, " vocab=", o.vocab_size);
   }
+  const bool mla = o.arch == Architecture::kDeepseekV32 || o.arch == Architecture::kGlmMoeDsa;
+  if (mla && o.index_head_dim < 16) {
+    return InvalidArgument("synthetic model: index_head_dim must be ≥ qk_rope_head_dim (16) for MLA models, got ",
+                           o.index_head_dim);
+  }
   auto model = std::make_shared<Model>();
   ModelConfig& c = model->config;
   c = MakeConfig(o);

@@ -356,13 +356,23 @@ TEST_F(BackendParityTest, Attention) {
     int q_heads, kv_heads, qk_dim, v_dim;
     bool alias_v;  // MLA absorbed form: v = first v_dim entries of the latent in k_cache
     int topk_k;    // 0: dense
+    std::vector<int> lens = {70, 33, 90};
+    std::vector<int> q_per_seq = {70, 1, 17};  // prefill, decode, chunked prefill
   };
+  const std::vector<int> long_lens = {700, 333}, few_queries = {2, 1};  // split-K over the keys
   const Case cases[] = {
-      {6, 2, 40, 40, false, 0}, {4, 1, 72, 64, true, 0}, {6, 2, 40, 40, false, 24}, {4, 1, 72, 64, true, 37},
+      {6, 2, 40, 40, false, 0},
+      {4, 1, 72, 64, true, 0},
+      {6, 2, 40, 40, false, 24},
+      {4, 1, 72, 64, true, 37},
+      {16, 2, 64, 64, false, 0},
+      {16, 1, 72, 64, true, 29},
+      {16, 1, 72, 64, true, 300, long_lens, few_queries},
+      {6, 2, 40, 40, false, 0, long_lens, few_queries},
   };
-  const std::vector<int> lens = {70, 33, 90};
-  const std::vector<int> q_per_seq = {70, 1, 17};  // prefill, decode, chunked prefill
   for (const Case& cs : cases) {
+    const std::vector<int>& lens = cs.lens;
+    const std::vector<int>& q_per_seq = cs.q_per_seq;
     Paged pg = MakePaged(lens, 16, rng_);
     Queries qs = MakeQueries(lens, q_per_seq);
     const int tokens = static_cast<int>(qs.seq.size());
@@ -405,7 +415,8 @@ TEST_F(BackendParityTest, Attention) {
     const absl::Status s = gpu_->Attention(ag);
     ASSERT_TRUE(s.ok()) << s;
     const std::string name = std::string(cs.topk_k ? "sparse" : "dense") + "_attention_h" + std::to_string(cs.q_heads) +
-                             "_kv" + std::to_string(cs.kv_heads) + "_d" + std::to_string(cs.qk_dim);
+                             "_kv" + std::to_string(cs.kv_heads) + "_d" + std::to_string(cs.qk_dim) + "_L" +
+                             std::to_string(lens.back());
     ExpectClose(out, 1e-5, name + "_out");
     ExpectClose(lse, 1e-5, name + "_lse");
     if (cs.topk_k > 0) ExpectClose(probs, 1e-5, name + "_probs");
@@ -421,6 +432,8 @@ TEST_F(BackendParityTest, IndexerTopk) {
       {8, 32, 16, {70, 33, 190}, {70, 1, 45}},
       {5, 24, 64, {130, 300}, {130, 3}},
       {64, 128, 2048, {2500, 5000}, {3, 2}},  // DeepSeek-V3.2 sizes, k = 2048, decode rows
+      {32, 64, 128, {400, 777}, {50, 3}},
+      {16, 36, 32, {150}, {150}},
   };
   for (const Case& cs : cases) {
     Paged pg = MakePaged(cs.lens, 64, rng_);

@@ -1,6 +1,7 @@
 /* The C ABI end to end, compiled as C (C99): models (synthetic, saved and reloaded, and the golden dense
  * Llama checkpoint when present), plans, contexts, prefill, decode, loss, metrics, and the error paths
- * (NULL and freed handles, struct_size, bad tokens, invalid plans, a full KV cache).
+ * (NULL and freed handles, struct_size, bad tokens, invalid plans, a full KV cache), and two threads
+ * sharing one model with per-thread error messages.
  *
  * Prints "N passed, M failed" and returns nonzero when anything failed. IC_SOURCE_DIR (a compile
  * definition) locates tests/data/golden/llama-tiny-dense; $IC_SHARED_DIR/golden/llama-tiny-dense is
@@ -8,6 +9,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,6 +189,10 @@ static void TestStructSize(ic_model_t* model) {
   CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
   CHECK_MESSAGE_HAS("struct_size");
   CHECK(ctx == NULL);
+
+  cp.struct_size = (size_t)-1; /* uninitialised garbage is not read as a huge struct */
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("uninitialised");
 
   /* A caller built against a newer header: unknown trailing bytes must be zero. */
   memset(&bigger, 0, sizeof(bigger));
@@ -421,6 +427,66 @@ static void TestMetricsText(void) {
   CHECK_MESSAGE_HAS("too small");
   CHECK(small_needed > sizeof(small));
   free(text);
+}
+
+/* Two threads share one model, each with its own context; each sees its own last-error text. The
+ * CHECK counters are not thread-safe, so threads record results and the main thread checks them. */
+typedef struct {
+  ic_model_t* model;
+  pthread_barrier_t* barrier;
+  int fail_with_ctx; /* which NULL argument this thread's failing call names */
+  ic_status_t create, prefill, failing;
+  int message_ok;
+  float logits[128];
+} ThreadArgs;
+
+static void* ThreadBody(void* p) {
+  ThreadArgs* a = (ThreadArgs*)p;
+  ic_context_params_t cp;
+  ic_context_t* ctx = NULL;
+  int32_t tokens[24], seq = 0;
+  int64_t len;
+  MakeTokens(tokens, 24, 128, 5u);
+  ic_context_default_params(&cp);
+  cp.device = IC_DEVICE_CPU;
+  cp.max_tokens = 64;
+  a->create = ic_context_create(a->model, &cp, &ctx);
+  a->prefill = IC_ERR_INTERNAL;
+  if (a->create == IC_OK) {
+    ic_sequence_add(ctx, &seq);
+    a->prefill = ic_prefill(ctx, seq, tokens, 24, a->logits);
+  }
+  /* Both threads fail a call, differently, then check their own message after the other's failure. */
+  a->failing = a->fail_with_ctx ? ic_sequence_length(NULL, 0, &len) : ic_model_plan(a->model, NULL, 0);
+  pthread_barrier_wait(a->barrier);
+  a->message_ok = strstr(ic_last_error_message(), a->fail_with_ctx ? "ctx is NULL" : "buf is NULL") != NULL;
+  pthread_barrier_wait(a->barrier);
+  ic_context_free(ctx);
+  return NULL;
+}
+
+static void TestThreads(ic_model_t* model) {
+  pthread_t threads[2];
+  pthread_barrier_t barrier;
+  ThreadArgs args[2];
+  int i;
+  pthread_barrier_init(&barrier, NULL, 2);
+  for (i = 0; i < 2; ++i) {
+    memset(&args[i], 0, sizeof(args[i]));
+    args[i].model = model;
+    args[i].barrier = &barrier;
+    args[i].fail_with_ctx = i;
+    pthread_create(&threads[i], NULL, ThreadBody, &args[i]);
+  }
+  for (i = 0; i < 2; ++i) pthread_join(threads[i], NULL);
+  pthread_barrier_destroy(&barrier);
+  for (i = 0; i < 2; ++i) {
+    CHECK(args[i].create == IC_OK);
+    CHECK(args[i].prefill == IC_OK);
+    CHECK(args[i].failing == IC_ERR_INVALID_ARGUMENT);
+    CHECK(args[i].message_ok);
+  }
+  CHECK(MaxAbsDiff(args[0].logits, args[1].logits, 128) == 0.0); /* same code, same inputs */
 }
 
 /* The exposer: one per process, started by a context parameter or directly. */
@@ -731,6 +797,7 @@ int main(void) {
     TestKvCacheFull(model);
     TestSaveLoad(model);
     TestExposer(model);
+    TestThreads(model);
     CHECK_OK(ic_model_free(model));
   }
   TestMetricsText();

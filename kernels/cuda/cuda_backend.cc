@@ -538,16 +538,26 @@ absl::Status CudaBackend::Attention(const AttentionArgs& a) {
   IC_ARG_CHECK(a.out != nullptr && a.q != nullptr && a.k_cache != nullptr && a.v_cache != nullptr, op,
                "null pointer");
   IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  // Scratch: [lse (when probs is wanted without lse) | split-K partial states].
+  const int max_keys = a.topk != nullptr ? a.topk_k : a.layout.max_blocks_per_seq * a.layout.block_size;
+  const int splits = AttentionSplits(a.layout.tokens, a.q_heads, a.kv_heads, max_keys);
+  const size_t lse_bytes = (a.probs != nullptr && a.lse == nullptr)
+                               ? (sizeof(float) * a.layout.tokens * a.q_heads + 255) / 256 * 256
+                               : 0;
+  const size_t part_bytes = AttentionPartialBytes(a.layout.tokens, a.q_heads, a.v_dim, splits);
   float* lse_ws = nullptr;
-  if (a.probs != nullptr && a.lse == nullptr) {
-    auto ws = Scratch(sizeof(float) * a.layout.tokens * a.q_heads);
+  float* part_ws = nullptr;
+  if (lse_bytes + part_bytes > 0) {
+    auto ws = Scratch(lse_bytes + part_bytes);
     if (!ws.ok()) return ws.status();
-    lse_ws = static_cast<float*>(*ws);
+    char* base = static_cast<char*>(*ws);
+    if (lse_bytes > 0) lse_ws = reinterpret_cast<float*>(base);
+    if (part_bytes > 0) part_ws = reinterpret_cast<float*>(base + lse_bytes);
   }
   AttentionParams p{a.out, a.lse, a.probs, a.q, a.k_cache, a.v_cache, q_stride, k_stride, v_stride,
                     a.q_heads, a.kv_heads, a.qk_dim, a.v_dim, a.num_slots, a.scale, Dev(a.layout),
                     a.topk, a.topk_k};
-  IC_CUDA_RETURN_IF_ERROR(LaunchAttention(p, lse_ws, &dev_err_[1], stream_));
+  IC_CUDA_RETURN_IF_ERROR(LaunchAttention(p, lse_ws, part_ws, splits, &dev_err_[1], stream_));
   return absl::OkStatus();
 }
 

@@ -97,9 +97,14 @@ struct AttentionParams {
 };
 // Dynamic shared memory the attention kernel needs (bytes) for these dims.
 size_t AttentionSharedBytes(int qk_dim, int v_dim);
-// `lse_ws`: [tokens, q_heads] floats, used when probs is wanted and lse is null.
-cudaError_t LaunchAttention(const AttentionParams& p, float* lse_ws, DeviceError* err,
-                            cudaStream_t stream);
+// Split-K over the key list: how many splits to use (1 when there is enough parallelism without), and
+// the workspace the partial states need (0 for one split).
+int AttentionSplits(int tokens, int q_heads, int kv_heads, int max_keys);
+size_t AttentionPartialBytes(int tokens, int q_heads, int v_dim, int splits);
+// `lse_ws`: [tokens, q_heads] floats, used when probs is wanted and lse is null; `part_ws`:
+// AttentionPartialBytes(…) when splits > 1.
+cudaError_t LaunchAttention(const AttentionParams& p, float* lse_ws, float* part_ws, int splits,
+                            DeviceError* err, cudaStream_t stream);
 
 // ---- topk.cu ----
 // Row top-k, DESIGN.md §3 rule. Row r has length lengths[r] (if lengths) or positions[r] + 1, clamped
