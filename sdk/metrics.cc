@@ -44,7 +44,7 @@ absl::Status ValidateAddress(const std::string& address) {
   auto bad = [&](absl::string_view why) {
     return absl::InvalidArgumentError(
         absl::StrCat("metrics exposer address \"", address, "\" is invalid: ", why,
-                     " (expected host:port with an IP address, e.g. 127.0.0.1:9464 or [::1]:9464)"));
+                     " (expected IP:port or :port, e.g. 127.0.0.1:9464 or :9464)"));
   };
   if (address.empty()) return bad("empty");
   absl::string_view host, port = address;
@@ -117,7 +117,7 @@ struct Metrics::Impl {
                                "Indexer time baseline DSA would have spent (run + saved), in seconds.");
     auto& layers = prometheus::BuildCounter()
                        .Name("indexcache_indexer_layers_total")
-                       .Help("Indexer layer executions: kind=run at Full layers, kind=skipped at Shared.")
+                       .Help("Indexer executions: kind=run at Full layers, kind=skipped at Shared.")
                        .Register(r);
     layers_run = &layers.Add({{"kind", "run"}});
     layers_skipped = &layers.Add({{"kind", "skipped"}});

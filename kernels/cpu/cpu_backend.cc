@@ -6,6 +6,8 @@
 #include <cstring>
 #include <new>
 
+#include <unistd.h>
+
 #include "kernels/cpu/cpu_internal.h"
 #include "sdk/status.h"
 
@@ -55,7 +57,12 @@ absl::Status CheckNormArgs(const NormArgs& a, const char* op, int* in_stride, in
 
 absl::StatusOr<void*> CpuBackend::Allocate(size_t bytes) {
   const size_t rounded = (std::max<size_t>(bytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
-  if (rounded < bytes) return absl::ResourceExhaustedError(absl::StrCat("cpu Allocate: ", bytes, " bytes is too large"));
+  // Larger than physical memory: refuse up front (aligned_alloc might overcommit, and sanitizers abort).
+  static const uint64_t kPhysical = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  if (rounded < bytes || (kPhysical > 0 && rounded > kPhysical)) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cpu Allocate: ", bytes, " bytes exceeds the host's physical memory (", kPhysical, " bytes)"));
+  }
   void* p = std::aligned_alloc(kAlignment, rounded);
   if (p == nullptr) {
     return absl::ResourceExhaustedError(absl::StrCat("cpu Allocate: out of host memory allocating ", bytes, " bytes"));

@@ -7,12 +7,22 @@
 // One op family per file:
 //   cpu_backend.cc    memory, Embedding, norms, Rope, SiluMul, Copy2D, CacheWrite, Gather/ScatterAddRows
 //   cpu_gemm.cc       Gemm (cblas_sgemm, strides, batches)
-//   cpu_attention.cc  dense causal (tiled sgemm over the gathered paged K/V) and sparse top-k attention
+//   cpu_attention.cc  dense causal and sparse top-k attention (query tiles × gathered paged K/V, sgemm)
 //   cpu_indexer.cc    lightning indexer scores + top-k (tiled sgemm, ReLU, weighted head sum)
 //   cpu_topk.cc       Topk with the DESIGN.md §3 total order (full-candidate selection)
 //   cpu_moe.cc        MoeRoute (DeepSeek-V3 grouped sigmoid router)
 //   cpu_loss.cc       CrossEntropy
-//   cpu_parallel.cc   the small thread pool used by the non-BLAS loops
+//   cpu_layout.cc     paged-cache validation, grouping of query tokens by sequence, row gathers
+//   cpu_parallel.cc   the small thread pool used by the non-BLAS loops (IC_CPU_THREADS overrides its size)
+//   cpu_internal.h    helpers shared by those files (not installed, not part of the interface)
+//
+// Choices where backend.h leaves room (the CUDA backend should match them):
+//   * Gemm: a batch stride of 0 broadcasts A or B; stride_c = 0 with batch > 1 is InvalidArgument.
+//   * Attention: a query row with no valid selected key gets out = 0 and lse = −inf; duplicated top-k
+//     entries count twice; entries outside 0..pos are ignored. probs without topk is InvalidArgument.
+//   * RmsNorm/LayerNorm need a weight; Rope rejects negative positions; GatherRows/ScatterAddRows can
+//     only reject negative row ids (RowsArgs carries no row count for the other side).
+//   * Allocate refuses sizes beyond the host's physical memory (ResourceExhausted).
 //
 // Example:
 //   ic::kernels::cpu::CpuBackend cpu;

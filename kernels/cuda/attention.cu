@@ -11,6 +11,8 @@
 // does not depend on atomics.
 // Next steps: tile several query tokens per block for prefill (a flash-attention tiling) and use the
 // tensor cores where the accuracy budget allows.
+#include <cuda_pipeline.h>
+
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"
@@ -75,14 +77,17 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(AttentionParams p
                                : -1;
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < cn * D; i += blockDim.x) {
-      const int64_t slot = slots[i / D];
-      ks[i] = slot >= 0 ? kbase[slot * p.k_stride + i % D] : 0.0f;
+    // Asynchronous copies (cp.async): every thread keeps all its loads in flight at once.
+    for (int r = 0; r < cn; ++r) {
+      const int64_t slot = slots[r];
+      if (slot < 0) continue;  // never read: the warps skip invalid rows
+      const float* kr = kbase + slot * p.k_stride;
+      const float* vr = vbase + slot * p.v_stride;
+      for (int d = threadIdx.x; d < D; d += blockDim.x) __pipeline_memcpy_async(ks + r * D + d, kr + d, 4);
+      for (int d = threadIdx.x; d < V; d += blockDim.x) __pipeline_memcpy_async(vs + r * V + d, vr + d, 4);
     }
-    for (int i = threadIdx.x; i < cn * V; i += blockDim.x) {
-      const int64_t slot = slots[i / V];
-      vs[i] = slot >= 0 ? vbase[slot * p.v_stride + i % V] : 0.0f;
-    }
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
     __syncthreads();
     for (int r = 0; r < cn; ++r) {
       if (slots[r] < 0) continue;  // uniform over the block

@@ -10,6 +10,8 @@
 //     [key, head_dim + 4] (the pad makes the per-thread float4 reads conflict-free), all H dot products
 //     accumulate in registers, q read as broadcast float4 → 4 FMAs per shared load;
 //   * IndexerScoresKernel (any shape): keys transposed [head_dim, kKeys + 1], 4 heads at a time.
+#include <cuda_pipeline.h>
+
 #include "kernels/cuda/common.cuh"
 
 namespace ic::kernels::cuda {
@@ -108,13 +110,19 @@ __global__ void __launch_bounds__(kKeys) IndexerScoresFast(float* ws, IndexerPar
     slots[threadIdx.x] = CacheSlot(p.layout, seq, s0 + threadIdx.x, p.num_slots, t, err);
   }
   __syncthreads();
+  // Asynchronous 16-byte copies (cp.async): all of a thread's loads are in flight at once.
   for (int i = threadIdx.x; i < nk * D4; i += kKeys) {
     const int key = i / D4, d4 = i % D4;
     const int64_t slot = slots[key];
-    const float4 v = slot < 0 ? make_float4(0.f, 0.f, 0.f, 0.f)
-                              : reinterpret_cast<const float4*>(p.k_cache + slot * p.k_stride)[d4];
-    reinterpret_cast<float4*>(ks + key * KS)[d4] = v;
+    float4* dst = reinterpret_cast<float4*>(ks + key * KS) + d4;
+    if (slot < 0) {
+      *dst = make_float4(0.f, 0.f, 0.f, 0.f);
+    } else {
+      __pipeline_memcpy_async(dst, reinterpret_cast<const float4*>(p.k_cache + slot * p.k_stride) + d4, 16);
+    }
   }
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
   __syncthreads();
   if (threadIdx.x >= nk) return;
 
