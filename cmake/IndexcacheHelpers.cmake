@@ -26,8 +26,7 @@ function(ic_test name)
     set(A_TIMEOUT 600)
   endif()
   add_test(NAME ${name} COMMAND ${name})
-  set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT}
-                       ENVIRONMENT "IC_SHARED_DIR=${PROJECT_SOURCE_DIR}/../shared")
+  set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT})
 endfunction()
 
 # ic_glob_tests(DIR DEPS libs LABELS l): one test binary per `<DIR>/*_test.cc`.

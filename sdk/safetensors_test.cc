@@ -18,10 +18,8 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string SharedDir() {
-  const char* env = std::getenv("IC_SHARED_DIR");
-  return env != nullptr ? env : IC_SOURCE_DIR "/../shared";
-}
+// Copies of shared/golden and shared/reference live in tests/data (see tests/data/golden/SOURCE.md).
+std::string SharedDir() { return IC_SOURCE_DIR "/tests/data"; }
 
 class SafetensorsTest : public ::testing::Test {
  protected:
