@@ -369,6 +369,9 @@ TEST_F(BackendParityTest, Attention) {
       {16, 1, 72, 64, true, 29},
       {16, 1, 72, 64, true, 300, long_lens, few_queries},
       {6, 2, 40, 40, false, 0, long_lens, few_queries},
+      {16, 1, 576, 512, true, 64},   // DeepSeek MLA absorbed dims (register kernel, large variant)
+      {4, 2, 200, 600, false, 0},    // beyond the register variants: the generic kernel
+      {4, 2, 200, 600, false, 300, long_lens, few_queries},
   };
   for (const Case& cs : cases) {
     const std::vector<int>& lens = cs.lens;

@@ -219,7 +219,12 @@ absl::Status CpuBackend::SiluMul(const SiluMulArgs& a) {
       const float* g = a.gate + t * gs;
       const float* u = a.up + t * us;
       float* o = a.out + t * os;
-      for (int i = 0; i < a.dim; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+      int i = 0;
+      for (; i + 4 <= a.dim; i += 4) {
+        const internal::V4f gv = internal::Load4(g + i);
+        internal::Store4(o + i, gv / (1.0f + internal::Exp4(-gv)) * internal::Load4(u + i));
+      }
+      for (; i < a.dim; ++i) o[i] = g[i] / (1.0f + internal::ExpScalar(-g[i])) * u[i];
     }
   });
   return absl::OkStatus();

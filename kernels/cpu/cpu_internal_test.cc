@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -24,6 +25,28 @@ TEST(CpuInternal, ParallelForCoversEveryIndexOnce) {
     for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "n " << n << " i " << i;
   }
   EXPECT_GE(NumThreads(), 1);
+}
+
+// Several caller threads (e.g. ranks of the in-process communicator) share the pool: a caller that finds
+// it busy runs its loop inline; every loop still covers its range exactly once.
+TEST(CpuInternal, ParallelForFromConcurrentCallers) {
+  std::vector<std::thread> callers;
+  std::atomic<int> failures{0};
+  for (int c = 0; c < 4; ++c) {
+    callers.emplace_back([&failures] {
+      for (int rep = 0; rep < 200; ++rep) {
+        std::vector<std::atomic<int>> hits(997);
+        ParallelFor(997, 10, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+        });
+        for (auto& h : hits) {
+          if (h.load() != 1) failures.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& t : callers) t.join();
+  EXPECT_EQ(failures.load(), 0);
 }
 
 TEST(CpuInternal, VectorExpMatchesStdExp) {

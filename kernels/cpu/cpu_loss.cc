@@ -1,6 +1,8 @@
 // CPU backend: token-level cross-entropy, loss[t] = logsumexp(logits[t]) − logits[t, target]
 // (max-subtracted; float exponentials summed in double); targets < 0 are ignored (loss 0).
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_internal.h"
@@ -26,16 +28,16 @@ absl::Status CpuBackend::CrossEntropy(const CrossEntropyArgs& a) {
   }
   const int64_t stride = a.stride > 0 ? a.stride : a.vocab;
   internal::ParallelFor(a.tokens, 4, [&](int64_t b, int64_t e) {
+    std::vector<float> row(a.vocab);
     for (int64_t t = b; t < e; ++t) {
       if (a.targets[t] < 0) {
         a.loss[t] = 0.0f;
         continue;
       }
       const float* x = a.logits + t * stride;
-      float m = x[0];
-      for (int i = 1; i < a.vocab; ++i) m = std::max(m, x[i]);
-      double sum = 0.0;
-      for (int i = 0; i < a.vocab; ++i) sum += std::exp(x[i] - m);
+      const float m = internal::MaxOf(x, a.vocab);
+      std::copy(x, x + a.vocab, row.begin());
+      const double sum = internal::ExpShiftSum(row.data(), a.vocab, m);
       a.loss[t] = static_cast<float>(std::log(sum) + m - static_cast<double>(x[a.targets[t]]));
     }
   });

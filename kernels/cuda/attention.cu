@@ -123,6 +123,126 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(AttentionParams p
   }
 }
 
+// Register variant for the common shapes (qk_dim ≤ 32·QPL, v_dim ≤ 32·VPL): each lane keeps its q
+// dims and its share of the v accumulator in registers and a warp takes 4 keys per step (4 independent
+// dot products and shuffle reductions, one rescale of the accumulator), so each FMA costs about one
+// shared-memory load instead of two to three. Same staging, split-K and outputs as AttentionKernel.
+template <int QPL, int VPL>
+__global__ void __launch_bounds__(kWarps * 32) AttentionRegKernel(AttentionParams p, float* lse_out,
+                                                                  float* part, DeviceError* err) {
+  extern __shared__ int64_t smem_i64[];
+  int64_t* slots = smem_i64;                              // [kChunk]
+  float* ks = reinterpret_cast<float*>(slots + kChunk);   // [kChunk, D]
+  const int t = blockIdx.x;
+  const int hb = blockDim.x >> 5;
+  const int h0 = blockIdx.y * hb;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int h = h0 + warp;
+  const int D = p.qk_dim, V = p.v_dim;
+  float* vs = ks + kChunk * D;                            // [kChunk, V]
+  const int g = h0 / (p.q_heads / p.kv_heads);
+  const int pos = p.layout.token_pos[t];
+  const int seq = p.layout.token_seq[t];
+  const float* qh = p.q + static_cast<int64_t>(t) * p.q_stride + static_cast<int64_t>(h) * D;
+  float q[QPL], acc[VPL];
+#pragma unroll
+  for (int i = 0; i < QPL; ++i) q[i] = i * 32 + lane < D ? qh[i * 32 + lane] : 0.0f;
+#pragma unroll
+  for (int i = 0; i < VPL; ++i) acc[i] = 0.0f;
+  const float* kbase = p.k_cache + static_cast<int64_t>(g) * D;
+  const float* vbase = p.v_cache + static_cast<int64_t>(g) * V;
+
+  const int n_all = p.topk == nullptr ? pos + 1 : p.topk_k;
+  const int per = (n_all + gridDim.z - 1) / gridDim.z;
+  const int begin = blockIdx.z * per;
+  const int n = n_all < begin + per ? n_all : begin + per;
+  float m = -INFINITY, l = 0.0f;
+  for (int c0 = begin; c0 < n; c0 += kChunk) {
+    const int cn = n - c0 < kChunk ? n - c0 : kChunk;
+    __syncthreads();
+    if (threadIdx.x < kChunk) {
+      int64_t slot = -1;
+      if (threadIdx.x < cn) {
+        const int key = KeyAt(p, t, c0 + threadIdx.x);
+        if (key >= 0 && key <= pos) slot = CacheSlot(p.layout, seq, key, p.num_slots, t, err);
+      }
+      slots[threadIdx.x] = slot;
+    }
+    __syncthreads();
+    for (int r = 0; r < cn; ++r) {
+      const int64_t slot = slots[r];
+      if (slot < 0) continue;
+      const float* kr = kbase + slot * p.k_stride;
+      const float* vr = vbase + slot * p.v_stride;
+      for (int d = threadIdx.x; d < D; d += blockDim.x) __pipeline_memcpy_async(ks + r * D + d, kr + d, 4);
+      for (int d = threadIdx.x; d < V; d += blockDim.x) __pipeline_memcpy_async(vs + r * V + d, vr + d, 4);
+    }
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    for (int r = 0; r < cn; r += 4) {
+      bool valid[4];
+      float logit[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        valid[j] = r + j < cn && slots[r + j] >= 0;  // uniform over the block
+        const float* kr = ks + (r + j) * D;
+        float dot = 0.0f;
+        if (valid[j]) {
+#pragma unroll
+          for (int i = 0; i < QPL; ++i) {
+            if (i * 32 + lane < D) dot = fmaf(q[i], kr[i * 32 + lane], dot);
+          }
+        }
+        logit[j] = dot;
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) logit[j] = valid[j] ? WarpSum(logit[j]) * p.scale : -INFINITY;
+      const float m_new = fmaxf(fmaxf(m, fmaxf(logit[0], logit[1])), fmaxf(logit[2], logit[3]));
+      if (m_new == -INFINITY) continue;
+      const float corr = expf(m - m_new);
+      float pr[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) pr[j] = valid[j] ? expf(logit[j] - m_new) : 0.0f;
+      l = l * corr + ((pr[0] + pr[1]) + (pr[2] + pr[3]));
+      m = m_new;
+#pragma unroll
+      for (int i = 0; i < VPL; ++i) {
+        const int d = i * 32 + lane;
+        if (d < V) {
+          float a = acc[i] * corr;
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            if (valid[j]) a = fmaf(pr[j], vs[(r + j) * V + d], a);
+          }
+          acc[i] = a;
+        }
+      }
+    }
+  }
+  if (part != nullptr) {
+    float* pp = part + ((static_cast<int64_t>(t) * p.q_heads + h) * gridDim.z + blockIdx.z) * (V + 2);
+#pragma unroll
+    for (int i = 0; i < VPL; ++i) {
+      if (i * 32 + lane < V) pp[i * 32 + lane] = acc[i];
+    }
+    if (lane == 0) {
+      pp[V] = m;
+      pp[V + 1] = l;
+    }
+    return;
+  }
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  float* o = p.out + (static_cast<int64_t>(t) * p.q_heads + h) * V;
+#pragma unroll
+  for (int i = 0; i < VPL; ++i) {
+    if (i * 32 + lane < V) o[i * 32 + lane] = acc[i] * inv;
+  }
+  if (lane == 0 && lse_out != nullptr) {
+    lse_out[static_cast<int64_t>(t) * p.q_heads + h] = l > 0.0f ? m + logf(l) : -INFINITY;
+  }
+}
+
 // Merges the split-K partial states of one (token, head): block = (token, head), 128 threads.
 __global__ void AttentionCombineKernel(AttentionParams p, const float* part, int splits, float* lse_out) {
   const int t = blockIdx.x, h = blockIdx.y, V = p.v_dim;
@@ -199,8 +319,15 @@ size_t AttentionPartialBytes(int tokens, int q_heads, int v_dim, int splits) {
 }
 
 cudaError_t ConfigureAttentionKernels(size_t bytes) {
-  return cudaFuncSetAttribute(AttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(bytes));
+  const int b = static_cast<int>(bytes);
+  cudaError_t e = cudaFuncSetAttribute(AttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+  if (e == cudaSuccess) {
+    e = cudaFuncSetAttribute(AttentionRegKernel<4, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+  }
+  if (e == cudaSuccess) {
+    e = cudaFuncSetAttribute(AttentionRegKernel<20, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+  }
+  return e;
 }
 
 cudaError_t LaunchAttention(const AttentionParams& p, float* lse_ws, float* part_ws, int splits,
@@ -209,9 +336,16 @@ cudaError_t LaunchAttention(const AttentionParams& p, float* lse_ws, float* part
   float* lse = p.lse != nullptr ? p.lse : (p.probs != nullptr ? lse_ws : nullptr);
   const int hb = HeadsPerBlock(p.q_heads / p.kv_heads);
   if (splits < 1 || part_ws == nullptr) splits = 1;
-  AttentionKernel<<<dim3(p.layout.tokens, p.q_heads / hb, splits), hb * 32,
-                    SharedBytesFor(hb, p.qk_dim, p.v_dim), stream>>>(p, lse, splits > 1 ? part_ws : nullptr,
-                                                                     err);
+  const dim3 grid(p.layout.tokens, p.q_heads / hb, splits);
+  const size_t smem = SharedBytesFor(hb, p.qk_dim, p.v_dim);
+  float* part = splits > 1 ? part_ws : nullptr;
+  if (p.qk_dim <= 128 && p.v_dim <= 128) {
+    AttentionRegKernel<4, 4><<<grid, hb * 32, smem, stream>>>(p, lse, part, err);
+  } else if (p.qk_dim <= 640 && p.v_dim <= 512) {
+    AttentionRegKernel<20, 16><<<grid, hb * 32, smem, stream>>>(p, lse, part, err);
+  } else {
+    AttentionKernel<<<grid, hb * 32, smem, stream>>>(p, lse, part, err);
+  }
   cudaError_t e = cudaGetLastError();
   if (e == cudaSuccess && splits > 1) {
     AttentionCombineKernel<<<dim3(p.layout.tokens, p.q_heads), 128, 0, stream>>>(p, part_ws, splits, lse);
