@@ -512,6 +512,9 @@ absl::Status CudaBackend::CheckLayout(const TokenLayout& l, const char* op) {
   if (l.tokens > 0) {
     IC_ARG_CHECK(l.token_seq != nullptr && l.token_pos != nullptr && l.block_tables != nullptr, op,
                  "layout: null pointer");
+    IC_ARG_CHECK(l.num_seqs > 0, op, "layout.num_seqs = ", l.num_seqs, " must be positive");
+    IC_ARG_CHECK(l.max_blocks_per_seq > 0, op, "layout.max_blocks_per_seq = ", l.max_blocks_per_seq,
+                 " must be positive");
   }
   return absl::OkStatus();
 }

@@ -17,9 +17,11 @@
 //     field). Checks on device data: Embedding ids and CrossEntropy targets are checked before the op
 //     returns (it synchronises); bad cache slots / block tables / positions seen by CacheWrite,
 //     Attention and IndexerTopk are recorded on the device and reported by the next Synchronize().
-//   * Scratch memory (cuBLASLt workspace, indexer score tiles, attention log-sum-exp) comes from a
-//     workspace allocated at creation and grown on demand (a grow allocates: run Full-size shapes
-//     once before capturing a CUDA graph).
+//   * Scratch memory: the cuBLASLt workspace (32 MiB) is allocated at creation; indexer score tiles
+//     (≤ 256 MiB by default, IC_CUDA_INDEXER_TILE_BYTES overrides) and the attention split-K partials /
+//     log-sum-exp come from one scratch buffer grown on demand. A grow synchronises and allocates, so
+//     run the largest shapes once before capturing a CUDA graph; Embedding and CrossEntropy
+//     synchronise (device-side argument checks) and cannot be captured.
 #pragma once
 
 #include <memory>

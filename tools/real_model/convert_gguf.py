@@ -156,11 +156,14 @@ def convert_tensors(reader, cfg, out_dtype):
             if t.name == "rope_freqs.weight":
                 raise ConvertError("rope_freqs.weight (llama3 RoPE scaling) is not supported")
             raise ConvertError(f"unexpected GGUF tensor '{t.name}'")
-        w = dequantize(t.data, t.tensor_type)
-        w = np.asarray(w, dtype=np.float32)
         expect = tuple(int(x) for x in reversed(t.shape))  # GGUF shapes are [cols, rows]
-        if w.shape != expect:
-            w = w.reshape(expect)
+        try:
+            w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+            if w.shape != expect:
+                w = w.reshape(expect)
+        except Exception as e:
+            raise ConvertError(f"cannot dequantize '{t.name}' ({t.tensor_type.name}, shape {expect}): {e} "
+                               f"(truncated or corrupt GGUF?)") from e
         if t.name.endswith("attn_q.weight"):
             w = unpermute_rope_rows(w, heads)
         elif t.name.endswith("attn_k.weight"):
@@ -292,7 +295,7 @@ def main(argv=None):
         try:
             reader = GGUFReader(args.gguf)
         except Exception as e:  # the gguf package raises ValueError/struct errors on a bad file
-            raise ConvertError(f"cannot read {args.gguf} as GGUF: {e}") from e
+            raise ConvertError(f"cannot read {args.gguf} as GGUF (truncated or corrupt?): {e}") from e
         self_test_permutation()
         cfg = read_config(reader)
         cfg["torch_dtype"] = "float32" if args.dtype == "f32" else "bfloat16"

@@ -265,6 +265,8 @@ def main(argv=None):
 
         os.makedirs(args.out, exist_ok=True)
         tok_sha = sha256_file(args.tokenizer)
+        tok_abs = os.path.abspath(args.tokenizer)
+        tok_name = os.path.relpath(tok_abs, root) if tok_abs.startswith(root + os.sep) else tok_abs
         for sp in splits:
             if not docs[sp]:
                 raise TokenSetError(f"{sp}: no documents")
@@ -287,7 +289,7 @@ def main(argv=None):
                 "split": sp,
                 "tokens": int(arr.size),
                 "tokens_sha256": sha256_file(path),
-                "tokenizer": os.path.relpath(args.tokenizer, root) if args.tokenizer.startswith(root) else args.tokenizer,
+                "tokenizer": tok_name,
                 "tokenizer_sha256": tok_sha,
                 "vocab_size": vocab_size,
                 "seed": args.seed,
