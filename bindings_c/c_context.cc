@@ -1,4 +1,5 @@
 // C ABI: contexts, sequences and forward passes (indexcache.h "Contexts", "Sequences", "Forward passes").
+#include <limits>
 #include <memory>
 #include <span>
 #include <string>
@@ -65,6 +66,28 @@ absl::Status CheckParallelFields(const ic_context_params_t& p) {
   return absl::OkStatus();
 }
 
+// Cache slots and positions are int32 inside the engine: max_tokens rounded up to whole blocks must fit.
+// (Larger values also overflowed the block arithmetic and surfaced as IC_ERR_INTERNAL "vector::_M_default_append".)
+absl::Status CheckMaxTokens(const ic_context_params_t& p) {
+  if (p.block_size < 1) return absl::OkStatus();  // the engine names a bad block_size
+  const int64_t limit = int64_t{std::numeric_limits<int32_t>::max()} - p.block_size + 1;
+  if (p.max_tokens > limit) {
+    return absl::InvalidArgumentError(absl::StrCat("ic_context_params_t.max_tokens is ", p.max_tokens,
+                                                   "; at most ", limit, " (cache slots are int32)"));
+  }
+  return absl::OkStatus();
+}
+
+// Token and sequence counts: a negative length passed as size_t arrives as ~2^64 and would make the engine
+// read far past the caller's array; no call can take more than int32 tokens (positions are int32).
+absl::Status CheckCount(size_t n, const char* what) {
+  if (n > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    return absl::InvalidArgumentError(absl::StrCat("n is ", n, ": more ", what, " than fit in int32 positions (",
+                                                   "a negative length converted to size_t?)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<kernels::DeviceKind> ResolveDevice(int device) {
   switch (device) {
     case IC_DEVICE_AUTO:
@@ -101,6 +124,7 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
       IC_RETURN_IF_ERROR(ReadParams(params, kContextParamsV1Size, "ic_context_params_t", &p));
     }
     IC_RETURN_IF_ERROR(CheckParallelFields(p));
+    IC_RETURN_IF_ERROR(CheckMaxTokens(p));
     if (p.device_ordinal < 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("ic_context_params_t.device_ordinal must be >= 0, got ", p.device_ordinal));
@@ -194,6 +218,7 @@ ic_status_t ic_prefill(ic_context_t* ctx, int32_t seq_id, const int32_t* tokens,
   return Guard("ic_prefill", [&]() -> absl::Status {
     IC_ASSIGN_OR_RETURN(ic_context_t * c, GetContext(ctx, "ctx"));
     if (n == 0) return absl::InvalidArgumentError("n is 0: prefill needs at least one token");
+    IC_RETURN_IF_ERROR(CheckCount(n, "tokens"));
     IC_RETURN_IF_ERROR(CheckNotNull(tokens, "tokens"));
     return c->context->Prefill(seq_id, std::span<const int32_t>(tokens, n), last_logits);
   });
@@ -204,6 +229,7 @@ ic_status_t ic_decode(ic_context_t* ctx, const int32_t* seq_ids, const int32_t* 
   return Guard("ic_decode", [&]() -> absl::Status {
     IC_ASSIGN_OR_RETURN(ic_context_t * c, GetContext(ctx, "ctx"));
     if (n == 0) return absl::InvalidArgumentError("n is 0: decode needs at least one sequence");
+    IC_RETURN_IF_ERROR(CheckCount(n, "sequences"));
     IC_RETURN_IF_ERROR(CheckNotNull(seq_ids, "seq_ids"));
     IC_RETURN_IF_ERROR(CheckNotNull(tokens, "tokens"));
     const std::vector<int> ids(seq_ids, seq_ids + n);
@@ -217,6 +243,7 @@ ic_status_t ic_eval_loss(ic_context_t* ctx, const int32_t* tokens, size_t n, dou
     IC_ASSIGN_OR_RETURN(ic_context_t * c, GetContext(ctx, "ctx"));
     IC_RETURN_IF_ERROR(CheckNotNull(tokens, "tokens"));
     IC_RETURN_IF_ERROR(CheckNotNull(mean_loss, "mean_loss"));
+    IC_RETURN_IF_ERROR(CheckCount(n, "tokens"));
     IC_ASSIGN_OR_RETURN(ic::LossResult r, c->context->EvalLoss(std::span<const int32_t>(tokens, n)));
     *mean_loss = r.mean_loss;
     if (predicted_tokens != nullptr) *predicted_tokens = r.tokens;

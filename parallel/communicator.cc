@@ -1,6 +1,7 @@
 // Communicator base: argument checks, byte counting and timing shared by every backend.
 #include "parallel/communicator.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"

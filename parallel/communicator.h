@@ -98,6 +98,8 @@ class Communicator {
   // Takes effect for the next call; must be positive.
   absl::Status set_timeout(absl::Duration timeout);
 
+  // Per-rank counters, updated by the thread that calls the collectives; read them from that thread
+  // (e.g. copy them into the metrics registry after a forward pass).
   const CommunicatorStats& stats() const { return stats_; }
   void ResetStats() { stats_ = CommunicatorStats{}; }
 
@@ -168,8 +170,7 @@ class Communicator {
   CommunicatorStats stats_;
 };
 
-// "DeadlineExceeded: AllGather (seq 12) on rank 0 of 4 timed out after 2s; missing ranks: 3" helpers,
-// shared by the backends.
+// "0, 2, 3" (or "none"): the rank lists in the backends' error messages.
 std::string FormatRankList(absl::Span<const int> ranks);
 
 }  // namespace ic::parallel

@@ -355,10 +355,14 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::DoSplit(int colo
   absl::Status s = Collect(*impl_, "Split", rank(), size(), timeout(), /*wait_done=*/false, [&] {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
-    return ncclCommSplit(impl_->comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &child->comm, &config);
+    // Non-blocking: NCCL's async job fills in child->comm (seen on 2.28: ncclSuccess returned with the
+    // handle still null), so always poll the parent until it leaves ncclInProgress.
+    ncclResult_t r = ncclCommSplit(impl_->comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &child->comm, &config);
+    return r == ncclSuccess ? ncclInProgress : r;
   });
   if (!s.ok()) return s;
-  if (color < 0 || child->comm == nullptr) return std::unique_ptr<Communicator>();
+  if (color < 0) return std::unique_ptr<Communicator>();
+  if (child->comm == nullptr) return absl::InternalError("Split: ncclCommSplit completed without a communicator");
   DeviceGuard guard(impl_->device);
   const auto deadline = Clock::now() + ToChrono(timeout());
   s = child->WaitComm(child->comm, absl::StrCat("Split (child of rank ", rank(), ")"), deadline, timeout());

@@ -2,6 +2,7 @@
 // host-computed values, byte counting, and that a broken communicator fails fast.
 #include <cuda_runtime_api.h>
 
+#include <chrono>
 #include <cstring>
 #include <numeric>
 #include <vector>
@@ -20,7 +21,7 @@ bool HaveGpu() {
 template <typename T>
 T* ToDevice(const std::vector<T>& v) {
   T* d = nullptr;
-  EXPECT_EQ(cudaMalloc(&d, std::max<size_t>(v.size(), 1) * sizeof(T)), cudaSuccess);
+  EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), std::max<size_t>(v.size(), 1) * sizeof(T)), cudaSuccess);
   if (!v.empty()) EXPECT_EQ(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
   return d;
 }
@@ -77,6 +78,21 @@ TEST(NcclCommunicatorGpuTest, OneRankCollectives) {
   EXPECT_EQ(after.code(), absl::StatusCode::kFailedPrecondition) << after;
   cudaFree(dx);
   cudaFree(dy);
+}
+
+// Rank 1 of 2 never joins: non-blocking init must give DeadlineExceeded (and abort), not hang.
+TEST(NcclCommunicatorGpuTest, InitTimesOutWhenAPeerNeverJoins) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  absl::StatusOr<std::string> id = NcclCommunicator::UniqueId();
+  ASSERT_TRUE(id.ok()) << id.status();
+  NcclOptions opt;
+  opt.device = 0;
+  opt.common.timeout = absl::Seconds(3);
+  const auto start = std::chrono::steady_clock::now();
+  auto comm = NcclCommunicator::Create(*id, 0, 2, opt);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(comm.status().code(), absl::StatusCode::kDeadlineExceeded) << comm.status();
+  EXPECT_LT(seconds, 3.0 + 30.0);  // hang bound only
 }
 
 TEST(NcclCommunicatorGpuTest, BadUniqueIdIsInvalidArgument) {

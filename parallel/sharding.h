@@ -83,7 +83,8 @@ absl::StatusOr<HeadShard> KvHeadShard(int num_heads, int num_kv_heads, int tp_si
 // Routed experts [begin, begin + count) of ep_rank: contiguous blocks; ep_size must divide num_experts.
 absl::StatusOr<HeadShard> ExpertShard(int num_experts, int ep_size, int ep_rank);
 
-// The expert-group rank that owns `expert` under ExpertShard.
+// The expert-group rank that owns `expert` under ExpertShard; −1 for arguments ExpertShard rejects or an
+// expert out of range.
 int ExpertOwner(int expert, int num_experts, int ep_size);
 
 // ---- Decode top-k merge ----

@@ -5,6 +5,8 @@
 // first_k_dense_replace, tie_word_embeddings, …) take that class's default when absent.
 #include "sdk/config.h"
 
+#include <sys/stat.h>
+
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -163,6 +165,10 @@ absl::Status ReadRope(const json& root, int max_position_embeddings, RopeConfig*
   IC_RETURN_IF_ERROR(ReadDouble(root, "rope_theta", false, &rope->theta));
   IC_RETURN_IF_ERROR(ReadDouble(p, "rope_theta", false, &rope->theta, prefix));
   IC_RETURN_IF_ERROR(Positive("rope_theta", rope->theta));
+  // The RoPE tables are float32 (as in torch): a theta that rounds to 0 or inf gives inf/NaN frequencies.
+  if (!std::isnormal(static_cast<float>(rope->theta))) {
+    return InvalidArgument(kFile, "rope_theta ", rope->theta, " is outside the float32 range");
+  }
 
   std::string type = "default";
   const json* t = Find(p, "rope_type");
@@ -204,6 +210,13 @@ absl::Status ReadRope(const json& root, int max_position_embeddings, RopeConfig*
     // HF reads them with `or`: 0 means the default.
     if (rope->beta_fast == 0) rope->beta_fast = 32.0;
     if (rope->beta_slow == 0) rope->beta_slow = 1.0;
+    // YaRN's correction range takes log(original / (beta · 2π)) / log(theta): a non-positive beta or
+    // theta <= 1 makes every frequency NaN (all logits NaN), so reject them here.
+    IC_RETURN_IF_ERROR(Positive(prefix + "beta_fast", rope->beta_fast));
+    IC_RETURN_IF_ERROR(Positive(prefix + "beta_slow", rope->beta_slow));
+    if (!(rope->theta > 1.0)) {
+      return InvalidArgument(kFile, "rope_theta must be greater than 1 for rope_type \"yarn\", got ", rope->theta);
+    }
     IC_RETURN_IF_ERROR(ReadDouble(p, "mscale", false, &rope->mscale, prefix));
     IC_RETURN_IF_ERROR(ReadDouble(p, "mscale_all_dim", false, &rope->mscale_all_dim, prefix));
     double attention_factor = 0;
@@ -426,6 +439,33 @@ absl::Status ReadLlama(const json& root, ModelConfig* c) {
   return absl::OkStatus();
 }
 
+// Tensor rows and cache entries are sums and products of config sizes, held in int (config.h, the engine
+// and the kernels): each must fit in int32, else a 1 KB config.json overflows them (undefined behaviour).
+absl::Status CheckDerivedSizes(const ModelConfig& c) {
+  auto fits = [](absl::string_view what, int64_t value) -> absl::Status {
+    if (value <= std::numeric_limits<int>::max()) return absl::OkStatus();
+    return InvalidArgument(kFile, what, " = ", value, " exceeds the int32 range");
+  };
+  const int64_t heads = c.num_attention_heads;
+  if (c.mla) {
+    const int64_t qk = int64_t{c.qk_nope_head_dim} + c.qk_rope_head_dim;
+    IC_RETURN_IF_ERROR(fits("qk_nope_head_dim + qk_rope_head_dim", qk));
+    IC_RETURN_IF_ERROR(fits("kv_lora_rank + qk_rope_head_dim", int64_t{c.kv_lora_rank} + c.qk_rope_head_dim));
+    IC_RETURN_IF_ERROR(fits("num_attention_heads * (qk_nope_head_dim + qk_rope_head_dim)", heads * qk));
+    IC_RETURN_IF_ERROR(
+        fits("num_attention_heads * (qk_nope_head_dim + v_head_dim)", heads * (int64_t{c.qk_nope_head_dim} + c.v_head_dim)));
+    IC_RETURN_IF_ERROR(fits("num_attention_heads * v_head_dim", heads * c.v_head_dim));
+  } else {
+    IC_RETURN_IF_ERROR(fits("num_attention_heads * head_dim", heads * c.head_dim));
+  }
+  if (c.has_indexer) {
+    IC_RETURN_IF_ERROR(fits("index_n_heads * index_head_dim", int64_t{c.index_n_heads} * c.index_head_dim));
+  }
+  IC_RETURN_IF_ERROR(fits("n_shared_experts * moe_intermediate_size",
+                          int64_t{c.n_shared_experts} * c.moe_intermediate_size));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string_view ArchitectureName(Architecture arch) { return Info(arch).name; }
@@ -500,11 +540,20 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   } else {
     IC_RETURN_IF_ERROR(ReadLlama(root, &c));
   }
+  IC_RETURN_IF_ERROR(CheckDerivedSizes(c));
   return c;
 }
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir) {
   const std::string path = model_dir + "/config.json";
+  // Check the kind before opening: a directory reads as "" (a misleading JSON error) and a FIFO blocks.
+  struct stat st;
+  if (stat(model_dir.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+    return InvalidArgument(model_dir, ": not a directory (expected a checkpoint directory)");
+  }
+  if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    return InvalidArgument(path, ": not a regular file");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
   std::stringstream text;

@@ -1,15 +1,19 @@
 // IndexCache plans: parsing, checkpoint sources, plan files, uniform plans (DESIGN.md §3).
 #include "sdk/plan.h"
 
+#include <sys/stat.h>
+
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <limits>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "plan.pb.h"
 #include "sdk/status.h"
@@ -35,6 +39,17 @@ absl::Status Prefixed(const absl::Status& status, absl::string_view prefix) {
   return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
 }
 
+// A pattern quoted in an error message: C-escaped (a NUL or control byte would cut or garble the C ABI's
+// message) and shortened when long (a 1 MB plan string must not become a 1 MB message).
+std::string Quoted(absl::string_view pattern) {
+  constexpr size_t kMax = 80;
+  if (pattern.size() <= kMax) return absl::StrCat("\"", absl::CHexEscape(pattern), "\"");
+  return absl::StrCat("\"", absl::CHexEscape(pattern.substr(0, kMax)), "…\" (", pattern.size(), " characters)");
+}
+
+// Plan files are a few hundred bytes (a pattern, a source, one loss per search step).
+constexpr int64_t kMaxPlanFileBytes = 16 << 20;
+
 }  // namespace
 
 int Plan::NumFull() const {
@@ -59,21 +74,21 @@ std::string Plan::ToString() const {
 
 absl::StatusOr<Plan> ParsePlan(std::string_view pattern_std, int num_layers) {
   const absl::string_view pattern(pattern_std.data(), pattern_std.size());
-  if (static_cast<int>(pattern.size()) != num_layers) {
-    return InvalidArgument("plan \"", pattern, "\" has ", pattern.size(), " layers; the model has ", num_layers);
+  if (pattern.size() != static_cast<size_t>(std::max(num_layers, 0))) {
+    return InvalidArgument("plan ", Quoted(pattern), " has ", pattern.size(), " layers; the model has ", num_layers);
   }
   Plan plan;
   plan.layers.reserve(pattern.size());
   for (size_t i = 0; i < pattern.size(); ++i) {
     const char c = pattern[i];
     if (c != 'F' && c != 'S') {
-      return InvalidArgument("plan \"", pattern, "\": position ", i, " is '", absl::string_view(&c, 1),
-                             "'; expected 'F' or 'S'");
+      return InvalidArgument("plan ", Quoted(pattern), ": position ", i, " is '",
+                             absl::CHexEscape(absl::string_view(&c, 1)), "'; expected 'F' or 'S'");
     }
     plan.layers.push_back(static_cast<LayerKind>(c));
   }
   if (!plan.layers.empty() && plan.layers[0] != LayerKind::kFull) {
-    return InvalidArgument("plan \"", pattern, "\": layer 0 must be Full");
+    return InvalidArgument("plan ", Quoted(pattern), ": layer 0 must be Full");
   }
   return plan;
 }
@@ -116,6 +131,14 @@ absl::StatusOr<Plan> PlanFromConfig(const ModelConfig& config) {
 }
 
 absl::StatusOr<Plan> LoadPlanFile(const std::string& path, int num_layers) {
+  // Check the kind and size before reading: a directory reads as "" (a misleading "0 layers"), a FIFO
+  // blocks, and /dev/zero never ends.
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open plan file"));
+  if (!S_ISREG(st.st_mode)) return InvalidArgument(path, ": plan file is not a regular file");
+  if (st.st_size > kMaxPlanFileBytes) {
+    return InvalidArgument(path, ": plan file is ", st.st_size, " bytes; a plan file is at most ", kMaxPlanFileBytes);
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open plan file"));
   std::stringstream buffer;

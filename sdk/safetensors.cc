@@ -96,6 +96,10 @@ size_t DTypeSize(DType dtype) {
 }
 
 int64_t TensorInfo::numel() const {
+  // A validated header bounds the product only when no dimension is 0 ([2^32, 2^32, 0] holds 0 values).
+  for (int64_t d : shape) {
+    if (d == 0) return 0;
+  }
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;
@@ -139,7 +143,9 @@ class SafetensorsFile {
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path,
                                                                        std::vector<TensorInfo>* tensors) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO (or a device) named like a shard must not block; the S_ISREG check below
+  // rejects it. It changes nothing for regular files, which are only mmap-ed.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT) return absl::NotFoundError(absl::StrCat(path, ": no such file"));
     return absl::PermissionDeniedError(absl::StrCat(path, ": cannot open: ", ErrnoText()));
@@ -275,6 +281,10 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Open(const std::string
   std::vector<std::pair<std::string, std::string>> index_entries;
   if (S_ISDIR(st.st_mode)) {
     const std::string index_path = path + "/model.safetensors.index.json";
+    struct stat index_st;
+    if (stat(index_path.c_str(), &index_st) == 0 && !S_ISREG(index_st.st_mode)) {
+      return InvalidArgument(index_path, ": not a regular file");  // a directory reads as "", a FIFO blocks
+    }
     std::ifstream index_in(index_path, std::ios::binary);
     if (index_in) {
       std::stringstream text;

@@ -19,7 +19,10 @@ namespace {
 using ::testing::HasSubstr;
 
 // Copies of shared/golden and shared/reference live in tests/data (see tests/data/golden/SOURCE.md).
-std::string SharedDir() { return IC_SOURCE_DIR "/tests/data"; }
+std::string SharedDir() {
+  const char* env = std::getenv("IC_TEST_DATA");  // binaries run away from their source tree
+  return env != nullptr ? env : IC_SOURCE_DIR "/tests/data";
+}
 
 class SafetensorsTest : public ::testing::Test {
  protected:

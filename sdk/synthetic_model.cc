@@ -1,9 +1,12 @@
 // The embedded default model (synthetic_model.h).
 #include "sdk/synthetic_model.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -112,6 +115,33 @@ absl::StatusOr<std::shared_ptr<const Model>> BuildSyntheticModel(const Synthetic
     return InvalidArgument("synthetic model: layers ≥ 1, hidden a positive multiple of 64, vocab ≥ 2, ",
                            "index_topk ≥ 1, index heads ≥ 1, even index_head_dim required; got layers=",
                            o.num_layers, " hidden=", o.hidden_size, " vocab=", o.vocab_size);
+  }
+  // Every tensor is sized from these in int arithmetic and built in host memory: the largest products must
+  // fit in int32, and the whole model in host memory, else huge values overflow or abort on allocation.
+  const double kMaxElements = std::numeric_limits<int32_t>::max();
+  const double hidden = o.hidden_size, ix = static_cast<double>(o.index_n_heads) * o.index_head_dim;
+  const struct {
+    const char* what;
+    double value;
+  } products[] = {
+      {"vocab_size * hidden_size", static_cast<double>(o.vocab_size) * hidden},
+      {"2 * hidden_size * hidden_size (MLP)", 2 * hidden * hidden},
+      {"index_n_heads * index_head_dim * hidden_size (indexer wq)", ix * hidden},
+  };
+  for (const auto& p : products) {
+    if (p.value > kMaxElements) {
+      return InvalidArgument("synthetic model: ", p.what, " = ", p.value, " values is too large (at most ",
+                             kMaxElements, " per tensor)");
+    }
+  }
+  // About 16·H² + 3·index_n_heads·index_head_dim·H values per layer (MoE layers dominate), F32.
+  const double bytes =
+      4.0 * (o.num_layers * (16 * hidden * hidden + 3 * ix * hidden + 1024 * hidden) + 2.0 * o.vocab_size * hidden);
+  const double physical = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
+  if (physical > 0 && bytes > physical) {
+    return absl::ResourceExhaustedError(absl::StrCat("synthetic model: about ", bytes, " bytes of weights for ",
+                                                     o.num_layers, " layers of hidden ", o.hidden_size,
+                                                     " exceed the host's memory (", physical, " bytes)"));
   }
   const bool mla = o.arch == Architecture::kDeepseekV32 || o.arch == Architecture::kGlmMoeDsa;
   if (mla && o.index_head_dim < 16) {

@@ -64,11 +64,75 @@ bool IsIgnorable(std::string_view name) {
   return name.ends_with("rotary_emb.inv_freq") || name.ends_with("_scale_inv");
 }
 
+// The names MapWeights requires (Need::kRequired), in checkpoint order, until `visit` returns false.
+// Returns false when stopped early.
+template <typename Visit>
+bool ForEachRequiredName(const ModelConfig& c, Visit&& visit) {
+  if (!visit(std::string("model.embed_tokens.weight")) || !visit(std::string("model.norm.weight"))) return false;
+  if (!c.tie_word_embeddings && !visit(std::string("lm_head.weight"))) return false;
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = LayerPrefix(i), a = p + "self_attn.";
+    std::vector<std::string> names = {p + "input_layernorm.weight", p + "post_attention_layernorm.weight"};
+    if (c.mla) {
+      for (const char* n : {"q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight", "kv_a_proj_with_mqa.weight",
+                            "kv_a_layernorm.weight", "kv_b_proj.weight", "o_proj.weight"}) {
+        names.push_back(a + n);
+      }
+    } else {
+      for (const char* n : {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"}) names.push_back(a + n);
+    }
+    const bool moe = i < static_cast<int>(c.moe_layer.size()) && c.moe_layer[i];
+    const std::string m = p + "mlp.";
+    auto mlp = [&](const std::string& prefix) {
+      for (const char* n : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}) names.push_back(prefix + n);
+    };
+    if (moe) {
+      names.push_back(m + "gate.weight");
+      if (c.n_shared_experts > 0) mlp(m + "shared_experts.");
+    } else {
+      mlp(m);
+    }
+    for (const std::string& n : names) {
+      if (!visit(n)) return false;
+    }
+    for (int e = 0; moe && e < c.n_routed_experts; ++e) {
+      const std::string x = absl::StrCat(m, "experts.", e, ".");
+      for (const char* n : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}) {
+        if (!visit(x + n)) return false;
+      }
+    }
+  }
+  return true;
+}
+
+// The config sizes the slot table (layers × experts) before any tensor is looked at: a config.json that
+// claims 2^31 layers or experts would exhaust memory (or run for hours) building it. When the config
+// requires more tensors than the checkpoint holds, one of the first (held + 1) required names is missing;
+// name it in O(held) time and memory instead.
+absl::Status CheckRequiredTensorCount(const ModelConfig& c, const TensorStore& store) {
+  int64_t required = c.tie_word_embeddings ? 2 : 3;
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    const bool moe = i < static_cast<int>(c.moe_layer.size()) && c.moe_layer[i];
+    required += 2 + (c.mla ? 7 : 4) + (moe ? 1 + 3 * int64_t{c.n_routed_experts} + (c.n_shared_experts > 0 ? 3 : 0) : 3);
+  }
+  const int64_t held = static_cast<int64_t>(store.tensors().size());
+  if (required <= held) return absl::OkStatus();
+  std::string missing;
+  ForEachRequiredName(c, [&](const std::string& name) {
+    if (store.Find(name) != nullptr) return true;
+    missing = name;
+    return false;
+  });
+  return InvalidArgument("checkpoint lacks tensor \"", missing, "\" (the config requires ", required,
+                         " tensors; the checkpoint holds ", held, ")");
+}
+
 }  // namespace
 
 std::string LayerPrefix(int layer) { return absl::StrCat("model.layers.", layer, "."); }
 
 absl::StatusOr<ModelWeights> MapWeights(const ModelConfig& c, const TensorStore& store) {
+  IC_RETURN_IF_ERROR(CheckRequiredTensorCount(c, store));
   ModelWeights w;
   const int64_t hidden = c.hidden_size;
   SlotTable table;

@@ -2,6 +2,8 @@
 // HF's logits, top-k sets at every Full layer, and greedy tokens (prefill + decode with the KV cache).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -13,7 +15,11 @@
 namespace ic {
 namespace {
 
-std::string GoldenDir(const std::string& name) { return std::string(IC_SOURCE_DIR) + "/tests/data/golden/" + name; }
+// IC_TEST_DATA overrides the data folder (for binaries run away from their source tree, e.g. on a GPU host).
+std::string GoldenDir(const std::string& name) {
+  const char* env = std::getenv("IC_TEST_DATA");
+  return std::string(env != nullptr ? env : IC_SOURCE_DIR "/tests/data") + "/golden/" + name;
+}
 
 std::vector<int32_t> ReadI32(const TensorStore& store, const std::string& name) {
   const TensorInfo* t = store.Find(name);

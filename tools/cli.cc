@@ -1,6 +1,7 @@
 // Shared CLI pieces (cli.h).
 #include "tools/cli.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -80,8 +81,15 @@ absl::StatusOr<std::shared_ptr<const Model>> SelectModel(const Args& args) {
   SyntheticModelOptions o;
   IC_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", static_cast<int64_t>(o.seed)));
   IC_ASSIGN_OR_RETURN(int64_t layers, args.GetInt("layers", o.num_layers));
+  if (layers < 1 || layers > 4096) {  // checked before the int conversion: 4294967304 is not 8
+    return InvalidArgument("--layers must be in [1, 4096], got ", layers);
+  }
   o.seed = static_cast<uint64_t>(seed);
   o.num_layers = static_cast<int>(layers);
+  if (args.Has("plan-file")) {  // as with --model: the file's plan becomes the model's
+    IC_ASSIGN_OR_RETURN(Plan plan, LoadPlanFile(args.Get("plan-file"), o.num_layers));
+    o.plan = plan.ToString();
+  }
   return BuildSyntheticModel(o);
 }
 
@@ -105,7 +113,8 @@ absl::StatusOr<std::vector<NamedPlan>> ParsePlans(const std::string& list, const
     } else if (item.rfind("file:", 0) == 0) {
       IC_ASSIGN_OR_RETURN(Plan p, LoadPlanFile(item.substr(5), n));
       plans.push_back({item.substr(5), p.ToString()});
-    } else if (item.find_first_not_of("FS") == std::string::npos) {
+    } else if (item.find_first_of("0123456789./") == std::string::npos) {
+      // Letters only: a plan string ("fsss", "FFXF"), whose error names the position and character.
       IC_ASSIGN_OR_RETURN(Plan p, ParsePlan(item, n));
       plans.push_back({item, p.ToString()});
     } else {
@@ -119,6 +128,10 @@ absl::StatusOr<std::vector<NamedPlan>> ParsePlans(const std::string& list, const
 }
 
 absl::StatusOr<std::vector<int32_t>> ReadTokenFile(const std::string& path, int vocab_size) {
+  // A directory made the read throw (std::ios_base::failure: abort), a FIFO blocks, /dev/zero never ends.
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return absl::NotFoundError(absl::StrCat("cannot open token file ", path));
+  if (!S_ISREG(st.st_mode)) return InvalidArgument("token file ", path, " is not a regular file");
   std::ifstream f(path, std::ios::binary);
   if (!f) return absl::NotFoundError(absl::StrCat("cannot open token file ", path));
   std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());

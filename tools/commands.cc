@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -46,6 +47,17 @@ constexpr const char* kModelOptions = R"(  --model DIR            HF checkpoint 
 
 const std::vector<std::string> kModelKeys = {"model", "plan-file", "device", "seed", "layers"};
 
+// Token counts: at most 2^30, so that sums such as prompt + max-new + 64 (cache slots, int32 positions)
+// cannot overflow; the context then fails with a clear out-of-memory error when they do not fit.
+constexpr int64_t kMaxTokens = int64_t{1} << 30;
+
+// --key as an integer in [lo, hi], naming the option and the value otherwise.
+absl::StatusOr<int64_t> GetIntIn(const Args& args, const std::string& key, int64_t fallback, int64_t lo, int64_t hi) {
+  IC_ASSIGN_OR_RETURN(int64_t v, args.GetInt(key, fallback));
+  if (v < lo || v > hi) return InvalidArgument("--", key, " must be in [", lo, ", ", hi, "], got ", v);
+  return v;
+}
+
 std::vector<std::string> With(std::vector<std::string> a, const std::vector<std::string>& b) {
   a.insert(a.end(), b.begin(), b.end());
   return a;
@@ -86,6 +98,8 @@ int CmdInfo(int argc, char** argv) {
   if (WantsHelp(argc, argv, help.c_str())) return 0;
   CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"plan"}), {}), "info");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "info");
+  CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "info");  // accepted by every command: reject a bad value
+  (void)device;
   const ModelConfig& c = model->config;
   Plan plan = model->plan;
   if (args.Has("plan")) {
@@ -160,8 +174,7 @@ int CmdRun(int argc, char** argv) {
   } else {
     return Fail("run", InvalidArgument("give the prompt with --tokens or --token-file"));
   }
-  CLI_ASSIGN_OR_FAIL(max_new, args.GetInt("max-new", 16), "run");
-  if (max_new < 1) return Fail("run", InvalidArgument("--max-new must be ≥ 1"));
+  CLI_ASSIGN_OR_FAIL(max_new, GetIntIn(args, "max-new", 16, 1, kMaxTokens), "run");
   std::string pattern;
   if (args.Has("plan")) {
     CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plan"), *model), "run");
@@ -211,13 +224,15 @@ int CmdEval(int argc, char** argv) {
   if (!args.Has("token-file")) return Fail("eval", InvalidArgument("--token-file is required"));
   CLI_ASSIGN_OR_FAIL(tokens, ReadTokenFile(args.Get("token-file"), model->config.vocab_size), "eval");
   CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plans", "dsa,1/2,1/4"), *model), "eval");
-  CLI_ASSIGN_OR_FAIL(context, args.GetInt("context", 1024), "eval");
-  CLI_ASSIGN_OR_FAIL(max_tokens, args.GetInt("max-tokens", 0), "eval");
-  if (context < 2) return Fail("eval", InvalidArgument("--context must be ≥ 2"));
+  CLI_ASSIGN_OR_FAIL(context, GetIntIn(args, "context", 1024, 2, kMaxTokens), "eval");
+  CLI_ASSIGN_OR_FAIL(max_tokens, GetIntIn(args, "max-tokens", 0, 0, std::numeric_limits<int64_t>::max()), "eval");
   if (max_tokens > 0 && static_cast<int64_t>(tokens.size()) > max_tokens) tokens.resize(max_tokens);
   std::vector<std::span<const int32_t>> windows;
   for (size_t off = 0; off + 1 < tokens.size(); off += context) {
     windows.push_back(std::span(tokens).subspan(off, std::min<size_t>(context, tokens.size() - off)));
+  }
+  if (windows.empty()) {  // else a table of loss 0, perplexity 1 over 0 tokens
+    return Fail("eval", InvalidArgument("nothing to evaluate: ", tokens.size(), " token(s); the loss needs at least 2"));
   }
   std::printf("%-22s %-*s %10s %12s %10s\n", "plan", model->config.num_hidden_layers, "pattern", "loss", "perplexity",
               "tokens");
@@ -258,17 +273,21 @@ int CmdBench(int argc, char** argv) {
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "bench");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "bench");
   CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plans", "dsa,1/2,1/4"), *model), "bench");
-  CLI_ASSIGN_OR_FAIL(steps, args.GetInt("decode-steps", 16), "bench");
-  CLI_ASSIGN_OR_FAIL(batch, args.GetInt("batch", 1), "bench");
-  if (steps < 0 || batch < 1) return Fail("bench", InvalidArgument("--decode-steps ≥ 0 and --batch ≥ 1 required"));
+  CLI_ASSIGN_OR_FAIL(steps, GetIntIn(args, "decode-steps", 16, 0, kMaxTokens), "bench");
+  CLI_ASSIGN_OR_FAIL(batch, GetIntIn(args, "batch", 1, 1, 4096), "bench");
   std::vector<int64_t> contexts;
   for (absl::string_view piece : absl::StrSplit(args.Get("contexts", "1024,4096"), ',', absl::SkipEmpty())) {
     int64_t v = 0;
-    if (!absl::SimpleAtoi(piece, &v) || v < 2) {
-      return Fail("bench", InvalidArgument("--contexts: '", piece, "' is not a length ≥ 2"));
+    if (!absl::SimpleAtoi(piece, &v) || v < 2 || v > kMaxTokens) {
+      return Fail("bench", InvalidArgument("--contexts: '", piece, "' is not a length in [2, ", kMaxTokens, "]"));
+    }
+    if ((v + steps + 64) * batch > kMaxTokens) {
+      return Fail("bench", InvalidArgument("--contexts ", v, " with --decode-steps ", steps, " and --batch ", batch,
+                                           " needs more than ", kMaxTokens, " tokens of KV cache"));
     }
     contexts.push_back(v);
   }
+  if (contexts.empty()) return Fail("bench", InvalidArgument("--contexts: no length given"));
   const ModelConfig& c = model->config;
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> dist(0, c.vocab_size - 1);
@@ -277,11 +296,14 @@ int CmdBench(int argc, char** argv) {
   std::printf("%-14s %8s %12s %10s %14s %12s %12s\n", "", "", "", "tok/s", "per sequence", "share", "(est.)");
   std::map<int64_t, std::pair<double, double>> dsa_times;
   for (int64_t ctx_len : contexts) {
-    std::vector<int32_t> prompt(ctx_len);
-    for (auto& t : prompt) t = dist(rng);
+    std::vector<int32_t> prompt;
     for (const NamedPlan& p : plans) {
       ContextOptions co{.device = device, .max_tokens = (ctx_len + steps + 64) * batch, .plan = p.pattern};
       CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), "bench");
+      if (prompt.empty()) {  // after the context: a length that cannot fit fails above, not in this allocation
+        prompt.resize(ctx_len);
+        for (auto& t : prompt) t = dist(rng);
+      }
       std::vector<int> seqs;
       const Metrics::Totals m0 = Metrics::Global().GetTotals();
       double prefill = 0;

@@ -162,7 +162,18 @@ int CmdDemo(int argc, char** argv) {
   if (!prompt_len.ok()) return fail(prompt_len.status());
   if (!decode_len.ok()) return fail(decode_len.status());
   if (!serve.ok()) return fail(serve.status());
-  if (*prompt_len < 2 || *decode_len < 0) return fail(InvalidArgument("--prompt-tokens must be ≥ 2 and --decode-tokens ≥ 0"));
+  // At most 2^30 each, so that the cache size (prompt + decode + 64) cannot overflow; a length that does not
+  // fit in memory then fails with a clear error (the allocations below, or the context's cache).
+  constexpr int64_t kMaxTokens = int64_t{1} << 30;
+  if (*prompt_len < 2 || *prompt_len > kMaxTokens || *decode_len < 0 || *decode_len > kMaxTokens) {
+    return fail(InvalidArgument("--prompt-tokens must be in [2, ", kMaxTokens, "] and --decode-tokens in [0, ",
+                                kMaxTokens, "]; got ", *prompt_len, " and ", *decode_len));
+  }
+  if (*serve < 0) return fail(InvalidArgument("--serve-seconds must be ≥ 0, got ", *serve));
+  if (*serve > 0 && !args->Has("metrics-address")) {
+    return fail(InvalidArgument("--serve-seconds needs --metrics-address (there is nothing to serve)"));
+  }
+
   if (args->Has("metrics-address")) {
     absl::Status s = Metrics::Global().StartExposer(args->Get("metrics-address"));
     if (!s.ok()) return fail(s);
@@ -170,8 +181,15 @@ int CmdDemo(int argc, char** argv) {
   }
 
   std::mt19937 rng(1234);
-  std::uniform_int_distribution<int32_t> dist(2, c.vocab_size - 1);
-  std::vector<int32_t> prompt(*prompt_len);
+  std::uniform_int_distribution<int32_t> dist(std::min(2, c.vocab_size - 1), c.vocab_size - 1);  // vocab may be < 3
+  std::vector<int32_t> prompt, greedy;
+  try {
+    prompt.resize(*prompt_len);
+    greedy.resize(*decode_len);
+  } catch (const std::bad_alloc&) {
+    return fail(absl::ResourceExhaustedError(absl::StrCat("out of host memory for --prompt-tokens ", *prompt_len,
+                                                          " and --decode-tokens ", *decode_len)));
+  }
   for (auto& t : prompt) t = dist(rng);
 
   std::printf("IndexCache demo — %s model (%s), %d layers, hidden %d, vocab %d\n",
@@ -188,7 +206,6 @@ int CmdDemo(int argc, char** argv) {
 
   PlanRun dsa{.name = "DSA", .pattern = std::string(c.num_hidden_layers, 'F')};
   PlanRun ic{.name = "IndexCache " + (*plans)[0].name, .pattern = (*plans)[0].pattern};
-  std::vector<int32_t> greedy(*decode_len);
   absl::Status s = RunPlan(*model, *device, prompt, {}, dsa, &greedy);
   if (!s.ok()) return fail(s);
   s = RunPlan(*model, *device, prompt, greedy, ic, nullptr);

@@ -253,10 +253,45 @@ def _bytes(s: Optional[Union[str, os.PathLike]]) -> Optional[bytes]:
     return None if s is None else os.fsencode(s)
 
 
-def _tokens(tokens: Union[Sequence[int], Iterable[int], int]) -> Tuple[ctypes.Array, int]:
+_INT_RANGES = {
+    ctypes.c_int32: (-2**31, 2**31 - 1), ctypes.c_int: (-2**31, 2**31 - 1),
+    ctypes.c_int64: (-2**63, 2**63 - 1), ctypes.c_uint64: (0, 2**64 - 1),
+}
+
+
+def _int(value, ctype, name: str) -> int:
+    """`value` as an int that fits `ctype`: ctypes itself truncates silently (2**32 + 1 becomes 1 as an
+    int32, so a sequence id or a size would name something else)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = value.__index__()
+    lo, hi = _INT_RANGES[ctype]
+    if not lo <= value <= hi:
+        raise OverflowError(f"{name} is {value}; it must be in [{lo}, {hi}]")
+    return value
+
+
+def _enum(enum_type, value, name: str):
+    """An IntEnum member from a member, its int value, or its name (case-insensitive: "cpu")."""
+    if isinstance(value, str):
+        try:
+            return enum_type[value.upper()]
+        except KeyError:
+            names = ", ".join(m.name.lower() for m in enum_type)
+            raise ValueError(f"{name} is {value!r}; expected one of {names}") from None
+    return _int(value, ctypes.c_int, name)
+
+
+def _tokens(tokens: Union[Sequence[int], Iterable[int], int], name: str = "tokens") -> Tuple[ctypes.Array, int]:
     if isinstance(tokens, int):
         tokens = [tokens]
-    arr = array.array("i", tokens)  # C int == int32 on every platform this library supports
+    elif isinstance(tokens, (str, bytes)):
+        raise TypeError(f"{name} must be ints, got {type(tokens).__name__}")
+    try:
+        arr = array.array("i", tokens)  # C int == int32 on every platform this library supports
+    except OverflowError:
+        bad = next((t for t in tokens if isinstance(t, int) and not -2**31 <= t < 2**31), None)
+        raise OverflowError(f"{name}: {bad} does not fit in int32") from None
     return (ctypes.c_int32 * len(arr)).from_buffer(arr), len(arr)
 
 
@@ -344,13 +379,14 @@ class Model:
         """A deterministic in-memory model; unset fields take the library's defaults."""
         params = _SyntheticParams()
         _check(_lib.ic_synthetic_default_params(ctypes.byref(params)))
-        params.architecture = int(architecture)
+        params.architecture = _enum(Architecture, architecture, "architecture")
         for name, value in (("seed", seed), ("num_layers", num_layers), ("hidden_size", hidden_size),
                             ("vocab_size", vocab_size), ("index_topk", index_topk),
                             ("index_n_heads", index_n_heads), ("index_head_dim", index_head_dim),
                             ("max_position_embeddings", max_position_embeddings)):
             if value is not None:
-                setattr(params, name, value)
+                ctype = ctypes.c_uint64 if name == "seed" else ctypes.c_int32
+                setattr(params, name, _int(value, ctype, name))
         keep = _bytes(plan)
         params.plan = keep
         out = _P()
@@ -419,21 +455,25 @@ class Context:
                  metrics_address: Optional[str] = None, record_metrics: bool = True,
                  rank: int = 0, world_size: int = 1, tp_size: int = 1, ep_size: int = 1):
         self._handle: Optional[int] = None
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be an indexcache.Model, got {type(model).__name__}")
         params = _ContextParams()
         _check(_lib.ic_context_default_params(ctypes.byref(params)))
-        params.device = int(device)
-        params.device_ordinal = device_ordinal
+        params.device = _enum(Device, device, "device")
+        params.device_ordinal = _int(device_ordinal, ctypes.c_int32, "device_ordinal")
         if max_tokens is not None:
-            params.max_tokens = max_tokens
+            params.max_tokens = _int(max_tokens, ctypes.c_int64, "max_tokens")
         if block_size is not None:
-            params.block_size = block_size
+            params.block_size = _int(block_size, ctypes.c_int32, "block_size")
         if prefill_chunk is not None:
-            params.prefill_chunk = prefill_chunk
+            params.prefill_chunk = _int(prefill_chunk, ctypes.c_int32, "prefill_chunk")
         keep = (_bytes(plan), _bytes(metrics_address))
         params.plan, params.metrics_address = keep
         params.record_metrics = 1 if record_metrics else 0
         # Reserved for multi-GPU: this version accepts 1 (world_size > 1 raises UNAVAILABLE).
-        params.rank, params.world_size, params.tp_size, params.ep_size = rank, world_size, tp_size, ep_size
+        params.rank, params.world_size, params.tp_size, params.ep_size = (
+            _int(v, ctypes.c_int32, n) for v, n in ((rank, "rank"), (world_size, "world_size"),
+                                                    (tp_size, "tp_size"), (ep_size, "ep_size")))
         out = _P()
         _check(_lib.ic_context_create(model.handle, ctypes.byref(params), ctypes.byref(out)))
         self._handle = out.value
@@ -470,15 +510,16 @@ class Context:
         return out.value
 
     def remove_sequence(self, seq_id: int) -> None:
-        _check(_lib.ic_sequence_remove(self.handle, seq_id))
+        _check(_lib.ic_sequence_remove(self.handle, _int(seq_id, ctypes.c_int32, "seq_id")))
 
     def sequence_length(self, seq_id: int) -> int:
         out = ctypes.c_int64(0)
-        _check(_lib.ic_sequence_length(self.handle, seq_id, ctypes.byref(out)))
+        _check(_lib.ic_sequence_length(self.handle, _int(seq_id, ctypes.c_int32, "seq_id"), ctypes.byref(out)))
         return out.value
 
     def prefill(self, seq_id: int, tokens: Iterable[int], logits: bool = True) -> Optional[array.array]:
         """Appends tokens to the sequence; returns the last token's logits [vocab] (or None)."""
+        seq_id = _int(seq_id, ctypes.c_int32, "seq_id")
         toks, n = _tokens(tokens)
         out = array.array("f", bytes(4 * self.vocab_size)) if logits else None
         ptr = (ctypes.c_float * self.vocab_size).from_buffer(out) if logits else None
@@ -490,7 +531,7 @@ class Context:
         """One decode step. With a single id and token, returns that row [vocab]; with sequences of
         ids and tokens (one per sequence, ids distinct), returns a list of rows."""
         single = isinstance(seq_ids, int)
-        ids, n = _tokens(seq_ids)
+        ids, n = _tokens(seq_ids, "seq_ids")
         toks, m = _tokens(tokens)
         if n != m:
             raise ValueError(f"decode: {n} sequence ids but {m} tokens")

@@ -1,0 +1,175 @@
+// The whole engine on the GPU against the CPU reference: golden checkpoints (HF logits, top-k sets,
+// greedy tokens) and synthetic models of every architecture (logits, margin-equal indices per layer,
+// chunked prefill, batched decode). Skipped when no GPU is visible.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "sdk/engine.h"
+#include "sdk/safetensors.h"
+#include "sdk/synthetic_model.h"
+#include "tests/index_sets.h"
+
+namespace ic {
+namespace {
+
+using kernels::DeviceKind;
+
+std::string DataDir() {
+  const char* env = std::getenv("IC_TEST_DATA");
+  return env != nullptr ? env : IC_SOURCE_DIR "/tests/data";
+}
+
+class EngineGpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (kernels::CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device visible (or a build without CUDA)";
+  }
+};
+
+struct Pass {
+  std::vector<float> logits;
+  std::map<int, std::vector<int32_t>> topk;
+  std::map<int, std::vector<float>> scores;
+};
+
+Pass RunPass(std::shared_ptr<const Model> model, DeviceKind device, const std::vector<int32_t>& tokens,
+             std::vector<int> chunks) {
+  auto ctx = Context::Create(model, {.device = device, .max_tokens = 8192});
+  EXPECT_TRUE(ctx.ok()) << ctx.status();
+  Pass p;
+  if (!ctx.ok()) return p;
+  const int seq = *(*ctx)->AddSequence();
+  const int n = static_cast<int>(tokens.size()), V = model->config.vocab_size;
+  p.logits.resize(static_cast<size_t>(n) * V);
+  int off = 0;
+  for (int chunk : chunks) {
+    chunk = std::min(chunk, n - off);
+    if (chunk <= 0) break;
+    std::map<int, std::vector<int32_t>> topk;
+    std::map<int, std::vector<float>> scores;
+    Segment seg{seq, std::span(tokens).subspan(off, chunk)};
+    EXPECT_TRUE((*ctx)->Forward({&seg, 1}, {.all_logits = p.logits.data() + static_cast<size_t>(off) * V,
+                                            .topk_by_layer = &topk, .scores_by_layer = &scores})
+                    .ok());
+    for (auto& [l, v] : topk) p.topk[l].insert(p.topk[l].end(), v.begin(), v.end());
+    for (auto& [l, v] : scores) {
+      const int cols = static_cast<int>(v.size() / chunk);
+      for (int r = 0; r < chunk; ++r) {
+        std::vector<float> row(n, -INFINITY);
+        std::copy(v.begin() + static_cast<size_t>(r) * cols, v.begin() + static_cast<size_t>(r + 1) * cols, row.begin());
+        p.scores[l].insert(p.scores[l].end(), row.begin(), row.end());
+      }
+    }
+    off += chunk;
+  }
+  return p;
+}
+
+double RelError(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += std::pow(double(a[i]) - b[i], 2);
+    den += std::pow(double(b[i]), 2);
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+TEST_F(EngineGpuTest, GoldenCheckpointsMatchTransformersOnTheGpu) {
+  for (const char* name : {"dsv32-tiny", "glm5-tiny-indexcache", "llama-tiny-dense"}) {
+    SCOPED_TRACE(name);
+    const std::string dir = DataDir() + "/golden/" + name;
+    auto model = LoadModel(dir);
+    ASSERT_TRUE(model.ok()) << model.status();
+    auto golden = TensorStore::Open(dir + "/golden.safetensors");
+    ASSERT_TRUE(golden.ok());
+    const TensorInfo* ids_info = (*golden)->Find("input_ids");
+    std::vector<int32_t> ids(ids_info->numel());
+    std::memcpy(ids.data(), ids_info->data, ids.size() * 4);
+    auto want = (*golden)->ReadF32(*(*golden)->Find("logits"));
+    Pass gpu = RunPass(*model, DeviceKind::kCuda, ids, {80});
+    EXPECT_LT(RelError(gpu.logits, *want), 1e-4);
+    const ModelConfig& c = (*model)->config;
+    for (int l = 0; l < c.num_hidden_layers && c.has_indexer; ++l) {
+      if (!(*model)->plan.IsFull(l)) continue;
+      const TensorInfo* t = (*golden)->Find("topk.layer" + std::to_string(l));
+      for (int r = 0; r < 80; ++r) {
+        std::vector<int32_t> a, b;
+        for (int j = 0; j < c.index_topk; ++j) {
+          const int32_t g = gpu.topk[l][r * c.index_topk + j];
+          const int32_t w = reinterpret_cast<const int32_t*>(t->data)[r * c.index_topk + j];
+          if (g >= 0) a.push_back(g);
+          if (w <= r) b.push_back(w);
+        }
+        std::sort(a.begin(), a.end());
+        std::sort(b.begin(), b.end());
+        ASSERT_EQ(a, b) << "layer " << l << " row " << r;
+      }
+    }
+  }
+}
+
+TEST_F(EngineGpuTest, SyntheticModelsMatchTheCpuReference) {
+  for (Architecture arch : {Architecture::kDeepseekV32, Architecture::kGlmMoeDsa, Architecture::kLlamaDsa,
+                            Architecture::kLlama}) {
+    SCOPED_TRACE(std::string(ArchitectureName(arch)));
+    SyntheticModelOptions o;
+    o.arch = arch;
+    o.num_layers = 4;
+    o.hidden_size = 128;
+    o.vocab_size = 300;
+    o.index_topk = 48;
+    o.index_n_heads = 4;
+    o.index_head_dim = 32;
+    o.plan = arch == Architecture::kLlama ? "" : "FSFS";
+    auto model = BuildSyntheticModel(o);
+    ASSERT_TRUE(model.ok()) << model.status();
+    std::mt19937 rng(17);
+    std::uniform_int_distribution<int32_t> d(0, o.vocab_size - 1);
+    std::vector<int32_t> tokens(700);
+    for (auto& t : tokens) t = d(rng);
+    Pass cpu = RunPass(*model, DeviceKind::kCpu, tokens, {700});
+    Pass gpu = RunPass(*model, DeviceKind::kCuda, tokens, {1, 255, 64, 380});  // chunked on the GPU
+    EXPECT_LT(RelError(gpu.logits, cpu.logits), 1e-4);
+    std::vector<int32_t> valid(700);
+    std::iota(valid.begin(), valid.end(), 1);
+    for (auto& [l, idx] : gpu.topk) {
+      const int src = (*model)->plan.SourceLayer(l);
+      EXPECT_TRUE(test::IndexSetsMarginEqual(idx.data(), cpu.topk[l].data(), 700, o.index_topk,
+                                             cpu.scores[src].data(), 700, valid.data(), 1e-5f))
+          << "layer " << l;
+    }
+  }
+}
+
+TEST_F(EngineGpuTest, BatchedDecodeOnTheGpuMatchesTheCpu) {
+  auto model = BuildSyntheticModel({.num_layers = 3, .hidden_size = 128, .vocab_size = 256, .index_topk = 16,
+                                    .index_n_heads = 4, .index_head_dim = 32, .plan = "FSF"});
+  ASSERT_TRUE(model.ok());
+  std::vector<std::vector<float>> out;
+  for (DeviceKind dev : {DeviceKind::kCpu, DeviceKind::kCuda}) {
+    auto ctx = *Context::Create(*model, {.device = dev, .max_tokens = 4096});
+    std::vector<int> seqs;
+    for (int i = 0; i < 4; ++i) {
+      seqs.push_back(*ctx->AddSequence());
+      std::vector<int32_t> prompt(10 + 50 * i);
+      for (size_t j = 0; j < prompt.size(); ++j) prompt[j] = (7 * j + i) % 256;
+      ASSERT_TRUE(ctx->Prefill(seqs.back(), prompt).ok());
+    }
+    std::vector<float> logits(4 * 256);
+    std::vector<int32_t> next = {1, 2, 3, 4};
+    for (int step = 0; step < 5; ++step) ASSERT_TRUE(ctx->Decode(seqs, next, logits.data()).ok());
+    out.push_back(logits);
+  }
+  EXPECT_LT(RelError(out[1], out[0]), 1e-4);
+}
+
+}  // namespace
+}  // namespace ic

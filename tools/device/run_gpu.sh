@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# THERE (the H200, through the device tool's `run` with carry=[".deps/bundle"]): the machine line, the
+# engine-on-GPU tests, the golden and engine tests, `indexcache demo` and `indexcache bench` on the
+# GPU; logs to $OUT. Stages can be chosen: STAGES="tests demo bench" (default: all).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-/tmp/gpu_out}"
+mkdir -p "$OUT"
+b=.deps/bundle
+export LD_LIBRARY_PATH="$PWD/$b/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export IC_TEST_DATA="$PWD/tests/data"
+stages=${STAGES:-"tests demo bench"}
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  nvcc --version 2>/dev/null | grep release
+} 2>&1 | tee "$OUT/machine.txt"
+rc=0
+if [[ $stages == *tests* ]]; then
+  for t in engine_gpu_test backend_parity_gpu_test golden_test engine_test; do
+    "$b/bin/$t" 2>&1 | tail -${TAIL:-15} | tee "$OUT/$t.log"
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
+  done
+fi
+if [[ $stages == *demo* ]]; then
+  "$b/bin/indexcache" demo --device cuda ${DEMO_ARGS:-} 2>&1 | grep -v "^# \|^indexcache_" | tee "$OUT/demo.log"
+fi
+if [[ $stages == *bench* ]]; then
+  "$b/bin/indexcache" bench --device cuda ${BENCH_ARGS:---contexts 1024,4096,8192 --decode-steps 16} 2>&1 | tee "$OUT/bench.log"
+fi
+exit $rc
