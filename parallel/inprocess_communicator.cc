@@ -70,37 +70,46 @@ std::string CallName(Collective kind, uint64_t seq, int rank, int size) {
   return absl::StrCat(CollectiveName(kind), " (call ", seq, ") on rank ", rank, " of ", size);
 }
 
-// Checks that every rank posted a matching call; "" when they agree.
-std::string Mismatch(const std::vector<Slot>& slots, int rank) {
-  const Slot& me = slots[rank];
-  for (int q = 0; q < static_cast<int>(slots.size()); ++q) {
-    const Slot& s = slots[q];
-    if (s.kind != me.kind) {
-      return absl::StrCat("rank ", q, " called ", CollectiveName(s.kind), " while rank ", rank, " called ",
-                          CollectiveName(me.kind));
+// Checks that every rank posted a matching call; "" when they agree. The verdict depends only on the
+// slots, never on the caller, so every rank reaches the same one (a rank that saw no mismatch would
+// otherwise read the buffers of a rank that already returned).
+std::string Mismatch(const std::vector<Slot>& slots) {
+  const int n = static_cast<int>(slots.size());
+  const Slot& first = slots[0];
+  for (int q = 1; q < n; ++q) {
+    if (slots[q].kind != first.kind) {
+      return absl::StrCat("rank ", q, " called ", CollectiveName(slots[q].kind), " while rank 0 called ",
+                          CollectiveName(first.kind));
     }
-    switch (me.kind) {
+  }
+  for (int q = 1; q < n; ++q) {
+    const Slot& s = slots[q];
+    switch (first.kind) {
       case Collective::kAllGather:
       case Collective::kAllReduce:
       case Collective::kReduceScatter:
-        if (s.bytes != me.bytes) {
-          return absl::StrCat("rank ", q, " passed size ", s.bytes, ", rank ", rank, " passed ", me.bytes);
+        if (s.bytes != first.bytes) {
+          return absl::StrCat("rank ", q, " passed size ", s.bytes, ", rank 0 passed ", first.bytes);
         }
         break;
       case Collective::kBroadcast:
-        if (s.bytes != me.bytes || s.root != me.root) {
-          return absl::StrCat("rank ", q, " passed (bytes ", s.bytes, ", root ", s.root, "), rank ", rank,
-                              " passed (bytes ", me.bytes, ", root ", me.root, ")");
-        }
-        break;
-      case Collective::kAllToAllV:
-        if (s.send_counts[rank] != me.recv_counts[q]) {
-          return absl::StrCat("rank ", q, " sends ", s.send_counts[rank], " bytes to rank ", rank,
-                              ", which expects recv_counts[", q, "] = ", me.recv_counts[q]);
+        if (s.bytes != first.bytes || s.root != first.root) {
+          return absl::StrCat("rank ", q, " passed (bytes ", s.bytes, ", root ", s.root, "), rank 0 passed (bytes ",
+                              first.bytes, ", root ", first.root, ")");
         }
         break;
       default:
         break;
+    }
+  }
+  if (first.kind == Collective::kAllToAllV) {
+    for (int from = 0; from < n; ++from) {
+      for (int to = 0; to < n; ++to) {
+        if (slots[from].send_counts[to] != slots[to].recv_counts[from]) {
+          return absl::StrCat("rank ", from, " sends ", slots[from].send_counts[to], " bytes to rank ", to,
+                              ", which expects recv_counts[", from, "] = ", slots[to].recv_counts[from]);
+        }
+      }
     }
   }
   return "";
@@ -176,11 +185,17 @@ absl::Status Exchange(InProcessState& st, int rank, uint64_t seq, absl::Duration
     st.Break(absl::StatusCode::kDeadlineExceeded, reason);
     return absl::DeadlineExceededError(reason);
   }
-  if (st.broken) return absl::Status(st.broken_code, absl::StrCat(call, ": ", st.broken_reason));
-  if (std::string m = Mismatch(st.slots, rank); !m.empty()) {
+  // Error paths from here on: a peer may have started reading my buffers before the group broke; wait
+  // until nobody reads (readers only copy memory, so this is bounded) before my caller may free them.
+  auto fail = [&](absl::Status status) {
+    st.cv.wait(lock, [&] { return st.readers == 0; });
+    return status;
+  };
+  if (st.broken) return fail(absl::Status(st.broken_code, absl::StrCat(call, ": ", st.broken_reason)));
+  if (std::string m = Mismatch(st.slots); !m.empty()) {
     const std::string reason = absl::StrCat(call, ": mismatched collective: ", m);
     st.Break(absl::StatusCode::kInvalidArgument, reason);
-    return absl::InvalidArgumentError(reason);
+    return fail(absl::InvalidArgumentError(reason));
   }
   std::vector<Slot> slots = st.slots;  // stable until every rank marks done (nobody posts seq + 1 before)
   ++st.readers;

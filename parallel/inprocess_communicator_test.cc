@@ -22,7 +22,9 @@ using ::ic::parallel::testing::RunRanks;
 using ::testing::HasSubstr;
 
 // Exactly representable values (multiples of 1/4 below 2^10): sums of up to 4 are exact in any order.
-float Value(int rank, size_t i) { return static_cast<float>((rank * 7919 + static_cast<int>(i) * 31) % 1000) * 0.25f - 100.0f; }
+float Value(int rank, size_t i) {
+  return static_cast<float>((rank * 7919 + static_cast<int>(i) * 31) % 1000) * 0.25f - 100.0f;
+}
 
 uint8_t Byte(int from, int to, size_t j) { return static_cast<uint8_t>(from * 31 + to * 7 + j * 13 + 1); }
 
@@ -179,8 +181,9 @@ TEST_P(CollectivesTest, ByteCounting) {
     EXPECT_EQ(s[Collective::kBarrier].calls, 1);
     EXPECT_EQ(s[Collective::kBarrier].bytes_sent, 0);
     EXPECT_EQ(s[Collective::kAllToAllV].calls, 0);
-    EXPECT_EQ(s.total_bytes_sent(), s[Collective::kAllGather].bytes_sent + s[Collective::kAllReduce].bytes_sent +
-                                        s[Collective::kReduceScatter].bytes_sent + s[Collective::kBroadcast].bytes_sent);
+    EXPECT_EQ(s.total_bytes_sent(),
+              s[Collective::kAllGather].bytes_sent + s[Collective::kAllReduce].bytes_sent +
+                  s[Collective::kReduceScatter].bytes_sent + s[Collective::kBroadcast].bytes_sent);
     for (const CollectiveStats& k : s.per_kind) EXPECT_EQ(k.errors, 0);
     if (world == 1) EXPECT_EQ(s.total_bytes_sent(), 0);
     c.ResetStats();
@@ -238,7 +241,8 @@ TEST(InProcessFailureTest, RankThatNeverArrivesGivesDeadlineExceededNamingIt) {
       EXPECT_LT(Seconds(start), absl::ToDoubleSeconds(timeout) + kSlackSeconds);
       EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
       EXPECT_THAT(std::string(s.message()), HasSubstr("AllGather"));
-      EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat("missing ranks (never entered the call): ", missing)));
+      EXPECT_THAT(std::string(s.message()),
+                  HasSubstr(absl::StrCat("missing ranks (never entered the call): ", missing)));
       EXPECT_EQ(c.stats()[Collective::kAllGather].errors, 1);
       EXPECT_EQ(c.stats()[Collective::kAllGather].bytes_sent, 0);
     });

@@ -5,7 +5,8 @@
 namespace ic::parallel {
 namespace {
 absl::Status NoNccl() {
-  return absl::UnimplementedError("NcclCommunicator: this build has no NCCL (CUDA toolkit or nccl.h/libnccl not found)");
+  return absl::UnimplementedError(
+      "NcclCommunicator: this build has no NCCL (CUDA toolkit or nccl.h/libnccl not found)");
 }
 }  // namespace
 

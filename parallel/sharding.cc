@@ -38,7 +38,9 @@ uint64_t CandidateKey(TopkCandidate c) {
 }  // namespace
 
 absl::StatusOr<ZigZagSplit> ZigZagRows(int64_t num_rows, int tp_size, int tp_rank) {
-  if (num_rows < 0) return absl::InvalidArgumentError(absl::StrCat("ZigZagRows: num_rows = ", num_rows, " is negative"));
+  if (num_rows < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("ZigZagRows: num_rows = ", num_rows, " is negative"));
+  }
   if (absl::Status s = CheckGroup("ZigZagRows", tp_size, tp_rank, "tp_size"); !s.ok()) return s;
   const int64_t m = 2 * static_cast<int64_t>(tp_size);
   ZigZagSplit split;
@@ -79,7 +81,9 @@ int64_t CausalWork(const ZigZagSplit& split) {
 }
 
 absl::StatusOr<RowRange> DecodeKeyRange(int64_t num_keys, int tp_size, int tp_rank) {
-  if (num_keys < 0) return absl::InvalidArgumentError(absl::StrCat("DecodeKeyRange: num_keys = ", num_keys, " is negative"));
+  if (num_keys < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("DecodeKeyRange: num_keys = ", num_keys, " is negative"));
+  }
   if (absl::Status s = CheckGroup("DecodeKeyRange", tp_size, tp_rank, "tp_size"); !s.ok()) return s;
   return RowRange{ChunkBegin(num_keys, tp_size, tp_rank), ChunkBegin(num_keys, tp_size, tp_rank + 1)};
 }

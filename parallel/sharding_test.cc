@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "parallel/inprocess_communicator.h"
 #include "parallel/multirank_test_util.h"
+#include "parallel/sharded_topk.h"
 
 namespace ic::parallel {
 namespace {
@@ -266,6 +267,18 @@ TEST(MergeTopkTest, TieRuleAndOrderOfSpecials) {
   EXPECT_EQ(out4, (std::vector<int32_t>{0, 1, -1, -1}));
 }
 
+TEST(ShardedTopkArgsTest, RejectsBadShapes) {
+  auto comms = *InProcessGroup::Create(1);
+  std::vector<int32_t> idx_scratch, out(10 * 4);
+  std::vector<int32_t> local(3);
+  EXPECT_EQ(AllGatherZigZagIndices(*comms[0], 10, 4, local, absl::MakeSpan(out), idx_scratch).code(),
+            absl::StatusCode::kInvalidArgument);
+  std::vector<TopkCandidate> cand(3), cand_scratch;
+  EXPECT_EQ(AllGatherMergeTopk(*comms[0], 2, 2, cand, absl::MakeSpan(out), cand_scratch).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(comms[0]->stats()[Collective::kAllGather].calls, 0);
+}
+
 TEST(MergeTopkTest, RejectsBadShapesAndDuplicates) {
   std::vector<TopkCandidate> c = {{1.0f, 5}, {2.0f, 5}};
   std::vector<int32_t> out(2);
@@ -276,7 +289,7 @@ TEST(MergeTopkTest, RejectsBadShapesAndDuplicates) {
   EXPECT_EQ(MergeTopkCandidates(c, 2, 1, 1, 3, absl::MakeSpan(out)).code(), absl::StatusCode::kInvalidArgument);
 }
 
-// ---- both top-k paths over in-process ranks ----
+// ---- both top-k paths over in-process ranks (sharded_topk.h) ----
 
 class ShardedTopkTest : public ::testing::TestWithParam<int> {};
 
@@ -297,10 +310,9 @@ TEST_P(ShardedTopkTest, DecodeKeySplitMergeIsExactAndIdenticalOnEveryRank) {
       auto local = LocalCandidates(scores[row], *DecodeKeyRange(lengths[row], tp, c.rank()), k);
       std::copy(local.begin(), local.end(), mine.begin() + row * k);
     }
-    std::vector<TopkCandidate> all(mine.size() * tp);
-    ASSERT_TRUE(c.AllGather(mine.data(), all.data(), mine.size() * sizeof(TopkCandidate)).ok());
+    std::vector<TopkCandidate> scratch;
     results[c.rank()].resize(static_cast<size_t>(rows) * k);
-    ASSERT_TRUE(MergeTopkCandidates(all, tp, rows, k, k, absl::MakeSpan(results[c.rank()])).ok());
+    ASSERT_TRUE(AllGatherMergeTopk(c, rows, k, mine, absl::MakeSpan(results[c.rank()]), scratch).ok());
     EXPECT_EQ(c.stats()[Collective::kAllGather].bytes_sent, static_cast<int64_t>(rows) * k * 8 * (tp - 1));
   });
   for (int r = 1; r < tp; ++r) {
@@ -339,15 +351,11 @@ TEST_P(ShardedTopkTest, PrefillZigZagRowsGatherToTheSingleRankResult) {
         std::copy(top.begin(), top.end(), mine.begin() + j * k);
       }
     }
-    std::vector<int32_t> gathered(mine.size() * tp);
-    ASSERT_TRUE(c.AllGather(mine.data(), gathered.data(), mine.size() * sizeof(int32_t)).ok());
-    std::vector<int64_t> row_of = *ZigZagGatheredRows(n, tp);
     std::vector<int32_t>& out = results[c.rank()];
     out.assign(static_cast<size_t>(n) * k, -2);
-    for (size_t slot = 0; slot < row_of.size(); ++slot) {
-      if (row_of[slot] < 0) continue;
-      std::copy(gathered.begin() + slot * k, gathered.begin() + (slot + 1) * k, out.begin() + row_of[slot] * k);
-    }
+    std::vector<int32_t> scratch;
+    ASSERT_TRUE(AllGatherZigZagIndices(c, n, k, mine, absl::MakeSpan(out), scratch).ok());
+    EXPECT_EQ(c.stats()[Collective::kAllGather].bytes_sent, split.max_rows * k * 4 * (tp - 1));
   });
   for (int r = 0; r < tp; ++r) {
     for (int t = 0; t < n; ++t) {
