@@ -1,5 +1,6 @@
 // Prometheus metrics (prometheus-cpp), DESIGN.md §6. See metrics.h.
 #include "sdk/metrics.h"
+#include "sdk/metrics_http.h"
 
 #include <arpa/inet.h>
 
@@ -14,7 +15,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "prometheus/counter.h"
-#include "prometheus/exposer.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
@@ -38,8 +38,8 @@ const prometheus::Histogram::BucketBoundaries& RatioBuckets() {
 
 bool Countable(double v) { return std::isfinite(v) && v >= 0; }
 
-// Checks "host:port", "[v6]:port", ":port" or "port" the way civetweb will parse it, so that a typo is
-// InvalidArgument rather than a bind failure.
+// Checks "host:port", "[v6]:port", ":port" or "port", so that a typo is InvalidArgument rather than a
+// bind failure.
 absl::Status ValidateAddress(const std::string& address) {
   auto bad = [&](absl::string_view why) {
     return absl::InvalidArgumentError(
@@ -99,7 +99,7 @@ struct Metrics::Impl {
   mutable std::mutex record_mu;
 
   mutable std::mutex exposer_mu;
-  std::unique_ptr<prometheus::Exposer> exposer;  // guarded by exposer_mu
+  std::unique_ptr<MetricsHttpServer> exposer;    // guarded by exposer_mu
   std::string exposer_address;                   // guarded by exposer_mu
   int exposer_port = 0;                          // guarded by exposer_mu
 
@@ -201,34 +201,22 @@ absl::Status Metrics::StartExposer(const std::string& address) {
                      " (one per process); cannot also start it on ", address));
   }
   if (absl::Status s = ValidateAddress(address); !s.ok()) return s;
-  // civetweb spells "every interface" as a bare port; accept the common ":port" too.
-  const std::string civetweb_address = address.front() == ':' ? address.substr(1) : address;
-  const char* hint = address.front() == '['
-                         ? " (address in use, not local, or civetweb built without IPv6 as Debian's is?)"
-                         : " (address in use or not local?)";
-  std::unique_ptr<prometheus::Exposer> exposer;
-  try {
-    // One worker thread is plenty for a scrape every few seconds.
-    exposer = std::make_unique<prometheus::Exposer>(civetweb_address, /*num_threads=*/1);
-    exposer->RegisterCollectable(impl_->registry);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot start the metrics exposer on ", address, hint, ": ", e.what()));
-  } catch (...) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot start the metrics exposer on ", address, ": unknown exception"));
+  // "host:port", "[v6]:port", ":port" or "port" (validated above).
+  const size_t colon = address.rfind(':');
+  std::string host = colon == std::string::npos ? "" : address.substr(0, colon);
+  const int port = std::stoi(colon == std::string::npos ? address : address.substr(colon + 1));
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
+      MetricsHttpServer::Start(host, port, [this] { return TextDump(); });
+  if (!server.ok()) {
+    return absl::Status(server.status().code(), absl::StrCat("cannot start the metrics exposer on ", address,
+                                                             ": ", server.status().message()));
   }
-  std::vector<int> ports;
-  try {
-    ports = exposer->GetListeningPorts();
-  } catch (...) {
-  }
-  impl_->exposer_port = ports.empty() ? 0 : ports.front();
+  impl_->exposer_port = (*server)->port();
   impl_->exposer_address = address;
-  impl_->exposer = std::move(exposer);
+  impl_->exposer = std::move(*server);
   return absl::OkStatus();
 }
-
 int Metrics::ExposerPort() const {
   std::lock_guard<std::mutex> lock(impl_->exposer_mu);
   return impl_->exposer_port;

@@ -43,8 +43,8 @@ class Metrics {
   // One top-k overlap observation (audit mode): |A ∩ B| / |A|. Values outside [0, 1] are not recorded.
   void ObserveTopkOverlap(double ratio);
 
-  // Starts the HTTP exposer (civetweb, GET /metrics) on `address`: "127.0.0.1:9464"; ":9464" or "9464"
-  // for every interface; "[::1]:9464" only where civetweb was built with IPv6 (Debian 12's is not).
+  // Starts the HTTP exposer (GET /metrics; sdk/metrics_http.h) on `address`: "127.0.0.1:9464"; ":9464"
+  // or "9464" for every interface; "[::1]:9464" for IPv6.
   // Port 0 picks a free port, see ExposerPort(). Calling it again with the same address is OK;
   // AlreadyExists if one is running on another address; InvalidArgument when the address is malformed
   // (hostnames are not resolved); Unavailable when it cannot be bound (in use, not a local address).
