@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
+#include "parallel/communicator.h"
 #include "sdk/engine_impl.h"
 #include "sdk/status.h"
 
@@ -41,11 +42,34 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
     ctx->plan_ = model->plan;
   }
   IC_RETURN_IF_ERROR(CheckIndexersForPlan(*model, ctx->plan_));
+  TensorParallelPlan tp_plan;
+  if (options.shard_group != nullptr) {
+    IC_ASSIGN_OR_RETURN(tp_plan, PlanTensorParallel(c, options.shard_group->size(), options.shard_group->rank()));
+    if (options.device != DeviceKind::kCpu) {
+      return absl::UnimplementedError(
+          "tensor parallel (ContextOptions::shard_group) runs on the CPU backend only: the NCCL device path "
+          "of the sharded top-k is not implemented yet");
+    }
+  }
   IC_ASSIGN_OR_RETURN(ctx->backend_, kernels::CreateBackend(options.device, options.device_ordinal));
 
   ctx->impl_ = std::make_unique<Impl>();
   Impl& im = *ctx->impl_;
   im.backend = ctx->backend_.get();
+  im.q_heads = c.num_attention_heads;
+  im.kv_heads = c.mla ? 1 : c.num_key_value_heads;
+  if (options.shard_group != nullptr) {
+    im.tp = options.shard_group;
+    im.tp_plan = tp_plan;
+    im.q_heads = tp_plan.q_heads.count;
+    if (!c.mla) im.kv_heads = tp_plan.kv_heads.count;
+    Impl* impl = &im;
+    im.sharded_topk = std::make_unique<ShardedTopk>(
+        im.tp, im.backend, [impl](const std::string& name, size_t bytes) -> absl::StatusOr<void*> {
+          IC_ASSIGN_OR_RETURN(char* p, impl->Scratch<char>(name, bytes));
+          return static_cast<void*>(p);
+        });
+  }
   const ModelWeights& w = model->weights;
   IC_ASSIGN_OR_RETURN(im.embed, im.Upload(w.embed_tokens));
   IC_ASSIGN_OR_RETURN(im.final_norm, im.Upload(w.final_norm));
@@ -60,16 +84,37 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
     Impl::Layer& L = im.layers[i];
     IC_ASSIGN_OR_RETURN(L.input_norm, im.Upload(lw.input_norm));
     IC_ASSIGN_OR_RETURN(L.post_norm, im.Upload(lw.post_attention_norm));
-    IC_ASSIGN_OR_RETURN(L.q_proj, im.Upload(lw.q_proj));
-    IC_ASSIGN_OR_RETURN(L.k_proj, im.Upload(lw.k_proj));
-    IC_ASSIGN_OR_RETURN(L.v_proj, im.Upload(lw.v_proj));
     IC_ASSIGN_OR_RETURN(L.q_a_proj, im.Upload(lw.q_a_proj));
     IC_ASSIGN_OR_RETURN(L.q_a_norm, im.Upload(lw.q_a_norm));
-    IC_ASSIGN_OR_RETURN(L.q_b_proj, im.Upload(lw.q_b_proj));
     IC_ASSIGN_OR_RETURN(L.kv_a_proj, im.Upload(lw.kv_a_proj));
     IC_ASSIGN_OR_RETURN(L.kv_a_norm, im.Upload(lw.kv_a_norm));
-    IC_ASSIGN_OR_RETURN(L.kv_b_proj, im.Upload(lw.kv_b_proj));
-    IC_ASSIGN_OR_RETURN(L.o_proj, im.Upload(lw.o_proj));
+    if (im.tp == nullptr) {
+      IC_ASSIGN_OR_RETURN(L.q_proj, im.Upload(lw.q_proj));
+      IC_ASSIGN_OR_RETURN(L.k_proj, im.Upload(lw.k_proj));
+      IC_ASSIGN_OR_RETURN(L.v_proj, im.Upload(lw.v_proj));
+      IC_ASSIGN_OR_RETURN(L.q_b_proj, im.Upload(lw.q_b_proj));
+      IC_ASSIGN_OR_RETURN(L.kv_b_proj, im.Upload(lw.kv_b_proj));
+      IC_ASSIGN_OR_RETURN(L.o_proj, im.Upload(lw.o_proj));
+    } else {
+      // This rank's heads (tensor_parallel.h): MLA q_b / kv_b rows and o_proj columns; GQA q rows, the
+      // rank's KV heads' k / v rows and o_proj columns. The latent projections stay replicated.
+      const int h0 = tp_plan.q_heads.begin, nh = tp_plan.q_heads.count;
+      if (c.mla) {
+        const int qk = c.qk_nope_head_dim + c.qk_rope_head_dim, kvb = c.qk_nope_head_dim + c.v_head_dim;
+        L.q_proj = L.k_proj = L.v_proj = nullptr;
+        IC_ASSIGN_OR_RETURN(L.q_b_proj, im.UploadRows(lw.q_b_proj, int64_t{h0} * qk, int64_t{nh} * qk));
+        IC_ASSIGN_OR_RETURN(L.kv_b_proj, im.UploadRows(lw.kv_b_proj, int64_t{h0} * kvb, int64_t{nh} * kvb));
+        IC_ASSIGN_OR_RETURN(L.o_proj,
+                            im.UploadCols(lw.o_proj, int64_t{h0} * c.v_head_dim, int64_t{nh} * c.v_head_dim, &L.o_ld));
+      } else {
+        const int D = c.head_dim, kv0 = tp_plan.kv_heads.begin, nkv = tp_plan.kv_heads.count;
+        L.q_b_proj = L.kv_b_proj = nullptr;
+        IC_ASSIGN_OR_RETURN(L.q_proj, im.UploadRows(lw.q_proj, int64_t{h0} * D, int64_t{nh} * D));
+        IC_ASSIGN_OR_RETURN(L.k_proj, im.UploadRows(lw.k_proj, int64_t{kv0} * D, int64_t{nkv} * D));
+        IC_ASSIGN_OR_RETURN(L.v_proj, im.UploadRows(lw.v_proj, int64_t{kv0} * D, int64_t{nkv} * D));
+        IC_ASSIGN_OR_RETURN(L.o_proj, im.UploadCols(lw.o_proj, int64_t{h0} * D, int64_t{nh} * D, &L.o_ld));
+      }
+    }
     if (c.has_indexer && ctx->plan_.IsFull(i)) {  // Shared layers: no indexer weights uploaded
       IC_ASSIGN_OR_RETURN(L.ix_wq, im.Upload(lw.indexer.wq));
       IC_ASSIGN_OR_RETURN(L.ix_wk, im.Upload(lw.indexer.wk));
@@ -89,8 +134,15 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
         IC_ASSIGN_OR_RETURN(Impl::Mlp m, im.UploadMlp(*lw.moe.shared));
         L.shared = m;
       }
-    } else {
+    } else if (im.tp == nullptr) {
       IC_ASSIGN_OR_RETURN(L.mlp, im.UploadMlp(lw.mlp));
+    } else {
+      const int64_t inter = lw.mlp.gate.rows();
+      if (inter < tp_plan.size) {
+        return InvalidArgument("tensor parallel: layer ", i, " has a dense MLP of intermediate size ", inter,
+                               ", smaller than the shard group size ", tp_plan.size);
+      }
+      IC_ASSIGN_OR_RETURN(L.mlp, im.UploadMlpSlice(lw.mlp, tp_plan.MlpRange(inter)));
     }
   }
 
@@ -112,7 +164,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
   if (c.mla) {
     im.kv_entry = c.kv_lora_rank + c.qk_rope_head_dim;
   } else {
-    im.kv_entry = c.num_key_value_heads * c.head_dim;
+    im.kv_entry = im.kv_heads * c.head_dim;  // this rank's KV heads (all of them on a single rank)
     im.v_entry = im.kv_entry;
   }
   auto alloc_cache = [&](int entry) -> absl::StatusOr<float*> {

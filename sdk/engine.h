@@ -11,6 +11,9 @@
 // and layer (MLA: the kv_lora_rank latent + the rope key; GQA: K and V of the KV heads). The index-K cache
 // exists for Full layers only. A sequence holds ceil(len / block_size) blocks shared by all layers.
 //
+// Tensor parallel: a context may be one rank of an attention shard group (ContextOptions::shard_group;
+// sdk/tensor_parallel.h says what is split, what is replicated, and how the top-k is shared).
+//
 // Thread safety: a Context is not thread-safe; forward passes on one context are serialised by the
 // caller. Different contexts may run concurrently (they share the read-only Model).
 //
@@ -37,6 +40,9 @@
 #include "sdk/weights.h"
 
 namespace ic {
+namespace parallel {
+class Communicator;
+}  // namespace parallel
 
 struct ContextOptions {
   kernels::DeviceKind device = kernels::DeviceKind::kCpu;
@@ -46,6 +52,14 @@ struct ContextOptions {
   int prefill_chunk = 512;     // tokens per prefill forward pass
   std::string plan;            // F/S string overriding the model's plan ("" = the model's)
   bool record_metrics = true;  // time the indexer at Full layers (synchronises the device around it)
+  // Tensor parallel (DESIGN.md §5; sdk/tensor_parallel.h): the attention shard group this context is
+  // one rank of. nullptr = single rank (the unchanged path). Not owned; must outlive the context. Query
+  // heads (and GQA KV heads where they divide) and the dense MLP are split, o_proj and MLP outputs are
+  // all-reduced, a Full layer's top-k is split and gathered inside the group (bitwise-identical indices
+  // on every rank). Every rank creates its context from the same model, plan and options and runs the
+  // same forward passes in the same order. CPU backend only for now (the NCCL device path is not
+  // written: a CUDA context with a shard group is Unimplemented).
+  parallel::Communicator* shard_group = nullptr;
 };
 
 // One contiguous run of new tokens of one sequence inside a forward pass.

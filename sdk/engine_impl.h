@@ -1,7 +1,9 @@
 // Private to the engine: the state behind Context (weights in backend memory, caches, sequences).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -9,6 +11,7 @@
 
 #include "sdk/engine.h"
 #include "sdk/status.h"
+#include "sdk/tensor_parallel.h"
 
 namespace ic {
 
@@ -51,11 +54,14 @@ class DeviceBuffer {
 
 struct Context::Impl {
   // Weights in backend memory (CPU: pointers into the Model's host tensors, no copy).
-  struct Mlp { const float *gate = nullptr, *up = nullptr, *down = nullptr; int inter = 0; };
+  // down_ld: row stride of `down` in elements (0 = inter; a tensor-parallel column slice keeps the full
+  // row stride on the CPU, zero-copy).
+  struct Mlp { const float *gate = nullptr, *up = nullptr, *down = nullptr; int inter = 0; int down_ld = 0; };
   struct Layer {
     const float *input_norm, *post_norm;
     const float *q_proj, *k_proj, *v_proj;
     const float *q_a_proj, *q_a_norm, *q_b_proj, *kv_a_proj, *kv_a_norm, *kv_b_proj, *o_proj;
+    int o_ld = 0;  // row stride of o_proj in elements (0 = dense; see Mlp::down_ld)
     const float *ix_wq = nullptr, *ix_wk = nullptr, *ix_norm_w = nullptr, *ix_norm_b = nullptr,
                 *ix_weights = nullptr;
     bool is_moe = false;
@@ -69,6 +75,12 @@ struct Context::Impl {
   const float* lm_head = nullptr;
   std::vector<Layer> layers;
   std::vector<void*> owned;  // device allocations made for weights (CUDA)
+
+  // Tensor parallel (ContextOptions::shard_group, tensor_parallel.h); tp == nullptr: single rank.
+  parallel::Communicator* tp = nullptr;
+  TensorParallelPlan tp_plan;
+  std::unique_ptr<ShardedTopk> sharded_topk;
+  int q_heads = 0, kv_heads = 0;  // attention heads this rank computes (all of them on a single rank)
 
   const float* rope_inv_freq = nullptr;     // main attention rope
   float rope_scaling = 1.0f;
@@ -115,6 +127,48 @@ struct Context::Impl {
     IC_RETURN_IF_ERROR(backend->CopyToDevice(p, t.data.data(), bytes));
     return static_cast<const float*>(p);
   }
+  // Rows [begin, begin + count) of a 2-D tensor (CPU: a pointer into the host tensor, no copy).
+  absl::StatusOr<const float*> UploadRows(const HostTensor& t, int64_t begin, int64_t count) {
+    if (t.empty()) return nullptr;
+    const int64_t cols = static_cast<int64_t>(t.data.size()) / t.rows();
+    if (begin < 0 || count < 0 || begin + count > t.rows()) {
+      return absl::InternalError(absl::StrCat("row slice [", begin, ", ", begin + count, ") of a tensor with ",
+                                              t.rows(), " rows"));
+    }
+    const float* src = t.data.data() + begin * cols;
+    if (backend->kind() == DeviceKind::kCpu) return src;
+    const size_t bytes = static_cast<size_t>(count * cols) * sizeof(float);
+    IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(bytes));
+    owned.push_back(p);
+    IC_RETURN_IF_ERROR(backend->CopyToDevice(p, src, bytes));
+    return static_cast<const float*>(p);
+  }
+  // Columns [begin, begin + count) of a 2-D tensor; *ld receives the row stride of the result (CPU: the
+  // full row length, no copy; device: a compact copy, ld = count).
+  absl::StatusOr<const float*> UploadCols(const HostTensor& t, int64_t begin, int64_t count, int* ld) {
+    *ld = 0;
+    if (t.empty()) return nullptr;
+    const int64_t rows = t.rows(), cols = static_cast<int64_t>(t.data.size()) / rows;
+    if (begin < 0 || count < 0 || begin + count > cols) {
+      return absl::InternalError(absl::StrCat("column slice [", begin, ", ", begin + count, ") of a tensor with ",
+                                              cols, " columns"));
+    }
+    if (backend->kind() == DeviceKind::kCpu) {
+      *ld = static_cast<int>(cols);
+      return t.data.data() + begin;
+    }
+    std::vector<float> slice(static_cast<size_t>(rows * count));
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(t.data.begin() + r * cols + begin, t.data.begin() + r * cols + begin + count,
+                slice.begin() + r * count);
+    }
+    const size_t bytes = slice.size() * sizeof(float);
+    IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(bytes));
+    owned.push_back(p);
+    IC_RETURN_IF_ERROR(backend->CopyToDevice(p, slice.data(), bytes));
+    *ld = static_cast<int>(count);
+    return static_cast<const float*>(p);
+  }
   absl::StatusOr<const float*> UploadVector(const std::vector<float>& v) {
     HostTensor t;
     t.shape = {static_cast<int64_t>(v.size())};
@@ -134,6 +188,15 @@ struct Context::Impl {
     IC_ASSIGN_OR_RETURN(m.up, Upload(w.up));
     IC_ASSIGN_OR_RETURN(m.down, Upload(w.down));
     m.inter = static_cast<int>(w.gate.rows());
+    return m;
+  }
+  // The tensor-parallel part of a dense MLP: intermediate [begin, end) (gate/up rows, down columns).
+  absl::StatusOr<Mlp> UploadMlpSlice(const MlpWeights& w, parallel::RowRange range) {
+    Mlp m;
+    IC_ASSIGN_OR_RETURN(m.gate, UploadRows(w.gate, range.begin, range.size()));
+    IC_ASSIGN_OR_RETURN(m.up, UploadRows(w.up, range.begin, range.size()));
+    IC_ASSIGN_OR_RETURN(m.down, UploadCols(w.down, range.begin, range.size(), &m.down_ld));
+    m.inter = static_cast<int>(range.size());
     return m;
   }
 };

@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "parallel/communicator.h"
 #include "sdk/engine_impl.h"
 
 namespace ic {
@@ -19,8 +20,9 @@ using kernels::RowsArgs;
 using kernels::TokenLayout;
 
 // out[T, out_dim] = alpha · in[T, in_dim] · W[out_dim, in_dim]ᵀ  (an HF Linear without bias).
+// ld_w: row stride of W (0 = in_dim; a tensor-parallel column slice of a wider weight).
 absl::Status Linear(Backend& b, float* out, const float* in, const float* w, int tokens, int out_dim,
-                    int in_dim, float alpha = 1.0f, int ld_in = 0, int ld_out = 0) {
+                    int in_dim, float alpha = 1.0f, int ld_in = 0, int ld_out = 0, int ld_w = 0) {
   GemmArgs g;
   g.c = out;
   g.a = in;
@@ -29,6 +31,7 @@ absl::Status Linear(Backend& b, float* out, const float* in, const float* w, int
   g.n = out_dim;
   g.k = in_dim;
   g.lda = ld_in;
+  g.ldb = ld_w;
   g.ldc = ld_out;
   g.alpha = alpha;
   return b.Gemm(g);
@@ -170,6 +173,29 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     }
     const float eps = static_cast<float>(c.rms_norm_eps);
 
+    // Tensor parallel: the row / key split of the sharded top-k is fixed for the pass.
+    const bool sharded_topk = im.tp != nullptr && c.has_indexer;
+    if (sharded_topk) {
+      ShardedTopk::Pass pass;
+      pass.seq = h_seq;
+      pass.pos = h_pos;
+      pass.tables = h_tables;
+      pass.num_seqs = S;
+      pass.max_blocks = max_blocks;
+      pass.block_size = options_.block_size;
+      pass.device = layout;
+      // Decode: every segment is one token appended to existing context (every rank decides alike).
+      pass.decode =
+          std::all_of(segments.begin(), segments.end(), [](const Segment& s) { return s.tokens.size() == 1; }) &&
+          std::all_of(start.begin(), start.end(), [](int64_t p) { return p > 0; });
+      IC_RETURN_IF_ERROR(im.sharded_topk->BeginPass(pass, K));
+    }
+    // o_proj / dense MLP partial outputs of a shard group: summed over its ranks, in place.
+    auto all_reduce = [&](float* buf) -> absl::Status {
+      if (im.tp == nullptr) return absl::OkStatus();
+      return im.tp->AllReduceSum(buf, buf, static_cast<size_t>(T) * H);
+    };
+
     for (int l = 0; l < c.num_hidden_layers; ++l) {
       const Impl::Layer& L = im.layers[l];
       IC_RETURN_IF_ERROR(be.RmsNorm({.out = h, .in = x, .weight = L.input_norm, .rows = T, .dim = H, .eps = eps}));
@@ -182,7 +208,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       at.num_slots = im.num_slots;
       float* o_heads = nullptr;  // [T, heads · v_dim] (GQA) or latent output (MLA)
       if (c.mla) {
-        const int NH = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
+        const int NH = im.q_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;  // this rank's heads
         const int dv = c.v_head_dim, R = c.kv_lora_rank, QL = c.q_lora_rank, qk = dn + dr;
         IC_ASSIGN_OR_RETURN(float* qa, im.Scratch<float>("qa", static_cast<size_t>(T) * QL));
         IC_ASSIGN_OR_RETURN(float* q, im.Scratch<float>("q", static_cast<size_t>(T) * NH * qk));
@@ -240,7 +266,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         at.qk_dim = R + dr;
         at.v_dim = R;
       } else {
-        const int NH = c.num_attention_heads, NKV = c.num_key_value_heads, D = c.head_dim;
+        const int NH = im.q_heads, NKV = im.kv_heads, D = c.head_dim;  // this rank's heads
         IC_ASSIGN_OR_RETURN(float* q, im.Scratch<float>("q", static_cast<size_t>(T) * NH * D));
         IC_ASSIGN_OR_RETURN(float* k, im.Scratch<float>("k", static_cast<size_t>(T) * NKV * D));
         IC_ASSIGN_OR_RETURN(float* v, im.Scratch<float>("v", static_cast<size_t>(T) * NKV * D));
@@ -323,7 +349,19 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
             ia.scores = d_scores;
             ia.scores_stride = score_cols;
           }
-          IC_RETURN_IF_ERROR(be.IndexerTopk(ia));
+          if (!sharded_topk) {
+            IC_RETURN_IF_ERROR(be.IndexerTopk(ia));
+          } else {
+            if (d_scores != nullptr) {
+              // Audit output under tensor parallel: every row's scores, computed locally (replicated work,
+              // no communication; tests and audits only). The indices come from the sharded path below.
+              IC_ASSIGN_OR_RETURN(int32_t* audit, im.Scratch<int32_t>("ix_audit_topk", static_cast<size_t>(T) * K));
+              kernels::IndexerArgs audit_args = ia;
+              audit_args.indices = audit;
+              IC_RETURN_IF_ERROR(be.IndexerTopk(audit_args));
+            }
+            IC_RETURN_IF_ERROR(im.sharded_topk->Select(ia, topk, &stats.topk_bytes));
+          }
           if (d_scores != nullptr) {
             std::vector<float>& dst = (*outputs.scores_by_layer)[l];
             dst.resize(static_cast<size_t>(T) * score_cols);
@@ -346,7 +384,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
 
       // ---- Output projection.
       if (c.mla) {
-        const int NH = c.num_attention_heads, dn = c.qk_nope_head_dim, dv = c.v_head_dim, R = c.kv_lora_rank;
+        const int NH = im.q_heads, dn = c.qk_nope_head_dim, dv = c.v_head_dim, R = c.kv_lora_rank;
         // o[t, h] = olat[t, h] · W_UV[h]ᵀ (W_UV[h]: rows h·(dn+dv)+dn … of kv_b, [dv, R]).
         GemmArgs uv;
         uv.c = o_heads;
@@ -363,10 +401,11 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         uv.stride_b = static_cast<int64_t>(dn + dv) * R;
         uv.stride_c = dv;
         IC_RETURN_IF_ERROR(be.Gemm(uv));
-        IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, NH * dv));
+        IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, NH * dv, 1.0f, 0, 0, L.o_ld));
       } else {
-        IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, c.num_attention_heads * c.head_dim));
+        IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, im.q_heads * c.head_dim, 1.0f, 0, 0, L.o_ld));
       }
+      IC_RETURN_IF_ERROR(all_reduce(attn));
       IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
 
       // ---- FFN: dense SwiGLU MLP or MoE.
@@ -377,10 +416,11 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         IC_RETURN_IF_ERROR(Linear(be, gate, in, m.gate, rows, m.inter, H));
         IC_RETURN_IF_ERROR(Linear(be, up, in, m.up, rows, m.inter, H));
         IC_RETURN_IF_ERROR(be.SiluMul({.out = gate, .gate = gate, .up = up, .tokens = rows, .dim = m.inter}));
-        return Linear(be, out, gate, m.down, rows, H, m.inter);
+        return Linear(be, out, gate, m.down, rows, H, m.inter, 1.0f, 0, 0, m.down_ld);
       };
       if (!L.is_moe) {
         IC_RETURN_IF_ERROR(run_mlp(L.mlp, h, attn, T));
+        IC_RETURN_IF_ERROR(all_reduce(attn));  // split intermediate (tensor parallel); experts are replicated
         IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
         continue;
       }
