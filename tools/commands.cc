@@ -3,12 +3,15 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <limits>
 #include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "sdk/metrics.h"
+#include "sdk/sizing.h"
 #include "sdk/status.h"
 #include "tools/cli.h"
 
@@ -89,14 +92,83 @@ int64_t ParamCount(const Model& m) {
   return n;
 }
 
+
+absl::StatusOr<std::vector<int>> ParseIntList(const std::string& key, const std::string& list) {
+  std::vector<int> out;
+  for (absl::string_view piece : absl::StrSplit(list, ',', absl::SkipEmpty())) {
+    int v = 0;
+    if (!absl::SimpleAtoi(piece, &v) || v < 1 || v > 65536) {
+      return InvalidArgument("--", key, ": '", piece, "' is not a size in [1, 65536]");
+    }
+    out.push_back(v);
+  }
+  if (out.empty()) return InvalidArgument("--", key, " is empty");
+  return out;
+}
+
+// `info --tp … --ep …`: the sizing table of sdk/sizing.h for every TP × EP layout.
+int PrintSizing(const Args& args, const ModelConfig& c, const Plan& plan) {
+  CLI_ASSIGN_OR_FAIL(tps, ParseIntList("tp", args.Get("tp", "1")), "info");
+  CLI_ASSIGN_OR_FAIL(eps, ParseIntList("ep", args.Get("ep", "1")), "info");
+  CLI_ASSIGN_OR_FAIL(tokens, args.GetInt("context-tokens", 200000), "info");
+  if (tokens < 0) return Fail("info", InvalidArgument("--context-tokens must be ≥ 0"));
+  SizingOptions o;
+  o.context_tokens = tokens;
+  const std::string w = args.Get("weights", "fp8"), ik = args.Get("index-k", "fp8");
+  if (w != "bf16" && w != "fp8") return Fail("info", InvalidArgument("--weights must be bf16 or fp8, got '", w, "'"));
+  if (ik != "bf16" && ik != "fp8") return Fail("info", InvalidArgument("--index-k must be bf16 or fp8, got '", ik, "'"));
+  o.weights = w == "fp8" ? WeightDType::kFP8 : WeightDType::kBF16;
+  o.index_k = ik == "fp8" ? IndexKDType::kFP8 : IndexKDType::kBF16;
+  o.plan = &plan;
+  std::vector<std::pair<int, int>> layouts;
+  for (int ep : eps) {
+    for (int tp : tps) layouts.emplace_back(tp, ep);
+  }
+  std::printf("\nper-rank memory, plan %s (%d Full layers), %s weights, %s index-K, %lld KV tokens per rank\n",
+              plan.ToString().c_str(), plan.NumFull(), w.c_str(), ik.c_str(), static_cast<long long>(tokens));
+  std::printf("%s", FormatSizingTable(c, layouts, o).c_str());
+  return 0;
+}
+
+// `info --config FILE`: sizing from config.json alone (a 671B checkpoint need not be on disk).
+int InfoSizing(const Args& args) {
+  std::ifstream f(args.Get("config"));
+  if (!f) return Fail("info", absl::NotFoundError(absl::StrCat("cannot open ", args.Get("config"))));
+  std::stringstream text;
+  text << f.rdbuf();
+  CLI_ASSIGN_OR_FAIL(c, ParseModelConfig(text.str()), "info");
+  CLI_ASSIGN_OR_FAIL(plan, PlanFromConfig(c), "info");
+  if (args.Has("plan")) {
+    Model m;
+    m.config = c;
+    m.plan = plan;
+    CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plan"), m), "info");
+    CLI_ASSIGN_OR_FAIL(p, ParsePlan(plans[0].pattern, c.num_hidden_layers), "info");
+    plan = p;
+  }
+  std::printf("config         %s: %s, %d layers, hidden %d, %d heads, %d routed experts\n", args.Get("config").c_str(),
+              std::string(ArchitectureName(c.arch)).c_str(), c.num_hidden_layers, c.hidden_size,
+              c.num_attention_heads, c.n_routed_experts);
+  return PrintSizing(args, c, plan);
+}
+
 }  // namespace
 
 int CmdInfo(int argc, char** argv) {
   const std::string help = absl::StrCat(
       "usage: indexcache info [options]\n\nModel and plan summary.\n\noptions:\n", kModelOptions,
-      "  --plan P               show this plan instead of the checkpoint's (1/4, FSSS…, file:PATH)\n");
+      "  --plan P               show this plan instead of the checkpoint's (1/4, FSSS…, file:PATH)\n"
+      "  --config FILE          size a deployment from a config.json alone (no weights needed)\n"
+      "  --tp LIST, --ep LIST   per-rank weight and cache bytes for each TP × EP layout, e.g. --tp 1,2,4,8\n"
+      "                         --ep 8,16,32 (sdk/sizing.h states the sharding rules)\n"
+      "  --context-tokens N     KV cache tokens per rank for the sizing table                [200000]\n"
+      "  --weights bf16|fp8     weight dtype for sizing (fp8: 128×128 block scales)          [fp8]\n"
+      "  --index-k bf16|fp8     index-K cache dtype for sizing (fp8: d_I + 4 B per token)    [fp8]\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"plan"}), {}), "info");
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"plan", "config", "tp", "ep", "context-tokens",
+                                                                     "weights", "index-k"}), {}),
+                     "info");
+  if (args.Has("config")) return InfoSizing(args);
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "info");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "info");  // accepted by every command: reject a bad value
   (void)device;
@@ -146,6 +218,7 @@ int CmdInfo(int argc, char** argv) {
               kv, c.num_hidden_layers, c.index_head_dim, plan.NumFull(), 2 * c.index_head_dim, c.index_head_dim + 4);
   absl::Status ok = CheckIndexersForPlan(*model, plan);
   if (!ok.ok()) std::printf("WARNING        %s\n", std::string(ok.message()).c_str());
+  if (args.Has("tp") || args.Has("ep")) return PrintSizing(args, c, plan);
   return 0;
 }
 
@@ -266,22 +339,24 @@ int CmdBench(int argc, char** argv) {
       "  --plans LIST           comma-separated plans                                      [dsa,1/2,1/4]\n"
       "  --contexts LIST        context lengths in tokens                                  [1024,4096]\n"
       "  --decode-steps N       decode steps timed after each prefill                      [16]\n"
-      "  --batch N              sequences decoded together                                 [1]\n");
+      "  --batch N              sequences decoded together                                 [1]\n"
+      "  --warmup N             untimed prefill + decode passes per plan before timing     [1]\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"plans", "contexts", "decode-steps", "batch"}), {}),
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"plans", "contexts", "decode-steps", "batch", "warmup"}), {}),
                      "bench");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "bench");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "bench");
   CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plans", "dsa,1/2,1/4"), *model), "bench");
   CLI_ASSIGN_OR_FAIL(steps, GetIntIn(args, "decode-steps", 16, 0, kMaxTokens), "bench");
   CLI_ASSIGN_OR_FAIL(batch, GetIntIn(args, "batch", 1, 1, 4096), "bench");
+  CLI_ASSIGN_OR_FAIL(warmup, GetIntIn(args, "warmup", 1, 0, 10), "bench");
   std::vector<int64_t> contexts;
   for (absl::string_view piece : absl::StrSplit(args.Get("contexts", "1024,4096"), ',', absl::SkipEmpty())) {
     int64_t v = 0;
     if (!absl::SimpleAtoi(piece, &v) || v < 2 || v > kMaxTokens) {
       return Fail("bench", InvalidArgument("--contexts: '", piece, "' is not a length in [2, ", kMaxTokens, "]"));
     }
-    if ((v + steps + 64) * batch > kMaxTokens) {
+    if ((v + steps + 64) * (batch + 1) > kMaxTokens) {
       return Fail("bench", InvalidArgument("--contexts ", v, " with --decode-steps ", steps, " and --batch ", batch,
                                            " needs more than ", kMaxTokens, " tokens of KV cache"));
     }
@@ -298,11 +373,20 @@ int CmdBench(int argc, char** argv) {
   for (int64_t ctx_len : contexts) {
     std::vector<int32_t> prompt;
     for (const NamedPlan& p : plans) {
-      ContextOptions co{.device = device, .max_tokens = (ctx_len + steps + 64) * batch, .plan = p.pattern};
+      ContextOptions co{.device = device,
+                        .max_tokens = (ctx_len + steps + 64) * batch + (warmup > 0 ? ctx_len + 64 : 0),
+                        .plan = p.pattern};
       CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), "bench");
       if (prompt.empty()) {  // after the context: a length that cannot fit fails above, not in this allocation
         prompt.resize(ctx_len);
         for (auto& t : prompt) t = dist(rng);
+      }
+      for (int64_t w = 0; w < warmup; ++w) {  // untimed: GEMM heuristics, workspace growth on the GPU
+        CLI_ASSIGN_OR_FAIL(scratch, ctx->AddSequence(), "bench");
+        absl::Status s = ctx->Prefill(scratch, prompt);
+        if (s.ok()) s = ctx->Decode({&scratch, 1}, {&prompt[0], 1}, nullptr);
+        if (!s.ok()) return Fail("bench", s);
+        (void)ctx->RemoveSequence(scratch);
       }
       std::vector<int> seqs;
       const Metrics::Totals m0 = Metrics::Global().GetTotals();
