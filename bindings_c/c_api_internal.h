@@ -106,6 +106,16 @@ absl::Status ReadParams(const T* user, size_t min_size, const char* type_name, T
   return absl::OkStatus();
 }
 
+// The raw int of a C enum field: a C caller may store any int there, and loading an out-of-range value
+// through the C++ enum type is undefined behaviour (UBSan: "load of value 7, which is not a valid value").
+template <typename E>
+int EnumFieldValue(const E& field) {
+  static_assert(std::is_enum_v<E> && sizeof(E) == sizeof(int));
+  int value;
+  std::memcpy(&value, &field, sizeof value);
+  return value;
+}
+
 // Copies `text` and a NUL into buf, or fails naming the needed size.
 absl::Status WriteString(const std::string& text, char* buf, size_t buf_size, const char* what);
 

@@ -130,7 +130,7 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
           absl::StrCat("ic_context_params_t.device_ordinal must be >= 0, got ", p.device_ordinal));
     }
     ic::ContextOptions o;
-    IC_ASSIGN_OR_RETURN(o.device, ResolveDevice(static_cast<int>(p.device)));
+    IC_ASSIGN_OR_RETURN(o.device, ResolveDevice(EnumFieldValue(p.device)));
     o.device_ordinal = p.device_ordinal;
     o.max_tokens = p.max_tokens;
     o.block_size = p.block_size;

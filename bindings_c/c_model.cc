@@ -122,7 +122,7 @@ ic_status_t ic_model_create_synthetic(const ic_synthetic_params_t* params, ic_mo
       IC_RETURN_IF_ERROR(ReadParams(params, kSyntheticParamsV1Size, "ic_synthetic_params_t", &p));
     }
     ic::SyntheticModelOptions o;
-    IC_ASSIGN_OR_RETURN(o.arch, ToArchitecture(static_cast<int>(p.architecture)));
+    IC_ASSIGN_OR_RETURN(o.arch, ToArchitecture(EnumFieldValue(p.architecture)));
     IC_RETURN_IF_ERROR(CheckPositive(p.num_layers, "num_layers"));
     IC_RETURN_IF_ERROR(CheckPositive(p.hidden_size, "hidden_size"));
     IC_RETURN_IF_ERROR(CheckPositive(p.vocab_size, "vocab_size"));

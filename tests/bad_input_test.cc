@@ -3,10 +3,9 @@
 // naming the problem, never a crash, a hang or silent garbage; nothing the caller owns is lost").
 //
 // Layers covered: config.json, safetensors and shard index, weights mapping, plans and plan files, the
-// synthetic model, the C ABI (libindexcache.so, dlopen-ed from the build tree), the `indexcache` CLI (run
-// as a child process) and the Python ctypes module (python3 child process; skipped without python3).
+// synthetic model, the C ABI (its shims compiled in), the `indexcache` CLI (run as a child process from the
+// build tree) and the Python ctypes module (python3 child process; skipped without python3).
 // Inputs that could hang run in a forked child with a deadline.
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -37,6 +36,13 @@
 #include "sdk/safetensors.h"
 #include "sdk/synthetic_model.h"
 #include "sdk/weights.h"
+
+// The C ABI's shims, compiled into this test: the test links the SDK statically, and dlopen-ing
+// libindexcache.so next to it would register plan.proto twice in the shared libprotobuf (a fatal error).
+#include "bindings_c/c_context.cc"      // NOLINT(build/include)
+#include "bindings_c/c_metrics.cc"      // NOLINT(build/include)
+#include "bindings_c/c_model.cc"        // NOLINT(build/include)
+#include "bindings_c/indexcache_c.cc"   // NOLINT(build/include)
 
 namespace ic {
 namespace {
@@ -382,56 +388,11 @@ TEST_F(BadInputTest, DISABLED_EngineRejectsMaxTokensBeyondInt32Slots) {
   }
 }
 
-// ---- C ABI (libindexcache.so) ------------------------------------------------------------------------
-
-class CApi {
- public:
-  CApi() {
-    const std::string path = BuildDir() + "/bindings_c/libindexcache.so";
-    handle_ = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (handle_ == nullptr) return;
-#define IC_SYM(name) name = reinterpret_cast<decltype(&::name)>(dlsym(handle_, #name))
-    IC_SYM(ic_last_error_message);
-    IC_SYM(ic_synthetic_default_params);
-    IC_SYM(ic_model_create_synthetic);
-    IC_SYM(ic_model_free);
-    IC_SYM(ic_context_default_params);
-    IC_SYM(ic_context_create);
-    IC_SYM(ic_context_free);
-    IC_SYM(ic_sequence_add);
-    IC_SYM(ic_sequence_length);
-    IC_SYM(ic_prefill);
-    IC_SYM(ic_decode);
-    IC_SYM(ic_eval_loss);
-#undef IC_SYM
-  }
-  ~CApi() {
-    if (handle_ != nullptr) dlclose(handle_);
-  }
-  bool ok() const { return handle_ != nullptr && ic_eval_loss != nullptr; }
-
-  decltype(&::ic_last_error_message) ic_last_error_message = nullptr;
-  decltype(&::ic_synthetic_default_params) ic_synthetic_default_params = nullptr;
-  decltype(&::ic_model_create_synthetic) ic_model_create_synthetic = nullptr;
-  decltype(&::ic_model_free) ic_model_free = nullptr;
-  decltype(&::ic_context_default_params) ic_context_default_params = nullptr;
-  decltype(&::ic_context_create) ic_context_create = nullptr;
-  decltype(&::ic_context_free) ic_context_free = nullptr;
-  decltype(&::ic_sequence_add) ic_sequence_add = nullptr;
-  decltype(&::ic_sequence_length) ic_sequence_length = nullptr;
-  decltype(&::ic_prefill) ic_prefill = nullptr;
-  decltype(&::ic_decode) ic_decode = nullptr;
-  decltype(&::ic_eval_loss) ic_eval_loss = nullptr;
-
- private:
-  void* handle_ = nullptr;
-};
+// ---- C ABI -----------------------------------------------------------------------------------------
 
 TEST(BadInputCApiTest, MaxTokensBeyondInt32SlotsAndNegativeLengths) {
-  CApi api;
-  if (!api.ok()) GTEST_SKIP() << "libindexcache.so not built in " << BuildDir() << ": " << dlerror();
   ic_synthetic_params_t sp;
-  ASSERT_EQ(api.ic_synthetic_default_params(&sp), IC_OK);
+  ASSERT_EQ(ic_synthetic_default_params(&sp), IC_OK);
   sp.num_layers = 2;
   sp.hidden_size = 64;
   sp.vocab_size = 128;
@@ -439,43 +400,44 @@ TEST(BadInputCApiTest, MaxTokensBeyondInt32SlotsAndNegativeLengths) {
   sp.index_n_heads = 2;
   sp.index_head_dim = 16;
   ic_model_t* model = nullptr;
-  ASSERT_EQ(api.ic_model_create_synthetic(&sp, &model), IC_OK) << api.ic_last_error_message();
+  ASSERT_EQ(ic_model_create_synthetic(&sp, &model), IC_OK) << ic_last_error_message();
 
   ic_context_params_t cp;
-  ASSERT_EQ(api.ic_context_default_params(&cp), IC_OK);
+  ASSERT_EQ(ic_context_default_params(&cp), IC_OK);
   cp.device = IC_DEVICE_CPU;
   ic_context_t* ctx = nullptr;
-  // Before: IC_ERR_INTERNAL "vector::_M_default_append" (INT64_MAX) or "std::bad_alloc" (2^62).
+  // Before: IC_ERR_INTERNAL "vector::_M_default_append" (INT64_MAX, after a signed overflow) or
+  // IC_ERR_OUT_OF_MEMORY "std::bad_alloc" (2^62).
   for (int64_t max_tokens : {std::numeric_limits<int64_t>::max(), int64_t{1} << 62}) {
     cp.max_tokens = max_tokens;
-    EXPECT_EQ(api.ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT) << max_tokens;
-    EXPECT_THAT(api.ic_last_error_message(), HasSubstr("max_tokens is " + std::to_string(max_tokens)));
+    EXPECT_EQ(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT) << max_tokens;
+    EXPECT_THAT(ic_last_error_message(), HasSubstr("max_tokens is " + std::to_string(max_tokens)));
     EXPECT_EQ(ctx, nullptr);
   }
   cp.max_tokens = 256;
-  ASSERT_EQ(api.ic_context_create(model, &cp, &ctx), IC_OK) << api.ic_last_error_message();
+  ASSERT_EQ(ic_context_create(model, &cp, &ctx), IC_OK) << ic_last_error_message();
   int32_t seq = -1;
-  ASSERT_EQ(api.ic_sequence_add(ctx, &seq), IC_OK);
+  ASSERT_EQ(ic_sequence_add(ctx, &seq), IC_OK);
   const int32_t tokens[4] = {1, 2, 3, 4};
-  ASSERT_EQ(api.ic_prefill(ctx, seq, tokens, 4, nullptr), IC_OK);
+  ASSERT_EQ(ic_prefill(ctx, seq, tokens, 4, nullptr), IC_OK);
 
-  // A negative length converted to size_t: before, prefill read far past `tokens` (ASan:
-  // stack-buffer-overflow) and decode copied ~2^64 ids (IC_ERR_INTERNAL).
+  // A negative length converted to size_t: before, prefill validated ~2^64 "tokens" reading past `tokens`
+  // (ASan: stack-buffer-overflow) and decode copied ~2^64 ids (IC_ERR_INTERNAL).
   const size_t negative = static_cast<size_t>(-1);
-  EXPECT_EQ(api.ic_prefill(ctx, seq, tokens, negative, nullptr), IC_ERR_INVALID_ARGUMENT);
-  EXPECT_THAT(api.ic_last_error_message(), HasSubstr("n is 18446744073709551615"));
+  EXPECT_EQ(ic_prefill(ctx, seq, tokens, negative, nullptr), IC_ERR_INVALID_ARGUMENT);
+  EXPECT_THAT(ic_last_error_message(), HasSubstr("n is 18446744073709551615"));
   const int32_t ids[1] = {seq};
-  EXPECT_EQ(api.ic_decode(ctx, ids, tokens, negative, nullptr), IC_ERR_INVALID_ARGUMENT);
-  EXPECT_THAT(api.ic_last_error_message(), HasSubstr("n is 18446744073709551615"));
+  EXPECT_EQ(ic_decode(ctx, ids, tokens, negative, nullptr), IC_ERR_INVALID_ARGUMENT);
+  EXPECT_THAT(ic_last_error_message(), HasSubstr("n is 18446744073709551615"));
   double loss = 0;
-  EXPECT_EQ(api.ic_eval_loss(ctx, tokens, negative, &loss, nullptr), IC_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(ic_eval_loss(ctx, tokens, negative, &loss, nullptr), IC_ERR_INVALID_ARGUMENT);
   // Nothing the caller owns is lost: the sequence is as it was.
   int64_t len = 0;
-  ASSERT_EQ(api.ic_sequence_length(ctx, seq, &len), IC_OK);
+  ASSERT_EQ(ic_sequence_length(ctx, seq, &len), IC_OK);
   EXPECT_EQ(len, 4);
 
-  EXPECT_EQ(api.ic_context_free(ctx), IC_OK);
-  EXPECT_EQ(api.ic_model_free(model), IC_OK);
+  EXPECT_EQ(ic_context_free(ctx), IC_OK);
+  EXPECT_EQ(ic_model_free(model), IC_OK);
 }
 
 // ---- CLI (`indexcache`) ------------------------------------------------------------------------------
@@ -567,8 +529,27 @@ TEST(BadInputPythonTest, OutOfRangeIntsRaiseInsteadOfNamingSomethingElse) {
   const std::string lib = BuildDir() + "/bindings_c/libindexcache.so";
   if (access(lib.c_str(), R_OK) != 0) GTEST_SKIP() << "no " << lib;
   if (RunProcess({"python3", "-c", "pass"}, 60).code != 0) GTEST_SKIP() << "no python3";
+  std::vector<std::string> env = {"INDEXCACHE_LIB=" + lib};
 #if defined(__SANITIZE_ADDRESS__)
-  GTEST_SKIP() << "an ASan-instrumented libindexcache.so cannot be loaded into python3";
+  // An ASan-instrumented libindexcache.so loads into python3 only with the sanitizer runtimes preloaded:
+  // take the ones this binary runs with.
+  std::string asan, ubsan;
+  {
+    std::ifstream maps("/proc/self/maps");
+    std::string line;
+    while (std::getline(maps, line)) {
+      const size_t slash = line.find('/');
+      if (slash == std::string::npos) continue;
+      const std::string path = line.substr(slash);
+      const std::string name = fs::path(path).filename().string();
+      if (name.rfind("libasan.so", 0) == 0) asan = path;
+      if (name.rfind("libubsan.so", 0) == 0) ubsan = path;
+    }
+  }
+  if (asan.empty()) GTEST_SKIP() << "ASan build, but no libasan.so found to preload into python3";
+  const std::string preload = ubsan.empty() ? asan : asan + ":" + ubsan;  // ASan's runtime must come first
+  env.push_back("LD_PRELOAD=" + preload);
+  env.push_back("ASAN_OPTIONS=detect_leaks=0");  // python3 itself leaks by design
 #endif
   const std::string script = R"PY(
 import sys
@@ -602,8 +583,7 @@ with ic.Context(m, device="cpu", max_tokens=256) as ctx:
     assert ctx.sequence_length(s) == 3, ctx.sequence_length(s)  # nothing lost
 print("ok")
 )PY";
-  ProcessResult r = RunProcess({"python3", "-c", script, std::string(IC_SOURCE_DIR) + "/bindings_c/python"}, 300,
-                               {"INDEXCACHE_LIB=" + lib});
+  ProcessResult r = RunProcess({"python3", "-c", script, std::string(IC_SOURCE_DIR) + "/bindings_c/python"}, 300, env);
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("ok"));
 }
