@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <unordered_map>
 
@@ -28,6 +29,11 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
     return InvalidArgument("block_size must be in [1, 4096], got ", options.block_size);
   }
   if (options.max_tokens < 1) return InvalidArgument("max_tokens must be positive, got ", options.max_tokens);
+  // Cache slots are int32 (block tables, slot mappings): the capacity must fit.
+  if (options.max_tokens > int64_t{std::numeric_limits<int32_t>::max()} - options.block_size + 1) {
+    return InvalidArgument("max_tokens = ", options.max_tokens, " exceeds the int32 slot range (at most ",
+                           int64_t{std::numeric_limits<int32_t>::max()} - options.block_size + 1, " tokens)");
+  }
   if (options.prefill_chunk < 1) {
     return InvalidArgument("prefill_chunk must be positive, got ", options.prefill_chunk);
   }
