@@ -274,6 +274,7 @@ int CmdRun(int argc, char** argv) {
   const double t2 = Now();
   for (size_t i = 0; i < out.size(); ++i) std::printf("%s%d", i ? "," : "", out[i]);
   std::printf("\n");
+  std::fflush(stdout);
   std::fprintf(stderr, "plan %s; prefill %zu tokens in %s; %zu tokens generated at %.1f tokens/s\n",
                ctx->plan().ToString().c_str(), prompt.size(), FormatSeconds(t1 - t0).c_str(), out.size(),
                out.size() > 1 ? (out.size() - 1) / (t2 - t1) : 0.0);
