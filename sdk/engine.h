@@ -80,9 +80,30 @@ struct ForwardOutputs {
   // Index scores of Full layers, [tokens, max_pos + 1] each with −inf past each row's position
   // (tests and audits only: O(tokens × context) memory).
   std::map<int, std::vector<float>>* scores_by_layer = nullptr;
+  // The hidden state entering each layer that runs in this pass (layers >= ForwardOptions::start_layer),
+  // [tokens, hidden] each, host copies (greedy plan search, sdk/search.h; O(tokens × hidden × layers)).
+  std::map<int, std::vector<float>>* hidden_by_layer = nullptr;
   // Next-token loss: token_loss[t] = −log p(targets[t] | …) for targets[t] >= 0, else 0 ([tokens]).
   std::span<const int32_t> targets;
   float* token_loss = nullptr;
+};
+
+// Inputs of a partial forward pass (greedy plan search, sdk/search.h). The defaults run the whole model
+// with the context's plan; nothing here costs anything when left at its default.
+struct ForwardOptions {
+  // Layers < start_layer are skipped: the pass starts from `initial_hidden` (the hidden state entering
+  // start_layer, [tokens, hidden], host pointer, rows in segment order) instead of the embedding, with
+  // the top-k buffer preset to `initial_topk` ([tokens, index_topk], host pointer: the indices the
+  // nearest Full layer before start_layer selected; required when start_layer > 0 and the model has an
+  // indexer). The skipped layers' KV and index-K caches are NOT written for these tokens, so such a pass
+  // is only valid on a fresh sequence used for scoring (logits / loss), continued, if at all, only by
+  // passes with the same start_layer and plan; never decode from it with a full pass.
+  int start_layer = 0;
+  const float* initial_hidden = nullptr;
+  const int32_t* initial_topk = nullptr;
+  // Plan for this pass only (nullptr = the context's). Its Full layers must be Full in the context's
+  // plan (only those have an index-K cache and indexer weights); layer 0 Full.
+  const Plan* plan = nullptr;
 };
 
 struct LossResult {
@@ -130,7 +151,9 @@ class Context {
 
   // The general forward pass (all of the above use it). Validates every token id and the capacity
   // before touching any state; on error every sequence is left as it was.
-  absl::Status Forward(std::span<const Segment> segments, const ForwardOutputs& outputs);
+  // `options`: a partial pass and/or a per-pass plan (ForwardOptions; search only).
+  absl::Status Forward(std::span<const Segment> segments, const ForwardOutputs& outputs,
+                       const ForwardOptions& options = {});
 
  private:
   struct Impl;

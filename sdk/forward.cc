@@ -49,11 +49,37 @@ absl::Status Accumulate(Backend& b, float* dst, const float* src, int rows, int 
 
 }  // namespace
 
-absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOutputs& outputs) {
+absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOutputs& outputs,
+                              const ForwardOptions& fopts) {
   Impl& im = *impl_;
   Backend& be = *backend_;
   const ModelConfig& c = model_->config;
   if (segments.empty()) return InvalidArgument("forward pass with no segments");
+  const int start_layer = fopts.start_layer;
+  if (start_layer < 0 || start_layer >= c.num_hidden_layers) {
+    return InvalidArgument("start_layer ", start_layer, " is outside [0, ", c.num_hidden_layers, ")");
+  }
+  if (start_layer > 0 && fopts.initial_hidden == nullptr) {
+    return InvalidArgument("start_layer ", start_layer, " needs initial_hidden (the hidden state entering it)");
+  }
+  if (start_layer > 0 && c.has_indexer && fopts.initial_topk == nullptr) {
+    return InvalidArgument("start_layer ", start_layer,
+                           " needs initial_topk (the top-k of the nearest Full layer before it)");
+  }
+  const Plan& plan = fopts.plan != nullptr ? *fopts.plan : plan_;
+  if (fopts.plan != nullptr) {
+    if (plan.num_layers() != c.num_hidden_layers) {
+      return InvalidArgument("pass plan has ", plan.num_layers(), " layers; the model has ", c.num_hidden_layers);
+    }
+    if (!plan.IsFull(0)) return InvalidArgument("pass plan: layer 0 must be Full");
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      if (plan.IsFull(l) && !plan_.IsFull(l)) {
+        return InvalidArgument("pass plan ", plan.ToString(), ": layer ", l,
+                               " is Full but Shared in the context's plan ", plan_.ToString(),
+                               " (it has no index-K cache)");
+      }
+    }
+  }
 
   // ---- Validate everything before touching state.
   int total = 0;
@@ -163,13 +189,19 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     IC_ASSIGN_OR_RETURN(float* x, im.Scratch<float>("x", static_cast<size_t>(T) * H));
     IC_ASSIGN_OR_RETURN(float* h, im.Scratch<float>("h", static_cast<size_t>(T) * H));
     IC_ASSIGN_OR_RETURN(float* attn, im.Scratch<float>("attn", static_cast<size_t>(T) * H));
-    IC_RETURN_IF_ERROR(be.Embedding({.out = x, .table = im.embed, .ids = d_ids, .tokens = T, .dim = H,
-                                     .vocab = c.vocab_size}));
-
     const int K = c.has_indexer ? c.index_topk : 0;
     int32_t* topk = nullptr;
     if (c.has_indexer) {
       IC_ASSIGN_OR_RETURN(topk, im.Scratch<int32_t>("topk", static_cast<size_t>(T) * K));
+    }
+    if (start_layer == 0) {
+      IC_RETURN_IF_ERROR(be.Embedding({.out = x, .table = im.embed, .ids = d_ids, .tokens = T, .dim = H,
+                                       .vocab = c.vocab_size}));
+    } else {  // partial pass (ForwardOptions): start from the caller's hidden state and top-k
+      IC_RETURN_IF_ERROR(be.CopyToDevice(x, fopts.initial_hidden, static_cast<size_t>(T) * H * sizeof(float)));
+      if (c.has_indexer) {
+        IC_RETURN_IF_ERROR(be.CopyToDevice(topk, fopts.initial_topk, static_cast<size_t>(T) * K * sizeof(int32_t)));
+      }
     }
     const float eps = static_cast<float>(c.rms_norm_eps);
 
@@ -196,8 +228,13 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       return im.tp->AllReduceSum(buf, buf, static_cast<size_t>(T) * H);
     };
 
-    for (int l = 0; l < c.num_hidden_layers; ++l) {
+    for (int l = start_layer; l < c.num_hidden_layers; ++l) {
       const Impl::Layer& L = im.layers[l];
+      if (outputs.hidden_by_layer != nullptr) {
+        std::vector<float>& dst = (*outputs.hidden_by_layer)[l];
+        dst.resize(static_cast<size_t>(T) * H);
+        IC_RETURN_IF_ERROR(be.CopyToHost(dst.data(), x, dst.size() * sizeof(float)));
+      }
       IC_RETURN_IF_ERROR(be.RmsNorm({.out = h, .in = x, .weight = L.input_norm, .rows = T, .dim = H, .eps = eps}));
 
       // ---- Attention inputs and KV cache append.
@@ -302,7 +339,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
 
       // ---- Lightning indexer (Full layers) or reuse (Shared layers).
       if (c.has_indexer) {
-        if (plan_.IsFull(l)) {
+        if (plan.IsFull(l)) {
           if (options_.record_metrics) IC_RETURN_IF_ERROR(be.Synchronize());
           const double t0 = NowSeconds();
           const int HI = c.index_n_heads, dI = c.index_head_dim;

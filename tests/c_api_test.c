@@ -786,6 +786,52 @@ static void TestGoldenLlama(void) {
   free((void*)st.header);
 }
 
+/* ic_search_plan: a greedy search to 2 Full layers of 4; its last loss is the found plan's loss. */
+static void TestSearchPlan(ic_model_t* model) {
+  enum { kLen = 32 };
+  int32_t w0[kLen], w1[kLen];
+  const int32_t* windows[2];
+  size_t lengths[2] = {kLen, kLen};
+  char plan[8];
+  double losses[3] = {0, 0, 0};
+  double loss = 0, mean = 0;
+  int i, full = 0;
+  ic_context_params_t cp;
+  ic_context_t* ctx = NULL;
+  MakeTokens(w0, kLen, 128, 11u);
+  MakeTokens(w1, kLen, 128, 12u);
+  windows[0] = w0;
+  windows[1] = w1;
+  CHECK_OK(ic_search_plan(model, windows, lengths, 2, 2, IC_DEVICE_CPU, plan, sizeof plan, losses, 3));
+  CHECK(strlen(plan) == 4 && plan[0] == 'F');
+  for (i = 0; i < 4; ++i) full += plan[i] == 'F';
+  CHECK(full == 2);
+  for (i = 0; i < 3; ++i) CHECK(losses[i] > 0 && losses[i] < 20);
+  printf("ic_search_plan: %s, losses %.5f %.5f %.5f\n", plan, losses[0], losses[1], losses[2]);
+  CHECK_OK(ic_context_default_params(&cp));
+  cp.device = IC_DEVICE_CPU;
+  cp.plan = plan;
+  CHECK_OK(ic_context_create(model, &cp, &ctx));
+  if (ctx != NULL) {
+    CHECK_OK(ic_eval_loss(ctx, w0, kLen, &loss, NULL));
+    mean = loss;
+    CHECK_OK(ic_eval_loss(ctx, w1, kLen, &loss, NULL));
+    mean = (mean + loss) / 2;
+    CHECK(fabs(mean - losses[2]) < 1e-4);
+    CHECK_OK(ic_context_free(ctx));
+  }
+  CHECK_STATUS(ic_search_plan(NULL, windows, lengths, 2, 2, IC_DEVICE_CPU, plan, sizeof plan, NULL, 0),
+               IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_search_plan(model, windows, lengths, 0, 2, IC_DEVICE_CPU, plan, sizeof plan, NULL, 0),
+               IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_search_plan(model, windows, lengths, 2, 5, IC_DEVICE_CPU, plan, sizeof plan, NULL, 0),
+               IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_search_plan(model, windows, lengths, 2, 2, IC_DEVICE_CPU, plan, 4, NULL, 0),
+               IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_search_plan(model, windows, lengths, 2, 2, IC_DEVICE_CPU, plan, sizeof plan, losses, 2),
+               IC_ERR_INVALID_ARGUMENT);
+}
+
 int main(void) {
   ic_model_t* model;
   TestVersionAndStatus();
@@ -798,6 +844,7 @@ int main(void) {
     TestSaveLoad(model);
     TestExposer(model);
     TestThreads(model);
+    TestSearchPlan(model);
     CHECK_OK(ic_model_free(model));
   }
   TestMetricsText();

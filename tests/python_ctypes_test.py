@@ -81,6 +81,19 @@ class IndexCacheCtypesTest(unittest.TestCase):
                 ctx.sequence_length(a)
             self.assertEqual(e.exception.status, ic.Status.NOT_FOUND)
 
+    def test_search_plan(self):
+        windows = [_tokens(32, 128, seed=11), _tokens(32, 128, seed=12)]
+        plan, losses = self.model.search_plan(windows, 2, device=ic.Device.CPU)
+        self.assertEqual(len(plan), 4)
+        self.assertEqual(plan[0], "F")
+        self.assertEqual(plan.count("F"), 2)
+        self.assertEqual(len(losses), 3)
+        with self.context(plan=plan) as ctx:
+            mean = sum(ctx.eval_loss(w)[0] for w in windows) / 2
+        self.assertAlmostEqual(mean, losses[-1], delta=1e-4)
+        with self.assertRaises(ic.IndexCacheError):
+            self.model.search_plan([], 2, device=ic.Device.CPU)
+
     def test_eval_loss_matches_logits(self):
         toks = _tokens(24, 128, seed=3)
         with self.context() as ctx:

@@ -74,5 +74,6 @@ int CmdInfo(int argc, char** argv);
 int CmdRun(int argc, char** argv);
 int CmdEval(int argc, char** argv);
 int CmdBench(int argc, char** argv);
+int CmdSearch(int argc, char** argv);  // tools/search.cc
 
 }  // namespace ic::cli

@@ -17,6 +17,7 @@ commands:
   run     generate tokens from token ids
   eval    LM loss and perplexity of one or several plans on a token file
   bench   prefill and decode timing per plan
+  search  greedy IndexCache plan search (--keep 1/2|1/4|1/8) on calibration tokens; writes a plan file
 )";
 
 }  // namespace
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
   if (cmd == "run") return ic::cli::CmdRun(argc - 1, argv + 1);
   if (cmd == "eval") return ic::cli::CmdEval(argc - 1, argv + 1);
   if (cmd == "bench") return ic::cli::CmdBench(argc - 1, argv + 1);
+  if (cmd == "search") return ic::cli::CmdSearch(argc - 1, argv + 1);
   std::fprintf(stderr, "indexcache: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

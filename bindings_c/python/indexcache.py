@@ -173,6 +173,8 @@ _SIGNATURES = {
     "ic_prefill": (_st, [_P, ctypes.c_int32, _I32P, ctypes.c_size_t, _F32P]),
     "ic_decode": (_st, [_P, _I32P, _I32P, ctypes.c_size_t, _F32P]),
     "ic_eval_loss": (_st, [_P, _I32P, ctypes.c_size_t, ctypes.POINTER(ctypes.c_double), _I64P]),
+    "ic_search_plan": (_st, [_P, ctypes.POINTER(_I32P), _SIZEP, ctypes.c_size_t, ctypes.c_int32, ctypes.c_int,
+                             ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_double), ctypes.c_size_t]),
     "ic_metrics_text": (_st, [ctypes.c_char_p, ctypes.c_size_t, _SIZEP]),
     "ic_metrics_start_exposer": (_st, [ctypes.c_char_p]),
     "ic_metrics_exposer_port": (_st, [_I32P]),
@@ -418,6 +420,23 @@ class Model:
         buf = ctypes.create_string_buffer(self.info.num_layers + 1)
         _check(_lib.ic_model_plan(self.handle, buf, len(buf)))
         return buf.value.decode()
+
+    def search_plan(self, windows: Sequence[Iterable[int]], target_full_layers: int, *,
+                    device: Device = Device.AUTO) -> Tuple[str, List[float]]:
+        """Greedy IndexCache plan search (ic_search_plan): the plan with target_full_layers Full layers
+        and the calibration loss after every step ([0] = all Full). Each window is a token list (>= 2)."""
+        arrays = [_tokens(w, f"windows[{i}]") for i, w in enumerate(windows)]
+        n = len(arrays)
+        ptrs = (_I32P * max(n, 1))(*[ctypes.cast(a, _I32P) for a, _ in arrays])
+        lengths = (ctypes.c_size_t * max(n, 1))(*[k for _, k in arrays])
+        layers = self.info.num_layers
+        target = _int(target_full_layers, ctypes.c_int32, "target_full_layers")
+        buf = ctypes.create_string_buffer(layers + 1)
+        losses = (ctypes.c_double * (layers + 1))()
+        _check(_lib.ic_search_plan(self.handle, ptrs, lengths, n, target,
+                                   int(_enum(Device, device, "device")), buf, len(buf), losses, len(losses)))
+        steps = layers - target_full_layers + 1
+        return buf.value.decode(), [losses[i] for i in range(steps)]
 
     def close(self) -> None:
         if self._handle is not None:

@@ -309,6 +309,28 @@ IC_API ic_status_t ic_decode(ic_context_t* ctx, const int32_t* seq_ids, const in
 IC_API ic_status_t ic_eval_loss(ic_context_t* ctx, const int32_t* tokens, size_t n, double* mean_loss,
                                 int64_t* predicted_tokens);
 
+/* ---- Plan search (DESIGN.md §3; sdk/search.h) ------------------------------------------------------ */
+
+/* Training-free greedy IndexCache plan search (arXiv 2603.12201 §3.1): start all-Full; each step flips
+ * the Full layer (never layer 0) whose flip to Shared gives the lowest mean next-token loss over all
+ * predicted tokens of the calibration windows (ties: the smaller layer), until target_full_layers Full
+ * layers remain (keep 1/r: ceil(num_layers / r)). Each window is scored as a fresh sequence; windows[i]
+ * points to window_lengths[i] >= 2 token ids. device: IC_DEVICE_AUTO, IC_DEVICE_CPU or IC_DEVICE_CUDA.
+ * plan_buf receives the plan ("FSSF…", NUL-terminated; plan_buf_size >= num_layers + 1). losses: NULL,
+ * or a caller array of n_losses >= num_layers − target_full_layers + 1 doubles receiving the loss after
+ * each step ([0] = all Full). Memory: the captures of one window, tokens × layers × (hidden +
+ * index_topk) × 4 bytes, at most 4 GiB. Runs for a while (per step and window: one full pass plus one
+ * partial pass per remaining Full layer); the model is not changed (load the plan with a context's
+ * `plan` field). Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed model, NULL arrays, n_windows == 0, a
+ * window shorter than 2 tokens, a token id outside the vocabulary, target outside [1, num_layers], a
+ * buffer too small), IC_ERR_FAILED_PRECONDITION (the model has no indexer: nothing to search),
+ * IC_ERR_OUT_OF_MEMORY (a window's captures exceed 4 GiB), IC_ERR_UNAVAILABLE (CUDA asked for and
+ * absent). */
+IC_API ic_status_t ic_search_plan(const ic_model_t* model, const int32_t* const* windows,
+                                  const size_t* window_lengths, size_t n_windows, int32_t target_full_layers,
+                                  ic_device_t device, char* plan_buf, size_t plan_buf_size, double* losses,
+                                  size_t n_losses);
+
 /* ---- Metrics (one registry per process, DESIGN.md §6) -------------------------------------------- */
 
 /* Writes the Prometheus text exposition of every indexcache_* metric, NUL-terminated, to buf.
