@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "sdk/engine.h"
 #include "sdk/synthetic_model.h"
+#include "tests/engine_test_util.h"
 #include "tests/index_sets.h"
 
 namespace ic {
@@ -19,37 +20,11 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::shared_ptr<const Model> Synthetic(Architecture arch, int layers = 4, int topk = 16, std::string plan = "") {
-  SyntheticModelOptions o;
-  o.arch = arch;
-  o.num_layers = layers;
-  o.hidden_size = 128;
-  o.vocab_size = 256;
-  o.index_topk = topk;
-  o.index_n_heads = 4;
-  o.index_head_dim = 32;
-  o.plan = plan;
-  auto m = BuildSyntheticModel(o);
-  EXPECT_TRUE(m.ok()) << m.status();
-  return *m;
+std::shared_ptr<const Model> Synthetic(Architecture arch, int layers = 4, int topk = 16, const std::string& plan = "") {
+  return test::SmallSynthetic(arch, layers, topk, plan);
 }
-
-std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> d(0, vocab - 1);
-  std::vector<int32_t> v(n);
-  for (auto& t : v) t = d(rng);
-  return v;
-}
-
-double MaxRelError(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += std::pow(double(a[i]) - b[i], 2);
-    den += std::pow(double(b[i]), 2);
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
+using test::RandomTokens;
+double MaxRelError(const std::vector<float>& a, const std::vector<float>& b) { return test::RelError(a, b); }
 
 // Everything one pass over `tokens` produces, run as segments of the given chunk sizes.
 struct PassResult {
