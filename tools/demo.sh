@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: from a fresh clone, install what the build needs (tools/setup.sh), build
-# (tools/build.sh, CPU-only build of the CLI unless IC_DEMO_FULL_BUILD=1), then run `indexcache demo` with
+# (tools/build.sh: only the CLI target — with the CUDA backend when nvcc is present — unless
+# IC_DEMO_FULL_BUILD=1), then run `indexcache demo` with
 # any arguments given here.
 #
 #   bash tools/demo.sh                    # the embedded synthetic model, DSA vs IndexCache 1/4
