@@ -233,6 +233,22 @@ std::string Metrics::TextDump() const {
   return out.str();
 }
 
+Metrics::Totals Metrics::Totals::operator-(const Totals& b) const {
+  Totals d;
+  d.indexer_seconds = indexer_seconds - b.indexer_seconds;
+  d.saved_seconds = saved_seconds - b.saved_seconds;
+  d.baseline_seconds = baseline_seconds - b.baseline_seconds;
+  d.layers_run = layers_run - b.layers_run;
+  d.layers_skipped = layers_skipped - b.layers_skipped;
+  d.prompt_tokens = prompt_tokens - b.prompt_tokens;
+  d.generated_tokens = generated_tokens - b.generated_tokens;
+  d.topk_bytes = topk_bytes - b.topk_bytes;
+  d.prefill_passes = prefill_passes - b.prefill_passes;
+  d.decode_passes = decode_passes - b.decode_passes;
+  d.topk_overlap_observations = topk_overlap_observations - b.topk_overlap_observations;
+  return d;
+}
+
 Metrics::Totals Metrics::GetTotals() const {
   std::lock_guard<std::mutex> lock(impl_->record_mu);
   const Impl& m = *impl_;

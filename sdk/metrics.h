@@ -62,6 +62,8 @@ class Metrics {
     double layers_run = 0, layers_skipped = 0;
     double prompt_tokens = 0, generated_tokens = 0, topk_bytes = 0;
     double prefill_passes = 0, decode_passes = 0, topk_overlap_observations = 0;
+    // What happened between two snapshots: `after - before`, field by field.
+    Totals operator-(const Totals& before) const;
   };
   Totals GetTotals() const;
 

@@ -25,22 +25,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-Metrics::Totals Delta(const Metrics::Totals& after, const Metrics::Totals& before) {
-  Metrics::Totals d;
-  d.indexer_seconds = after.indexer_seconds - before.indexer_seconds;
-  d.saved_seconds = after.saved_seconds - before.saved_seconds;
-  d.baseline_seconds = after.baseline_seconds - before.baseline_seconds;
-  d.layers_run = after.layers_run - before.layers_run;
-  d.layers_skipped = after.layers_skipped - before.layers_skipped;
-  d.prompt_tokens = after.prompt_tokens - before.prompt_tokens;
-  d.generated_tokens = after.generated_tokens - before.generated_tokens;
-  d.topk_bytes = after.topk_bytes - before.topk_bytes;
-  d.prefill_passes = after.prefill_passes - before.prefill_passes;
-  d.decode_passes = after.decode_passes - before.decode_passes;
-  d.topk_overlap_observations = after.topk_overlap_observations - before.topk_overlap_observations;
-  return d;
-}
-
 // The value of the sample line `series value` in Prometheus text format; NaN when absent.
 double Sample(const std::string& text, const std::string& series) {
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
@@ -70,7 +54,7 @@ TEST(MetricsTest, TwoPassesSaveMeanTimesShared) {
                        .seconds = 0.0625,
                        .tokens = 4,
                        .topk_bytes = 1024});
-  const Metrics::Totals d = Delta(m.GetTotals(), before);
+  const Metrics::Totals d = m.GetTotals() - before;
   const double run = 0.25 + 0.5 + 0.125;
   const double saved = (0.25 + 0.5) / 2 * 6 + 0.125 / 1 * 3;
   EXPECT_DOUBLE_EQ(d.indexer_seconds, run);
@@ -94,7 +78,7 @@ TEST(MetricsTest, AllFullPassSavesNothingAndDensePassRunsNothing) {
   // No Full layer (dense mode): no measured time to scale, so nothing is saved.
   m.RecordForwardPass({.phase = Phase::kDecode, .full_indexer_seconds = {}, .shared_layers = 5,
                        .seconds = 1, .tokens = 2});
-  const Metrics::Totals d = Delta(m.GetTotals(), before);
+  const Metrics::Totals d = m.GetTotals() - before;
   EXPECT_DOUBLE_EQ(d.indexer_seconds, 1.0);
   EXPECT_DOUBLE_EQ(d.saved_seconds, 0.0);
   EXPECT_DOUBLE_EQ(d.baseline_seconds, 1.0);
@@ -113,7 +97,7 @@ TEST(MetricsTest, NegativeAndNonFiniteValuesAreNotCounted) {
   m.ObserveTopkOverlap(-0.5);
   m.ObserveTopkOverlap(1.5);
   m.ObserveTopkOverlap(std::nan(""));
-  const Metrics::Totals d = Delta(m.GetTotals(), before);
+  const Metrics::Totals d = m.GetTotals() - before;
   EXPECT_DOUBLE_EQ(d.indexer_seconds, 0);
   EXPECT_DOUBLE_EQ(d.saved_seconds, 0);
   EXPECT_DOUBLE_EQ(d.layers_run, 2);  // the layers ran; only their timings were unusable
@@ -190,7 +174,7 @@ TEST(MetricsTest, ConcurrentRecordingLosesNothing) {
     });
   }
   for (auto& t : threads) t.join();
-  const Metrics::Totals d = Delta(m.GetTotals(), before);
+  const Metrics::Totals d = m.GetTotals() - before;
   const double n = kThreads * kPasses;
   EXPECT_DOUBLE_EQ(d.indexer_seconds, n * 0.25);
   EXPECT_DOUBLE_EQ(d.saved_seconds, n * 0.5);

@@ -47,18 +47,6 @@ struct PlanRun {
   Metrics::Totals metrics;  // deltas over this plan's run
 };
 
-Metrics::Totals Delta(const Metrics::Totals& a, const Metrics::Totals& b) {
-  Metrics::Totals d;
-  d.indexer_seconds = a.indexer_seconds - b.indexer_seconds;
-  d.saved_seconds = a.saved_seconds - b.saved_seconds;
-  d.baseline_seconds = a.baseline_seconds - b.baseline_seconds;
-  d.layers_run = a.layers_run - b.layers_run;
-  d.layers_skipped = a.layers_skipped - b.layers_skipped;
-  d.prompt_tokens = a.prompt_tokens - b.prompt_tokens;
-  d.generated_tokens = a.generated_tokens - b.generated_tokens;
-  return d;
-}
-
 absl::Status RunPlan(std::shared_ptr<const Model> model, kernels::DeviceKind device,
                      const std::vector<int32_t>& prompt, const std::vector<int32_t>& forced, PlanRun& run,
                      std::vector<int32_t>* greedy_out) {
@@ -113,7 +101,7 @@ absl::Status RunPlan(std::shared_ptr<const Model> model, kernels::DeviceKind dev
     run.decode_logits.push_back(last);
   }
   run.decode_s = Now() - t1;
-  run.metrics = Delta(Metrics::Global().GetTotals(), before);
+  run.metrics = Metrics::Global().GetTotals() - before;
   return absl::OkStatus();
 }
 
