@@ -68,6 +68,12 @@ struct Segment {
   std::span<const int32_t> tokens;
 };
 
+// What the lightning indexer of a layer reads (distillation inputs, sdk/distill.h), host copies.
+struct IndexerInputs {
+  std::vector<float> x;    // [tokens, hidden]: the layer's normed hidden state (input RMSNorm output)
+  std::vector<float> x_q;  // MLA: [tokens, q_lora_rank] q_latent; GQA / Llama-DSA: empty (the query reads x)
+};
+
 // What a forward pass returns.
 struct ForwardOutputs {
   // Logits of the last token of each segment: [segments, vocab] (when non-null).
@@ -83,6 +89,15 @@ struct ForwardOutputs {
   // The hidden state entering each layer that runs in this pass (layers >= ForwardOptions::start_layer),
   // [tokens, hidden] each, host copies (greedy plan search, sdk/search.h; O(tokens × hidden × layers)).
   std::map<int, std::vector<float>>* hidden_by_layer = nullptr;
+  // Head-averaged attention distribution of each layer that runs in this pass, [tokens, max_pos + 1]
+  // each, F32: row t holds 1/H · Σ_h softmax weights of head h over keys 0..pos(t) (dense layers) or over
+  // the keys the layer attends to (sparse layers; 0 at the others), and 0 past pos(t). Columns are
+  // positions in the row's own sequence. Distillation targets (DESIGN.md §3, "Multi-layer distillation").
+  // Costs one extra attention pass per layer and O(tokens × context) memory per layer; single rank only
+  // (InvalidArgument with a shard group).
+  std::map<int, std::vector<float>>* attention_by_layer = nullptr;
+  // What each layer's indexer reads (or would read, in dense mode), host copies (distillation).
+  std::map<int, IndexerInputs>* indexer_inputs_by_layer = nullptr;
   // Next-token loss: token_loss[t] = −log p(targets[t] | …) for targets[t] >= 0, else 0 ([tokens]).
   std::span<const int32_t> targets;
   float* token_loss = nullptr;

@@ -81,6 +81,10 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     }
   }
 
+  if (outputs.attention_by_layer != nullptr && im.tp != nullptr) {
+    return InvalidArgument("attention_by_layer is single-rank only (this context is one rank of a shard group)");
+  }
+
   // ---- Validate everything before touching state.
   int total = 0;
   std::vector<int64_t> start(segments.size());
@@ -228,6 +232,55 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       return im.tp->AllReduceSum(buf, buf, static_cast<size_t>(T) * H);
     };
 
+    // attention_by_layer: a second attention call with `probs` (its output is discarded). Dense layers
+    // attend over an explicit all-keys list (row t: 0..pos(t), then −1), which equals dense causal
+    // attention (DESIGN.md §3); sparse layers over their own top-k, scattered into position columns.
+    const int capture_cols = outputs.attention_by_layer != nullptr
+                                 ? 1 + *std::max_element(h_pos.begin(), h_pos.end())
+                                 : 0;
+    int32_t* all_keys = nullptr;
+    auto capture_attention = [&](int layer, const kernels::AttentionArgs& at) -> absl::Status {
+      const bool dense = at.topk == nullptr;
+      kernels::AttentionArgs pa = at;
+      if (dense && all_keys == nullptr) {
+        std::vector<int32_t> keys(static_cast<size_t>(T) * capture_cols, -1);
+        for (int r = 0; r < T; ++r) {
+          std::iota(keys.begin() + static_cast<size_t>(r) * capture_cols,
+                    keys.begin() + static_cast<size_t>(r) * capture_cols + h_pos[r] + 1, 0);
+        }
+        IC_ASSIGN_OR_RETURN(all_keys, im.Scratch<int32_t>("capture_keys", keys.size()));
+        IC_RETURN_IF_ERROR(be.CopyToDevice(all_keys, keys.data(), keys.size() * sizeof(int32_t)));
+      }
+      if (dense) {
+        pa.topk = all_keys;
+        pa.topk_k = capture_cols;
+      }
+      const size_t n = static_cast<size_t>(T) * pa.topk_k;
+      IC_ASSIGN_OR_RETURN(pa.out, im.Scratch<float>("capture_out", static_cast<size_t>(T) * at.q_heads * at.v_dim));
+      IC_ASSIGN_OR_RETURN(pa.probs, im.Scratch<float>("capture_probs", n));
+      pa.lse = nullptr;
+      IC_RETURN_IF_ERROR(be.Attention(pa));
+      std::vector<float>& dst = (*outputs.attention_by_layer)[layer];
+      if (dense) {
+        dst.resize(n);
+        return be.CopyToHost(dst.data(), pa.probs, n * sizeof(float));
+      }
+      std::vector<float> probs(n);
+      std::vector<int32_t> keys(n);
+      IC_RETURN_IF_ERROR(be.CopyToHost(probs.data(), pa.probs, n * sizeof(float)));
+      IC_RETURN_IF_ERROR(be.CopyToHost(keys.data(), pa.topk, n * sizeof(int32_t)));
+      dst.assign(static_cast<size_t>(T) * capture_cols, 0.0f);
+      for (int r = 0; r < T; ++r) {
+        for (int i = 0; i < pa.topk_k; ++i) {
+          const int32_t key = keys[static_cast<size_t>(r) * pa.topk_k + i];
+          if (key >= 0 && key <= h_pos[r]) {
+            dst[static_cast<size_t>(r) * capture_cols + key] = probs[static_cast<size_t>(r) * pa.topk_k + i];
+          }
+        }
+      }
+      return absl::OkStatus();
+    };
+
     for (int l = start_layer; l < c.num_hidden_layers; ++l) {
       const Impl::Layer& L = im.layers[l];
       if (outputs.hidden_by_layer != nullptr) {
@@ -236,6 +289,13 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         IC_RETURN_IF_ERROR(be.CopyToHost(dst.data(), x, dst.size() * sizeof(float)));
       }
       IC_RETURN_IF_ERROR(be.RmsNorm({.out = h, .in = x, .weight = L.input_norm, .rows = T, .dim = H, .eps = eps}));
+      IndexerInputs* capture_inputs =
+          outputs.indexer_inputs_by_layer != nullptr ? &(*outputs.indexer_inputs_by_layer)[l] : nullptr;
+      if (capture_inputs != nullptr) {
+        capture_inputs->x.resize(static_cast<size_t>(T) * H);
+        capture_inputs->x_q.clear();
+        IC_RETURN_IF_ERROR(be.CopyToHost(capture_inputs->x.data(), h, capture_inputs->x.size() * sizeof(float)));
+      }
 
       // ---- Attention inputs and KV cache append.
       const float* q_latent = nullptr;  // MLA: indexer query input
@@ -256,6 +316,10 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         IC_RETURN_IF_ERROR(Linear(be, qa, h, L.q_a_proj, T, QL, H));
         IC_RETURN_IF_ERROR(be.RmsNorm({.out = qa, .in = qa, .weight = L.q_a_norm, .rows = T, .dim = QL, .eps = eps}));
         q_latent = qa;
+        if (capture_inputs != nullptr) {
+          capture_inputs->x_q.resize(static_cast<size_t>(T) * QL);
+          IC_RETURN_IF_ERROR(be.CopyToHost(capture_inputs->x_q.data(), qa, capture_inputs->x_q.size() * sizeof(float)));
+        }
         IC_RETURN_IF_ERROR(Linear(be, q, qa, L.q_b_proj, T, NH * qk, QL));
         IC_RETURN_IF_ERROR(Linear(be, kva, h, L.kv_a_proj, T, R + dr, H));
         IC_RETURN_IF_ERROR(be.RmsNorm({.out = kva, .in = kva, .weight = L.kv_a_norm, .rows = T, .dim = R,
@@ -418,6 +482,9 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         }
       }
       IC_RETURN_IF_ERROR(be.Attention(at));
+      if (outputs.attention_by_layer != nullptr) {
+        IC_RETURN_IF_ERROR(capture_attention(l, at));
+      }
 
       // ---- Output projection.
       if (c.mla) {

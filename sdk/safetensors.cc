@@ -1,4 +1,4 @@
-// Safetensors: memory-mapped reading with a fully validated header, F32/BF16 writing.
+// Safetensors: memory-mapped reading with a fully validated header, F32/BF16/F64 writing.
 #include "sdk/safetensors.h"
 
 #include <fcntl.h>
@@ -125,7 +125,8 @@ class SafetensorsFile {
  public:
   // Maps `path` and appends its validated tensors to `tensors`.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path,
-                                                               std::vector<TensorInfo>* tensors);
+                                                               std::vector<TensorInfo>* tensors,
+                                                               std::map<std::string, std::string>* metadata);
   ~SafetensorsFile() {
     if (map_ != nullptr) munmap(map_, size_);
   }
@@ -134,15 +135,15 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
-  absl::Status ParseHeader(std::vector<TensorInfo>* tensors) const;
+  absl::Status ParseHeader(std::vector<TensorInfo>* tensors, std::map<std::string, std::string>* metadata) const;
 
   std::string path_;
   void* map_ = nullptr;
   size_t size_ = 0;
 };
 
-absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path,
-                                                                       std::vector<TensorInfo>* tensors) {
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
+    const std::string& path, std::vector<TensorInfo>* tensors, std::map<std::string, std::string>* metadata) {
   // O_NONBLOCK: opening a FIFO (or a device) named like a shard must not block; the S_ISREG check below
   // rejects it. It changes nothing for regular files, which are only mmap-ed.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -172,11 +173,12 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   ::close(fd);
   if (map == MAP_FAILED) return absl::InternalError(absl::StrCat(path, ": mmap failed: ", err));
   file->map_ = map;
-  IC_RETURN_IF_ERROR(file->ParseHeader(tensors));
+  IC_RETURN_IF_ERROR(file->ParseHeader(tensors, metadata));
   return file;
 }
 
-absl::Status SafetensorsFile::ParseHeader(std::vector<TensorInfo>* tensors) const {
+absl::Status SafetensorsFile::ParseHeader(std::vector<TensorInfo>* tensors,
+                                          std::map<std::string, std::string>* metadata) const {
   const uint8_t* base = static_cast<const uint8_t*>(map_);
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | base[i];  // little-endian
@@ -209,7 +211,14 @@ absl::Status SafetensorsFile::ParseHeader(std::vector<TensorInfo>* tensors) cons
   std::vector<Range> ranges;
   std::vector<TensorInfo> found;
   for (const auto& [name, entry] : root.items()) {
-    if (name == "__metadata__") continue;
+    if (name == "__metadata__") {  // string -> string by the format; other values are ignored, not fatal
+      if (entry.is_object()) {
+        for (const auto& [key, value] : entry.items()) {
+          if (value.is_string()) (*metadata)[key] = value.get<std::string>();
+        }
+      }
+      continue;
+    }
     auto bad = [&](const auto&... why) { return InvalidArgument(path_, ": tensor \"", name, "\": ", why...); };
     if (!entry.is_object()) return bad("entry is ", entry.dump(), "; expected an object");
     auto dtype_it = entry.find("dtype");
@@ -322,7 +331,7 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Open(const std::string
   auto store = std::unique_ptr<TensorStore>(new TensorStore());
   for (const std::string& file : files) {
     std::vector<TensorInfo> tensors;
-    absl::StatusOr<std::unique_ptr<SafetensorsFile>> opened = SafetensorsFile::Open(file, &tensors);
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> opened = SafetensorsFile::Open(file, &tensors, &store->metadata_);
     if (!opened.ok()) {
       if (absl::IsNotFound(opened.status()) && !index_entries.empty()) {
         return absl::NotFoundError(absl::StrCat(file, ": shard listed in model.safetensors.index.json not found"));
@@ -394,6 +403,16 @@ absl::StatusOr<std::vector<float>> TensorStore::ReadF32(const TensorInfo& t) con
   }
 }
 
+absl::StatusOr<std::vector<double>> TensorStore::ReadF64(const TensorInfo& t) const {
+  if (t.dtype != DType::kF64) {
+    IC_ASSIGN_OR_RETURN(std::vector<float> f, ReadF32(t));
+    return std::vector<double>(f.begin(), f.end());
+  }
+  std::vector<double> out(static_cast<size_t>(t.numel()));
+  if (!out.empty()) std::memcpy(out.data(), t.data, out.size() * 8);
+  return out;
+}
+
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                               const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
@@ -404,16 +423,19 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
     auto bad = [&](const auto&... why) { return InvalidArgument(path, ": tensor \"", t.name, "\": ", why...); };
     if (t.name == "__metadata__") return bad("reserved name");
     if (!names.insert(t.name).second) return bad("written twice");
-    if (t.dtype != DType::kF32 && t.dtype != DType::kBF16) {
-      return bad("dtype ", std::string(DTypeName(t.dtype)), " cannot be written (F32 or BF16 only)");
+    if (t.dtype != DType::kF32 && t.dtype != DType::kBF16 && t.dtype != DType::kF64) {
+      return bad("dtype ", std::string(DTypeName(t.dtype)), " cannot be written (F32, BF16 or F64 only)");
     }
+    if (t.dtype == DType::kF64 && !t.data.empty()) return bad("F64 tensors take their values from data_f64");
+    if (t.dtype != DType::kF64 && !t.data_f64.empty()) return bad("data_f64 is only for F64 tensors");
     int64_t numel = 1;
     for (int64_t d : t.shape) {
       if (d < 0) return bad("negative dimension ", d);
       numel *= d;
     }
-    if (static_cast<size_t>(numel) != t.data.size()) {
-      return bad("shape [", absl::StrJoin(t.shape, ", "), "] holds ", numel, " values but data has ", t.data.size());
+    const size_t values = t.dtype == DType::kF64 ? t.data_f64.size() : t.data.size();
+    if (static_cast<size_t>(numel) != values) {
+      return bad("shape [", absl::StrJoin(t.shape, ", "), "] holds ", numel, " values but data has ", values);
     }
     const uint64_t nbytes = static_cast<uint64_t>(numel) * DTypeSize(t.dtype);
     header[t.name] = {
@@ -432,6 +454,8 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
   for (const TensorToWrite& t : tensors) {
     if (t.dtype == DType::kF32) {
       out.write(reinterpret_cast<const char*>(t.data.data()), static_cast<std::streamsize>(t.data.size() * 4));
+    } else if (t.dtype == DType::kF64) {
+      out.write(reinterpret_cast<const char*>(t.data_f64.data()), static_cast<std::streamsize>(t.data_f64.size() * 8));
     } else {
       std::vector<uint16_t> bf16(t.data.size());
       for (size_t i = 0; i < t.data.size(); ++i) bf16[i] = FloatToBf16(t.data[i]);

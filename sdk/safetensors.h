@@ -50,19 +50,25 @@ class TensorStore {
   // The tensor as F32 (F32/F16/BF16 converted; F8E4M3 dequantised with `<name>_scale_inv` 128×128
   // block scales when that tensor exists). InvalidArgument for other dtypes.
   absl::StatusOr<std::vector<float>> ReadF32(const TensorInfo& tensor) const;
+  // The tensor as F64 (F64 exactly; the types ReadF32 reads, widened).
+  absl::StatusOr<std::vector<double>> ReadF64(const TensorInfo& tensor) const;
+  // The string map of every file's "__metadata__" (later files win on equal keys).
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
   TensorStore() = default;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, TensorInfo, std::less<>> tensors_;
+  std::map<std::string, std::string> metadata_;
 };
 
 // One tensor to write.
 struct TensorToWrite {
   std::string name;
-  DType dtype = DType::kF32;  // F32 or BF16 (converted from `data`, round-to-nearest-even)
+  DType dtype = DType::kF32;  // F32, BF16 (converted from `data`, round-to-nearest-even) or F64
   std::vector<int64_t> shape;
-  std::vector<float> data;
+  std::vector<float> data;       // F32 and BF16
+  std::vector<double> data_f64;  // F64 (exact: optimizer state)
 };
 
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,

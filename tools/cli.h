@@ -74,6 +74,7 @@ int CmdInfo(int argc, char** argv);
 int CmdRun(int argc, char** argv);
 int CmdEval(int argc, char** argv);
 int CmdBench(int argc, char** argv);
-int CmdSearch(int argc, char** argv);  // tools/search.cc
+int CmdSearch(int argc, char** argv);   // tools/search.cc
+int CmdDistill(int argc, char** argv);  // tools/distill.cc
 
 }  // namespace ic::cli

@@ -18,6 +18,7 @@ commands:
   eval    LM loss and perplexity of one or several plans on a token file
   bench   prefill and decode timing per plan
   search  greedy IndexCache plan search (--keep 1/2|1/4|1/8) on calibration tokens; writes a plan file
+  distill train lightning indexers for a dense model against its own attention; writes a DSA model
 )";
 
 }  // namespace
@@ -34,6 +35,7 @@ int main(int argc, char** argv) {
   if (cmd == "eval") return ic::cli::CmdEval(argc - 1, argv + 1);
   if (cmd == "bench") return ic::cli::CmdBench(argc - 1, argv + 1);
   if (cmd == "search") return ic::cli::CmdSearch(argc - 1, argv + 1);
+  if (cmd == "distill") return ic::cli::CmdDistill(argc - 1, argv + 1);
   std::fprintf(stderr, "indexcache: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }
