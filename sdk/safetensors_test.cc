@@ -271,6 +271,29 @@ TEST_F(SafetensorsTest, MissingPaths) {
   EXPECT_THAT(ErrorOpening(dir_, absl::StatusCode::kNotFound), HasSubstr("no model.safetensors"));
 }
 
+TEST_F(SafetensorsTest, F64AndMetadataRoundTrip) {
+  const std::string path = dir_ + "/f64.safetensors";
+  const std::vector<double> v = {1.0 / 3.0, -2.5e-300, 7.0, std::nextafter(1.0, 2.0)};
+  TensorToWrite t{.name = "m", .dtype = DType::kF64, .shape = {2, 2}};
+  t.data_f64 = v;
+  ASSERT_TRUE(WriteSafetensors(path, {t, {"w", DType::kF32, {1}, {0.5f}}}, {{"step", "12"}, {"plan", "FSF"}}).ok());
+  auto store = TensorStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto back = (*store)->ReadF64(*(*store)->Find("m"));
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, v);  // bit-exact
+  auto widened = (*store)->ReadF64(*(*store)->Find("w"));
+  EXPECT_EQ(*widened, std::vector<double>{0.5});
+  EXPECT_EQ((*store)->metadata().at("step"), "12");
+  EXPECT_EQ((*store)->metadata().at("plan"), "FSF");
+  EXPECT_FALSE((*store)->ReadF32(*(*store)->Find("m")).ok());  // F64 is not silently narrowed
+  TensorToWrite mixed{.name = "x", .dtype = DType::kF64, .shape = {1}, .data = {1.0f}};
+  EXPECT_FALSE(WriteSafetensors(dir_ + "/bad.safetensors", {mixed}).ok());
+  TensorToWrite wrong{.name = "x", .dtype = DType::kF32, .shape = {1}};
+  wrong.data_f64 = {1.0};
+  EXPECT_FALSE(WriteSafetensors(dir_ + "/bad.safetensors", {wrong}).ok());
+}
+
 TEST_F(SafetensorsTest, WriteRejectsBadInput) {
   EXPECT_FALSE(WriteSafetensors(dir_ + "/w.safetensors", {{"t", DType::kF32, {3}, {1, 2}}}).ok());
   EXPECT_FALSE(WriteSafetensors(dir_ + "/w.safetensors", {{"t", DType::kI32, {1}, {1}}}).ok());

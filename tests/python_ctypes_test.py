@@ -94,6 +94,28 @@ class IndexCacheCtypesTest(unittest.TestCase):
         with self.assertRaises(ic.IndexCacheError):
             self.model.search_plan([], 2, device=ic.Device.CPU)
 
+    def test_distill_indexers(self):
+        windows = [_tokens(24, 128, seed=21), _tokens(24, 128, seed=22)]
+        steps = []
+        with tempfile.TemporaryDirectory() as d:
+            dense = ic.Model.synthetic(architecture=ic.Architecture.LLAMA, num_layers=4, hidden_size=64,
+                                       vocab_size=128)
+            dense.save(d + "/dense")
+            with ic.Model.load(d + "/dense") as loaded:
+                loss = loaded.distill_indexers(windows, d + "/dsa", index_n_heads=2, index_head_dim=16,
+                                               index_topk=8, plan="FSFS", steps=3, device=ic.Device.CPU,
+                                               on_step=lambda s, n, l: steps.append((s, n, l)))
+                with self.assertRaises(ic.IndexCacheError) as e:
+                    loaded.distill_indexers([], d + "/x", steps=1, device=ic.Device.CPU)
+                self.assertEqual(e.exception.status, ic.Status.INVALID_ARGUMENT)
+            self.assertEqual([s for s, _, _ in steps], [1, 2, 3])
+            self.assertEqual(steps[-1][2], loss)
+            self.assertGreater(loss, 0)
+            with ic.Model.load(d + "/dsa") as dsa:
+                self.assertEqual(dsa.plan, "FSFS")
+                self.assertEqual(dsa.info.architecture, "LlamaDsaForCausalLM")
+            dense.close()
+
     def test_eval_loss_matches_logits(self):
         toks = _tokens(24, 128, seed=3)
         with self.context() as ctx:

@@ -32,7 +32,7 @@ import dataclasses
 import enum
 import glob
 import os
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "Architecture", "Context", "Device", "IndexCacheError", "Model", "ModelInfo", "Status",
@@ -141,6 +141,33 @@ class _ContextParams(ctypes.Structure):
     ]
 
 
+_DISTILL_STEP_FN = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p)
+
+
+class _DistillParams(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("index_n_heads", ctypes.c_int32),
+        ("index_head_dim", ctypes.c_int32),
+        ("index_topk", ctypes.c_int32),
+        ("plan", ctypes.c_char_p),
+        ("steps", ctypes.c_int64),
+        ("windows_per_step", ctypes.c_int32),
+        ("learning_rate", ctypes.c_double),
+        ("warmup_steps", ctypes.c_int64),
+        ("seed", ctypes.c_uint64),
+        ("device", ctypes.c_int),
+        ("threads", ctypes.c_int32),
+        ("init_indexers", ctypes.c_char_p),
+        ("checkpoint", ctypes.c_char_p),
+        ("checkpoint_every", ctypes.c_int64),
+        ("resume", ctypes.c_int32),
+        ("bf16", ctypes.c_int32),
+        ("on_step", _DISTILL_STEP_FN),
+        ("user", ctypes.c_void_p),
+    ]
+
+
 _P = ctypes.c_void_p
 _I32P = ctypes.POINTER(ctypes.c_int32)
 _I64P = ctypes.POINTER(ctypes.c_int64)
@@ -175,6 +202,9 @@ _SIGNATURES = {
     "ic_eval_loss": (_st, [_P, _I32P, ctypes.c_size_t, ctypes.POINTER(ctypes.c_double), _I64P]),
     "ic_search_plan": (_st, [_P, ctypes.POINTER(_I32P), _SIZEP, ctypes.c_size_t, ctypes.c_int32, ctypes.c_int,
                              ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_double), ctypes.c_size_t]),
+    "ic_distill_default_params": (_st, [_P]),
+    "ic_distill_indexers": (_st, [_P, ctypes.POINTER(_I32P), _SIZEP, ctypes.c_size_t, ctypes.c_char_p, _P,
+                                  ctypes.POINTER(ctypes.c_double)]),
     "ic_metrics_text": (_st, [ctypes.c_char_p, ctypes.c_size_t, _SIZEP]),
     "ic_metrics_start_exposer": (_st, [ctypes.c_char_p]),
     "ic_metrics_exposer_port": (_st, [_I32P]),
@@ -437,6 +467,57 @@ class Model:
                                    int(_enum(Device, device, "device")), buf, len(buf), losses, len(losses)))
         steps = layers - target_full_layers + 1
         return buf.value.decode(), [losses[i] for i in range(steps)]
+
+    def distill_indexers(self, windows: Sequence[Iterable[int]], out_dir: Union[str, os.PathLike], *,
+                         index_n_heads: int = 4, index_head_dim: int = 64, index_topk: int = 256,
+                         plan: Optional[str] = None, steps: int = 200, windows_per_step: int = 1,
+                         learning_rate: float = 1e-3, warmup_steps: int = 10, seed: int = 0,
+                         device: Device = Device.AUTO, threads: int = 0,
+                         init_indexers: Optional[Union[str, os.PathLike]] = None,
+                         checkpoint: Optional[Union[str, os.PathLike]] = None, checkpoint_every: int = 50,
+                         resume: bool = False, bf16: bool = True,
+                         on_step: Optional[Callable[[int, int, float], None]] = None) -> float:
+        """Trains lightning indexers for this dense model against its own attention (ic_distill_indexers;
+        DESIGN.md §3: loss mean_t KL(p_t || softmax(I_t)); a plan makes it training-aware, arXiv 2603.12201
+        §3.2) and writes a loadable Llama-DSA checkpoint to out_dir. Each window is a token list (>= 2).
+        on_step(step, steps, loss) reports progress. Returns the last step's loss (nats)."""
+        arrays = [_tokens(w, f"windows[{i}]") for i, w in enumerate(windows)]
+        n = len(arrays)
+        ptrs = (_I32P * max(n, 1))(*[ctypes.cast(a, _I32P) for a, _ in arrays])
+        lengths = (ctypes.c_size_t * max(n, 1))(*[k for _, k in arrays])
+        params = _DistillParams()
+        _check(_lib.ic_distill_default_params(ctypes.byref(params)))
+        for name, value, ctype in (("index_n_heads", index_n_heads, ctypes.c_int32),
+                                   ("index_head_dim", index_head_dim, ctypes.c_int32),
+                                   ("index_topk", index_topk, ctypes.c_int32), ("steps", steps, ctypes.c_int64),
+                                   ("windows_per_step", windows_per_step, ctypes.c_int32),
+                                   ("warmup_steps", warmup_steps, ctypes.c_int64), ("seed", seed, ctypes.c_uint64),
+                                   ("threads", threads, ctypes.c_int32),
+                                   ("checkpoint_every", checkpoint_every, ctypes.c_int64)):
+            setattr(params, name, _int(value, ctype, name))
+        params.learning_rate = float(learning_rate)
+        params.device = int(_enum(Device, device, "device"))
+        keep = [_bytes(plan), _bytes(init_indexers), _bytes(checkpoint)]
+        params.plan, params.init_indexers, params.checkpoint = keep
+        params.resume = 1 if resume else 0
+        params.bf16 = 1 if bf16 else 0
+        errors: List[BaseException] = []
+
+        def trampoline(step, total, loss, _user):
+            if on_step is not None and not errors:
+                try:
+                    on_step(int(step), int(total), float(loss))
+                except BaseException as e:  # re-raised after the C call returns
+                    errors.append(e)
+
+        callback = _DISTILL_STEP_FN(trampoline)
+        params.on_step = callback
+        final = ctypes.c_double()
+        _check(_lib.ic_distill_indexers(self.handle, ptrs, lengths, n, _bytes(out_dir), ctypes.byref(params),
+                                        ctypes.byref(final)))
+        if errors:
+            raise errors[0]
+        return final.value
 
     def close(self) -> None:
         if self._handle is not None:

@@ -309,6 +309,54 @@ IC_API ic_status_t ic_decode(ic_context_t* ctx, const int32_t* seq_ids, const in
 IC_API ic_status_t ic_eval_loss(ic_context_t* ctx, const int32_t* tokens, size_t n, double* mean_loss,
                                 int64_t* predicted_tokens);
 
+/* ---- Indexer distillation (DESIGN.md §3; sdk/distill_loop.h) ------------------------------------- */
+
+/* Progress callback of ic_distill_indexers: after each optimizer step, `step` of `steps` done, `loss` the
+ * mean over Full layers of that step's distillation loss (nats). */
+typedef void (*ic_distill_step_fn)(int64_t step, int64_t steps, double loss, void* user);
+
+typedef struct ic_distill_params_t {
+  size_t struct_size;        /* = sizeof(ic_distill_params_t); set by ic_distill_default_params */
+  int32_t index_n_heads;     /* indexer heads; default 4 */
+  int32_t index_head_dim;    /* indexer head dim (even); default 64 */
+  int32_t index_topk;        /* top-k written to the config; default 256 */
+  const char* plan;          /* NULL or "": all Full (DeepSeek-V3.2's dense warm-up, m = 0); else an F/S
+                                string: each Full layer learns the mean attention of the layers it serves
+                                (training-aware IndexCache, arXiv 2603.12201 §3.2). Copied. */
+  int64_t steps;             /* optimizer steps; default 200 */
+  int32_t windows_per_step;  /* windows averaged per step; default 1 */
+  double learning_rate;      /* peak Adam learning rate; default 1e-3 */
+  int64_t warmup_steps;      /* linear warm-up, then cosine decay; default 10 */
+  uint64_t seed;             /* initialisation and window order; default 0 */
+  ic_device_t device;        /* the teacher's forward pass; default IC_DEVICE_AUTO */
+  int32_t threads;           /* gradient threads over Full layers; 0 (default) = all cores */
+  const char* init_indexers; /* NULL, or indexer safetensors to start from (e.g. a warm-up's
+                                out_dir/indexer.safetensors); copied */
+  const char* checkpoint;    /* NULL: no checkpoints; else a path written every checkpoint_every steps */
+  int64_t checkpoint_every;  /* default 50; 0 = only after the last step */
+  int32_t resume;            /* 1: continue `checkpoint` (which must exist); 0 (default): start fresh */
+  int32_t bf16;              /* 1 (default): indexer weights written as BF16; 0: F32 */
+  ic_distill_step_fn on_step;/* NULL or a progress callback (called on the calling thread) */
+  void* user;                /* passed to on_step */
+} ic_distill_params_t;
+
+/* Fills `params` with the defaults above. Errors: IC_ERR_INVALID_ARGUMENT (params NULL). */
+IC_API ic_status_t ic_distill_default_params(ic_distill_params_t* params);
+
+/* Trains lightning indexers for the dense model `dense` (LlamaForCausalLM loaded with ic_model_load; it
+ * is not changed) against its own head-averaged attention, loss mean_t KL(p_t || softmax(I_t)) (DESIGN.md
+ * §3), and writes a loadable Llama-DSA checkpoint to out_dir (config.json, indexer.safetensors, the
+ * dense weights hard-linked, an index, the tokenizer). windows[i] points to window_lengths[i] >= 2 token
+ * ids (each a fresh sequence at positions 0..len−1). final_loss (may be NULL) receives the last step's
+ * loss. Memory: layers × len² × 4 bytes of captures per window. Errors: IC_ERR_INVALID_ARGUMENT (NULL or
+ * freed model, NULL arrays or out_dir, n_windows == 0, a short window, a token id outside the vocabulary,
+ * a model with indexers, a bad field, a checkpoint of another model or plan), IC_ERR_FAILED_PRECONDITION
+ * (a model not loaded from a directory), IC_ERR_NOT_FOUND (resume without the checkpoint),
+ * IC_ERR_UNAVAILABLE (CUDA asked for and absent). */
+IC_API ic_status_t ic_distill_indexers(const ic_model_t* dense, const int32_t* const* windows,
+                                       const size_t* window_lengths, size_t n_windows, const char* out_dir,
+                                       const ic_distill_params_t* params, double* final_loss);
+
 /* ---- Plan search (DESIGN.md §3; sdk/search.h) ------------------------------------------------------ */
 
 /* Training-free greedy IndexCache plan search (arXiv 2603.12201 §3.1): start all-Full; each step flips

@@ -13,13 +13,21 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 build="${BUILD_DIR:-build-sm90}"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a -DIC_BUILD_BENCHMARKS=ON >/dev/null
-targets=(indexcache_cli engine_gpu_test backend_parity_gpu_test golden_test engine_test cpu_kernels_bench)
+# CLI_ONLY=1: just the CLI (the real-model jobs, tools/device/real_model.sh), a smaller bundle.
+if [[ "${CLI_ONLY:-0}" == 1 ]]; then
+  targets=(indexcache_cli)
+else
+  targets=(indexcache_cli engine_gpu_test backend_parity_gpu_test golden_test engine_test cpu_kernels_bench)
+fi
 cmake --build "$build" -j"${JOBS:-2}" --target "${targets[@]}"
 out=.deps/bundle
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib"
-cp "$build/indexcache" "$build/tests/engine_gpu_test" "$build/tests/backend_parity_gpu_test" \
-   "$build/tests/golden_test" "$build/tests/engine_test" "$build/kernels/cpu/cpu_kernels_bench" "$out/bin/"
+cp "$build/indexcache" "$out/bin/"
+if [[ "${CLI_ONLY:-0}" != 1 ]]; then
+  cp "$build/tests/engine_gpu_test" "$build/tests/backend_parity_gpu_test" "$build/tests/golden_test" \
+     "$build/tests/engine_test" "$build/kernels/cpu/cpu_kernels_bench" "$out/bin/"
+fi
 strip "$out"/bin/*
 for bin in "$out"/bin/*; do
   ldd "$bin" | awk '/=>/ {print $3}'
