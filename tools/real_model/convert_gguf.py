@@ -9,7 +9,7 @@ checkpoint directory that the IndexCache SDK loads (dense mode, no indexers yet)
     generation_config.json  bos/eos
     conversion.json         source GGUF sha256, package versions, what was done
 
-usage: convert_gguf.py GGUF OUT_DIR [--dtype f32|bf16] [--expect-sha256 HEX]
+usage: convert_gguf.py GGUF OUT_DIR [--dtype f32|bf16] [--expect-sha256 HEX] [--no-tokenizer]
 
 What llama.cpp did that we undo: its convert_hf_to_gguf.py stores the rows of q_proj and k_proj
 permuted so that its "normal" (GPT-J, interleaved-pair) RoPE equals HF's NeoX-style rotate_half RoPE.
@@ -24,7 +24,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 
 import numpy as np
 
@@ -34,10 +33,6 @@ try:
     from gguf.quants import dequantize
 except ImportError:  # pragma: no cover
     sys.exit("convert_gguf: the 'gguf' package is missing: pip install -r tools/real_model/requirements.txt")
-try:
-    from safetensors.numpy import save_file
-except ImportError:  # pragma: no cover
-    sys.exit("convert_gguf: the 'safetensors' package is missing: pip install -r tools/real_model/requirements.txt")
 
 
 class ConvertError(Exception):
@@ -284,6 +279,8 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=("f32", "bf16"), default="f32",
                     help="tensor dtype in model.safetensors (f32 keeps the dequantized values exactly)")
     ap.add_argument("--expect-sha256", default=None, help="refuse a GGUF whose sha256 differs")
+    ap.add_argument("--no-tokenizer", action="store_true",
+                    help="skip tokenizer.json (no 'tokenizers' package needed; e.g. on a GPU host without network)")
     args = ap.parse_args(argv)
 
     try:
@@ -300,25 +297,19 @@ def main(argv=None):
         cfg = read_config(reader)
         cfg["torch_dtype"] = "float32" if args.dtype == "f32" else "bfloat16"
         tensors = convert_tensors(reader, cfg, args.dtype)
-        tokenizer, special_tokens = build_tokenizer(reader)
+        tokenizer, special_tokens = (None, []) if args.no_tokenizer else build_tokenizer(reader)
     except ConvertError as e:
         print(f"convert_gguf: error: {e}", file=sys.stderr)
         return 1
 
     os.makedirs(args.out, exist_ok=True)
     st_path = os.path.join(args.out, "model.safetensors")
-    if args.dtype == "bf16":
-        # safetensors.numpy has no bfloat16 dtype: write the header ourselves with dtype BF16.
-        write_safetensors_raw(st_path, tensors, "BF16")
-    else:
-        with tempfile.NamedTemporaryFile(dir=args.out, delete=False, suffix=".part") as tmp:
-            pass
-        save_file(tensors, tmp.name, metadata={"format": "pt"})
-        os.replace(tmp.name, st_path)
+    write_safetensors_raw(st_path, tensors, "BF16" if args.dtype == "bf16" else "F32")
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
         f.write("\n")
-    tokenizer.save(os.path.join(args.out, "tokenizer.json"))
+    if tokenizer is not None:
+        tokenizer.save(os.path.join(args.out, "tokenizer.json"))
     tokens = field(reader, "tokenizer.ggml.tokens")
     tok_cfg = {
         "tokenizer_class": "GPT2Tokenizer",
@@ -361,6 +352,7 @@ def main(argv=None):
 
 
 def write_safetensors_raw(path, tensors, dtype_name):
+    """Safetensors without the safetensors package: F32 little-endian, or BF16 given as uint16 bit patterns."""
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     names = sorted(tensors)
     for k in names:
@@ -374,7 +366,7 @@ def write_safetensors_raw(path, tensors, dtype_name):
         f.write(len(hb).to_bytes(8, "little"))
         f.write(hb)
         for k in names:
-            f.write(np.ascontiguousarray(tensors[k]).astype("<u2").tobytes())
+            f.write(np.ascontiguousarray(tensors[k]).astype("<u2" if dtype_name == "BF16" else "<f4").tobytes())
     os.replace(tmp, path)
 
 
