@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# HERE (no GPU): packs what the real-model jobs need on a GPU host without network into two carries of
-# < 64 MiB each (the device tool's per-call limit):
+# HERE (no GPU): packs what the real-model jobs need on a GPU host without network into three carries
+# that each fit, with the ~10 MB working tree, in the device tool's 64 MiB per call:
 #   .deps/device_real/a/: bundle.tar.gz (the sm_90a CLI + its shared libraries, CLI_ONLY bundle.sh),
-#                         gguf.part0, wheels (gguf, tqdm, PyYAML: pure or cp312 manylinux)
-#   .deps/device_real/b/: gguf.part1, calib.tokens, eval.tokens (+ their manifests)
+#                         wheels (gguf, tqdm, PyYAML: pure or cp312 manylinux), the token sets
+#   .deps/device_real/b/: gguf.part0        .deps/device_real/c/: gguf.part1, gguf.sha256
 # Needs: tools/real_model/prepare.sh done once (GGUF in .deps/real_model, token sets in data/tokens).
 #
 #   bash tools/device/pack_real_model.sh
 #   run(command="bash tools/device/real_model.sh stage .deps/device_real/a", carry=[".deps/device_real/a"])
-#   run(command="bash tools/device/real_model.sh stage .deps/device_real/b prepare", carry=[".deps/device_real/b"])
+#   run(command="bash tools/device/real_model.sh stage .deps/device_real/b", carry=[".deps/device_real/b"])
+#   run(command="bash tools/device/real_model.sh stage .deps/device_real/c prepare", carry=[".deps/device_real/c"])
 #   run(command="STAGES='dsa' bash tools/device/real_model.sh quality")     # each call < 10 min
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -19,19 +20,19 @@ gguf=.deps/real_model/SmolLM2-135M-Instruct.Q4_1.gguf
   echo "pack_real_model: data/tokens missing: run tools/real_model/prepare.sh" >&2; exit 1; }
 CLI_ONLY=1 bash tools/device/bundle.sh >&2
 out=.deps/device_real
-rm -rf "$out/a" "$out/b"
-mkdir -p "$out/a/wheels" "$out/b"
+rm -rf "$out/a" "$out/b" "$out/c"
+mkdir -p "$out/a/wheels" "$out/b" "$out/c"
 tar -C .deps -czf "$out/a/bundle.tar.gz" bundle
 size=$(stat -c %s "$gguf")
 half=$(( (size + 1) / 2 ))
-head -c "$half" "$gguf" > "$out/a/gguf.part0"
-tail -c +$((half + 1)) "$gguf" > "$out/b/gguf.part1"
-sha256sum "$gguf" | cut -d' ' -f1 > "$out/b/gguf.sha256"
+head -c "$half" "$gguf" > "$out/b/gguf.part0"
+tail -c +$((half + 1)) "$gguf" > "$out/c/gguf.part1"
+sha256sum "$gguf" | cut -d' ' -f1 > "$out/c/gguf.sha256"
 w=.deps/real_model/wheels
 mkdir -p "$w"
 pip download -q --no-deps -d "$w" gguf==0.17.1 tqdm==4.67.1
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d "$w" \
   pyyaml==6.0.2
 cp "$w"/gguf-0.17.1-*.whl "$w"/tqdm-4.67.1-*.whl "$w"/PyYAML-6.0.2-cp312-*.whl "$out/a/wheels/"
-cp data/tokens/calib.tokens data/tokens/eval.tokens data/tokens/calib.tokens.json data/tokens/eval.tokens.json "$out/b/"
-du -sh "$out/a" "$out/b"
+cp data/tokens/calib.tokens data/tokens/eval.tokens data/tokens/calib.tokens.json data/tokens/eval.tokens.json "$out/a/"
+du -sh "$out/a" "$out/b" "$out/c"
