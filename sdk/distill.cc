@@ -242,6 +242,90 @@ inline double Dot(const double* a, const double* b, int n) {
   return s;
 }
 
+// The dense-target rows through BLAS: query tiles of kTile rows against keys 0..(tile end − 1), per head
+// S_j = Q_j·Kᵀ (dgemm), I = Σ_j w_j·ReLU(S_j), softmax over s ≤ t, G = softmax − p, and the backward
+// gq_j += (G·w_j·[S_j > 0])·K, gk += (…)ᵀ·Q_j (dgemm), gw_j = Σ_s G·ReLU(S_j). Same arithmetic as the
+// per-row loop of the sparse path (up to summation order), O(T²·H·d) in GEMMs; memory H·kTile·T doubles.
+void DenseRows(const Forward& f, const IndexerBatch& batch, bool want_grad, std::vector<double>* gq,
+               std::vector<double>* gk, std::vector<double>* gw, double* total, int64_t* rows) {
+  constexpr int kTile = 256;
+  const int T = f.dm.T, H = f.dm.H, d = f.dm.d;
+  std::vector<double> S, I, G, D;
+  std::vector<char> counted;
+  for (int t0 = 0; t0 < T; t0 += kTile) {
+    const int t1 = std::min(T, t0 + kTile), m = t1 - t0, n = t1;  // rows t0..t1−1, keys 0..t1−1
+    S.assign(static_cast<size_t>(H) * m * n, 0.0);
+    for (int j = 0; j < H; ++j) {
+      Gemm(false, true, m, n, d, 1.0, &f.q[(static_cast<size_t>(t0) * H + j) * d], H * d, f.k.data(), d, 0.0,
+           &S[static_cast<size_t>(j) * m * n], n);
+    }
+    I.assign(static_cast<size_t>(m) * n, 0.0);
+    for (int j = 0; j < H; ++j) {
+      const double* Sj = &S[static_cast<size_t>(j) * m * n];
+      for (int r = 0; r < m; ++r) {
+        const double w = f.wv[static_cast<size_t>(t0 + r) * H + j];
+        double* Ir = &I[static_cast<size_t>(r) * n];
+        const double* Sr = Sj + static_cast<size_t>(r) * n;
+        for (int s = 0; s <= t0 + r; ++s) Ir[s] += w * std::max(0.0, Sr[s]);
+      }
+    }
+    G.assign(static_cast<size_t>(m) * n, 0.0);
+    counted.assign(m, 0);
+    for (int r = 0; r < m; ++r) {
+      const int t = t0 + r;
+      const float* prow = &batch.p_dense[static_cast<size_t>(t) * T];
+      double psum = 0;
+      for (int s = 0; s <= t; ++s) psum += prow[s];
+      bool any = false;
+      for (int s = 0; s <= t && !any; ++s) any = prow[s] != 0;
+      if (!any) continue;
+      counted[r] = 1;
+      ++*rows;
+      const double* Ir = &I[static_cast<size_t>(r) * n];
+      const double mx = *std::max_element(Ir, Ir + t + 1);
+      double z = 0;
+      for (int s = 0; s <= t; ++s) z += std::exp(Ir[s] - mx);
+      const double log_z = mx + std::log(z);
+      double kl = 0;
+      double* Gr = &G[static_cast<size_t>(r) * n];
+      for (int s = 0; s <= t; ++s) {
+        const double p = prow[s] / psum;
+        if (p > 0) kl += p * (std::log(p) - (Ir[s] - log_z));
+        Gr[s] = std::exp(Ir[s] - log_z) - p;
+      }
+      *total += kl;
+    }
+    if (!want_grad) continue;
+    D.assign(static_cast<size_t>(m) * n, 0.0);
+    for (int j = 0; j < H; ++j) {
+      const double* Sj = &S[static_cast<size_t>(j) * m * n];
+      for (int r = 0; r < m; ++r) {
+        if (!counted[r]) {
+          std::fill_n(&D[static_cast<size_t>(r) * n], n, 0.0);
+          continue;
+        }
+        const int t = t0 + r;
+        const double w = f.wv[static_cast<size_t>(t) * H + j];
+        const double* Sr = Sj + static_cast<size_t>(r) * n;
+        const double* Gr = &G[static_cast<size_t>(r) * n];
+        double* Dr = &D[static_cast<size_t>(r) * n];
+        double gwj = 0;
+        for (int s = 0; s < n; ++s) {
+          const bool on = s <= t && Sr[s] > 0;  // ReLU: zero gradient at and below 0
+          gwj += on ? Gr[s] * Sr[s] : 0.0;
+          Dr[s] = on ? Gr[s] * w : 0.0;
+        }
+        (*gw)[static_cast<size_t>(t) * H + j] += gwj;
+      }
+      // gq_j[t0..t1) += D · K[0..n);   gk[0..n) += Dᵀ · Q_j[t0..t1).
+      Gemm(false, false, m, d, n, 1.0, D.data(), n, f.k.data(), d, 1.0, &(*gq)[(static_cast<size_t>(t0) * H + j) * d],
+           H * d);
+      Gemm(true, false, n, d, m, 1.0, D.data(), n, &f.q[(static_cast<size_t>(t0) * H + j) * d], H * d, 1.0,
+           gk->data(), d);
+    }
+  }
+}
+
 }  // namespace
 
 void IndexerGrads::Add(const IndexerGrads& o, double scale) {
@@ -298,81 +382,85 @@ absl::StatusOr<double> IndexerDistillLoss(const ModelConfig& config, const Index
 
   double total = 0;
   int64_t rows = 0;
-  std::vector<int32_t> dom;     // D_t
-  std::vector<double> pt, It, dots;
-  for (int t = 0; t < T; ++t) {
-    dom.clear();
-    pt.clear();
-    if (!batch.sparse()) {
-      const float* prow = &batch.p_dense[static_cast<size_t>(t) * T];
-      bool any = false;
-      for (int s = 0; s <= t; ++s) any = any || prow[s] != 0;
-      if (!any) continue;
-      for (int s = 0; s <= t; ++s) {
-        dom.push_back(s);
-        pt.push_back(prow[s]);
-      }
-    } else {
-      const int32_t b0 = batch.p_offsets[t], b1 = batch.p_offsets[t + 1];
-      if (b1 == b0) continue;
-      if (batch.sparse_softmax_over_all_keys) {
-        for (int s = 0; s <= t; ++s) dom.push_back(s);
-        pt.assign(t + 1, 0.0);
-        for (int32_t e = b0; e < b1; ++e) pt[batch.p_index[e]] = batch.p_prob[e];
+  if (!batch.sparse()) {
+    DenseRows(f, batch, want_grad, &gq, &gk, &gw, &total, &rows);
+  } else {
+    std::vector<int32_t> dom;     // D_t
+    std::vector<double> pt, It, dots;
+    for (int t = 0; t < T; ++t) {
+      dom.clear();
+      pt.clear();
+      if (!batch.sparse()) {
+        const float* prow = &batch.p_dense[static_cast<size_t>(t) * T];
+        bool any = false;
+        for (int s = 0; s <= t; ++s) any = any || prow[s] != 0;
+        if (!any) continue;
+        for (int s = 0; s <= t; ++s) {
+          dom.push_back(s);
+          pt.push_back(prow[s]);
+        }
       } else {
-        for (int32_t e = b0; e < b1; ++e) {
-          dom.push_back(batch.p_index[e]);
-          pt.push_back(batch.p_prob[e]);
+        const int32_t b0 = batch.p_offsets[t], b1 = batch.p_offsets[t + 1];
+        if (b1 == b0) continue;
+        if (batch.sparse_softmax_over_all_keys) {
+          for (int s = 0; s <= t; ++s) dom.push_back(s);
+          pt.assign(t + 1, 0.0);
+          for (int32_t e = b0; e < b1; ++e) pt[batch.p_index[e]] = batch.p_prob[e];
+        } else {
+          for (int32_t e = b0; e < b1; ++e) {
+            dom.push_back(batch.p_index[e]);
+            pt.push_back(batch.p_prob[e]);
+          }
         }
       }
-    }
-    ++rows;
-    const int n = static_cast<int>(dom.size());
-    // Renormalise in double: an F32 row sums to 1 only within rounding, and KL of an unnormalised p is off by
-    // about the excess mass (first order) and can be negative.
-    double psum = 0;
-    for (int e = 0; e < n; ++e) psum += pt[e];
-    for (int e = 0; e < n; ++e) pt[e] /= psum;
-    It.assign(n, 0);
-    dots.assign(static_cast<size_t>(n) * H, 0);
-    const double* wt = &f.wv[static_cast<size_t>(t) * H];
-    for (int e = 0; e < n; ++e) {
-      const double* ks = &f.k[static_cast<size_t>(dom[e]) * d];
-      double acc = 0;
-      for (int j = 0; j < H; ++j) {
-        const double dt = Dot(&f.q[(static_cast<size_t>(t) * H + j) * d], ks, d);
-        dots[static_cast<size_t>(e) * H + j] = dt;
-        acc += wt[j] * std::max(0.0, dt);
+      ++rows;
+      const int n = static_cast<int>(dom.size());
+      // Renormalise in double: an F32 row sums to 1 only within rounding, and KL of an unnormalised p is off by
+      // about the excess mass (first order) and can be negative.
+      double psum = 0;
+      for (int e = 0; e < n; ++e) psum += pt[e];
+      for (int e = 0; e < n; ++e) pt[e] /= psum;
+      It.assign(n, 0);
+      dots.assign(static_cast<size_t>(n) * H, 0);
+      const double* wt = &f.wv[static_cast<size_t>(t) * H];
+      for (int e = 0; e < n; ++e) {
+        const double* ks = &f.k[static_cast<size_t>(dom[e]) * d];
+        double acc = 0;
+        for (int j = 0; j < H; ++j) {
+          const double dt = Dot(&f.q[(static_cast<size_t>(t) * H + j) * d], ks, d);
+          dots[static_cast<size_t>(e) * H + j] = dt;
+          acc += wt[j] * std::max(0.0, dt);
+        }
+        It[e] = acc;
       }
-      It[e] = acc;
-    }
-    const double mx = *std::max_element(It.begin(), It.end());
-    double z = 0;
-    for (int e = 0; e < n; ++e) z += std::exp(It[e] - mx);
-    const double log_z = mx + std::log(z);
-    double kl = 0;
-    for (int e = 0; e < n; ++e) {
-      if (pt[e] > 0) kl += pt[e] * (std::log(pt[e]) - (It[e] - log_z));
-    }
-    total += kl;
-    if (!want_grad) continue;
-    // dKL/dI[t, s] = softmax_s − p_s.
-    for (int e = 0; e < n; ++e) {
-      const double g = std::exp(It[e] - log_z) - pt[e];
-      if (g == 0) continue;
-      const int s = dom[e];
-      double* gks = &gk[static_cast<size_t>(s) * d];
-      const double* ks = &f.k[static_cast<size_t>(s) * d];
-      for (int j = 0; j < H; ++j) {
-        const double dt = dots[static_cast<size_t>(e) * H + j];
-        if (dt <= 0) continue;  // ReLU: zero gradient at and below 0
-        gw[static_cast<size_t>(t) * H + j] += g * dt;
-        const double gd = g * wt[j];
-        double* gqj = &gq[(static_cast<size_t>(t) * H + j) * d];
-        const double* qj = &f.q[(static_cast<size_t>(t) * H + j) * d];
-        for (int i = 0; i < d; ++i) {
-          gqj[i] += gd * ks[i];
-          gks[i] += gd * qj[i];
+      const double mx = *std::max_element(It.begin(), It.end());
+      double z = 0;
+      for (int e = 0; e < n; ++e) z += std::exp(It[e] - mx);
+      const double log_z = mx + std::log(z);
+      double kl = 0;
+      for (int e = 0; e < n; ++e) {
+        if (pt[e] > 0) kl += pt[e] * (std::log(pt[e]) - (It[e] - log_z));
+      }
+      total += kl;
+      if (!want_grad) continue;
+      // dKL/dI[t, s] = softmax_s − p_s.
+      for (int e = 0; e < n; ++e) {
+        const double g = std::exp(It[e] - log_z) - pt[e];
+        if (g == 0) continue;
+        const int s = dom[e];
+        double* gks = &gk[static_cast<size_t>(s) * d];
+        const double* ks = &f.k[static_cast<size_t>(s) * d];
+        for (int j = 0; j < H; ++j) {
+          const double dt = dots[static_cast<size_t>(e) * H + j];
+          if (dt <= 0) continue;  // ReLU: zero gradient at and below 0
+          gw[static_cast<size_t>(t) * H + j] += g * dt;
+          const double gd = g * wt[j];
+          double* gqj = &gq[(static_cast<size_t>(t) * H + j) * d];
+          const double* qj = &f.q[(static_cast<size_t>(t) * H + j) * d];
+          for (int i = 0; i < d; ++i) {
+            gqj[i] += gd * ks[i];
+            gks[i] += gd * qj[i];
+          }
         }
       }
     }

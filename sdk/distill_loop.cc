@@ -1,6 +1,8 @@
 // Indexer distillation loop (see distill_loop.h).
 #include "sdk/distill_loop.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -125,6 +127,20 @@ absl::Status CaptureWindow(Context& ctx, std::span<const int32_t> tokens, Captur
   return s;
 }
 
+// OpenBLAS's own threads would oversubscribe the cores while Full layers already run in parallel.
+class SingleThreadedBlas {
+ public:
+  explicit SingleThreadedBlas(bool active) : saved_(active ? openblas_get_num_threads() : 0) {
+    if (saved_ > 0) openblas_set_num_threads(1);
+  }
+  ~SingleThreadedBlas() {
+    if (saved_ > 0) openblas_set_num_threads(saved_);
+  }
+
+ private:
+  int saved_;
+};
+
 // Loss (and gradients when `grads`) of every Full layer on one captured window, layers spread over threads.
 absl::Status WindowLosses(const IndexerTrainingState& st, const Capture& cap, int T, int threads,
                           std::vector<double>* loss, std::vector<IndexerGrads>* grads) {
@@ -163,6 +179,7 @@ absl::Status WindowLosses(const IndexerTrainingState& st, const Capture& cap, in
     }
   };
   const int n = std::max(1, std::min<int>(threads, static_cast<int>(full.size())));
+  SingleThreadedBlas blas(n > 1);
   std::vector<std::thread> pool;
   for (int i = 1; i < n; ++i) pool.emplace_back(work);
   work();
@@ -304,16 +321,21 @@ absl::Status TrainIndexers(std::shared_ptr<const Model> dense, std::span<const s
   const int threads = ResolveThreads(o.threads);
   const double t0 = Now();
   const int64_t first = st->step;
+  double teacher_seconds = 0, gradient_seconds = 0;
   while (st->step < o.steps) {
     std::vector<IndexerGrads> total(N);
     std::vector<double> step_loss(N, 0.0);
     for (int i = 0; i < o.windows_per_step; ++i) {
       const std::vector<int32_t>& w = windows[WindowFor(st->step, i, o.windows_per_step, windows.size(), st->seed)];
       Capture cap;
+      const double c0 = Now();
       IC_RETURN_IF_ERROR(CaptureWindow(*ctx, w, &cap));
+      const double c1 = Now();
       std::vector<double> loss(N, 0.0);
       std::vector<IndexerGrads> grads(N);
       IC_RETURN_IF_ERROR(WindowLosses(*st, cap, static_cast<int>(w.size()), threads, &loss, &grads));
+      teacher_seconds += c1 - c0;
+      gradient_seconds += Now() - c1;
       for (int l = 0; l < N; ++l) {
         if (!st->plan.IsFull(l)) continue;
         total[l].Add(grads[l], 1.0 / o.windows_per_step);
@@ -338,6 +360,8 @@ absl::Status TrainIndexers(std::shared_ptr<const Model> dense, std::span<const s
       const int full = st->plan.NumFull();
       for (double v : step_loss) p.loss += v / full;
       p.elapsed_seconds = Now() - t0;
+      p.teacher_seconds = teacher_seconds;
+      p.gradient_seconds = gradient_seconds;
       p.remaining_seconds = p.elapsed_seconds / static_cast<double>(st->step - first) * (o.steps - st->step);
       o.on_step(p);
     }

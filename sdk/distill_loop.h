@@ -76,6 +76,7 @@ struct DistillProgress {
   std::vector<double> layer_loss; // [num_layers], 0 for Shared layers
   double learning_rate = 0;
   double elapsed_seconds = 0, remaining_seconds = 0;
+  double teacher_seconds = 0, gradient_seconds = 0;  // this run so far: forward captures / loss + gradients
 };
 
 struct DistillOptions {

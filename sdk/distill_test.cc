@@ -315,6 +315,35 @@ TEST(IndexerDistill, SparseWithEverySelectedEqualsDense) {
   EXPECT_NEAR(*b, *b2, 1e-12);
 }
 
+// The dense target runs through BLAS in query tiles of 256 rows; T = 300 spans two tiles. The sparse path
+// (every key selected) is the per-row loop: both must agree on the loss and every gradient.
+TEST(IndexerDistill, DenseTilesMatchTheRowPath) {
+  std::mt19937 rng(17);
+  const ModelConfig c = MakeConfig(2, 8, 4, false, 16, 0);
+  const IndexerWeights W = RandomWeights(c, rng);
+  IndexerBatch dense = RandomBatch(c, 300, rng);
+  IndexerBatch sparse = dense;
+  MakeSparse(sparse, /*keep=*/1000, rng);  // every s ≤ t selected
+  IndexerGrads ga, gb;
+  auto a = IndexerDistillLoss(c, W, dense, &ga);
+  auto b = IndexerDistillLoss(c, W, sparse, &gb);
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+  EXPECT_NEAR(*a, *b, 1e-6 * std::max(1.0, *a));
+  auto rel = [](const std::vector<double>& x, const std::vector<double>& y) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      num += (x[i] - y[i]) * (x[i] - y[i]);
+      den += y[i] * y[i];
+    }
+    return std::sqrt(num / std::max(den, 1e-300));
+  };
+  EXPECT_LT(rel(ga.wq, gb.wq), 1e-5);
+  EXPECT_LT(rel(ga.wk, gb.wk), 1e-5);
+  EXPECT_LT(rel(ga.k_norm_weight, gb.k_norm_weight), 1e-5);
+  EXPECT_LT(rel(ga.k_norm_bias, gb.k_norm_bias), 1e-5);
+  EXPECT_LT(rel(ga.weights_proj, gb.weights_proj), 1e-5);
+}
+
 // ---- (c) KL is 0 exactly when p = softmax(I) -----------------------------------------------------------------
 
 TEST(IndexerDistill, KlZeroWhenTargetIsIndexerSoftmax) {

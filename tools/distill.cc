@@ -210,9 +210,10 @@ int CmdDistill(int argc, char** argv) {
   const int64_t print_every = std::max<int64_t>(1, steps / 50);
   o.on_step = [&](const DistillProgress& p) {
     if (p.step % print_every != 0 && p.step != p.steps) return;
-    std::printf("step %lld/%lld  loss %.6f  lr %.3g  %s elapsed, ~%s left\n", static_cast<long long>(p.step),
-                static_cast<long long>(p.steps), p.loss, p.learning_rate, FormatSeconds(p.elapsed_seconds).c_str(),
-                FormatSeconds(p.remaining_seconds).c_str());
+    std::printf("step %lld/%lld  loss %.6f  lr %.3g  %s elapsed (teacher %s, gradients %s), ~%s left\n",
+                static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss, p.learning_rate,
+                FormatSeconds(p.elapsed_seconds).c_str(), FormatSeconds(p.teacher_seconds).c_str(),
+                FormatSeconds(p.gradient_seconds).c_str(), FormatSeconds(p.remaining_seconds).c_str());
     std::fflush(stdout);
   };
   if (absl::Status s = TrainIndexers(model, windows, o, &state); !s.ok()) return Fail(s);
