@@ -24,7 +24,8 @@ With no options it builds the embedded synthetic model (seeded weights, DeepSeek
 options:
   --model DIR            an HF checkpoint directory instead of the synthetic model
   --plan P               IndexCache plan: 1/2, 1/4, 1/8 (uniform), an F/S string, file:PATH  [1/4]
-  --prompt-tokens N      prompt length (seeded random tokens)                                   [2048]
+  --prompt-tokens N      prompt length (seeded random tokens, or the first N of --token-file)   [2048]
+  --token-file PATH      prompt from a token file (little-endian uint32 ids, e.g. data/tokens/eval.tokens)
   --decode-tokens N      greedy decode steps                                                     [32]
   --device D             auto | cpu | cuda                                                       [auto]
   --seed S, --layers L   synthetic model seed and depth                                          [20260312, 8]
@@ -136,7 +137,7 @@ int CmdDemo(int argc, char** argv) {
   }
   auto args = Args::Parse(argc, argv,
                           {"model", "plan", "prompt-tokens", "decode-tokens", "device", "seed", "layers",
-                           "metrics-address", "serve-seconds", "plan-file"},
+                           "metrics-address", "serve-seconds", "plan-file", "token-file"},
                           {"no-metrics-text"});
   auto fail = [](const absl::Status& s) {
     std::fprintf(stderr, "indexcache demo: %s\n", std::string(s.message()).c_str());
@@ -184,7 +185,19 @@ int CmdDemo(int argc, char** argv) {
     return fail(absl::ResourceExhaustedError(absl::StrCat("out of host memory for --prompt-tokens ", *prompt_len,
                                                           " and --decode-tokens ", *decode_len)));
   }
-  for (auto& t : prompt) t = dist(rng);
+  std::string prompt_source = "seeded random";
+  if (args->Has("token-file")) {
+    auto file = ReadTokenFile(args->Get("token-file"), c.vocab_size);
+    if (!file.ok()) return fail(file.status());
+    if (static_cast<int64_t>(file->size()) < *prompt_len) {
+      return fail(InvalidArgument(args->Get("token-file"), " holds ", file->size(), " tokens; --prompt-tokens is ",
+                                  *prompt_len));
+    }
+    std::copy(file->begin(), file->begin() + *prompt_len, prompt.begin());
+    prompt_source = "from " + args->Get("token-file");
+  } else {
+    for (auto& t : prompt) t = dist(rng);
+  }
 
   std::printf("IndexCache demo — %s model (%s), %d layers, hidden %d, vocab %d\n",
               (*model)->path.empty() ? "embedded synthetic" : (*model)->path.c_str(),
@@ -195,8 +208,8 @@ int CmdDemo(int argc, char** argv) {
   } else {
     std::printf("  no indexer (dense attention): IndexCache plans change nothing\n");
   }
-  std::printf("  prompt %lld tokens (seeded), then %lld greedy decode steps\n\n",
-              static_cast<long long>(*prompt_len), static_cast<long long>(*decode_len));
+  std::printf("  prompt %lld tokens (%s), then %lld greedy decode steps\n\n", static_cast<long long>(*prompt_len),
+              prompt_source.c_str(), static_cast<long long>(*decode_len));
 
   PlanRun dsa, ic;
   dsa.name = "DSA";

@@ -219,8 +219,9 @@ int CmdDistill(int argc, char** argv) {
   if (absl::Status s = TrainIndexers(model, windows, o, &state); !s.ok()) return Fail(s);
   if (absl::Status s = evaluate("after"); !s.ok()) return Fail(s);
   if (absl::Status s = WriteDsaModel(model->path, state, out, dtype); !s.ok()) return Fail(s);
-  std::printf("wrote %s (LlamaDsaForCausalLM, plan %s, indexers %s in indexer.safetensors); checkpoint %s\n",
-              out.c_str(), state.plan.ToString().c_str(), dtype_name.c_str(), ckpt.c_str());
+  std::printf("wrote %s (LlamaDsaForCausalLM, plan %s, indexers %s in indexer.safetensors)%s%s\n", out.c_str(),
+              state.plan.ToString().c_str(), dtype_name.c_str(), steps > 0 ? "; checkpoint " : "",
+              steps > 0 ? ckpt.c_str() : "");
   return 0;
 }
 

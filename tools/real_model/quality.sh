@@ -9,9 +9,10 @@
 #   CONTEXT=2048          tokens per window (distillation, search, evaluation)
 #   INDEX_HEADS=4 INDEX_HEAD_DIM=64 INDEX_TOPK=256
 #   STEPS=300 BATCH=1 LR=1e-3          DeepSeek-style dense warm-up of every layer's indexer (all Full)
-#   AWARE_STEPS=150 AWARE_LR=5e-4      training-aware distillation of the 1/4 uniform plan, from the warm-up
-#   SEARCH_TOKENS=16384                calibration tokens for the greedy search
-#   EVAL_TOKENS=0                      evaluation tokens (0 = the whole evaluation set)
+#   AWARE_STEPS=60 AWARE_LR=5e-4       training-aware distillation of the 1/4 uniform plan, from the warm-up
+#   SEARCH_TOKENS=8192                 calibration tokens for the greedy search (4 windows)
+#   EVAL_TOKENS=65536                  evaluation tokens (32 windows; 0 = the whole evaluation set)
+# These defaults produced docs/results/real_model.md on one H200 (about 20 minutes in all).
 #   RESUME=0                           1: dsa / aware continue their checkpoint (a run split over calls)
 # Outputs in $WORK: dsa/ (Llama-DSA checkpoint, all Full), aware-1_4/ (1/4 uniform, training-aware),
 # plan-{1_2,1_4,1_8}.txt (searched), *.log, eval.tsv (plan, loss, perplexity per row).
@@ -28,10 +29,10 @@ INDEX=(--index-heads "${INDEX_HEADS:-4}" --index-head-dim "${INDEX_HEAD_DIM:-64}
 STEPS=${STEPS:-300}
 BATCH=${BATCH:-1}
 LR=${LR:-1e-3}
-AWARE_STEPS=${AWARE_STEPS:-150}
+AWARE_STEPS=${AWARE_STEPS:-60}
 AWARE_LR=${AWARE_LR:-5e-4}
-SEARCH_TOKENS=${SEARCH_TOKENS:-16384}
-EVAL_TOKENS=${EVAL_TOKENS:-0}
+SEARCH_TOKENS=${SEARCH_TOKENS:-8192}
+EVAL_TOKENS=${EVAL_TOKENS:-65536}
 mkdir -p "$WORK"
 stages=("$@")
 [[ ${#stages[@]} -gt 0 ]] || stages=(dsa search aware eval)
