@@ -7,11 +7,13 @@
 #include <filesystem>
 #include <map>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "sdk/engine.h"
+#include "sdk/selection_report.h"
 #include "sdk/synthetic_model.h"
 
 namespace ic {
@@ -174,6 +176,57 @@ TEST(DistillLoopTest, SparseAttentionCaptureIsOverTheSelectedKeys) {
     }
     EXPECT_LT(MaxAbsDiff(attention[l], ReferenceAttention(*model, l, hidden[l], T, &allowed)), 2e-5) << "layer " << l;
   }
+}
+
+// MeasureSelection against recall and overlap computed from the weights (ReferenceAttention) and the pass's
+// top-k sets; a Shared layer's set is its source's (overlap exactly 1).
+TEST(DistillLoopTest, SelectionReportRecallAndOverlap) {
+  auto model = Synthetic(Architecture::kLlamaDsa);
+  const auto windows = Windows(1, 30, 13);
+  auto report = MeasureSelection(model, windows, "FSF", kernels::DeviceKind::kCpu);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const int T = 30, K = model->config.index_topk, L = 3;
+  EXPECT_EQ(report->rows, T - K);
+
+  auto ctx = Context::Create(model, {.max_tokens = 64, .plan = "FSF"});
+  auto seq = (*ctx)->AddSequence();
+  Segment seg{.seq_id = *seq, .tokens = windows[0]};
+  std::map<int, std::vector<float>> hidden;
+  std::map<int, std::vector<int32_t>> topk;
+  ForwardOutputs out;
+  out.hidden_by_layer = &hidden;
+  out.topk_by_layer = &topk;
+  ASSERT_TRUE((*ctx)->Forward(std::span<const Segment>(&seg, 1), out).ok());
+  for (int i = 0; i < L; ++i) {
+    const std::vector<double> ref = ReferenceAttention(*model, i, hidden[i], T);
+    double recall = 0;
+    for (int t = K; t < T; ++t) {
+      for (int e = 0; e < K; ++e) recall += ref[t * T + topk[i][t * K + e]];
+    }
+    EXPECT_NEAR(report->recall[i], recall / (T - K), 1e-5) << "layer " << i;
+    EXPECT_GT(report->recall[i], 0.0);
+    EXPECT_LE(report->recall[i], 1.0 + 1e-6);
+    for (int j = 0; j < L; ++j) {
+      double overlap = 0;
+      for (int t = K; t < T; ++t) {
+        std::set<int> a(topk[i].begin() + t * K, topk[i].begin() + (t + 1) * K);
+        int both = 0;
+        for (int e = 0; e < K; ++e) both += a.count(topk[j][t * K + e]) > 0;
+        overlap += static_cast<double>(both) / K;
+      }
+      EXPECT_NEAR(report->overlap[i * L + j], overlap / (T - K), 1e-12) << i << "," << j;
+    }
+  }
+  EXPECT_EQ(report->overlap[1 * L + 0], 1.0);
+  EXPECT_EQ(report->overlap[2 * L + 2], 1.0);
+  EXPECT_LT(report->overlap[2 * L + 0], 1.0);  // layer 2 runs its own indexer
+
+  EXPECT_THAT(std::string(MeasureSelection(Synthetic(Architecture::kLlama), windows, "", kernels::DeviceKind::kCpu)
+                              .status()
+                              .message()),
+              HasSubstr("no indexer"));
+  EXPECT_THAT(std::string(MeasureSelection(model, Windows(1, 8, 1), "", kernels::DeviceKind::kCpu).status().message()),
+              HasSubstr("longer windows"));
 }
 
 TEST(DistillLoopTest, MultiLayerTargetIsTheAverageOfServedLayers) {

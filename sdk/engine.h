@@ -96,6 +96,10 @@ struct ForwardOutputs {
   // Costs one extra attention pass per layer and O(tokens × context) memory per layer; single rank only
   // (InvalidArgument with a shard group).
   std::map<int, std::vector<float>>* attention_by_layer = nullptr;
+  // As attention_by_layer, but always dense causal attention over keys 0..pos(t), from this pass's queries
+  // and keys, also at sparse layers: what the layer's attention would be without top-k (the recall of the
+  // selected set, sdk/selection_report.h). Same cost and limits.
+  std::map<int, std::vector<float>>* dense_attention_by_layer = nullptr;
   // What each layer's indexer reads (or would read, in dense mode), host copies (distillation).
   std::map<int, IndexerInputs>* indexer_inputs_by_layer = nullptr;
   // Next-token loss: token_loss[t] = −log p(targets[t] | …) for targets[t] >= 0, else 0 ([tokens]).

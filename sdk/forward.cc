@@ -81,8 +81,8 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     }
   }
 
-  if (outputs.attention_by_layer != nullptr && im.tp != nullptr) {
-    return InvalidArgument("attention_by_layer is single-rank only (this context is one rank of a shard group)");
+  if ((outputs.attention_by_layer != nullptr || outputs.dense_attention_by_layer != nullptr) && im.tp != nullptr) {
+    return InvalidArgument("attention captures are single-rank only (this context is one rank of a shard group)");
   }
 
   // ---- Validate everything before touching state.
@@ -235,12 +235,14 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     // attention_by_layer: a second attention call with `probs` (its output is discarded). Dense layers
     // attend over an explicit all-keys list (row t: 0..pos(t), then −1), which equals dense causal
     // attention (DESIGN.md §3); sparse layers over their own top-k, scattered into position columns.
-    const int capture_cols = outputs.attention_by_layer != nullptr
-                                 ? 1 + *std::max_element(h_pos.begin(), h_pos.end())
-                                 : 0;
+    const int capture_cols =
+        outputs.attention_by_layer != nullptr || outputs.dense_attention_by_layer != nullptr
+            ? 1 + *std::max_element(h_pos.begin(), h_pos.end())
+            : 0;
     int32_t* all_keys = nullptr;
-    auto capture_attention = [&](int layer, const kernels::AttentionArgs& at) -> absl::Status {
-      const bool dense = at.topk == nullptr;
+    auto capture_attention = [&](int layer, const kernels::AttentionArgs& at, bool force_dense,
+                                 std::map<int, std::vector<float>>* into) -> absl::Status {
+      const bool dense = at.topk == nullptr || force_dense;
       kernels::AttentionArgs pa = at;
       if (dense && all_keys == nullptr) {
         std::vector<int32_t> keys(static_cast<size_t>(T) * capture_cols, -1);
@@ -260,7 +262,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       IC_ASSIGN_OR_RETURN(pa.probs, im.Scratch<float>("capture_probs", n));
       pa.lse = nullptr;
       IC_RETURN_IF_ERROR(be.Attention(pa));
-      std::vector<float>& dst = (*outputs.attention_by_layer)[layer];
+      std::vector<float>& dst = (*into)[layer];
       if (dense) {
         dst.resize(n);
         return be.CopyToHost(dst.data(), pa.probs, n * sizeof(float));
@@ -483,7 +485,10 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       }
       IC_RETURN_IF_ERROR(be.Attention(at));
       if (outputs.attention_by_layer != nullptr) {
-        IC_RETURN_IF_ERROR(capture_attention(l, at));
+        IC_RETURN_IF_ERROR(capture_attention(l, at, /*force_dense=*/false, outputs.attention_by_layer));
+      }
+      if (outputs.dense_attention_by_layer != nullptr) {
+        IC_RETURN_IF_ERROR(capture_attention(l, at, /*force_dense=*/true, outputs.dense_attention_by_layer));
       }
 
       // ---- Output projection.

@@ -521,6 +521,76 @@ TEST_F(BadInputCliTest, PlanStringsGetThePlanErrorNotTheKeepFractionError) {
   ExpectError({"info", "--layers", "4", "--plan", "file:" + root_}, "plan file is not a regular file");
 }
 
+// Issue 3's bad input for distillation and evaluation, and eval --report's files.
+TEST_F(BadInputCliTest, DistillAndReport) {
+  SyntheticModelOptions o;
+  o.arch = Architecture::kLlama;
+  o.num_layers = 4;
+  o.hidden_size = 64;
+  o.vocab_size = 128;
+  auto dense = BuildSyntheticModel(o);
+  ASSERT_TRUE(dense.ok());
+  const std::string dense_dir = root_ + "/dense", out = root_ + "/dsa";
+  ASSERT_TRUE(SaveModel(**dense, dense_dir).ok());
+  const std::string tokens = root_ + "/calib.tokens", bad = root_ + "/bad.tokens", empty = root_ + "/empty.tokens";
+  {
+    std::ofstream f(tokens, std::ios::binary), g(bad, std::ios::binary), e(empty, std::ios::binary);
+    for (uint32_t t = 0; t < 200; ++t) {
+      const uint32_t v = (t * 37) % 128, w = t == 50 ? 128 : v;
+      f.write(reinterpret_cast<const char*>(&v), 4);
+      g.write(reinterpret_cast<const char*>(&w), 4);
+    }
+  }
+  const std::vector<std::string> common = {"--index-heads", "2", "--index-head-dim", "16", "--index-topk", "8",
+                                           "--context", "40", "--device", "cpu"};
+  auto distill = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = {"distill", "--model", dense_dir, "--out", out};
+    a.insert(a.end(), common.begin(), common.end());
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  ExpectError(distill({"--token-file", bad}), "id 128 at index 50 is outside the vocabulary [0, 128)");
+  ExpectError(distill({"--token-file", empty}), "is empty");
+  ExpectError(distill({"--token-file", tokens, "--context", "1000"}), "do not fill one window");
+  ExpectError(distill({"--token-file", tokens, "--plan", "1/0"}), "keep fraction \"1/0\": must be in (0, 1]");
+  ExpectError(distill({"--token-file", tokens, "--resume"}), "does not exist");
+  ExpectError({"distill", "--model", dense_dir, "--token-file", tokens}, "--out is required");
+  ExpectError({"distill", "--model", root_ + "/tiny", "--token-file", tokens, "--out", out},
+              "indexers can be added to a dense Llama model");
+  ProcessResult r = Cli(distill({"--token-file", tokens, "--plan", "FSFS", "--steps", "2"}));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("step 2/2"));
+  // A second run would overwrite the checkpoint: refused without --resume.
+  ExpectError(distill({"--token-file", tokens, "--plan", "FSFS", "--steps", "2"}), "pass --resume");
+  // The model trained with FSFS has no indexers for layers 1 and 3: an all-Full plan is refused.
+  ExpectError({"eval", "--model", out, "--token-file", tokens, "--plans", "dsa", "--device", "cpu"},
+              "layer 1 is Full in plan FFFF but the checkpoint lacks model.layers.1.self_attn.indexer");
+  // eval --report: recall table, overlap matrix and the PNG heatmap (4×4 cells of 16 px).
+  const std::string report = root_ + "/report";
+  r = Cli({"eval", "--model", out, "--token-file", tokens, "--plans", "checkpoint", "--context", "40", "--device",
+           "cpu", "--report", report, "--report-windows", "1"});
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("top-k overlap between layers"));
+  std::ifstream png(report + "/overlap.png", std::ios::binary);
+  std::string head(24, '\0');
+  png.read(head.data(), 24);
+  ASSERT_TRUE(png.good());
+  EXPECT_EQ(head.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  auto be32 = [&](int at) {
+    return (static_cast<uint32_t>(static_cast<uint8_t>(head[at])) << 24) |
+           (static_cast<uint32_t>(static_cast<uint8_t>(head[at + 1])) << 16) |
+           (static_cast<uint32_t>(static_cast<uint8_t>(head[at + 2])) << 8) | static_cast<uint8_t>(head[at + 3]);
+  };
+  EXPECT_EQ(be32(16), 64u);  // width: 4 layers × 16 px
+  EXPECT_EQ(be32(20), 64u);
+  std::ifstream overlap(report + "/overlap.tsv");
+  std::string line;
+  std::getline(overlap, line);
+  EXPECT_EQ(line, "layer\t0\t1\t2\t3");
+  std::getline(overlap, line);
+  EXPECT_EQ(line.substr(0, 13), "0\t1.000\t1.000");  // layer 1 is Shared: layer 0's own set
+}
+
 // ---- Python ctypes module ----------------------------------------------------------------------------
 
 // ctypes truncates ints silently: seq_id 2^32 + s named sequence s (remove_sequence(2**32) removed sequence

@@ -3,17 +3,21 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <limits>
+#include <sstream>
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "sdk/metrics.h"
 #include "sdk/sizing.h"
+#include "sdk/selection_report.h"
 #include "sdk/status.h"
 #include "tools/cli.h"
+#include "tools/heatmap_png.h"
 
 namespace ic::cli {
 namespace {
@@ -281,6 +285,55 @@ int CmdRun(int argc, char** argv) {
   return 0;
 }
 
+// eval --report: recall per layer and plan, overlap of the first plan; tables to stdout and DIR.
+absl::Status WriteSelectionReport(std::shared_ptr<const Model> model, const std::vector<std::vector<int32_t>>& windows,
+                                  const std::vector<NamedPlan>& plans, kernels::DeviceKind device,
+                                  const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat(dir, ": cannot create: ", ec.message()));
+  const int L = model->config.num_hidden_layers;
+  std::vector<SelectionReport> reports;
+  for (const NamedPlan& p : plans) {
+    IC_ASSIGN_OR_RETURN(SelectionReport r, MeasureSelection(model, windows, p.pattern, device));
+    reports.push_back(std::move(r));
+  }
+  std::string recall = "layer";
+  for (const NamedPlan& p : plans) absl::StrAppend(&recall, "\t", p.name);
+  recall += "\n";
+  for (int l = 0; l < L; ++l) {
+    absl::StrAppend(&recall, l);
+    for (const SelectionReport& r : reports) absl::StrAppend(&recall, "\t", absl::StrFormat("%.4f", r.recall[l]));
+    recall += "\n";
+  }
+  std::string overlap = "layer";
+  for (int j = 0; j < L; ++j) absl::StrAppend(&overlap, "\t", j);
+  overlap += "\n";
+  for (int i = 0; i < L; ++i) {
+    absl::StrAppend(&overlap, i);
+    for (int j = 0; j < L; ++j) {
+      absl::StrAppend(&overlap, "\t", absl::StrFormat("%.3f", reports[0].overlap[static_cast<size_t>(i) * L + j]));
+    }
+    overlap += "\n";
+  }
+  for (const auto& [name, text] : {std::pair{std::string("recall.tsv"), recall}, std::pair{std::string("overlap.tsv"), overlap}}) {
+    std::ofstream f(dir + "/" + name, std::ios::trunc);
+    f << text;
+    f.close();
+    if (!f) return absl::DataLossError(absl::StrCat(dir, "/", name, ": write failed"));
+  }
+  IC_RETURN_IF_ERROR(WriteHeatmapPng(dir + "/overlap.png", reports[0].overlap, L));
+  std::printf("\nrecall of each layer's dense attention mass inside the keys it attends to (%lld rows with more "
+              "than index_topk keys, %zu window(s)):\n%s",
+              static_cast<long long>(reports[0].rows), windows.size(), recall.c_str());
+  double adjacent = 0;
+  for (int i = 0; i + 1 < L; ++i) adjacent += reports[0].overlap[static_cast<size_t>(i) * L + i + 1] / (L - 1);
+  std::printf("top-k overlap between layers, plan %s: adjacent layers %.3f (mean), layer 0 vs last %.3f; matrix in "
+              "%s/overlap.tsv, heatmap %s/overlap.png\n",
+              plans[0].name.c_str(), adjacent, reports[0].overlap[L - 1], dir.c_str(), dir.c_str());
+  return absl::OkStatus();
+}
+
 int CmdEval(int argc, char** argv) {
   const std::string help = absl::StrCat(
       "usage: indexcache eval --token-file PATH [options]\n\n"
@@ -289,9 +342,16 @@ int CmdEval(int argc, char** argv) {
       "  --token-file PATH      little-endian uint32 token ids\n"
       "  --plans LIST           comma-separated: dsa, checkpoint, 1/2, 1/4, 1/8, FSSS…, file:PATH  [dsa,1/2,1/4]\n"
       "  --context N            tokens per window                                          [1024]\n"
-      "  --max-tokens N         evaluate at most N tokens of the file (0 = all)            [0]\n");
+      "  --max-tokens N         evaluate at most N tokens of the file (0 = all)            [0]\n"
+      "  --report DIR           also measure, on the first --report-windows windows, each layer's recall of\n"
+      "                         its dense attention mass inside the keys it attends to (per plan), and the\n"
+      "                         pairwise top-k overlap between layers for the first plan (put dsa first for\n"
+      "                         the paper's Appendix A study); writes DIR/recall.tsv, DIR/overlap.tsv and\n"
+      "                         DIR/overlap.png (sdk/selection_report.h)\n"
+      "  --report-windows N     windows used by --report                                   [2]\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"token-file", "plans", "context", "max-tokens"}), {}),
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"token-file", "plans", "context", "max-tokens",
+                                                                     "report", "report-windows"}), {}),
                      "eval");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "eval");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "eval");
@@ -328,6 +388,16 @@ int CmdEval(int argc, char** argv) {
     std::printf("%-22s %s %10.5f %12.4f %10lld\n", p.name.c_str(), p.pattern.c_str(), loss, std::exp(loss),
                 static_cast<long long>(n));
     std::fflush(stdout);
+  }
+  if (args.Has("report")) {
+    CLI_ASSIGN_OR_FAIL(report_windows, GetIntIn(args, "report-windows", 2, 1, 1 << 20), "eval");
+    std::vector<std::vector<int32_t>> sample;
+    for (size_t w = 0; w < windows.size() && static_cast<int64_t>(sample.size()) < report_windows; ++w) {
+      sample.emplace_back(windows[w].begin(), windows[w].end());
+    }
+    if (absl::Status s = WriteSelectionReport(model, sample, plans, device, args.Get("report")); !s.ok()) {
+      return Fail("eval", s);
+    }
   }
   return 0;
 }

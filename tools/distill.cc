@@ -129,6 +129,9 @@ int CmdDistill(int argc, char** argv) {
     return Fail(InvalidArgument("--batch must be in [1, 4096], --eval-windows >= 1, --threads in [0, 1024], and "
                                 "--steps, --warmup, --seed, --checkpoint-every, --max-tokens >= 0"));
   }
+  const IndexerShape shape{.n_heads = static_cast<int>(heads), .head_dim = static_cast<int>(head_dim),
+                           .topk = static_cast<int>(topk)};
+  if (auto dsa = DsaConfigFor(c, shape); !dsa.ok()) return Fail(dsa.status());  // before reading any tokens
   const std::string dtype_name = args.Get("dtype", "bf16");
   if (dtype_name != "bf16" && dtype_name != "f32") {
     return Fail(InvalidArgument("--dtype must be bf16 or f32, got \"", dtype_name, "\""));
@@ -158,10 +161,7 @@ int CmdDistill(int argc, char** argv) {
     if (have_ckpt) {
       return Fail(absl::AlreadyExistsError(absl::StrCat(ckpt, " exists: pass --resume to continue it, or remove it")));
     }
-    DISTILL_ASSIGN_OR_FAIL(fresh, InitIndexerTraining(c, {.n_heads = static_cast<int>(heads),
-                                                          .head_dim = static_cast<int>(head_dim),
-                                                          .topk = static_cast<int>(topk)},
-                                                      plan, static_cast<uint64_t>(seed)));
+    DISTILL_ASSIGN_OR_FAIL(fresh, InitIndexerTraining(c, shape, plan, static_cast<uint64_t>(seed)));
     state = std::move(fresh);
     if (args.Has("init")) {
       if (absl::Status s = LoadInitialIndexers(args.Get("init"), &state); !s.ok()) return Fail(s);

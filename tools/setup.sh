@@ -15,8 +15,8 @@ set -euo pipefail
 PACKAGES=(
   cmake make g++ pkg-config binutils
   libabsl-dev libprotobuf-dev protobuf-compiler prometheus-cpp-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev
-  python3
+  libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libpng-dev
+  python3 python3-venv
 )
 # shellcheck disable=SC2206
 PACKAGES+=(${IC_SETUP_EXTRA:-})
