@@ -8,6 +8,7 @@
 #   3. A small evaluation (first 4,096 evaluation tokens, 2 windows of 2,048): dense, DSA, the searched
 #      1/4 plan and the training-aware 1/4 model, compared with the values recorded on this CPU path
 #      (docs/results/real_model.md), and the ordering the table shows.
+#   4. examples/python/generate.py on the assembled DSA model (real text through the ctypes module).
 # Exit 77 (ctest: skipped) when the model cannot be fetched (no network and no cache).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,3 +50,14 @@ if bad or not order:
     sys.exit("real_model_test: FAILED: " + ("; ".join(bad) if bad else "the ordering dense < DSA < 1/4 uniform, "
              "searched and training-aware < uniform does not hold"))
 PY
+
+VENV_PY=${VENV:-$ROOT/.deps/real_model_venv}/bin/python
+if [[ -x $VENV_PY ]]; then
+  INDEXCACHE_LIB="$BUILD/bindings_c/libindexcache.so" "$VENV_PY" examples/python/generate.py --model "$W/dsa" \
+    --device cpu --max-new 12 | tee "$W/generate.log"
+  grep -q "^generated (12 tokens): ." "$W/generate.log" || { echo "real_model_test: generate.py made no text" >&2; exit 1; }
+  grep -q 'indexcache_indexer_layers_total{kind="skipped"}' "$W/generate.log" ||
+    { echo "real_model_test: generate.py printed no metrics" >&2; exit 1; }
+else
+  echo "real_model_test: no venv at $VENV_PY (tools/real_model/prepare.sh makes it): examples/python not run"
+fi
