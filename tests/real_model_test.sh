@@ -52,6 +52,19 @@ if bad or not order:
 PY
 
 VENV_PY=${VENV:-$ROOT/.deps/real_model_venv}/bin/python
+# Bad input: a missing and a corrupt (truncated) GGUF get a clear error, not a traceback.
+GGUF=${INDEXCACHE_CACHE:-$ROOT/.deps/real_model}/SmolLM2-135M-Instruct.Q4_1.gguf
+if [[ -x $VENV_PY && -f $GGUF ]]; then
+  head -c 1000000 "$GGUF" > "$W/truncated.gguf"
+  for bad in "$W/missing.gguf" "$W/truncated.gguf"; do
+    if "$VENV_PY" tools/real_model/convert_gguf.py "$bad" "$W/bad_out" > "$W/bad.log" 2>&1; then
+      echo "real_model_test: convert_gguf.py accepted $bad" >&2; exit 1
+    fi
+    grep -q "^convert_gguf: error: " "$W/bad.log" || { cat "$W/bad.log" >&2; exit 1; }
+    ! grep -q "Traceback" "$W/bad.log" || { cat "$W/bad.log" >&2; exit 1; }
+    cat "$W/bad.log"
+  done
+fi
 if [[ -x $VENV_PY ]]; then
   INDEXCACHE_LIB="$BUILD/bindings_c/libindexcache.so" "$VENV_PY" examples/python/generate.py --model "$W/dsa" \
     --device cpu --max-new 12 | tee "$W/generate.log"
