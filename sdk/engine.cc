@@ -57,6 +57,22 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
           "of the sharded top-k is not implemented yet");
     }
   }
+  if (options.expert_group != nullptr) {
+    const int P = options.expert_group->size();
+    if (c.n_routed_experts == 0) {
+      return InvalidArgument("expert parallel (ContextOptions::expert_group) needs a MoE model; this one has no "
+                             "routed experts");
+    }
+    if (c.n_routed_experts % P != 0) {
+      return InvalidArgument("expert parallel: n_routed_experts ", c.n_routed_experts,
+                             " is not divisible by the expert group size ", P);
+    }
+    if (options.device != DeviceKind::kCpu) {
+      return absl::UnimplementedError(
+          "expert parallel (ContextOptions::expert_group) runs on the CPU backend only: the NCCL device path of "
+          "the expert all-to-all is not implemented yet");
+    }
+  }
   IC_ASSIGN_OR_RETURN(ctx->backend_, kernels::CreateBackend(options.device, options.device_ordinal));
 
   ctx->impl_ = std::make_unique<Impl>();
@@ -75,6 +91,13 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
           IC_ASSIGN_OR_RETURN(char* p, impl->Scratch<char>(name, bytes));
           return static_cast<void*>(p);
         });
+  }
+  if (options.expert_group != nullptr) {
+    im.ep = options.expert_group;
+    im.local_experts = c.n_routed_experts / im.ep->size();
+    im.expert_begin = im.ep->rank() * im.local_experts;
+  } else {
+    im.local_experts = c.n_routed_experts;
   }
   const ModelWeights& w = model->weights;
   IC_ASSIGN_OR_RETURN(im.embed, im.Upload(w.embed_tokens));
@@ -132,8 +155,8 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
     if (lw.is_moe) {
       IC_ASSIGN_OR_RETURN(L.router, im.Upload(lw.moe.router));
       IC_ASSIGN_OR_RETURN(L.router_bias, im.Upload(lw.moe.correction_bias));
-      for (const MlpWeights& e : lw.moe.experts) {
-        IC_ASSIGN_OR_RETURN(Impl::Mlp m, im.UploadMlp(e));
+      for (int e = im.expert_begin; e < im.expert_begin + im.local_experts; ++e) {  // this rank's experts
+        IC_ASSIGN_OR_RETURN(Impl::Mlp m, im.UploadMlp(lw.moe.experts[e]));
         L.experts.push_back(m);
       }
       if (lw.moe.shared) {
@@ -286,6 +309,11 @@ absl::Status Context::Decode(std::span<const int> seq_ids, std::span<const int32
   ForwardOutputs out;
   out.last_logits = logits;
   return Forward(segs, out);
+}
+
+absl::Status Context::IdleStep() {
+  if (impl_->ep == nullptr) return absl::OkStatus();
+  return Forward({}, {});
 }
 
 absl::StatusOr<LossResult> Context::EvalLoss(std::span<const int32_t> tokens) {

@@ -60,6 +60,17 @@ struct ContextOptions {
   // same forward passes in the same order. CPU backend only for now (the NCCL device path is not
   // written: a CUDA context with a shard group is Unimplemented).
   parallel::Communicator* shard_group = nullptr;
+  // Expert parallel (DESIGN.md §5): the expert group this context is one rank of. nullptr = every routed
+  // expert local. Rank r of P holds routed experts [r·E/P, (r+1)·E/P) (E = n_routed_experts, divisible by
+  // P); shared experts, the router and everything else follow the shard group (or are local). At each MoE
+  // layer a rank sends each routed (token, expert) pair's input row to the expert's owner (all-to-all-v),
+  // owners run their experts, and the outputs travel back (all-to-all-v) to be combined with the
+  // router weights. The ranks may serve different sequences (data-parallel attention), but every rank of
+  // the group must run the same number of forward passes in the same order: a rank with nothing to run
+  // calls IdleStep() (DeepSeek-style idle ranks still join the expert all-to-all). Prefill splits into
+  // ceil(tokens / prefill_chunk) passes, so ranks prefilling different lengths use Forward() or equal
+  // chunk counts. CPU backend only for now, like shard_group. Not owned; must outlive the context.
+  parallel::Communicator* expert_group = nullptr;
 };
 
 // One contiguous run of new tokens of one sequence inside a forward pass.
@@ -164,6 +175,11 @@ class Context {
   // One decode step for several sequences (mixed lengths): appends tokens[i] to seq_ids[i];
   // logits [n, vocab]. On error, every sequence is left as it was.
   absl::Status Decode(std::span<const int> seq_ids, std::span<const int32_t> tokens, float* logits);
+
+  // Expert parallel: one pass with no tokens of this rank's own, joining every MoE layer's exchange so
+  // that the other ranks of the expert group can run theirs (ContextOptions::expert_group). A no-op
+  // without an expert group.
+  absl::Status IdleStep();
 
   // Next-token LM loss of `tokens` as a fresh sequence (prefilled in chunks, then removed).
   absl::StatusOr<LossResult> EvalLoss(std::span<const int32_t> tokens);

@@ -67,7 +67,7 @@ struct Context::Impl {
     bool is_moe = false;
     Mlp mlp;
     const float *router = nullptr, *router_bias = nullptr;
-    std::vector<Mlp> experts;
+    std::vector<Mlp> experts;  // routed experts this rank holds: all, or [expert_begin, + experts.size())
     std::optional<Mlp> shared;
   };
   const float* embed = nullptr;
@@ -80,6 +80,10 @@ struct Context::Impl {
   parallel::Communicator* tp = nullptr;
   TensorParallelPlan tp_plan;
   std::unique_ptr<ShardedTopk> sharded_topk;
+  // Expert parallel (ContextOptions::expert_group); ep == nullptr: every routed expert is local.
+  parallel::Communicator* ep = nullptr;
+  int expert_begin = 0;   // first routed expert of this rank
+  int local_experts = 0;  // routed experts per rank (n_routed_experts / ep size)
   int q_heads = 0, kv_heads = 0;  // attention heads this rank computes (all of them on a single rank)
 
   const float* rope_inv_freq = nullptr;     // main attention rope

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "parallel/communicator.h"
@@ -54,7 +55,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
   Impl& im = *impl_;
   Backend& be = *backend_;
   const ModelConfig& c = model_->config;
-  if (segments.empty()) return InvalidArgument("forward pass with no segments");
+  if (segments.empty() && impl_->ep == nullptr) return InvalidArgument("forward pass with no segments");
   const int start_layer = fopts.start_layer;
   if (start_layer < 0 || start_layer >= c.num_hidden_layers) {
     return InvalidArgument("start_layer ", start_layer, " is outside [0, ", c.num_hidden_layers, ")");
@@ -66,6 +67,143 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     return InvalidArgument("start_layer ", start_layer,
                            " needs initial_topk (the top-k of the nearest Full layer before it)");
   }
+  // Collective traffic of this pass, recorded per group and kind at the end (metrics).
+  const parallel::CommunicatorStats tp_before = im.tp != nullptr ? im.tp->stats() : parallel::CommunicatorStats{};
+  const parallel::CommunicatorStats ep_before = im.ep != nullptr ? im.ep->stats() : parallel::CommunicatorStats{};
+  auto record_communication = [&]() {
+    if (!options_.record_metrics) return;
+    for (auto [comm, before, group] : {std::tuple{im.tp, &tp_before, "shard"}, std::tuple{im.ep, &ep_before, "expert"}}) {
+      if (comm == nullptr) continue;
+      for (int k = 0; k < parallel::kNumCollectives; ++k) {
+        const auto kind = static_cast<parallel::Collective>(k);
+        const parallel::CollectiveStats& now = comm->stats()[kind];
+        const parallel::CollectiveStats& was = (*before)[kind];
+        if (now.calls == was.calls) continue;
+        Metrics::Global().RecordCommunication(group, parallel::CollectiveName(kind), now.calls - was.calls,
+                                              now.bytes_sent - was.bytes_sent, now.seconds - was.seconds);
+      }
+    }
+  };
+  const int H = c.hidden_size;
+  // y[rows, H] = down(SiLU(gate·x) ⊙ up·x) of one (shared, routed or dense) MLP.
+  auto run_mlp = [&](const Impl::Mlp& m, const float* in, float* out, int rows) -> absl::Status {
+    IC_ASSIGN_OR_RETURN(float* gate, im.Scratch<float>("mlp_gate", static_cast<size_t>(rows) * m.inter));
+    IC_ASSIGN_OR_RETURN(float* up, im.Scratch<float>("mlp_up", static_cast<size_t>(rows) * m.inter));
+    IC_RETURN_IF_ERROR(Linear(be, gate, in, m.gate, rows, m.inter, H));
+    IC_RETURN_IF_ERROR(Linear(be, up, in, m.up, rows, m.inter, H));
+    IC_RETURN_IF_ERROR(be.SiluMul({.out = gate, .gate = gate, .up = up, .tokens = rows, .dim = m.inter}));
+    return Linear(be, out, gate, m.down, rows, H, m.inter, 1.0f, 0, 0, m.down_ld);
+  };
+  // Expert parallel (ContextOptions::expert_group): out[T, H] += Σ_j w[t, j] · expert_{e[t, j]}(h[t]) with
+  // the experts spread over the group. Per layer, on every rank of the group (T may be 0: IdleStep):
+  // all-gather of the per-destination row counts, all-to-all-v of the input rows and their expert ids to
+  // the experts' owners, the owners' expert MLPs, all-to-all-v of the outputs back, weighted scatter-add.
+  auto moe_expert_parallel = [&](const Impl::Layer& L, const float* h_dev, int T, const std::vector<int32_t>& eid,
+                                 const std::vector<float>& ew, float* out) -> absl::Status {
+    parallel::Communicator& comm = *im.ep;
+    const int P = comm.size(), TK = c.num_experts_per_tok, local = im.local_experts;
+    std::vector<std::vector<int32_t>> rows(P), experts(P);
+    std::vector<std::vector<float>> weights(P);
+    for (int r = 0; r < T; ++r) {
+      for (int j = 0; j < TK; ++j) {
+        const int e = eid[static_cast<size_t>(r) * TK + j];
+        if (e < 0 || e >= c.n_routed_experts) return absl::InternalError(absl::StrCat("router chose expert ", e));
+        rows[e / local].push_back(r);
+        experts[e / local].push_back(e % local);
+        weights[e / local].push_back(ew[static_cast<size_t>(r) * TK + j]);
+      }
+    }
+    std::vector<int64_t> my_counts(P), counts(static_cast<size_t>(P) * P);
+    for (int d = 0; d < P; ++d) my_counts[d] = static_cast<int64_t>(rows[d].size());
+    IC_RETURN_IF_ERROR(comm.AllGather(my_counts.data(), counts.data(), P * sizeof(int64_t)));
+    const int me = comm.rank();
+    std::vector<size_t> send_n(P), send_off(P), recv_n(P), recv_off(P);
+    size_t n_send = 0, n_recv = 0;
+    for (int d = 0; d < P; ++d) {
+      send_n[d] = static_cast<size_t>(my_counts[d]);
+      send_off[d] = n_send;
+      n_send += send_n[d];
+      recv_n[d] = static_cast<size_t>(counts[static_cast<size_t>(d) * P + me]);  // what rank d sends me
+      recv_off[d] = n_recv;
+      n_recv += recv_n[d];
+    }
+    auto scaled = [](std::vector<size_t> v, size_t unit) {
+      for (size_t& x : v) x *= unit;
+      return v;
+    };
+    const size_t row_bytes = static_cast<size_t>(H) * sizeof(float);
+    std::vector<float> h_host(static_cast<size_t>(T) * H), send(n_send * H), recv(n_recv * H);
+    std::vector<int32_t> send_e(n_send), recv_e(n_recv), send_rows(n_send);
+    std::vector<float> send_w(n_send);
+    if (T > 0) IC_RETURN_IF_ERROR(be.CopyToHost(h_host.data(), h_dev, h_host.size() * sizeof(float)));
+    for (int d = 0, k = 0; d < P; ++d) {
+      for (size_t i = 0; i < rows[d].size(); ++i, ++k) {
+        std::copy_n(&h_host[static_cast<size_t>(rows[d][i]) * H], H, &send[static_cast<size_t>(k) * H]);
+        send_e[k] = experts[d][i];
+        send_rows[k] = rows[d][i];
+        send_w[k] = weights[d][i];
+      }
+    }
+    IC_RETURN_IF_ERROR(comm.AllToAllV(send.data(), scaled(send_n, row_bytes), scaled(send_off, row_bytes), recv.data(),
+                                      scaled(recv_n, row_bytes), scaled(recv_off, row_bytes)));
+    IC_RETURN_IF_ERROR(comm.AllToAllV(send_e.data(), scaled(send_n, 4), scaled(send_off, 4), recv_e.data(),
+                                      scaled(recv_n, 4), scaled(recv_off, 4)));
+    // The owner's side: every received row through its expert, results in receive order.
+    std::vector<float> result(n_recv * H, 0.0f);
+    if (n_recv > 0) {
+      std::vector<std::vector<int32_t>> by_expert(local);
+      for (size_t i = 0; i < n_recv; ++i) {
+        if (recv_e[i] < 0 || recv_e[i] >= local) {
+          return absl::InternalError(absl::StrCat("expert all-to-all delivered local expert ", recv_e[i]));
+        }
+        by_expert[recv_e[i]].push_back(static_cast<int32_t>(i));
+      }
+      IC_ASSIGN_OR_RETURN(float* d_in, im.Scratch<float>("ep_in", n_recv * H));
+      IC_ASSIGN_OR_RETURN(float* d_res, im.Scratch<float>("ep_res", n_recv * H));
+      IC_ASSIGN_OR_RETURN(float* d_rows_in, im.Scratch<float>("ep_rows_in", n_recv * H));
+      IC_ASSIGN_OR_RETURN(float* d_rows_out, im.Scratch<float>("ep_rows_out", n_recv * H));
+      IC_ASSIGN_OR_RETURN(int32_t* d_idx, im.Scratch<int32_t>("ep_idx", n_recv));
+      IC_RETURN_IF_ERROR(be.CopyToDevice(d_in, recv.data(), recv.size() * sizeof(float)));
+      IC_RETURN_IF_ERROR(be.Memset(d_res, 0, recv.size() * sizeof(float)));
+      std::vector<int32_t> order;
+      std::vector<size_t> begin(local + 1, 0);
+      for (int e = 0; e < local; ++e) {
+        begin[e] = order.size();
+        order.insert(order.end(), by_expert[e].begin(), by_expert[e].end());
+      }
+      begin[local] = order.size();
+      IC_RETURN_IF_ERROR(be.CopyToDevice(d_idx, order.data(), order.size() * sizeof(int32_t)));
+      for (int e = 0; e < local; ++e) {
+        const int n = static_cast<int>(begin[e + 1] - begin[e]);
+        if (n == 0) continue;
+        IC_RETURN_IF_ERROR(be.GatherRows({.out = d_rows_in, .in = d_in, .rows = d_idx + begin[e], .count = n, .dim = H}));
+        IC_RETURN_IF_ERROR(run_mlp(L.experts[e], d_rows_in, d_rows_out, n));
+        IC_RETURN_IF_ERROR(be.ScatterAddRows({.out = d_res, .in = d_rows_out, .rows = d_idx + begin[e], .scale = nullptr,
+                                              .count = n, .dim = H}));
+      }
+      IC_RETURN_IF_ERROR(be.CopyToHost(result.data(), d_res, result.size() * sizeof(float)));
+    }
+    std::vector<float> back(n_send * H);
+    IC_RETURN_IF_ERROR(comm.AllToAllV(result.data(), scaled(recv_n, row_bytes), scaled(recv_off, row_bytes),
+                                      back.data(), scaled(send_n, row_bytes), scaled(send_off, row_bytes)));
+    if (n_send == 0) return absl::OkStatus();
+    IC_ASSIGN_OR_RETURN(float* d_back, im.Scratch<float>("ep_back", n_send * H));
+    IC_ASSIGN_OR_RETURN(int32_t* d_rows, im.Scratch<int32_t>("ep_rows", n_send));
+    IC_ASSIGN_OR_RETURN(float* d_w, im.Scratch<float>("ep_w", n_send));
+    IC_RETURN_IF_ERROR(be.CopyToDevice(d_back, back.data(), back.size() * sizeof(float)));
+    IC_RETURN_IF_ERROR(be.CopyToDevice(d_rows, send_rows.data(), n_send * sizeof(int32_t)));
+    IC_RETURN_IF_ERROR(be.CopyToDevice(d_w, send_w.data(), n_send * sizeof(float)));
+    return be.ScatterAddRows({.out = out, .in = d_back, .rows = d_rows, .scale = d_w,
+                              .count = static_cast<int>(n_send), .dim = H});
+  };
+  if (segments.empty() && im.ep != nullptr) {  // IdleStep: join every MoE layer's exchange with no tokens
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      if (im.layers[l].is_moe) IC_RETURN_IF_ERROR(moe_expert_parallel(im.layers[l], nullptr, 0, {}, {}, nullptr));
+    }
+    record_communication();
+    return absl::OkStatus();
+  }
+
   const Plan& plan = fopts.plan != nullptr ? *fopts.plan : plan_;
   if (fopts.plan != nullptr) {
     if (plan.num_layers() != c.num_hidden_layers) {
@@ -189,7 +327,6 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     layout.max_blocks_per_seq = max_blocks;
     layout.block_size = options_.block_size;
 
-    const int H = c.hidden_size;
     IC_ASSIGN_OR_RETURN(float* x, im.Scratch<float>("x", static_cast<size_t>(T) * H));
     IC_ASSIGN_OR_RETURN(float* h, im.Scratch<float>("h", static_cast<size_t>(T) * H));
     IC_ASSIGN_OR_RETURN(float* attn, im.Scratch<float>("attn", static_cast<size_t>(T) * H));
@@ -519,14 +656,6 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
 
       // ---- FFN: dense SwiGLU MLP or MoE.
       IC_RETURN_IF_ERROR(be.RmsNorm({.out = h, .in = x, .weight = L.post_norm, .rows = T, .dim = H, .eps = eps}));
-      auto run_mlp = [&](const Impl::Mlp& m, const float* in, float* out, int rows) -> absl::Status {
-        IC_ASSIGN_OR_RETURN(float* gate, im.Scratch<float>("mlp_gate", static_cast<size_t>(rows) * m.inter));
-        IC_ASSIGN_OR_RETURN(float* up, im.Scratch<float>("mlp_up", static_cast<size_t>(rows) * m.inter));
-        IC_RETURN_IF_ERROR(Linear(be, gate, in, m.gate, rows, m.inter, H));
-        IC_RETURN_IF_ERROR(Linear(be, up, in, m.up, rows, m.inter, H));
-        IC_RETURN_IF_ERROR(be.SiluMul({.out = gate, .gate = gate, .up = up, .tokens = rows, .dim = m.inter}));
-        return Linear(be, out, gate, m.down, rows, H, m.inter, 1.0f, 0, 0, m.down_ld);
-      };
       if (!L.is_moe) {
         IC_RETURN_IF_ERROR(run_mlp(L.mlp, h, attn, T));
         IC_RETURN_IF_ERROR(all_reduce(attn));  // split intermediate (tensor parallel); experts are replicated
@@ -553,6 +682,11 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       std::vector<float> h_ew(h_eid.size());
       IC_RETURN_IF_ERROR(be.CopyToHost(h_eid.data(), eid, h_eid.size() * sizeof(int32_t)));
       IC_RETURN_IF_ERROR(be.CopyToHost(h_ew.data(), ew, h_ew.size() * sizeof(float)));
+      if (im.ep != nullptr) {
+        IC_RETURN_IF_ERROR(moe_expert_parallel(L, h, T, h_eid, h_ew, attn));
+        IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
+        continue;
+      }
       std::vector<std::vector<int32_t>> rows_of(E);
       std::vector<std::vector<float>> w_of(E);
       for (int r = 0; r < T; ++r) {
@@ -639,6 +773,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     stats.tokens = total;
     Metrics::Global().RecordForwardPass(stats);
   }
+  record_communication();
   return absl::OkStatus();
 }
 

@@ -40,6 +40,12 @@ class Metrics {
   // Records one forward pass. Seconds, tokens and bytes that are negative or not finite are not
   // recorded (counters only go up); a pass with no Full layer saves nothing (no measured time to scale).
   void RecordForwardPass(const ForwardPassStats& stats);
+  // Collective traffic of one rank (multi-GPU contexts): `group` is "shard" (attention tensor parallel)
+  // or "expert" (expert parallel), `collective` a parallel::CollectiveName ("AllGather", "AllToAllV", …);
+  // adds to indexcache_communication_{bytes,seconds,calls}_total{group, collective}. Negative values
+  // are ignored.
+  void RecordCommunication(const std::string& group, const std::string& collective, int64_t calls, int64_t bytes,
+                           double seconds);
   // One top-k overlap observation (audit mode): |A ∩ B| / |A|. Values outside [0, 1] are not recorded.
   void ObserveTopkOverlap(double ratio);
 

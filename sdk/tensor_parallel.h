@@ -8,8 +8,8 @@
 //   * the dense MLP's intermediate range (contiguous, sizes differing by at most one): gate/up rows, down
 //     columns;
 //   * everything else replicated: embeddings, norms, the MLA latent projections and cache, the indexer
-//     weights and index-K cache, the router and every (shared and routed) expert — expert parallel is
-//     not implemented.
+//     weights and index-K cache, the router and every shared expert, and the routed experts unless the context
+//     also has an expert group (ContextOptions::expert_group: routed experts split, all-to-all-v).
 // The o_proj and dense-MLP partial outputs are all-reduced (sum) inside the group, so every rank holds
 // the bitwise-identical residual stream after each layer.
 //
