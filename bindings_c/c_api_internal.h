@@ -26,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "indexcache/indexcache.h"
+#include "parallel/process_groups.h"
 #include "sdk/engine.h"
 #include "sdk/status.h"
 #include "sdk/weights.h"
@@ -42,6 +43,10 @@ struct ic_context_t {
   static constexpr uint32_t kMagic = 0x49434358;  // "ICCX"
   uint32_t magic = kMagic;
   std::shared_ptr<const ic::Model> model;  // shared ownership: ic_model_free may come first
+  // Several ranks: this rank's world communicator and its process groups (declared before `context`,
+  // so destroyed after it: the context uses them to the end).
+  std::unique_ptr<ic::parallel::Communicator> world;
+  std::unique_ptr<ic::parallel::ProcessGroups> groups;
   std::unique_ptr<ic::Context> context;
 };
 

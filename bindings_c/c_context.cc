@@ -1,5 +1,12 @@
 // C ABI: contexts, sequences and forward passes (indexcache.h "Contexts", "Sequences", "Forward passes").
+#include <unistd.h>
+
+#include <chrono>
+#include <cstddef>
 #include <limits>
+#include <map>
+#include <mutex>
+#include <random>
 #include <memory>
 #include <span>
 #include <string>
@@ -9,14 +16,17 @@
 #include "bindings_c/c_api_internal.h"
 #include "indexcache/indexcache.h"
 #include "kernels/backend.h"
+#include "parallel/inprocess_communicator.h"
+#include "parallel/nccl_communicator.h"
 #include "sdk/engine.h"
 #include "sdk/metrics.h"
 
 namespace ic::capi {
 namespace {
 
-// Size of the first published ic_context_params_t (0.1.0); see c_model.cc.
-constexpr size_t kContextParamsV1Size = sizeof(ic_context_params_t);
+// Size of the first published ic_context_params_t (0.1.0, up to ep_size); see c_model.cc. 0.2 appended
+// dist_id, read only when the caller's struct_size covers it.
+constexpr size_t kContextParamsV1Size = offsetof(ic_context_params_t, dist_id);
 
 ic_context_params_t DefaultContextParams() {
   const ContextOptions d;
@@ -39,7 +49,8 @@ ic_context_params_t DefaultContextParams() {
 }
 
 // Multi-GPU fields are reserved: negative values are bad input; sizes above 1 are not in this version.
-absl::Status CheckParallelFields(const ic_context_params_t& p) {
+// world_size, tp_size, ep_size with 0 meaning 1; the ranks' layout checked by ValidateParallelSizes.
+absl::StatusOr<parallel::ParallelSizes> CheckParallelFields(const ic_context_params_t& p) {
   const struct {
     const char* name;
     int32_t value;
@@ -50,20 +61,89 @@ absl::Status CheckParallelFields(const ic_context_params_t& p) {
           absl::StrCat("ic_context_params_t.", s.name, " must be >= 1 (0 means 1), got ", s.value));
     }
   }
-  std::string over;
-  for (const auto& s : sizes) {
-    if (s.value > 1) absl::StrAppend(&over, over.empty() ? "" : ", ", s.name, "=", s.value);
-  }
-  if (!over.empty()) {
-    return absl::UnavailableError(absl::StrCat(
-        "multi-GPU contexts are not available in this version (", over,
-        "); set world_size, tp_size and ep_size to 1"));
-  }
-  if (p.rank != 0) {
+  parallel::ParallelSizes ps;
+  ps.world_size = std::max(1, p.world_size);
+  ps.tp_size = std::max(1, p.tp_size);
+  ps.ep_size = std::max(1, p.ep_size);
+  if (p.rank < 0 || p.rank >= ps.world_size) {
     return absl::InvalidArgumentError(absl::StrCat("ic_context_params_t.rank is ", p.rank,
-                                                   "; it must be in [0, world_size) = [0, 1)"));
+                                                   "; it must be in [0, world_size) = [0, ", ps.world_size, ")"));
   }
-  return absl::OkStatus();
+  IC_RETURN_IF_ERROR(parallel::ValidateParallelSizes(ps));
+  if (ps.world_size > 1 && p.dist_id == nullptr) {
+    return absl::InvalidArgumentError(
+        "ic_context_params_t.dist_id is NULL but world_size > 1: make one with ic_dist_unique_id on rank 0 and "
+        "give it to every rank");
+  }
+  return ps;
+}
+
+// ---- ic_dist_id_t: "ICDIST01", backend byte, then the backend's payload.
+constexpr char kDistMagic[8] = {'I', 'C', 'D', 'I', 'S', 'T', '0', '1'};
+constexpr unsigned char kDistInProcess = 1, kDistNccl = 2;
+constexpr size_t kDistPid = 16, kDistKey = 24, kDistNcclId = 32;
+static_assert(kDistNcclId + parallel::NcclCommunicator::kUniqueIdBytes <= IC_DIST_ID_BYTES);
+
+// In-process groups not yet fully joined: key -> the communicators, handed to ranks as they arrive.
+struct PendingGroup {
+  int world_size = 0;
+  std::vector<std::unique_ptr<parallel::Communicator>> comms;
+  int taken = 0;
+};
+std::mutex g_pending_mu;
+std::map<uint64_t, PendingGroup>& PendingGroups() {
+  static auto* groups = new std::map<uint64_t, PendingGroup>();  // never destroyed: safe at exit
+  return *groups;
+}
+
+// This rank's world communicator for the job `id`.
+absl::StatusOr<std::unique_ptr<parallel::Communicator>> JoinWorld(const ic_dist_id_t& id, int rank, int world,
+                                                                  kernels::DeviceKind device) {
+  if (std::memcmp(id.bytes, kDistMagic, sizeof kDistMagic) != 0) {
+    return absl::InvalidArgumentError("ic_context_params_t.dist_id was not made by ic_dist_unique_id");
+  }
+  const unsigned char backend = id.bytes[8];
+  if (backend == kDistInProcess) {
+    uint64_t pid = 0, key = 0;
+    std::memcpy(&pid, id.bytes + kDistPid, 8);
+    std::memcpy(&key, id.bytes + kDistKey, 8);
+    if (pid != static_cast<uint64_t>(getpid())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dist_id is an in-process (CPU) id made by process ", pid, ": its ranks must be threads of that process; "
+          "processes on GPUs use ic_dist_unique_id(IC_DEVICE_CUDA, ...)"));
+    }
+    if (device != kernels::DeviceKind::kCpu) {
+      return absl::InvalidArgumentError("dist_id is an in-process id (IC_DEVICE_CPU) but the context is not on the CPU");
+    }
+    std::lock_guard<std::mutex> lock(g_pending_mu);
+    PendingGroup& g = PendingGroups()[key];
+    if (g.world_size == 0) {
+      IC_ASSIGN_OR_RETURN(g.comms, parallel::InProcessGroup::Create(world));
+      g.world_size = world;
+    }
+    if (g.world_size != world) {
+      return absl::InvalidArgumentError(absl::StrCat("world_size is ", world, " but another rank of this dist_id "
+                                                     "joined with world_size ", g.world_size));
+    }
+    if (g.comms[rank] == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("rank ", rank, " of this dist_id has already joined"));
+    }
+    std::unique_ptr<parallel::Communicator> mine = std::move(g.comms[rank]);
+    if (++g.taken == world) PendingGroups().erase(key);
+    return mine;
+  }
+  if (backend == kDistNccl) {
+    if (device != kernels::DeviceKind::kCuda) {
+      return absl::InvalidArgumentError("dist_id is an NCCL id (IC_DEVICE_CUDA) but the context is not on a GPU");
+    }
+    IC_ASSIGN_OR_RETURN(std::unique_ptr<parallel::NcclCommunicator> nccl,
+                        parallel::NcclCommunicator::Create(
+                            std::string_view(reinterpret_cast<const char*>(id.bytes + kDistNcclId),
+                                             parallel::NcclCommunicator::kUniqueIdBytes),
+                            rank, world));
+    return std::unique_ptr<parallel::Communicator>(std::move(nccl));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("dist_id has an unknown backend ", static_cast<int>(backend)));
 }
 
 // Cache slots and positions are int32 inside the engine: max_tokens rounded up to whole blocks must fit.
@@ -123,7 +203,8 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
     if (params != nullptr) {
       IC_RETURN_IF_ERROR(ReadParams(params, kContextParamsV1Size, "ic_context_params_t", &p));
     }
-    IC_RETURN_IF_ERROR(CheckParallelFields(p));
+    if (p.struct_size < sizeof(ic_context_params_t)) p.dist_id = nullptr;  // a 0.1 caller's struct
+    IC_ASSIGN_OR_RETURN(ic::parallel::ParallelSizes sizes, CheckParallelFields(p));
     IC_RETURN_IF_ERROR(CheckMaxTokens(p));
     if (p.device_ordinal < 0) {
       return absl::InvalidArgumentError(
@@ -139,6 +220,14 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
     if (p.plan != nullptr) o.plan = p.plan;
     auto handle = std::make_unique<ic_context_t>();
     handle->model = m->model;
+    if (sizes.world_size > 1) {
+      // Joins the job (blocks until every rank has), then splits the shard / dp / expert groups.
+      IC_ASSIGN_OR_RETURN(handle->world, JoinWorld(*p.dist_id, p.rank, sizes.world_size, o.device));
+      IC_ASSIGN_OR_RETURN(ic::parallel::ProcessGroups groups, ic::parallel::ProcessGroups::Create(*handle->world, sizes));
+      handle->groups = std::make_unique<ic::parallel::ProcessGroups>(std::move(groups));
+      if (sizes.tp_size > 1) o.shard_group = &handle->groups->shard();
+      if (sizes.ep_size > 1) o.expert_group = &handle->groups->expert();
+    }
     IC_ASSIGN_OR_RETURN(handle->context, ic::Context::Create(handle->model, o));
     // After the context exists, so that a context that fails to be created starts no exposer.
     if (p.metrics_address != nullptr) {
@@ -147,6 +236,46 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
     RegisterHandle(handle.get());
     *out = handle.release();
     return absl::OkStatus();
+  });
+}
+
+ic_status_t ic_dist_unique_id(ic_device_t device, ic_dist_id_t* out) {
+  return Guard("ic_dist_unique_id", [&]() -> absl::Status {
+    IC_RETURN_IF_ERROR(CheckNotNull(out, "out"));
+    ic_dist_id_t id;
+    std::memset(&id, 0, sizeof id);
+    std::memcpy(id.bytes, kDistMagic, sizeof kDistMagic);
+    const int dev = EnumFieldValue(device);
+    if (dev == IC_DEVICE_CPU) {
+      id.bytes[8] = kDistInProcess;
+      const uint64_t pid = static_cast<uint64_t>(getpid());
+      std::random_device rd;
+      const uint64_t key = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^
+                           static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+      std::memcpy(id.bytes + kDistPid, &pid, 8);
+      std::memcpy(id.bytes + kDistKey, &key, 8);
+    } else if (dev == IC_DEVICE_CUDA) {
+      id.bytes[8] = kDistNccl;
+      absl::StatusOr<std::string> unique = ic::parallel::NcclCommunicator::UniqueId();
+      if (absl::IsUnimplemented(unique.status())) return absl::UnavailableError(unique.status().message());
+      IC_ASSIGN_OR_RETURN(std::string nccl, std::move(unique));
+      if (nccl.size() != ic::parallel::NcclCommunicator::kUniqueIdBytes) {
+        return absl::InternalError(absl::StrCat("NCCL unique id of ", nccl.size(), " bytes"));
+      }
+      std::memcpy(id.bytes + kDistNcclId, nccl.data(), nccl.size());
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("device is ", dev, "; expected IC_DEVICE_CPU (threads of this process) or IC_DEVICE_CUDA (NCCL)"));
+    }
+    *out = id;
+    return absl::OkStatus();
+  });
+}
+
+ic_status_t ic_context_idle_step(ic_context_t* ctx) {
+  return Guard("ic_context_idle_step", [&]() -> absl::Status {
+    IC_ASSIGN_OR_RETURN(ic_context_t * c, GetContext(ctx, "ctx"));
+    return c->context->IdleStep();
   });
 }
 

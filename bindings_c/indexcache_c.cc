@@ -41,6 +41,8 @@ ic_status_t ToCStatus(absl::StatusCode code) {
     case absl::StatusCode::kOutOfRange: return IC_ERR_OUT_OF_RANGE;
     case absl::StatusCode::kUnimplemented: return IC_ERR_UNIMPLEMENTED;
     case absl::StatusCode::kPermissionDenied: return IC_ERR_FAILED_PRECONDITION;
+    case absl::StatusCode::kAborted: return IC_ERR_ABORTED;
+    case absl::StatusCode::kDeadlineExceeded: return IC_ERR_ABORTED;
     default: return IC_ERR_INTERNAL;  // kInternal, kUnknown, kDataLoss, kAborted, kCancelled, ...
   }
 }
@@ -138,6 +140,7 @@ const char* ic_status_string(ic_status_t status) {
     case IC_ERR_ALREADY_EXISTS: return "IC_ERR_ALREADY_EXISTS";
     case IC_ERR_OUT_OF_RANGE: return "IC_ERR_OUT_OF_RANGE";
     case IC_ERR_UNIMPLEMENTED: return "IC_ERR_UNIMPLEMENTED";
+    case IC_ERR_ABORTED: return "IC_ERR_ABORTED";
   }
   return "IC_ERR_UNKNOWN";
 }

@@ -231,12 +231,12 @@ static void TestContextParamErrors(ic_model_t* model) {
 
   ic_context_default_params(&cp);
   cp.world_size = 2;
-  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_UNAVAILABLE);
-  CHECK_MESSAGE_HAS("world_size=2");
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("dist_id is NULL");
   ic_context_default_params(&cp);
   cp.tp_size = 4;
-  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_UNAVAILABLE);
-  CHECK_MESSAGE_HAS("tp_size=4");
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("tp_size 4");
   ic_context_default_params(&cp);
   cp.rank = 1;
   CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
@@ -926,6 +926,111 @@ static void TestDistill(void) {
   }
 }
 
+/* Several ranks through the C ABI: 4 threads of this process, world 4 = dp 2 x tp 2, ep 4, joined with an
+ * in-process dist_id. Shard group 0 (ranks 0, 1) serves prompt A, shard group 1 (ranks 2, 3) prompt B;
+ * every rank's logits match a single-rank context on its prompt; then group 1 decodes one step while
+ * group 0 runs ic_context_idle_step. */
+typedef struct {
+  ic_model_t* model;
+  const ic_dist_id_t* id;
+  int rank;
+  const int32_t* prompt;
+  int32_t next;
+  ic_status_t create, prefill, step;
+  float logits[128], decoded[128];
+} RankArgs;
+
+static void* RankBody(void* p) {
+  RankArgs* a = (RankArgs*)p;
+  ic_context_params_t cp;
+  ic_context_t* ctx = NULL;
+  int32_t seq = -1;
+  ic_context_default_params(&cp);
+  cp.device = IC_DEVICE_CPU;
+  cp.max_tokens = 256;
+  cp.rank = a->rank;
+  cp.world_size = 4;
+  cp.tp_size = 2;
+  cp.ep_size = 4;
+  cp.dist_id = a->id;
+  a->create = ic_context_create(a->model, &cp, &ctx);
+  if (a->create != IC_OK) return NULL;
+  ic_sequence_add(ctx, &seq);
+  a->prefill = ic_prefill(ctx, seq, a->prompt, 24, a->logits);
+  a->step = a->rank >= 2 ? ic_decode(ctx, &seq, &a->next, 1, a->decoded) : ic_context_idle_step(ctx);
+  ic_context_free(ctx);
+  return NULL;
+}
+
+static void TestMultiRank(void) {
+  ic_model_t* model = MakeSmallModel("FSFS");
+  ic_dist_id_t id;
+  ic_context_params_t cp;
+  ic_context_t *ctx = NULL, *ref = NULL;
+  pthread_t threads[4];
+  RankArgs args[4];
+  int32_t prompts[2][24], seq = -1, next = 7;
+  float want[2][128], want_decoded[128];
+  int i, g;
+  if (model == NULL) return;
+  MakeTokens(prompts[0], 24, 128, 41u);
+  MakeTokens(prompts[1], 24, 128, 42u);
+  for (g = 0; g < 2; ++g) {
+    CHECK_OK(ic_context_default_params(&cp));
+    cp.device = IC_DEVICE_CPU;
+    cp.max_tokens = 256;
+    CHECK_OK(ic_context_create(model, &cp, &ref));
+    CHECK_OK(ic_sequence_add(ref, &seq));
+    CHECK_OK(ic_prefill(ref, seq, prompts[g], 24, want[g]));
+    if (g == 1) CHECK_OK(ic_decode(ref, &seq, &next, 1, want_decoded));
+    CHECK_OK(ic_context_free(ref));
+  }
+  CHECK_OK(ic_dist_unique_id(IC_DEVICE_CPU, &id));
+  for (i = 0; i < 4; ++i) {
+    memset(&args[i], 0, sizeof args[i]);
+    args[i].model = model;
+    args[i].id = &id;
+    args[i].rank = i;
+    args[i].prompt = prompts[i / 2];
+    args[i].next = next;
+    pthread_create(&threads[i], NULL, RankBody, &args[i]);
+  }
+  for (i = 0; i < 4; ++i) pthread_join(threads[i], NULL);
+  for (i = 0; i < 4; ++i) {
+    CHECK(args[i].create == IC_OK && args[i].prefill == IC_OK && args[i].step == IC_OK);
+    CHECK(MaxAbsDiff(args[i].logits, want[i / 2], 128) < 1e-3);
+  }
+  CHECK(MaxAbsDiff(args[0].logits, args[1].logits, 128) == 0.0); /* one shard group: bitwise identical */
+  CHECK(MaxAbsDiff(args[2].decoded, want_decoded, 128) < 1e-3);
+  printf("multi-rank (world 4 = dp 2 x tp 2, ep 4): logits max |diff| vs one rank %.2e\n",
+         MaxAbsDiff(args[2].logits, want[1], 128));
+
+  /* Bad configurations get clear errors, and no rank waits for peers that never come. */
+  CHECK_OK(ic_context_default_params(&cp));
+  cp.device = IC_DEVICE_CPU;
+  cp.world_size = 2;
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT); /* no dist_id */
+  CHECK_MESSAGE_HAS("dist_id is NULL");
+  cp.dist_id = &id;
+  cp.rank = 2;
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("[0, 2)");
+  cp.rank = 0;
+  cp.world_size = 4;
+  cp.tp_size = 3;
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("tp_size 3");
+  cp.tp_size = 1;
+  cp.world_size = 2;
+  memset(&id, 0, sizeof id);
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("not made by ic_dist_unique_id");
+  CHECK_STATUS(ic_dist_unique_id((ic_device_t)7, &id), IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_dist_unique_id(IC_DEVICE_CPU, NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK(strcmp(ic_status_string(IC_ERR_ABORTED), "IC_ERR_ABORTED") == 0);
+  CHECK_OK(ic_model_free(model));
+}
+
 int main(void) {
   ic_model_t* model;
   TestVersionAndStatus();
@@ -944,6 +1049,7 @@ int main(void) {
   TestMetricsText();
   TestGoldenLlama();
   TestDistill();
+  TestMultiRank();
   printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

@@ -53,6 +53,7 @@ class Status(enum.IntEnum):
     ALREADY_EXISTS = 7
     OUT_OF_RANGE = 8
     UNIMPLEMENTED = 9
+    ABORTED = 10
 
 
 class Device(enum.IntEnum):
@@ -138,7 +139,11 @@ class _ContextParams(ctypes.Structure):
         ("world_size", ctypes.c_int32),
         ("tp_size", ctypes.c_int32),
         ("ep_size", ctypes.c_int32),
+        ("dist_id", ctypes.c_void_p),
     ]
+
+
+IC_DIST_ID_BYTES = 256
 
 
 _DISTILL_STEP_FN = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p)
@@ -205,6 +210,8 @@ _SIGNATURES = {
     "ic_distill_default_params": (_st, [_P]),
     "ic_distill_indexers": (_st, [_P, ctypes.POINTER(_I32P), _SIZEP, ctypes.c_size_t, ctypes.c_char_p, _P,
                                   ctypes.POINTER(ctypes.c_double)]),
+    "ic_dist_unique_id": (_st, [ctypes.c_int, ctypes.c_char_p]),
+    "ic_context_idle_step": (_st, [_P]),
     "ic_metrics_text": (_st, [ctypes.c_char_p, ctypes.c_size_t, _SIZEP]),
     "ic_metrics_start_exposer": (_st, [ctypes.c_char_p]),
     "ic_metrics_exposer_port": (_st, [_I32P]),
@@ -343,6 +350,14 @@ def version() -> str:
 def cuda_device_count() -> int:
     """Visible CUDA devices (0 in a CUDA-less build or without a GPU)."""
     return int(_lib.ic_cuda_device_count())
+
+
+def dist_unique_id(device: "Device") -> bytes:
+    """The id (IC_DIST_ID_BYTES bytes) every rank of one job passes to Context(dist_id=...)
+    (ic_dist_unique_id). Device.CPU: ranks are threads of this process; Device.CUDA: processes over NCCL."""
+    buf = ctypes.create_string_buffer(IC_DIST_ID_BYTES)
+    _check(_lib.ic_dist_unique_id(int(_enum(Device, device, "device")), buf))
+    return buf.raw
 
 
 def metrics_text() -> str:
@@ -546,14 +561,16 @@ class Model:
 class Context:
     """Sequences, caches and a device (ic_context_t). Not thread-safe. Unset options take the library's
     defaults (device AUTO, max_tokens 16384, block_size 64, prefill_chunk 512, the model's plan).
-    metrics_address starts the process-wide Prometheus exposer; rank/world_size/tp_size/ep_size are
-    reserved for multi-GPU contexts (only single-rank values are accepted in this version)."""
+    metrics_address starts the process-wide Prometheus exposer. Several ranks (DESIGN.md §5): rank,
+    world_size (= dp × tp_size), tp_size, ep_size and the dist_id from dist_unique_id() on every rank;
+    creation returns once every rank has joined (threads: ctypes releases the GIL while it waits)."""
 
     def __init__(self, model: Model, *, device: Device = Device.AUTO, device_ordinal: int = 0,
                  max_tokens: Optional[int] = None, block_size: Optional[int] = None,
                  prefill_chunk: Optional[int] = None, plan: Optional[str] = None,
                  metrics_address: Optional[str] = None, record_metrics: bool = True,
-                 rank: int = 0, world_size: int = 1, tp_size: int = 1, ep_size: int = 1):
+                 rank: int = 0, world_size: int = 1, tp_size: int = 1, ep_size: int = 1,
+                 dist_id: Optional[bytes] = None):
         self._handle: Optional[int] = None
         if not isinstance(model, Model):
             raise TypeError(f"model must be an indexcache.Model, got {type(model).__name__}")
@@ -570,10 +587,15 @@ class Context:
         keep = (_bytes(plan), _bytes(metrics_address))
         params.plan, params.metrics_address = keep
         params.record_metrics = 1 if record_metrics else 0
-        # Reserved for multi-GPU: this version accepts 1 (world_size > 1 raises UNAVAILABLE).
         params.rank, params.world_size, params.tp_size, params.ep_size = (
             _int(v, ctypes.c_int32, n) for v, n in ((rank, "rank"), (world_size, "world_size"),
                                                     (tp_size, "tp_size"), (ep_size, "ep_size")))
+        id_buf = None
+        if dist_id is not None:
+            if not isinstance(dist_id, (bytes, bytearray)) or len(dist_id) != IC_DIST_ID_BYTES:
+                raise ValueError(f"dist_id must be the {IC_DIST_ID_BYTES} bytes of dist_unique_id()")
+            id_buf = ctypes.create_string_buffer(bytes(dist_id), IC_DIST_ID_BYTES)
+            params.dist_id = ctypes.cast(id_buf, ctypes.c_void_p)
         out = _P()
         _check(_lib.ic_context_create(model.handle, ctypes.byref(params), ctypes.byref(out)))
         self._handle = out.value
@@ -643,6 +665,10 @@ class Context:
         v = self.vocab_size
         rows = [flat[i * v:(i + 1) * v] for i in range(n)]
         return rows[0] if single else rows
+
+    def idle_step(self) -> None:
+        """Expert parallel: join one forward pass's expert all-to-all with no tokens (ic_context_idle_step)."""
+        _check(_lib.ic_context_idle_step(self.handle))
 
     def eval_loss(self, tokens: Iterable[int]) -> Tuple[float, int]:
         """(mean next-token loss in nats, predicted tokens) of `tokens` as a fresh temporary sequence."""

@@ -100,7 +100,8 @@ typedef enum ic_status_t {
   IC_ERR_INTERNAL = 6,            /* a bug or an unexpected failure inside the library */
   IC_ERR_ALREADY_EXISTS = 7,      /* e.g. a metrics exposer already runs on another address */
   IC_ERR_OUT_OF_RANGE = 8,        /* a value past the end of a valid range (e.g. position limits) */
-  IC_ERR_UNIMPLEMENTED = 9        /* a feature this version does not implement */
+  IC_ERR_UNIMPLEMENTED = 9,      /* a feature this version does not implement */
+  IC_ERR_ABORTED = 10             /* several ranks: a peer aborted or left, or a collective timed out */
 } ic_status_t;
 
 /* A static name for a status ("IC_OK", "IC_ERR_INVALID_ARGUMENT", …; "IC_ERR_UNKNOWN" for values this
@@ -230,15 +231,40 @@ typedef struct ic_context_params_t {
                                   ic_metrics_start_exposer). Copied. */
   int32_t record_metrics;      /* 1 (default): time the indexer at Full layers (synchronises the device
                                   around it); 0: do not */
-  /* Reserved for multi-GPU (DESIGN.md §5); this version runs one rank. */
-  int32_t rank;                /* default 0; must be < world_size */
-  int32_t world_size;          /* default 1 (0 means 1); > 1 → IC_ERR_UNAVAILABLE */
-  int32_t tp_size;             /* attention tensor-parallel size; default 1 (0 means 1) */
-  int32_t ep_size;             /* expert-parallel size; default 1 (0 means 1) */
+  /* Several ranks (DESIGN.md §5; ic_dist_unique_id). world_size = dp × tp_size: ranks
+   * [g·tp_size, (g+1)·tp_size) form shard group g (attention tensor parallel, one top-k per group);
+   * routed experts are split over expert groups of ep_size consecutive ranks. Every rank creates its
+   * context with the same model, plan and sizes; creation returns once all have joined. Ranks of an
+   * expert group run forward passes in lockstep (ic_context_idle_step for a rank with nothing to run). */
+  int32_t rank;                /* default 0; in [0, world_size) */
+  int32_t world_size;          /* default 1 (0 means 1); > 1 needs dist_id */
+  int32_t tp_size;             /* attention tensor-parallel size, divides world_size; default 1 (0 means 1) */
+  int32_t ep_size;             /* expert-parallel size, divides world_size; default 1 (0 means 1) */
+  const struct ic_dist_id_t* dist_id; /* world_size > 1: the id from ic_dist_unique_id (same on every
+                                         rank); NULL otherwise. Since 0.2; read only when struct_size
+                                         covers it. */
 } ic_context_params_t;
 
 /* Fills `params` with the defaults above. Errors: IC_ERR_INVALID_ARGUMENT (params NULL). */
 IC_API ic_status_t ic_context_default_params(ic_context_params_t* params);
+
+/* ---- Several ranks (DESIGN.md §5) --------------------------------------------------------------- */
+
+#define IC_DIST_ID_BYTES 256
+
+/* Identifies one distributed job: made once (by rank 0) with ic_dist_unique_id and given, byte for byte,
+ * to every rank's ic_context_create (params.dist_id). How the bytes reach the other ranks is the
+ * caller's: memory for threads of one process; for processes and nodes, a file on a shared filesystem,
+ * MPI_Bcast in the caller's launcher, a key-value store (examples/multirank/ shows both). */
+typedef struct ic_dist_id_t {
+  unsigned char bytes[IC_DIST_ID_BYTES];
+} ic_dist_id_t;
+
+/* device IC_DEVICE_CPU: ranks are threads of this process, each with a CPU context (an in-process
+ * group; the id is valid in this process only). IC_DEVICE_CUDA: ranks are processes with one GPU each,
+ * over NCCL (ncclGetUniqueId). Errors: IC_ERR_INVALID_ARGUMENT (NULL out, another device value),
+ * IC_ERR_UNAVAILABLE (CUDA: the library was built without NCCL). */
+IC_API ic_status_t ic_dist_unique_id(ic_device_t device, ic_dist_id_t* out);
 
 /* Creates a context on `model` (params NULL = defaults): resolves the plan, checks that every Full
  * layer has indexer weights, creates the device backend, uploads the weights and allocates the caches.
@@ -300,6 +326,13 @@ IC_API ic_status_t ic_prefill(ic_context_t* ctx, int32_t seq_id, const int32_t* 
  * outside the vocabulary), IC_ERR_NOT_FOUND (unknown seq_id), IC_ERR_OUT_OF_MEMORY (KV cache full). */
 IC_API ic_status_t ic_decode(ic_context_t* ctx, const int32_t* seq_ids, const int32_t* tokens, size_t n,
                              float* logits);
+
+/* Expert parallel: one forward pass with no tokens of this rank's own, joining every MoE layer's expert
+ * all-to-all so that the other ranks of its expert group can run theirs (data-parallel attention ranks
+ * with nothing to serve). A no-op for a context without an expert group. Errors:
+ * IC_ERR_INVALID_ARGUMENT (NULL/freed ctx), IC_ERR_ABORTED (a peer aborted or timed out; the message
+ * names it), IC_ERR_FAILED_PRECONDITION (the group was already broken). */
+IC_API ic_status_t ic_context_idle_step(ic_context_t* ctx);
 
 /* Scores tokens [n] (n >= 2) as a fresh temporary sequence: *mean_loss = mean over the n − 1
  * predicted positions of −log p(tokens[i + 1] | tokens[0..i]) in nats; *predicted_tokens = n − 1
