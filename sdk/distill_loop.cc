@@ -32,6 +32,23 @@ double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+TensorToWrite Tensor(std::string name, DType dtype, std::vector<int64_t> shape, std::vector<float> data) {
+  TensorToWrite t;
+  t.name = std::move(name);
+  t.dtype = dtype;
+  t.shape = std::move(shape);
+  t.data = std::move(data);
+  return t;
+}
+TensorToWrite TensorF64(std::string name, std::vector<double> data) {
+  TensorToWrite t;
+  t.name = std::move(name);
+  t.dtype = DType::kF64;
+  t.shape = {static_cast<int64_t>(data.size())};
+  t.data_f64 = std::move(data);
+  return t;
+}
+
 std::string IndexerPrefix(int layer) { return LayerPrefix(layer) + "self_attn.indexer."; }
 
 // (name suffix, tensor) of one indexer, in IndexerGrads order.
@@ -400,17 +417,13 @@ absl::Status SaveIndexerCheckpoint(const std::string& path, const IndexerTrainin
     auto v = GradVectors(adam.v);
     for (size_t i = 0; i < tensors.size(); ++i) {
       const std::string name = IndexerPrefix(l) + tensors[i].first;
-      out.push_back({.name = name, .dtype = DType::kF32, .shape = tensors[i].second->shape,
-                     .data = tensors[i].second->data});
+      out.push_back(Tensor(name, DType::kF32, tensors[i].second->shape, tensors[i].second->data));
       if (adam.step > 0) {
-        out.push_back({.name = "optimizer.m." + name, .dtype = DType::kF64,
-                       .shape = {static_cast<int64_t>(m[i]->size())}, .data_f64 = *m[i]});
-        out.push_back({.name = "optimizer.v." + name, .dtype = DType::kF64,
-                       .shape = {static_cast<int64_t>(v[i]->size())}, .data_f64 = *v[i]});
+        out.push_back(TensorF64("optimizer.m." + name, *m[i]));
+        out.push_back(TensorF64("optimizer.v." + name, *v[i]));
       }
     }
-    out.push_back({.name = "optimizer.step." + IndexerPrefix(l), .dtype = DType::kF64, .shape = {1},
-                   .data_f64 = {static_cast<double>(adam.step)}});
+    out.push_back(TensorF64("optimizer.step." + IndexerPrefix(l), {static_cast<double>(adam.step)}));
   }
   ModelConfig c = st.config;
   const std::map<std::string, std::string> meta = {{"format", kCheckpointFormat},
@@ -504,7 +517,7 @@ absl::Status WriteIndexerWeights(const std::string& path, const IndexerTrainingS
     if (!st.plan.IsFull(l)) continue;
     IndexerWeights w = st.indexers[l];
     for (auto& [suffix, t] : IndexerTensors(w)) {
-      out.push_back({.name = IndexerPrefix(l) + suffix, .dtype = dtype, .shape = t->shape, .data = t->data});
+      out.push_back(Tensor(IndexerPrefix(l) + suffix, dtype, t->shape, t->data));
     }
   }
   return WriteSafetensors(path, out, {{"plan", st.plan.ToString()}, {"step", absl::StrCat(st.step)},
