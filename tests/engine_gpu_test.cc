@@ -173,3 +173,76 @@ TEST_F(EngineGpuTest, BatchedDecodeOnTheGpuMatchesTheCpu) {
 
 }  // namespace
 }  // namespace ic
+
+namespace ic {
+namespace {
+
+// The distillation and evaluation captures on the GPU against the CPU on fresh random tokens: the
+// head-averaged attention (dense at a dense model; over the selected keys and dense at a DSA model), the
+// indexer inputs, and the selection report built from them. Top-k sets may differ where scores tie within
+// float noise (DESIGN.md §3), so the DSA model's sparse capture is compared on rows whose sets agree.
+TEST_F(EngineGpuTest, AttentionCapturesMatchTheCpu) {
+  for (Architecture arch : {Architecture::kLlama, Architecture::kLlamaDsa, Architecture::kDeepseekV32}) {
+    SyntheticModelOptions o;
+    o.arch = arch;
+    o.num_layers = 3;
+    o.hidden_size = 128;
+    o.vocab_size = 256;
+    o.index_topk = 16;
+    o.index_n_heads = 4;
+    o.index_head_dim = 32;
+    auto model = BuildSyntheticModel(o);
+    ASSERT_TRUE(model.ok()) << model.status();
+    std::mt19937 rng(static_cast<uint32_t>(std::random_device{}()));
+    std::uniform_int_distribution<int32_t> tok(0, 255);
+    std::vector<int32_t> tokens(77);
+    for (auto& t : tokens) t = tok(rng);
+    struct Captured {
+      std::map<int, std::vector<float>> attention, dense;
+      std::map<int, IndexerInputs> inputs;
+      std::map<int, std::vector<int32_t>> topk;
+    };
+    auto capture = [&](DeviceKind device) {
+      Captured c;
+      auto ctx = Context::Create(*model, {.device = device, .max_tokens = 128});
+      EXPECT_TRUE(ctx.ok()) << ctx.status();
+      const int seq = *(*ctx)->AddSequence();
+      Segment seg{seq, tokens};
+      ForwardOutputs out;
+      out.attention_by_layer = &c.attention;
+      out.dense_attention_by_layer = &c.dense;
+      out.indexer_inputs_by_layer = &c.inputs;
+      if ((*model)->config.has_indexer) out.topk_by_layer = &c.topk;
+      EXPECT_TRUE((*ctx)->Forward({&seg, 1}, out).ok());
+      return c;
+    };
+    const Captured cpu = capture(DeviceKind::kCpu), gpu = capture(DeviceKind::kCuda);
+    const std::string name(ArchitectureName(arch));
+    for (int l = 0; l < 3; ++l) {
+      EXPECT_LT(RelError(gpu.dense.at(l), cpu.dense.at(l)), 1e-4) << name << " layer " << l;
+      EXPECT_LT(RelError(gpu.inputs.at(l).x, cpu.inputs.at(l).x), 1e-5) << name << " layer " << l;
+      EXPECT_LT(RelError(gpu.inputs.at(l).x_q, cpu.inputs.at(l).x_q), 1e-5) << name << " layer " << l;
+      EXPECT_EQ(gpu.inputs.at(l).x_q.empty(), !(*model)->config.mla);
+      if (!(*model)->config.has_indexer) {
+        EXPECT_LT(RelError(gpu.attention.at(l), cpu.attention.at(l)), 1e-4) << name << " layer " << l;
+        continue;
+      }
+      const int K = (*model)->config.index_topk, T = static_cast<int>(tokens.size());
+      std::vector<float> a, b;
+      for (int t = 0; t < T; ++t) {
+        std::vector<int32_t> x(cpu.topk.at(l).begin() + t * K, cpu.topk.at(l).begin() + (t + 1) * K);
+        std::vector<int32_t> y(gpu.topk.at(l).begin() + t * K, gpu.topk.at(l).begin() + (t + 1) * K);
+        std::sort(x.begin(), x.end());
+        std::sort(y.begin(), y.end());
+        if (x != y) continue;
+        a.insert(a.end(), gpu.attention.at(l).begin() + t * T, gpu.attention.at(l).begin() + (t + 1) * T);
+        b.insert(b.end(), cpu.attention.at(l).begin() + t * T, cpu.attention.at(l).begin() + (t + 1) * T);
+      }
+      EXPECT_GT(a.size(), static_cast<size_t>(T) * T / 2) << name << " layer " << l << ": few rows agree";
+      EXPECT_LT(RelError(a, b), 1e-4) << name << " layer " << l;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ic
