@@ -17,7 +17,8 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a
 if [[ "${CLI_ONLY:-0}" == 1 ]]; then
   targets=(indexcache_cli)
 else
-  targets=(indexcache_cli engine_gpu_test backend_parity_gpu_test golden_test engine_test cpu_kernels_bench)
+  targets=(indexcache_cli engine_gpu_test backend_parity_gpu_test golden_test engine_test cpu_kernels_bench
+           cuda_kernels_bench)
 fi
 cmake --build "$build" -j"${JOBS:-2}" --target "${targets[@]}"
 out=.deps/bundle
@@ -26,7 +27,7 @@ mkdir -p "$out/bin" "$out/lib"
 cp "$build/indexcache" "$out/bin/"
 if [[ "${CLI_ONLY:-0}" != 1 ]]; then
   cp "$build/tests/engine_gpu_test" "$build/tests/backend_parity_gpu_test" "$build/tests/golden_test" \
-     "$build/tests/engine_test" "$build/kernels/cpu/cpu_kernels_bench" "$out/bin/"
+     "$build/tests/engine_test" "$build/kernels/cpu/cpu_kernels_bench" "$build/kernels/cuda_kernels_bench" "$out/bin/"
 fi
 strip "$out"/bin/*
 for bin in "$out"/bin/*; do

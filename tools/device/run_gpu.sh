@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # THERE (the H200, through the device tool's `run` with carry=[".deps/bundle"]): the machine line, the
 # engine-on-GPU tests, the golden and engine tests, `indexcache demo` and `indexcache bench` on the
-# GPU; logs to $OUT. Stages can be chosen: STAGES="tests demo bench" (default: all).
+# GPU; logs to $OUT. Stages can be chosen: STAGES="tests demo bench kernels" (default: tests demo bench;
+# kernels = the Google Benchmark suite of the CUDA kernels, kernels/cuda_kernels_bench.cc).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/gpu_out}"
@@ -24,6 +25,9 @@ if [[ $stages == *tests* ]]; then
 fi
 if [[ $stages == *demo* ]]; then
   "$b/bin/indexcache" demo --device cuda ${DEMO_ARGS:-} 2>&1 | grep -v "^# \|^indexcache_" | tee "$OUT/demo.log"
+fi
+if [[ $stages == *kernels* ]]; then
+  "$b/bin/cuda_kernels_bench" ${KERNEL_BENCH_ARGS:-} 2>&1 | tee "$OUT/cuda_kernels_bench.log"
 fi
 if [[ $stages == *bench* ]]; then
   "$b/bin/indexcache" bench --device cuda ${BENCH_ARGS:---contexts 1024,4096,8192 --decode-steps 16} 2>&1 | tee "$OUT/bench.log"

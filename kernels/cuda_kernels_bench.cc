@@ -1,0 +1,167 @@
+// Google Benchmark suite for the CUDA kernels, through the Backend interface as the engine calls them:
+// index scores + top-k (decode and prefill rows), sparse attention over top-k (MLA absorbed, decode and
+// prefill), top-k alone, GEMM (cuBLASLt). Each iteration runs the op and synchronises (wall time; every
+// case is long enough for the launch overhead not to matter, said per case). Counters:
+//   TFLOP/s and pct_bf16_peak   against the H200's 989 dense BF16 TFLOP/s (our kernels are F32 today)
+//   GB/s and pct_hbm_peak       the op's minimal traffic against 4.8 TB/s
+// Shapes follow the paper's 30B model (GLM-4.7-Flash with DSA: 20 heads, MLA latent 512 + 64 rope; indexer
+// 32 heads × 128, top-k 2048) at contexts up to 200,000 tokens.
+//
+//   cmake -S . -B build -DIC_BUILD_BENCHMARKS=ON && cmake --build build --target cuda_kernels_bench
+//   build/kernels/cuda_kernels_bench --benchmark_filter=Indexer      (exits 0 with a note without a GPU)
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "kernels/backend.h"
+
+namespace ic::kernels {
+namespace {
+
+constexpr double kBf16PeakFlops = 989e12, kHbmPeakBytes = 4.8e12;
+
+Backend& Gpu() {
+  static std::unique_ptr<Backend> be = *CreateBackend(DeviceKind::kCuda);
+  return *be;
+}
+
+template <typename T>
+T* Upload(const std::vector<T>& v) {
+  void* p = *Gpu().Allocate(v.size() * sizeof(T));
+  (void)Gpu().CopyToDevice(p, v.data(), v.size() * sizeof(T));
+  return static_cast<T*>(p);
+}
+
+std::vector<float> Random(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = u(rng);
+  return v;
+}
+
+// One sequence of `context` tokens in 64-token blocks (identity block table); the last `queries` positions
+// are the query rows. Device copies of the layout arrays.
+struct Scene {
+  TokenLayout layout;
+  int64_t num_slots = 0;
+  std::vector<int32_t> pos;
+  Scene(int context, int queries) {
+    const int blocks = (context + 63) / 64;
+    num_slots = static_cast<int64_t>(blocks) * 64;
+    std::vector<int32_t> table(blocks), seq(queries, 0);
+    for (int b = 0; b < blocks; ++b) table[b] = b;
+    for (int p = context - queries; p < context; ++p) pos.push_back(p);
+    layout.token_seq = Upload(seq);
+    layout.token_pos = Upload(pos);
+    layout.block_tables = Upload(table);
+    layout.tokens = queries;
+    layout.num_seqs = 1;
+    layout.max_blocks_per_seq = blocks;
+    layout.block_size = 64;
+  }
+};
+
+void Report(benchmark::State& state, double flops, double bytes) {
+  using C = benchmark::Counter;
+  state.counters["TFLOP/s"] = C(flops / 1e12, C::kIsIterationInvariantRate);
+  state.counters["pct_bf16_peak"] = C(100.0 * flops / kBf16PeakFlops, C::kIsIterationInvariantRate);
+  state.counters["GB/s"] = C(bytes / 1e9, C::kIsIterationInvariantRate);
+  state.counters["pct_hbm_peak"] = C(100.0 * bytes / kHbmPeakBytes, C::kIsIterationInvariantRate);
+}
+
+// Lightning indexer: I[t, s] = Σ_j w[t, j]·ReLU(q[t, j]·k[s]) over s ≤ t, then top-2048 (fused, tiled).
+void BM_IndexerTopk(benchmark::State& state) {
+  const int context = state.range(0), queries = state.range(1), heads = 32, dim = 128, k = 2048;
+  Scene s(context, queries);
+  float* cache = Upload(Random(static_cast<size_t>(s.num_slots) * dim, 1));
+  float* q = Upload(Random(static_cast<size_t>(queries) * heads * dim, 2));
+  float* w = Upload(Random(static_cast<size_t>(queries) * heads, 3));
+  int32_t* out = static_cast<int32_t*>(*Gpu().Allocate(sizeof(int32_t) * queries * k));
+  IndexerArgs a{.indices = out, .q = q, .w = w, .k_cache = cache, .k_stride = dim, .num_slots = s.num_slots,
+                .heads = heads, .head_dim = dim, .k = k, .layout = s.layout};
+  for (auto _ : state) {
+    if (!Gpu().IndexerTopk(a).ok() || !Gpu().Synchronize().ok()) state.SkipWithError("IndexerTopk failed");
+  }
+  double pairs = 0;
+  for (int p : s.pos) pairs += p + 1;
+  Report(state, 2.0 * pairs * heads * dim, 4.0 * context * dim + 4.0 * queries * heads * dim);
+}
+BENCHMARK(BM_IndexerTopk)
+    ->Args({10000, 1})->Args({60000, 1})->Args({120000, 1})->Args({200000, 1})  // decode rows
+    ->Args({16384, 1024})->Args({65536, 256})                                    // prefill tiles
+    ->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// Sparse MLA attention over the top-2048 (absorbed: one latent KV head of 512 + 64 rope, 20 query heads).
+void BM_SparseAttention(benchmark::State& state) {
+  const int context = state.range(0), queries = state.range(1), heads = 20, latent = 576, v_dim = 512, k = 2048;
+  Scene s(context, queries);
+  float* cache = Upload(Random(static_cast<size_t>(s.num_slots) * latent, 4));
+  float* q = Upload(Random(static_cast<size_t>(queries) * heads * latent, 5));
+  std::vector<int32_t> topk;
+  std::mt19937 rng(6);
+  for (int p : s.pos) {
+    for (int j = 0; j < k; ++j) topk.push_back(j <= p ? static_cast<int32_t>(rng() % (p + 1)) : -1);
+  }
+  int32_t* d_topk = Upload(topk);
+  float* out = static_cast<float*>(*Gpu().Allocate(sizeof(float) * queries * heads * v_dim));
+  AttentionArgs a{.out = out, .q = q, .k_cache = cache, .v_cache = cache, .k_stride = latent, .v_stride = latent,
+                  .q_heads = heads, .kv_heads = 1, .qk_dim = latent, .v_dim = v_dim, .num_slots = s.num_slots,
+                  .scale = 0.07f, .layout = s.layout, .topk = d_topk, .topk_k = k};
+  for (auto _ : state) {
+    if (!Gpu().Attention(a).ok() || !Gpu().Synchronize().ok()) state.SkipWithError("Attention failed");
+  }
+  double keys = 0;
+  for (int p : s.pos) keys += std::min(p + 1, k);
+  Report(state, 2.0 * keys * heads * (latent + v_dim), 4.0 * keys * latent);
+}
+BENCHMARK(BM_SparseAttention)
+    ->Args({200000, 1})->Args({200000, 64})->Args({16384, 1024})
+    ->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// Top-k alone over precomputed scores (the bound: reading the scores once).
+void BM_Topk(benchmark::State& state) {
+  const int n = state.range(0), rows = state.range(1), k = 2048;
+  float* scores = Upload(Random(static_cast<size_t>(n) * rows, 7));
+  int32_t* lengths = Upload(std::vector<int32_t>(rows, n));
+  int32_t* out = static_cast<int32_t*>(*Gpu().Allocate(sizeof(int32_t) * rows * k));
+  TopkArgs a{.out = out, .scores = scores, .lengths = lengths, .rows = rows, .stride = n, .k = k};
+  for (auto _ : state) {
+    if (!Gpu().Topk(a).ok() || !Gpu().Synchronize().ok()) state.SkipWithError("Topk failed");
+  }
+  Report(state, 0, 4.0 * n * rows);
+}
+BENCHMARK(BM_Topk)->Args({200000, 1})->Args({200000, 64})->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// F32 GEMM through cuBLASLt (the engine's weights and activations are F32 today).
+void BM_Gemm(benchmark::State& state) {
+  const int m = state.range(0), n = state.range(1), k = state.range(2);
+  float* a = Upload(Random(static_cast<size_t>(m) * k, 8));
+  float* b = Upload(Random(static_cast<size_t>(n) * k, 9));
+  float* c = static_cast<float*>(*Gpu().Allocate(sizeof(float) * m * n));
+  GemmArgs g{.c = c, .a = a, .b = b, .m = m, .n = n, .k = k};
+  for (auto _ : state) {
+    if (!Gpu().Gemm(g).ok() || !Gpu().Synchronize().ok()) state.SkipWithError("Gemm failed");
+  }
+  Report(state, 2.0 * m * n * k, 4.0 * (static_cast<double>(m) * k + static_cast<double>(n) * k + static_cast<double>(m) * n));
+}
+BENCHMARK(BM_Gemm)->Args({4096, 4096, 4096})->Args({1, 2048, 2048})->Args({8192, 2048, 768})
+    ->UseRealTime()->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace ic::kernels
+
+int main(int argc, char** argv) {
+  if (ic::kernels::CudaDeviceCount() == 0) {
+    std::printf("cuda_kernels_bench: no CUDA device visible (or a build without CUDA): nothing to measure\n");
+    return 0;
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
