@@ -25,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "indexcache/indexcache.h"
 #include "parallel/process_groups.h"
 #include "sdk/engine.h"
@@ -119,6 +120,19 @@ int EnumFieldValue(const E& field) {
   int value;
   std::memcpy(&value, &field, sizeof value);
   return value;
+}
+
+// IC_DEVICE_AUTO (CUDA when a device is visible, else the CPU), IC_DEVICE_CPU or IC_DEVICE_CUDA; anything
+// else is InvalidArgument naming `field`.
+inline absl::StatusOr<kernels::DeviceKind> ResolveDevice(int device, const char* field) {
+  switch (device) {
+    case IC_DEVICE_AUTO:
+      return kernels::CudaDeviceCount() > 0 ? kernels::DeviceKind::kCuda : kernels::DeviceKind::kCpu;
+    case IC_DEVICE_CPU: return kernels::DeviceKind::kCpu;
+    case IC_DEVICE_CUDA: return kernels::DeviceKind::kCuda;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, " is ", device, "; expected IC_DEVICE_AUTO, IC_DEVICE_CPU or IC_DEVICE_CUDA"));
 }
 
 // Copies `text` and a NUL into buf, or fails naming the needed size.

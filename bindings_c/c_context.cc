@@ -168,17 +168,6 @@ absl::Status CheckCount(size_t n, const char* what) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<kernels::DeviceKind> ResolveDevice(int device) {
-  switch (device) {
-    case IC_DEVICE_AUTO:
-      return kernels::CudaDeviceCount() > 0 ? kernels::DeviceKind::kCuda : kernels::DeviceKind::kCpu;
-    case IC_DEVICE_CPU: return kernels::DeviceKind::kCpu;
-    case IC_DEVICE_CUDA: return kernels::DeviceKind::kCuda;
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "ic_context_params_t.device is ", device, "; expected IC_DEVICE_AUTO, IC_DEVICE_CPU or IC_DEVICE_CUDA"));
-}
-
 }  // namespace
 }  // namespace ic::capi
 
@@ -211,7 +200,7 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
           absl::StrCat("ic_context_params_t.device_ordinal must be >= 0, got ", p.device_ordinal));
     }
     ic::ContextOptions o;
-    IC_ASSIGN_OR_RETURN(o.device, ResolveDevice(EnumFieldValue(p.device)));
+    IC_ASSIGN_OR_RETURN(o.device, ResolveDevice(EnumFieldValue(p.device), "ic_context_params_t.device"));
     o.device_ordinal = p.device_ordinal;
     o.max_tokens = p.max_tokens;
     o.block_size = p.block_size;

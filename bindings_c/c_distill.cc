@@ -59,17 +59,7 @@ ic_status_t ic_distill_indexers(const ic_model_t* dense, const int32_t* const* w
           "the DSA checkpoint");
     }
     ic::DistillOptions o;
-    const int dev = EnumFieldValue(p.device);
-    switch (dev) {
-      case IC_DEVICE_AUTO:
-        o.device = ic::kernels::CudaDeviceCount() > 0 ? ic::kernels::DeviceKind::kCuda : ic::kernels::DeviceKind::kCpu;
-        break;
-      case IC_DEVICE_CPU: o.device = ic::kernels::DeviceKind::kCpu; break;
-      case IC_DEVICE_CUDA: o.device = ic::kernels::DeviceKind::kCuda; break;
-      default:
-        return absl::InvalidArgumentError(
-            absl::StrCat("device is ", dev, "; expected IC_DEVICE_AUTO, IC_DEVICE_CPU or IC_DEVICE_CUDA"));
-    }
+    IC_ASSIGN_OR_RETURN(o.device, ResolveDevice(EnumFieldValue(p.device), "ic_distill_params_t.device"));
     if (p.threads < 0) return absl::InvalidArgumentError(absl::StrCat("threads is ", p.threads, "; expected >= 0"));
     if (p.resume != 0 && p.resume != 1) {
       return absl::InvalidArgumentError(absl::StrCat("resume is ", p.resume, "; expected 0 or 1"));

@@ -31,17 +31,7 @@ ic_status_t ic_search_plan(const ic_model_t* model, const int32_t* const* window
                                                      N - target_full_layers + 1, " losses"));
     }
     ic::SearchOptions o;
-    const int dev = EnumFieldValue(device);
-    switch (dev) {
-      case IC_DEVICE_AUTO:
-        o.device = ic::kernels::CudaDeviceCount() > 0 ? ic::kernels::DeviceKind::kCuda : ic::kernels::DeviceKind::kCpu;
-        break;
-      case IC_DEVICE_CPU: o.device = ic::kernels::DeviceKind::kCpu; break;
-      case IC_DEVICE_CUDA: o.device = ic::kernels::DeviceKind::kCuda; break;
-      default:
-        return absl::InvalidArgumentError(
-            absl::StrCat("device is ", dev, "; expected IC_DEVICE_AUTO, IC_DEVICE_CPU or IC_DEVICE_CUDA"));
-    }
+    IC_ASSIGN_OR_RETURN(o.device, ResolveDevice(EnumFieldValue(device), "device"));
     std::vector<std::vector<int32_t>> copies(n_windows);
     for (size_t i = 0; i < n_windows; ++i) {
       if (windows[i] == nullptr && window_lengths[i] > 0) {
