@@ -437,6 +437,7 @@ TEST_F(BackendParityTest, IndexerTopk) {
       {64, 128, 2048, {2500, 5000}, {3, 2}},  // DeepSeek-V3.2 sizes, k = 2048, decode rows
       {32, 64, 128, {400, 777}, {50, 3}},
       {16, 36, 32, {150}, {150}},
+      {32, 128, 2048, {40000, 33000}, {2, 1}},  // decode rows ≥ 32K keys: the multi-block top-k
   };
   for (const Case& cs : cases) {
     Paged pg = MakePaged(cs.lens, 64, rng_);
@@ -508,7 +509,9 @@ TEST_F(BackendParityTest, IndexerTopk) {
 // ---- Topk on identical scores: identical sets ------------------------------------------------------
 
 TEST_F(BackendParityTest, TopkIdenticalScores) {
-  const int rows = 9, stride = 3001;
+  // stride 3001: one block per row; 40961 (≥ 32K, ≤ 64 rows): rows split over several blocks.
+  const int rows = 9;
+  for (int stride : {3001, 40961})
   for (int k : {1, 7, 100, 2048}) {
     std::vector<float> scores(static_cast<size_t>(rows) * stride);
     for (float& s : scores) s = static_cast<float>(Uniform(-20, 20)) * 0.25f;  // many ties
@@ -528,7 +531,7 @@ TEST_F(BackendParityTest, TopkIdenticalScores) {
     for (int r = 0; r < rows; ++r) {
       EXPECT_EQ(test::SortedValid(c.data() + static_cast<size_t>(r) * k, k),
                 test::SortedValid(g.data() + static_cast<size_t>(r) * k, k))
-          << "k = " << k << ", row " << r << ", length " << lengths[r];
+          << "k = " << k << ", row " << r << ", length " << lengths[r] << ", stride " << stride;
     }
   }
 }

@@ -590,9 +590,12 @@ absl::Status CudaBackend::IndexerTopk(const IndexerArgs& a) {
   // Query tiles: [rows, max_len] scores at a time (max_len bounds every valid position).
   const int64_t by_budget = static_cast<int64_t>(indexer_tile_bytes_ / (sizeof(float) * max_len));
   const int tile = static_cast<int>(std::clamp<int64_t>(by_budget, 1, std::min(a.layout.tokens, 65535)));
-  auto ws_or = Scratch(sizeof(float) * static_cast<size_t>(tile) * max_len);
+  const size_t score_bytes = (sizeof(float) * static_cast<size_t>(tile) * max_len + 255) / 256 * 256;
+  const size_t topk_bytes = RowTopkScratchBytes(tile, max_len);
+  auto ws_or = Scratch(score_bytes + topk_bytes);
   if (!ws_or.ok()) return ws_or.status();
   float* ws = static_cast<float*>(*ws_or);
+  void* topk_ws = static_cast<char*>(*ws_or) + score_bytes;
   IndexerParams p{a.q, a.w, a.k_cache, k_stride, a.num_slots, a.heads, a.head_dim, a.k, Dev(a.layout)};
   const bool all_rows = a.scores != nullptr;
   for (int t0 = 0; t0 < a.layout.tokens; t0 += tile) {
@@ -603,7 +606,8 @@ absl::Status CudaBackend::IndexerTopk(const IndexerArgs& a) {
                                                       a.layout.token_pos, t0, rows, stream_));
     }
     IC_CUDA_RETURN_IF_ERROR(LaunchRowTopk(a.indices + static_cast<int64_t>(t0) * a.k, ws, max_len,
-                                          nullptr, a.layout.token_pos + t0, rows, max_len, a.k, nullptr, stream_));
+                                          nullptr, a.layout.token_pos + t0, rows, max_len, a.k, nullptr, stream_,
+                                          topk_ws, RowTopkScratchBytes(rows, max_len)));
   }
   return absl::OkStatus();
 }
@@ -617,8 +621,15 @@ absl::Status CudaBackend::Topk(const TopkArgs& a) {
   IC_ARG_CHECK(a.out != nullptr && a.lengths != nullptr, op, "out or lengths is null");
   IC_ARG_CHECK(a.scores != nullptr || a.stride == 0, op, "scores is null");
   IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  const size_t topk_bytes = RowTopkScratchBytes(a.rows, a.stride);
+  void* topk_ws = nullptr;
+  if (topk_bytes > 0) {
+    auto ws_or = Scratch(topk_bytes);
+    if (!ws_or.ok()) return ws_or.status();
+    topk_ws = *ws_or;
+  }
   IC_CUDA_RETURN_IF_ERROR(LaunchRowTopk(a.out, a.scores, a.stride, a.lengths, nullptr, a.rows, a.stride,
-                                        a.k, &dev_err_[1], stream_));
+                                        a.k, &dev_err_[1], stream_, topk_ws, topk_bytes));
   return absl::OkStatus();
 }
 

@@ -109,10 +109,13 @@ cudaError_t LaunchAttention(const AttentionParams& p, float* lse_ws, float* part
 // ---- topk.cu ----
 // Row top-k, DESIGN.md §3 rule. Row r has length lengths[r] (if lengths) or positions[r] + 1, clamped
 // to `max_len`; out[r, :] = the selected positions in ascending order, then −1. A length outside
-// [0, max_len] is recorded (kErrLength) when `err` is set.
+// [0, max_len] is recorded (kErrLength) when `err` is set. Few long rows (≤ 64 rows, max_len ≥ 32K) run
+// split over several blocks per row when `scratch` holds RowTopkScratchBytes(rows, max_len) bytes (else
+// one block per row, the same result).
+size_t RowTopkScratchBytes(int rows, int max_len);
 cudaError_t LaunchRowTopk(int32_t* out, const float* scores, int64_t stride, const int32_t* lengths,
                           const int32_t* positions, int rows, int max_len, int k, DeviceError* err,
-                          cudaStream_t stream);
+                          cudaStream_t stream, void* scratch = nullptr, size_t scratch_bytes = 0);
 
 // ---- indexer.cu ----
 struct IndexerParams {
