@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -18,6 +19,7 @@
 #include "kernels/backend.h"
 #include "parallel/inprocess_communicator.h"
 #include "parallel/nccl_communicator.h"
+#include "sdk/config.h"
 #include "sdk/engine.h"
 #include "sdk/metrics.h"
 
@@ -45,10 +47,14 @@ ic_context_params_t DefaultContextParams() {
   p.world_size = 1;
   p.tp_size = 1;
   p.ep_size = 1;
+  p.dist_id = nullptr;
+  p.dist_timeout_ms = 300000;
   return p;
 }
 
 // Multi-GPU fields are reserved: negative values are bad input; sizes above 1 are not in this version.
+constexpr int kMaxWorldSize = 65536;
+
 // world_size, tp_size, ep_size with 0 meaning 1; the ranks' layout checked by ValidateParallelSizes.
 absl::StatusOr<parallel::ParallelSizes> CheckParallelFields(const ic_context_params_t& p) {
   const struct {
@@ -69,7 +75,20 @@ absl::StatusOr<parallel::ParallelSizes> CheckParallelFields(const ic_context_par
     return absl::InvalidArgumentError(absl::StrCat("ic_context_params_t.rank is ", p.rank,
                                                    "; it must be in [0, world_size) = [0, ", ps.world_size, ")"));
   }
+  if (ps.world_size > kMaxWorldSize) {
+    return absl::InvalidArgumentError(absl::StrCat("ic_context_params_t.world_size is ", ps.world_size,
+                                                   "; at most ", kMaxWorldSize, " ranks"));
+  }
   IC_RETURN_IF_ERROR(parallel::ValidateParallelSizes(ps));
+  if (p.dist_timeout_ms <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ic_context_params_t.dist_timeout_ms must be positive, got ", p.dist_timeout_ms));
+  }
+  if (ps.world_size > 1 && p.struct_size < offsetof(ic_context_params_t, dist_id) + sizeof(p.dist_id)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "world_size > 1 needs ic_context_params_t.dist_id, which this struct (struct_size ", p.struct_size,
+        ", the 0.1 layout) does not have: rebuild against the 0.2 header"));
+  }
   if (ps.world_size > 1 && p.dist_id == nullptr) {
     return absl::InvalidArgumentError(
         "ic_context_params_t.dist_id is NULL but world_size > 1: make one with ic_dist_unique_id on rank 0 and "
@@ -89,6 +108,7 @@ struct PendingGroup {
   int world_size = 0;
   std::vector<std::unique_ptr<parallel::Communicator>> comms;
   int taken = 0;
+  std::string broken;  // why the group can no longer form ("" = fine)
 };
 std::mutex g_pending_mu;
 std::map<uint64_t, PendingGroup>& PendingGroups() {
@@ -98,7 +118,7 @@ std::map<uint64_t, PendingGroup>& PendingGroups() {
 
 // This rank's world communicator for the job `id`.
 absl::StatusOr<std::unique_ptr<parallel::Communicator>> JoinWorld(const ic_dist_id_t& id, int rank, int world,
-                                                                  kernels::DeviceKind device) {
+                                                                  kernels::DeviceKind device, absl::Duration timeout) {
   if (std::memcmp(id.bytes, kDistMagic, sizeof kDistMagic) != 0) {
     return absl::InvalidArgumentError("ic_context_params_t.dist_id was not made by ic_dist_unique_id");
   }
@@ -117,16 +137,31 @@ absl::StatusOr<std::unique_ptr<parallel::Communicator>> JoinWorld(const ic_dist_
     }
     std::lock_guard<std::mutex> lock(g_pending_mu);
     PendingGroup& g = PendingGroups()[key];
+    if (!g.broken.empty()) return absl::AbortedError(absl::StrCat("this dist_id's group is broken: ", g.broken));
     if (g.world_size == 0) {
-      IC_ASSIGN_OR_RETURN(g.comms, parallel::InProcessGroup::Create(world));
+      parallel::CommunicatorOptions options;
+      options.timeout = timeout;
+      IC_ASSIGN_OR_RETURN(g.comms, parallel::InProcessGroup::Create(world, options));
       g.world_size = world;
     }
+    // A rank that cannot join breaks the group for everyone: the ranks already waiting return at once
+    // (IC_ERR_ABORTED) instead of after the timeout.
+    auto break_group = [&](std::string why) -> absl::Status {
+      g.broken = why;
+      for (auto& c : g.comms) {
+        if (c != nullptr) {
+          c->Abort();
+          break;
+        }
+      }
+      return absl::InvalidArgumentError(why);
+    };
     if (g.world_size != world) {
-      return absl::InvalidArgumentError(absl::StrCat("world_size is ", world, " but another rank of this dist_id "
-                                                     "joined with world_size ", g.world_size));
+      return break_group(absl::StrCat("world_size is ", world, " but another rank of this dist_id joined with world_size ",
+                                      g.world_size));
     }
     if (g.comms[rank] == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("rank ", rank, " of this dist_id has already joined"));
+      return break_group(absl::StrCat("rank ", rank, " of this dist_id has already joined"));
     }
     std::unique_ptr<parallel::Communicator> mine = std::move(g.comms[rank]);
     if (++g.taken == world) PendingGroups().erase(key);
@@ -136,11 +171,16 @@ absl::StatusOr<std::unique_ptr<parallel::Communicator>> JoinWorld(const ic_dist_
     if (device != kernels::DeviceKind::kCuda) {
       return absl::InvalidArgumentError("dist_id is an NCCL id (IC_DEVICE_CUDA) but the context is not on a GPU");
     }
+    if (kernels::CudaDeviceCount() == 0) {
+      return absl::UnavailableError("dist_id is an NCCL id but no CUDA device is visible to this process");
+    }
+    parallel::NcclOptions options;
+    options.common.timeout = timeout;
     IC_ASSIGN_OR_RETURN(std::unique_ptr<parallel::NcclCommunicator> nccl,
                         parallel::NcclCommunicator::Create(
                             std::string_view(reinterpret_cast<const char*>(id.bytes + kDistNcclId),
                                              parallel::NcclCommunicator::kUniqueIdBytes),
-                            rank, world));
+                            rank, world, options));
     return std::unique_ptr<parallel::Communicator>(std::move(nccl));
   }
   return absl::InvalidArgumentError(absl::StrCat("dist_id has an unknown backend ", static_cast<int>(backend)));
@@ -164,6 +204,41 @@ absl::Status CheckCount(size_t n, const char* what) {
   if (n > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
     return absl::InvalidArgumentError(absl::StrCat("n is ", n, ": more ", what, " than fit in int32 positions (",
                                                    "a negative length converted to size_t?)"));
+  }
+  return absl::OkStatus();
+}
+
+// Every rank must run the same model, plan and sizes; the collectives would otherwise pair up wrongly
+// ("rank 1 called AllReduce while rank 0 called AllGather"). One all-gather of what each rank was given
+// names the first disagreement on every rank. (Host buffers: the in-process backend; NCCL ranks are
+// trusted to agree until the device path exists.)
+absl::Status CheckRanksAgree(parallel::Communicator& world, const parallel::ParallelSizes& sizes, const Model& model,
+                             const std::string& plan_param) {
+  if (std::string(world.backend_name()) == "nccl") return absl::OkStatus();
+  struct Fingerprint {
+    int64_t world, tp, ep;
+    uint64_t model, plan;
+  };
+  const std::string plan = plan_param.empty() ? model.plan.ToString() : plan_param;
+  const Fingerprint mine{sizes.world_size, sizes.tp_size, sizes.ep_size,
+                         std::hash<std::string>{}(ModelConfigToJson(model.config)), std::hash<std::string>{}(plan)};
+  std::vector<Fingerprint> all(world.size());
+  IC_RETURN_IF_ERROR(world.AllGather(&mine, all.data(), sizeof mine));
+  for (int r = 0; r < world.size(); ++r) {
+    const Fingerprint& f = all[r];
+    if (f.world != mine.world || f.tp != mine.tp || f.ep != mine.ep) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the ranks disagree on the sizes: rank ", r, " has world_size ", f.world, ", tp_size ", f.tp, ", ep_size ",
+          f.ep, "; rank ", world.rank(), " has ", mine.world, ", ", mine.tp, ", ", mine.ep));
+    }
+    if (f.model != mine.model) {
+      return absl::InvalidArgumentError(absl::StrCat("rank ", r, " loaded a different model (config) than rank ",
+                                                     world.rank()));
+    }
+    if (f.plan != mine.plan) {
+      return absl::InvalidArgumentError(absl::StrCat("rank ", r, " runs a different plan than rank ", world.rank(),
+                                                     " (", plan, ")"));
+    }
   }
   return absl::OkStatus();
 }
@@ -211,7 +286,9 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
     handle->model = m->model;
     if (sizes.world_size > 1) {
       // Joins the job (blocks until every rank has), then splits the shard / dp / expert groups.
-      IC_ASSIGN_OR_RETURN(handle->world, JoinWorld(*p.dist_id, p.rank, sizes.world_size, o.device));
+      IC_ASSIGN_OR_RETURN(handle->world, JoinWorld(*p.dist_id, p.rank, sizes.world_size, o.device,
+                                                   absl::Milliseconds(p.dist_timeout_ms)));
+      IC_RETURN_IF_ERROR(CheckRanksAgree(*handle->world, sizes, *m->model, o.plan));
       IC_ASSIGN_OR_RETURN(ic::parallel::ProcessGroups groups, ic::parallel::ProcessGroups::Create(*handle->world, sizes));
       handle->groups = std::make_unique<ic::parallel::ProcessGroups>(std::move(groups));
       if (sizes.tp_size > 1) o.shard_group = &handle->groups->shard();
@@ -251,7 +328,7 @@ ic_status_t ic_dist_unique_id(ic_device_t device, ic_dist_id_t* out) {
       if (nccl.size() != ic::parallel::NcclCommunicator::kUniqueIdBytes) {
         return absl::InternalError(absl::StrCat("NCCL unique id of ", nccl.size(), " bytes"));
       }
-      std::memcpy(id.bytes + kDistNcclId, nccl.data(), nccl.size());
+      std::copy_n(nccl.begin(), ic::parallel::NcclCommunicator::kUniqueIdBytes, id.bytes + kDistNcclId);
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("device is ", dev, "; expected IC_DEVICE_CPU (threads of this process) or IC_DEVICE_CUDA (NCCL)"));

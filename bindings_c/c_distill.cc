@@ -65,14 +65,29 @@ ic_status_t ic_distill_indexers(const ic_model_t* dense, const int32_t* const* w
       return absl::InvalidArgumentError(absl::StrCat("resume is ", p.resume, "; expected 0 or 1"));
     }
     if (p.bf16 != 0 && p.bf16 != 1) return absl::InvalidArgumentError(absl::StrCat("bf16 is ", p.bf16, "; expected 0 or 1"));
-    std::vector<std::vector<int32_t>> copies(n_windows);
+    const ic::ModelConfig& c = m->model->config;
+    // Lengths first (a negative length cast to size_t, or more than the model's positions), before
+    // anything is read from the caller's arrays.
+    constexpr size_t kMaxWindows = size_t{1} << 24;
+    if (n_windows > kMaxWindows) {
+      return absl::InvalidArgumentError(absl::StrCat("n_windows is ", n_windows, "; at most ", kMaxWindows));
+    }
     for (size_t i = 0; i < n_windows; ++i) {
+      if (window_lengths[i] > static_cast<size_t>(c.max_position_embeddings)) {
+        return absl::InvalidArgumentError(absl::StrCat("window_lengths[", i, "] is ", window_lengths[i],
+                                                       "; at most max_position_embeddings = ",
+                                                       c.max_position_embeddings));
+      }
       if (windows[i] == nullptr && window_lengths[i] > 0) {
         return absl::InvalidArgumentError(absl::StrCat("windows[", i, "] is NULL"));
       }
+    }
+    const std::string checkpoint_path = p.checkpoint != nullptr ? p.checkpoint : "";
+    IC_RETURN_IF_ERROR(ic::CheckDistillOutputs(m->model->path, out_dir, checkpoint_path));
+    std::vector<std::vector<int32_t>> copies(n_windows);
+    for (size_t i = 0; i < n_windows; ++i) {
       if (window_lengths[i] > 0) copies[i].assign(windows[i], windows[i] + window_lengths[i]);
     }
-    const ic::ModelConfig& c = m->model->config;
     const std::string pattern = p.plan == nullptr || p.plan[0] == '\0' ? std::string(c.num_hidden_layers, 'F')
                                                                        : std::string(p.plan);
     IC_ASSIGN_OR_RETURN(ic::Plan plan, ic::ParsePlan(pattern, c.num_hidden_layers));
@@ -90,6 +105,11 @@ ic_status_t ic_distill_indexers(const ic_model_t* dense, const int32_t* const* w
                                                        " differs from params.plan ", plan.ToString()));
       }
     } else {
+      std::error_code ec;
+      if (!checkpoint.empty() && std::filesystem::exists(checkpoint, ec)) {
+        return absl::AlreadyExistsError(absl::StrCat("the checkpoint ", checkpoint,
+                                                     " exists: set resume = 1 to continue it, or remove it"));
+      }
       IC_ASSIGN_OR_RETURN(state, ic::InitIndexerTraining(c,
                                                          {.n_heads = p.index_n_heads,
                                                           .head_dim = p.index_head_dim,
@@ -105,10 +125,12 @@ ic_status_t ic_distill_indexers(const ic_model_t* dense, const int32_t* const* w
     o.checkpoint_path = checkpoint;
     o.checkpoint_every = p.checkpoint_every;
     double last = 0;
+    bool stop = false;
     o.on_step = [&](const ic::DistillProgress& pr) {
       last = pr.loss;
-      if (p.on_step != nullptr) p.on_step(pr.step, pr.steps, pr.loss, p.user);
+      if (p.on_step != nullptr) stop = p.on_step(pr.step, pr.steps, pr.loss, p.user) != 0;
     };
+    o.should_stop = [&]() { return stop; };
     IC_RETURN_IF_ERROR(ic::TrainIndexers(m->model, copies, o, &state));
     IC_RETURN_IF_ERROR(ic::WriteDsaModel(m->model->path, state, out_dir, p.bf16 ? ic::DType::kBF16 : ic::DType::kF32));
     if (final_loss != nullptr) *final_loss = last;

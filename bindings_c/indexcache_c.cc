@@ -43,6 +43,7 @@ ic_status_t ToCStatus(absl::StatusCode code) {
     case absl::StatusCode::kPermissionDenied: return IC_ERR_FAILED_PRECONDITION;
     case absl::StatusCode::kAborted: return IC_ERR_ABORTED;
     case absl::StatusCode::kDeadlineExceeded: return IC_ERR_ABORTED;
+    case absl::StatusCode::kCancelled: return IC_ERR_ABORTED;
     default: return IC_ERR_INTERNAL;  // kInternal, kUnknown, kDataLoss, kAborted, kCancelled, ...
   }
 }

@@ -65,7 +65,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> SplitChecked(Communicator& world, 
                                                         c.status().message()));
   }
   if (*c == nullptr || (*c)->rank() != expect_rank || (*c)->size() != expect_size) {
-    return absl::InternalError(absl::StrCat("ProcessGroups: the ", name, " group came out as rank ",
+    // Every rank computes the same layout from its own sizes: a mismatch means the ranks disagree.
+    return absl::FailedPreconditionError(absl::StrCat("ProcessGroups: the ranks disagree on the sizes (world, tp, ep)? the ", name, " group came out as rank ",
                                             *c ? (*c)->rank() : -1, " of ", *c ? (*c)->size() : 0,
                                             "; the layout says rank ", expect_rank, " of ", expect_size));
   }

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "absl/strings/str_join.h"
+#include "sdk/json_text.h"
 #include "sdk/status.h"
 
 namespace ic {
@@ -52,7 +53,7 @@ const json* Find(const json& obj, absl::string_view key) {
 absl::Status Missing(absl::string_view key) { return InvalidArgument(kFile, "missing required key \"", key, "\""); }
 
 absl::Status BadType(absl::string_view key, const json& v, absl::string_view expected) {
-  return InvalidArgument(kFile, key, " is ", v.dump(), "; expected ", expected);
+  return InvalidArgument(kFile, key, " is ", JsonForMessage(v), "; expected ", expected);
 }
 
 // Reads an integer (an integral float such as 4096.0 is accepted). `*out` keeps its value when the key
@@ -277,7 +278,7 @@ absl::Status ReadMoe(const json& root, ModelConfig* c) {
       if (t == "sparse") {
         c->moe_layer[i] = true;
       } else if (t != "dense") {
-        return InvalidArgument(kFile, "mlp_layer_types[", i, "] is ", t.dump(), "; expected \"dense\" or \"sparse\"");
+        return InvalidArgument(kFile, "mlp_layer_types[", i, "] is ", JsonForMessage(t), "; expected \"dense\" or \"sparse\"");
       }
     }
   } else {
@@ -333,7 +334,7 @@ absl::Status ReadIndexCacheKeys(const json& root, ModelConfig* c) {
     std::vector<std::string> types;
     for (size_t i = 0; i < v->size(); ++i) {
       if (!(*v)[i].is_string()) {
-        return InvalidArgument(kFile, "indexer_types[", i, "] is ", (*v)[i].dump(),
+        return InvalidArgument(kFile, "indexer_types[", i, "] is ", JsonForMessage((*v)[i]),
                                "; expected \"full\" or \"shared\"");
       }
       types.push_back((*v)[i].get<std::string>());

@@ -2,6 +2,7 @@
 #include "sdk/distill_loop.h"
 
 #include <cblas.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -10,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <new>
 #include <numeric>
 #include <random>
 #include <set>
@@ -90,12 +92,29 @@ int ServedUntil(const Plan& plan, int l) {
   return end;
 }
 
+// Every value finite (and, for Adam's second moments, >= 0): corrupt or diverged state is an error, not
+// weights that silently turn the model's output into NaN.
+template <typename T>
+absl::Status CheckFiniteValues(const std::vector<T>& v, const std::string& what, bool non_negative = false) {
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (!std::isfinite(static_cast<double>(v[i])) || (non_negative && v[i] < 0)) {
+      return InvalidArgument(what, "[", i, "] is ", static_cast<double>(v[i]),
+                             non_negative ? "; expected a finite value >= 0" : "; expected a finite value");
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckWindows(const ModelConfig& c, std::span<const std::vector<int32_t>> windows) {
   if (windows.empty()) return InvalidArgument("distillation: the calibration set is empty (no windows)");
   for (size_t w = 0; w < windows.size(); ++w) {
     if (windows[w].size() < 2) {
       return InvalidArgument("distillation: calibration window ", w, " has ", windows[w].size(),
                              " token(s); at least 2 are needed");
+    }
+    if (windows[w].size() > static_cast<size_t>(c.max_position_embeddings)) {
+      return InvalidArgument("distillation: calibration window ", w, " has ", windows[w].size(),
+                             " tokens, more than max_position_embeddings = ", c.max_position_embeddings);
     }
     for (size_t i = 0; i < windows[w].size(); ++i) {
       if (windows[w][i] < 0 || windows[w][i] >= c.vocab_size) {
@@ -173,6 +192,8 @@ absl::Status WindowLosses(const IndexerTrainingState& st, const Capture& cap, in
   auto work = [&]() {
     for (size_t i = next++; i < full.size(); i = next++) {
       const int l = full[i];
+      // No exception may leave a thread (std::terminate): bad_alloc becomes this layer's error.
+      try {
       const int end = ServedUntil(st.plan, l);
       IndexerBatch b;
       b.tokens = T;
@@ -192,6 +213,13 @@ absl::Status WindowLosses(const IndexerTrainingState& st, const Capture& cap, in
         status[l] = absl::Status(v.status().code(), absl::StrCat("layer ", l, ": ", v.status().message()));
       } else {
         (*loss)[l] = *v;
+      }
+      } catch (const std::bad_alloc&) {
+        status[l] = absl::ResourceExhaustedError(absl::StrCat(
+            "layer ", l, ": out of host memory for the indexer's loss and gradients (", T, " tokens, ",
+            c.index_n_heads, " heads x ", c.index_head_dim, ")"));
+      } catch (const std::exception& e) {
+        status[l] = absl::InternalError(absl::StrCat("layer ", l, ": ", e.what()));
       }
     }
   };
@@ -311,6 +339,7 @@ absl::Status LoadInitialIndexers(const std::string& path, IndexerTrainingState* 
                                ", index_head_dim ", state->config.index_head_dim, ")");
       }
       IC_ASSIGN_OR_RETURN(t->data, store->ReadF32(*info));
+      IC_RETURN_IF_ERROR(CheckFiniteValues(t->data, absl::StrCat(path, ": ", name)));
       t->shape = want;
     }
     state->adam[l] = AdamState{};
@@ -330,6 +359,9 @@ absl::Status TrainIndexers(std::shared_ptr<const Model> dense, std::span<const s
     return InvalidArgument("learning rate must be positive and finite, got ", o.learning_rate);
   }
   if (o.checkpoint_every < 0) return InvalidArgument("checkpoint_every must be >= 0, got ", o.checkpoint_every);
+  if (o.warmup_steps < 0) return InvalidArgument("warm-up steps must be >= 0, got ", o.warmup_steps);
+  if (o.windows_per_step > 4096) return InvalidArgument("windows per step must be <= 4096, got ", o.windows_per_step);
+  if (o.threads < 0 || o.threads > 1024) return InvalidArgument("threads must be in [0, 1024], got ", o.threads);
   if (st->step > o.steps) {
     return InvalidArgument("the state has taken ", st->step, " steps, more than the run's total ", o.steps);
   }
@@ -360,8 +392,21 @@ absl::Status TrainIndexers(std::shared_ptr<const Model> dense, std::span<const s
       }
     }
     const double lr = LearningRate(st->step, o.steps, o.learning_rate, o.warmup_steps);
+    double mean_loss = 0;
+    for (int l = 0; l < N; ++l) mean_loss += step_loss[l];
+    if (!std::isfinite(mean_loss)) {
+      return InvalidArgument("distillation diverged at step ", st->step + 1, ": the loss is ", mean_loss,
+                             " (learning rate ", lr, "); lower the learning rate or resume an earlier checkpoint");
+    }
     for (int l = 0; l < N; ++l) {
-      if (st->plan.IsFull(l)) IC_RETURN_IF_ERROR(AdamStep(total[l], lr, &st->adam[l], &st->indexers[l]));
+      if (!st->plan.IsFull(l)) continue;
+      IC_RETURN_IF_ERROR(AdamStep(total[l], lr, &st->adam[l], &st->indexers[l]));
+      for (auto& [suffix, t] : IndexerTensors(st->indexers[l])) {
+        if (absl::Status f = CheckFiniteValues(t->data, absl::StrCat("layer ", l, " indexer ", suffix)); !f.ok()) {
+          return InvalidArgument("distillation diverged at step ", st->step + 1, " (learning rate ", lr, "): ",
+                                 f.message(), "; lower the learning rate");
+        }
+      }
     }
     ++st->step;
     if (!o.checkpoint_path.empty() &&
@@ -381,6 +426,12 @@ absl::Status TrainIndexers(std::shared_ptr<const Model> dense, std::span<const s
       p.gradient_seconds = gradient_seconds;
       p.remaining_seconds = p.elapsed_seconds / static_cast<double>(st->step - first) * (o.steps - st->step);
       o.on_step(p);
+    }
+    if (o.should_stop && st->step < o.steps && o.should_stop()) {
+      if (!o.checkpoint_path.empty()) IC_RETURN_IF_ERROR(SaveIndexerCheckpoint(o.checkpoint_path, *st));
+      return absl::CancelledError(absl::StrCat("distillation stopped by the caller after step ", st->step, " of ",
+                                               o.steps, o.checkpoint_path.empty() ? "" : "; checkpoint written to ",
+                                               o.checkpoint_path));
     }
   }
   return absl::OkStatus();
@@ -432,6 +483,12 @@ absl::Status SaveIndexerCheckpoint(const std::string& path, const IndexerTrainin
                                                    {"plan", st.plan.ToString()},
                                                    {"config", ModelConfigToJson(c)}};
   const std::string tmp = path + ".tmp";
+  std::error_code dir_ec;
+  const std::filesystem::path parent = std::filesystem::absolute(path, dir_ec).parent_path();
+  std::filesystem::create_directories(parent, dir_ec);
+  if (std::filesystem::exists(path, dir_ec) && !std::filesystem::is_regular_file(path, dir_ec)) {
+    return InvalidArgument("the checkpoint ", path, " exists and is not a regular file");
+  }
   IC_RETURN_IF_ERROR(WriteSafetensors(tmp, out, meta));
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
@@ -462,7 +519,13 @@ absl::StatusOr<IndexerTrainingState> LoadIndexerCheckpoint(const std::string& pa
     return InvalidArgument(path, ": checkpoint step \"", step, "\" or seed \"", seed, "\" is not a number");
   }
   IC_ASSIGN_OR_RETURN(std::string plan, get("plan"));
-  IC_ASSIGN_OR_RETURN(st.plan, ParsePlan(plan, st.config.num_hidden_layers));
+  if (st.config.num_hidden_layers != dense.num_hidden_layers) {
+    return InvalidArgument(path, ": the checkpoint's config has ", st.config.num_hidden_layers,
+                           " layers; the dense model has ", dense.num_hidden_layers);
+  }
+  absl::StatusOr<Plan> parsed = ParsePlan(plan, st.config.num_hidden_layers);
+  if (!parsed.ok()) return InvalidArgument(path, ": checkpoint plan: ", parsed.status().message());
+  st.plan = *parsed;
   st.indexers.resize(st.config.num_hidden_layers);
   st.adam.resize(st.config.num_hidden_layers);
   IC_RETURN_IF_ERROR(CheckCompatible(dense, st));
@@ -480,7 +543,12 @@ absl::StatusOr<IndexerTrainingState> LoadIndexerCheckpoint(const std::string& pa
     const TensorInfo* step_info = store->Find("optimizer.step." + IndexerPrefix(l));
     if (step_info == nullptr) return InvalidArgument(path, ": lacks optimizer.step.", IndexerPrefix(l));
     IC_ASSIGN_OR_RETURN(std::vector<double> adam_step, store->ReadF64(*step_info));
-    if (adam_step.size() != 1 || adam_step[0] < 0) return InvalidArgument(path, ": bad optimizer step of layer ", l);
+    if (adam_step.size() != 1 || !(adam_step[0] >= 0) || adam_step[0] > 9007199254740992.0 ||
+        adam_step[0] != std::floor(adam_step[0])) {
+      return InvalidArgument(path, ": optimizer step of layer ", l, " is ",
+                             adam_step.empty() ? std::string("missing") : absl::StrCat(adam_step[0]),
+                             "; expected an integer in [0, 2^53]");
+    }
     adam.step = static_cast<int64_t>(adam_step[0]);
     auto tensors = IndexerTensors(w);
     auto m = GradVectors(adam.m);
@@ -493,6 +561,7 @@ absl::StatusOr<IndexerTrainingState> LoadIndexerCheckpoint(const std::string& pa
         return InvalidArgument(path, ": ", name, info == nullptr ? " is missing" : " has the wrong shape");
       }
       IC_ASSIGN_OR_RETURN(tensors[i].second->data, store->ReadF32(*info));
+      IC_RETURN_IF_ERROR(CheckFiniteValues(tensors[i].second->data, absl::StrCat(path, ": ", name)));
       tensors[i].second->shape = want;
       if (adam.step == 0) continue;
       for (auto [prefix, dst] : {std::pair{"optimizer.m.", m[i]}, std::pair{"optimizer.v.", v[i]}}) {
@@ -500,7 +569,13 @@ absl::StatusOr<IndexerTrainingState> LoadIndexerCheckpoint(const std::string& pa
         if (mi == nullptr || mi->numel() != static_cast<int64_t>(tensors[i].second->data.size())) {
           return InvalidArgument(path, ": ", prefix, name, mi == nullptr ? " is missing" : " has the wrong size");
         }
+        if (mi->dtype != DType::kF64) {
+          return InvalidArgument(path, ": ", prefix, name, " is ", std::string(DTypeName(mi->dtype)),
+                                 "; optimizer moments are F64");
+        }
         IC_ASSIGN_OR_RETURN(*dst, store->ReadF64(*mi));
+        IC_RETURN_IF_ERROR(CheckFiniteValues(*dst, absl::StrCat(path, ": ", prefix, name),
+                                             /*non_negative=*/std::string(prefix) == "optimizer.v."));
       }
     }
     w.any_present = true;
@@ -517,6 +592,7 @@ absl::Status WriteIndexerWeights(const std::string& path, const IndexerTrainingS
     if (!st.plan.IsFull(l)) continue;
     IndexerWeights w = st.indexers[l];
     for (auto& [suffix, t] : IndexerTensors(w)) {
+      IC_RETURN_IF_ERROR(CheckFiniteValues(t->data, IndexerPrefix(l) + suffix));
       out.push_back(Tensor(IndexerPrefix(l) + suffix, dtype, t->shape, t->data));
     }
   }
@@ -524,8 +600,47 @@ absl::Status WriteIndexerWeights(const std::string& path, const IndexerTrainingS
                                       {"producer", "indexcache distill"}});
 }
 
+absl::Status CheckDistillOutputs(const std::string& dense_dir, const std::string& out_dir,
+                                 const std::string& checkpoint) {
+  namespace fs = std::filesystem;
+  // The directory that will hold `path` (a directory itself, or a file's parent) is, or can be created
+  // under, a writable directory.
+  auto writable_place = [](const std::string& path, const char* what, bool is_file) -> absl::Status {
+    std::error_code ec;
+    fs::path p = fs::absolute(path, ec);
+    if (is_file) p = p.parent_path();
+    while (!p.empty() && !fs::exists(p, ec)) p = p.parent_path();
+    if (p.empty() || !fs::is_directory(p, ec) || access(p.c_str(), W_OK) != 0) {
+      return InvalidArgument(what, " ", path, ": ", p.empty() ? std::string("no existing ancestor")
+                                                               : p.string() + " is not a writable directory");
+    }
+    return absl::OkStatus();
+  };
+  std::error_code ec;
+  if (out_dir.empty()) return InvalidArgument("the DSA model directory is empty");
+  if (fs::exists(out_dir, ec)) {
+    if (!fs::is_directory(out_dir, ec)) return InvalidArgument("the DSA model directory ", out_dir, " is not a directory");
+    if (fs::equivalent(dense_dir, out_dir, ec)) {
+      return InvalidArgument("the DSA model directory must differ from the dense model's (", dense_dir, ")");
+    }
+  }
+  IC_RETURN_IF_ERROR(writable_place(out_dir, "the DSA model directory", /*is_file=*/false));
+  if (!checkpoint.empty()) {
+    if (fs::exists(checkpoint, ec) && !fs::is_regular_file(checkpoint, ec)) {
+      return InvalidArgument("the checkpoint ", checkpoint, " exists and is not a regular file");
+    }
+    const fs::path parent = fs::absolute(checkpoint, ec).parent_path();
+    if (fs::exists(parent, ec) && fs::equivalent(parent, dense_dir, ec)) {
+      return InvalidArgument("the checkpoint ", checkpoint, " would be written into the dense model's directory");
+    }
+    IC_RETURN_IF_ERROR(writable_place(checkpoint, "the checkpoint", /*is_file=*/true));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status WriteDsaModel(const std::string& dense_dir, const IndexerTrainingState& st, const std::string& out_dir,
                            DType dtype) {
+  IC_RETURN_IF_ERROR(CheckDistillOutputs(dense_dir, out_dir));
   namespace fs = std::filesystem;
   std::error_code ec;
   if (fs::exists(out_dir, ec) && fs::equivalent(dense_dir, out_dir, ec)) {
@@ -573,6 +688,9 @@ absl::Status WriteDsaModel(const std::string& dense_dir, const IndexerTrainingSt
   for (const auto& [file, text] : {std::pair{std::string("model.safetensors.index.json"), index.dump(2) + "\n"},
                                    std::pair{std::string("config.json"), ModelConfigToJson(c)}}) {
     const fs::path p = fs::path(out_dir) / file;
+    if (fs::exists(p, ec) && !fs::is_regular_file(p, ec)) {
+      return InvalidArgument(p.string(), " exists and is not a regular file");
+    }
     std::ofstream f(p, std::ios::binary | std::ios::trunc);
     f << text;
     f.close();

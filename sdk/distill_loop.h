@@ -89,6 +89,9 @@ struct DistillOptions {
   std::string checkpoint_path;    // "" = no checkpoints
   int64_t checkpoint_every = 0;   // steps between checkpoints (0 = only after the last step)
   std::function<void(const DistillProgress&)> on_step;
+  // Asked after each step (after on_step): true stops the run there — the checkpoint, when configured, is
+  // written first so that it can be resumed — and TrainIndexers returns Cancelled.
+  std::function<bool()> should_stop;
 };
 
 // Trains `state` from state->step to options.steps on `windows` (each >= 2 tokens, ids < vocab).
@@ -121,5 +124,12 @@ absl::Status WriteIndexerWeights(const std::string& path, const IndexerTrainingS
 // generation files copied. out_dir is created; files of the same names are replaced.
 absl::Status WriteDsaModel(const std::string& dense_dir, const IndexerTrainingState& state, const std::string& out_dir,
                            DType dtype);
+
+// Checks, before any training, that WriteDsaModel can write `out_dir` (and that `checkpoint`, when not empty,
+// can be written): out_dir is not the dense model's directory (symlinks resolved), not an existing
+// non-directory, and its nearest existing ancestor is a writable directory; the same for the checkpoint's
+// directory, and an existing checkpoint must be a regular file. InvalidArgument naming the path.
+absl::Status CheckDistillOutputs(const std::string& dense_dir, const std::string& out_dir,
+                                 const std::string& checkpoint = "");
 
 }  // namespace ic

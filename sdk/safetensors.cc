@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "absl/strings/str_join.h"
+#include "sdk/json_text.h"
 #include "sdk/status.h"
 
 namespace ic {
@@ -220,7 +221,7 @@ absl::Status SafetensorsFile::ParseHeader(std::vector<TensorInfo>* tensors,
       continue;
     }
     auto bad = [&](const auto&... why) { return InvalidArgument(path_, ": tensor \"", name, "\": ", why...); };
-    if (!entry.is_object()) return bad("entry is ", entry.dump(), "; expected an object");
+    if (!entry.is_object()) return bad("entry is ", JsonForMessage(entry), "; expected an object");
     auto dtype_it = entry.find("dtype");
     if (dtype_it == entry.end() || !dtype_it->is_string()) return bad("missing or non-string dtype");
     const DTypeInfo* dtype = FindDType(dtype_it->get<std::string>());
@@ -239,19 +240,19 @@ absl::Status SafetensorsFile::ParseHeader(std::vector<TensorInfo>* tensors,
     unsigned __int128 numel = 1;
     for (const json& d : *shape_it) {
       if (!d.is_number_integer() || (!d.is_number_unsigned() && d.get<int64_t>() < 0)) {
-        return bad("shape ", shape_it->dump(), " has an entry that is not a non-negative integer");
+        return bad("shape ", JsonForMessage(*shape_it), " has an entry that is not a non-negative integer");
       }
       const uint64_t dim = d.get<uint64_t>();
-      if (dim > static_cast<uint64_t>(INT64_MAX)) return bad("shape ", shape_it->dump(), " is too large");
+      if (dim > static_cast<uint64_t>(INT64_MAX)) return bad("shape ", JsonForMessage(*shape_it), " is too large");
       info.shape.push_back(static_cast<int64_t>(dim));
       numel *= dim;
-      if (numel > (static_cast<unsigned __int128>(1) << 64)) return bad("shape ", shape_it->dump(), " is too large");
+      if (numel > (static_cast<unsigned __int128>(1) << 64)) return bad("shape ", JsonForMessage(*shape_it), " is too large");
     }
     auto offsets_it = entry.find("data_offsets");
     if (offsets_it == entry.end() || !offsets_it->is_array() || offsets_it->size() != 2 ||
         !(*offsets_it)[0].is_number_unsigned() || !(*offsets_it)[1].is_number_unsigned()) {
       return bad("data_offsets must be [begin, end] with non-negative integers, got ",
-                 offsets_it == entry.end() ? std::string("nothing") : offsets_it->dump());
+                 offsets_it == entry.end() ? std::string("nothing") : JsonForMessage(*offsets_it));
     }
     const uint64_t begin = (*offsets_it)[0].get<uint64_t>();
     const uint64_t end = (*offsets_it)[1].get<uint64_t>();
@@ -259,7 +260,7 @@ absl::Status SafetensorsFile::ParseHeader(std::vector<TensorInfo>* tensors,
     if (end > data_size) return bad("data_offsets end ", end, " past the data (", data_size, " bytes)");
     const unsigned __int128 expected = numel * dtype->size;
     if (expected != end - begin) {
-      return bad("byte length ", end - begin, " does not match shape ", shape_it->dump(), " of ", dtype->name, " (",
+      return bad("byte length ", end - begin, " does not match shape ", JsonForMessage(*shape_it), " of ", dtype->name, " (",
                  static_cast<uint64_t>(expected), " bytes)");
     }
     info.data = data + begin;
@@ -307,7 +308,7 @@ absl::StatusOr<std::unique_ptr<TensorStore>> TensorStore::Open(const std::string
       std::set<std::string> shards;
       for (const auto& [tensor, shard] : map_it->items()) {
         if (!shard.is_string()) {
-          return InvalidArgument(index_path, ": weight_map[\"", tensor, "\"] is ", shard.dump(),
+          return InvalidArgument(index_path, ": weight_map[\"", tensor, "\"] is ", JsonForMessage(shard),
                                  "; expected a file name");
         }
         const std::string name = shard.get<std::string>();
@@ -445,6 +446,11 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
 
+  // A FIFO (or a device) at `path` would block the open or swallow the data: regular files only.
+  struct stat existing;
+  if (stat(path.c_str(), &existing) == 0 && !S_ISREG(existing.st_mode)) {
+    return InvalidArgument(path, ": exists and is not a regular file");
+  }
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) return absl::PermissionDeniedError(absl::StrCat(path, ": cannot open for writing"));
   uint8_t len[8];

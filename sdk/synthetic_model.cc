@@ -235,7 +235,12 @@ absl::Status SaveModel(const Model& model, const std::string& dir, bool drop_sha
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   std::vector<TensorToWrite> out;
   auto add = [&](const std::string& name, const HostTensor& t) {
-    if (!t.empty()) out.push_back({name, DType::kF32, t.shape, t.data});
+    if (t.empty()) return;
+    TensorToWrite w;
+    w.name = name;
+    w.shape = t.shape;
+    w.data = t.data;
+    out.push_back(std::move(w));
   };
   auto add_mlp = [&](const std::string& p, const MlpWeights& m) {
     add(p + "gate_proj.weight", m.gate);

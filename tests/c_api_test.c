@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "indexcache/indexcache.h"
@@ -835,9 +836,11 @@ static void TestSearchPlan(ic_model_t* model) {
 /* ic_distill_indexers: a dense Llama model gets trained indexers (3 steps, progress reported) and the
  * written Llama-DSA checkpoint loads with the requested plan and runs. */
 static int g_distill_calls;
-static void CountStep(int64_t step, int64_t steps, double loss, void* user) {
+static int g_stop_after = 0;
+static int CountStep(int64_t step, int64_t steps, double loss, void* user) {
   CHECK(step == g_distill_calls + 1 && steps == 3 && loss > 0 && user == (void*)&g_distill_calls);
   ++g_distill_calls;
+  return g_stop_after > 0 && step >= g_stop_after; /* nonzero: stop */
 }
 
 static void TestDistill(void) {
@@ -892,6 +895,26 @@ static void TestDistill(void) {
   CHECK(g_distill_calls == 0);
   CHECK_OK(ic_distill_indexers(dense, windows, lengths, 2, out_dir, &dp, &loss));
   CHECK(g_distill_calls == 3 && loss > 0);
+  /* A checkpoint is never overwritten without resume; a callback can stop a run (resumable). */
+  {
+    char ckpt[300];
+    snprintf(ckpt, sizeof ckpt, "%s/ck.safetensors", out_dir);
+    dp.checkpoint = ckpt;
+    g_distill_calls = 0;
+    g_stop_after = 1;
+    CHECK_STATUS(ic_distill_indexers(dense, windows, lengths, 2, out_dir, &dp, &loss), IC_ERR_ABORTED);
+    CHECK_MESSAGE_HAS("stopped by the caller after step 1");
+    CHECK(g_distill_calls == 1);
+    CHECK_STATUS(ic_distill_indexers(dense, windows, lengths, 2, out_dir, &dp, &loss), IC_ERR_ALREADY_EXISTS);
+    g_stop_after = 0;
+    dp.resume = 1;
+    CHECK_OK(ic_distill_indexers(dense, windows, lengths, 2, out_dir, &dp, &loss));
+    CHECK(g_distill_calls == 3); /* steps 2 and 3 of the resumed run */
+    dp.resume = 0;
+    dp.checkpoint = NULL;
+    CHECK_STATUS(ic_distill_indexers(dense, windows, lengths, 2, dense_dir, &dp, &loss), IC_ERR_INVALID_ARGUMENT);
+    CHECK_MESSAGE_HAS("must differ");
+  }
   CHECK_OK(ic_model_load(out_dir, NULL, &dsa));
   if (dsa != NULL) {
     info.struct_size = sizeof info;
@@ -962,6 +985,68 @@ static void* RankBody(void* p) {
   return NULL;
 }
 
+/* Ranks that cannot form a group fail fast (not after the timeout) and name the problem. */
+typedef struct {
+  ic_model_t* model;
+  const ic_dist_id_t* id;
+  int rank, world, tp;
+  ic_status_t status;
+  char message[512];
+} JoinArgs;
+
+static void* JoinBody(void* p) {
+  JoinArgs* a = (JoinArgs*)p;
+  ic_context_params_t cp;
+  ic_context_t* ctx = NULL;
+  ic_context_default_params(&cp);
+  cp.device = IC_DEVICE_CPU;
+  cp.max_tokens = 64;
+  cp.rank = a->rank;
+  cp.world_size = a->world;
+  cp.tp_size = a->tp;
+  cp.dist_id = a->id;
+  cp.dist_timeout_ms = 60000;
+  a->status = ic_context_create(a->model, &cp, &ctx);
+  snprintf(a->message, sizeof a->message, "%s", ic_last_error_message());
+  ic_context_free(ctx);
+  return NULL;
+}
+
+static void TestMultiRankMismatch(ic_model_t* model) {
+  struct { int world[2], tp[2]; } cases[2] = {{{2, 3}, {1, 1}}, {{2, 2}, {2, 1}}};
+  int c, i;
+  for (c = 0; c < 2; ++c) {
+    ic_dist_id_t id;
+    pthread_t threads[2];
+    JoinArgs args[2];
+    time_t t0 = time(NULL);
+    CHECK_OK(ic_dist_unique_id(IC_DEVICE_CPU, &id));
+    for (i = 0; i < 2; ++i) {
+      memset(&args[i], 0, sizeof args[i]);
+      args[i].model = model;
+      args[i].id = &id;
+      args[i].rank = i;
+      args[i].world = cases[c].world[i];
+      args[i].tp = cases[c].tp[i];
+      pthread_create(&threads[i], NULL, JoinBody, &args[i]);
+    }
+    for (i = 0; i < 2; ++i) pthread_join(threads[i], NULL);
+    CHECK(time(NULL) - t0 < 30); /* not the 60 s timeout */
+    for (i = 0; i < 2; ++i) {
+      /* The rank that finds the mismatch: INVALID_ARGUMENT; the other: ABORTED while waiting, or
+       * FAILED_PRECONDITION when the group was already broken when it called. */
+      if (!(args[i].status == IC_ERR_INVALID_ARGUMENT || args[i].status == IC_ERR_ABORTED ||
+            args[i].status == IC_ERR_FAILED_PRECONDITION)) {
+        printf("case %d rank %d: %s: %s\n", c, i, ic_status_string(args[i].status), args[i].message);
+      }
+      CHECK(args[i].status == IC_ERR_INVALID_ARGUMENT || args[i].status == IC_ERR_ABORTED ||
+            args[i].status == IC_ERR_FAILED_PRECONDITION);
+    }
+    CHECK(strstr(args[0].message, c == 0 ? "world_size" : "disagree") != NULL ||
+          strstr(args[1].message, c == 0 ? "world_size" : "disagree") != NULL);
+  }
+}
+
 static void TestMultiRank(void) {
   ic_model_t* model = MakeSmallModel("FSFS");
   ic_dist_id_t id;
@@ -1028,6 +1113,7 @@ static void TestMultiRank(void) {
   CHECK_STATUS(ic_dist_unique_id((ic_device_t)7, &id), IC_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(ic_dist_unique_id(IC_DEVICE_CPU, NULL), IC_ERR_INVALID_ARGUMENT);
   CHECK(strcmp(ic_status_string(IC_ERR_ABORTED), "IC_ERR_ABORTED") == 0);
+  TestMultiRankMismatch(model);
   CHECK_OK(ic_model_free(model));
 }
 

@@ -140,6 +140,17 @@ class IndexCacheCtypesTest(unittest.TestCase):
             self.assertEqual([s for s, _, _ in steps], [1, 2, 3])
             self.assertEqual(steps[-1][2], loss)
             self.assertGreater(loss, 0)
+            with ic.Model.load(d + "/dense") as loaded:  # a raising callback stops the run after its step
+                seen = []
+
+                def boom(s, n, l):
+                    seen.append(s)
+                    raise KeyboardInterrupt
+
+                with self.assertRaises(KeyboardInterrupt):
+                    loaded.distill_indexers(windows, d + "/stopped", index_n_heads=2, index_head_dim=16,
+                                            index_topk=8, steps=5, device=ic.Device.CPU, on_step=boom)
+                self.assertEqual(seen, [1])
             with ic.Model.load(d + "/dsa") as dsa:
                 self.assertEqual(dsa.plan, "FSFS")
                 self.assertEqual(dsa.info.architecture, "LlamaDsaForCausalLM")

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -112,7 +113,9 @@ absl::StatusOr<std::vector<NamedPlan>> ParsePlans(const std::string& list, const
       plans.push_back({"checkpoint", model.plan.ToString()});
     } else if (item.rfind("file:", 0) == 0) {
       IC_ASSIGN_OR_RETURN(Plan p, LoadPlanFile(item.substr(5), n));
-      plans.push_back({item.substr(5), p.ToString()});
+      // Named by the file's stem ("searched-1_4" for file:plans/searched-1_4.txt): tables stay narrow.
+      std::string name = std::filesystem::path(item.substr(5)).stem().string();
+      plans.push_back({name.empty() ? item.substr(5) : name, p.ToString()});
     } else if (item.find_first_of("0123456789./") == std::string::npos) {
       // Letters only: a plan string ("fsss", "FFXF"), whose error names the position and character.
       IC_ASSIGN_OR_RETURN(Plan p, ParsePlan(item, n));

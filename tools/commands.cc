@@ -1,4 +1,6 @@
 // `indexcache info | run | eval | bench`.
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -317,6 +319,9 @@ absl::Status WriteSelectionReport(std::shared_ptr<const Model> model, const std:
     overlap += "\n";
   }
   for (const auto& [name, text] : {std::pair{std::string("recall.tsv"), recall}, std::pair{std::string("overlap.tsv"), overlap}}) {
+    if (std::filesystem::exists(dir + "/" + name, ec) && !std::filesystem::is_regular_file(dir + "/" + name, ec)) {
+      return InvalidArgument(dir, "/", name, " exists and is not a regular file");
+    }
     std::ofstream f(dir + "/" + name, std::ios::trunc);
     f << text;
     f.close();
@@ -368,6 +373,30 @@ int CmdEval(int argc, char** argv) {
   if (windows.empty()) {  // else a table of loss 0, perplexity 1 over 0 tokens
     return Fail("eval", InvalidArgument("nothing to evaluate: ", tokens.size(), " token(s); the loss needs at least 2"));
   }
+  // --report: every check before the evaluation, so a bad option does not cost the whole run.
+  int64_t report_windows = 0;
+  if (args.Has("report") || args.Has("report-windows")) {
+    if (!args.Has("report")) return Fail("eval", InvalidArgument("--report-windows needs --report DIR"));
+    CLI_ASSIGN_OR_FAIL(rw, GetIntIn(args, "report-windows", 2, 1, 1 << 20), "eval");
+    report_windows = rw;
+    if (!model->config.has_indexer) {
+      return Fail("eval", InvalidArgument("--report: the model has no indexer (dense mode): no selection to measure"));
+    }
+    if (context <= model->config.index_topk) {
+      return Fail("eval", InvalidArgument("--report: --context ", context, " is not longer than index_topk = ",
+                                          model->config.index_topk, ": every key is selected, nothing to measure"));
+    }
+    const std::string dir = args.Get("report");
+    std::error_code ec;
+    if (dir.empty()) return Fail("eval", InvalidArgument("--report: empty directory name"));
+    if (std::filesystem::exists(dir, ec) && !std::filesystem::is_directory(dir, ec)) {
+      return Fail("eval", InvalidArgument("--report ", dir, ": exists and is not a directory"));
+    }
+    std::filesystem::create_directories(dir, ec);
+    if (ec || access(dir.c_str(), W_OK) != 0) {
+      return Fail("eval", absl::PermissionDeniedError(absl::StrCat("--report ", dir, ": cannot create or write")));
+    }
+  }
   std::printf("%-22s %-*s %10s %12s %10s\n", "plan", model->config.num_hidden_layers, "pattern", "loss", "perplexity",
               "tokens");
   for (const NamedPlan& p : plans) {
@@ -390,7 +419,6 @@ int CmdEval(int argc, char** argv) {
     std::fflush(stdout);
   }
   if (args.Has("report")) {
-    CLI_ASSIGN_OR_FAIL(report_windows, GetIntIn(args, "report-windows", 2, 1, 1 << 20), "eval");
     std::vector<std::vector<int32_t>> sample;
     for (size_t w = 0; w < windows.size() && static_cast<int64_t>(sample.size()) < report_windows; ++w) {
       sample.emplace_back(windows[w].begin(), windows[w].end());

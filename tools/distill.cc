@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -143,8 +144,11 @@ int CmdDistill(int argc, char** argv) {
   DISTILL_ASSIGN_OR_FAIL(plan, ParsePlan(plans[0].pattern, c.num_hidden_layers));
   DISTILL_ASSIGN_OR_FAIL(windows, Windows(args.Get("token-file"), c.vocab_size, context, max_tokens, 0));
 
+  if (!(lr > 0) || !std::isfinite(lr)) return Fail(InvalidArgument("--lr must be positive and finite, got ", lr));
   const std::string out = args.Get("out");
   const std::string ckpt = out + "/distill-checkpoint.safetensors";
+  // Where the results go is checked before any work (not after the last step).
+  if (absl::Status s = CheckDistillOutputs(model->path, out, ckpt); !s.ok()) return Fail(s);
   std::error_code ec;
   const bool have_ckpt = std::filesystem::exists(ckpt, ec);
   IndexerTrainingState state;
@@ -154,6 +158,21 @@ int CmdDistill(int argc, char** argv) {
     if (loaded.plan.ToString() != plan.ToString()) {
       return Fail(InvalidArgument("--resume: the checkpoint's plan ", loaded.plan.ToString(), " differs from --plan ",
                                   plan.ToString()));
+    }
+    if (args.Has("init")) return Fail(InvalidArgument("--resume continues the checkpoint's indexers; drop --init"));
+    const ModelConfig& k = loaded.config;
+    const struct {
+      const char* flag;
+      int64_t given, stored;
+    } fixed[] = {{"index-heads", heads, k.index_n_heads},
+                 {"index-head-dim", head_dim, k.index_head_dim},
+                 {"index-topk", topk, k.index_topk},
+                 {"seed", seed, static_cast<int64_t>(loaded.seed)}};
+    for (const auto& f : fixed) {
+      if (args.Has(f.flag) && f.given != f.stored) {
+        return Fail(InvalidArgument("--resume: the checkpoint has ", f.flag, " ", f.stored, "; --", f.flag, " ",
+                                    f.given, " conflicts (drop it or start a new run)"));
+      }
     }
     state = std::move(loaded);
     std::printf("resuming %s at step %lld\n", ckpt.c_str(), static_cast<long long>(state.step));
@@ -178,9 +197,10 @@ int CmdDistill(int argc, char** argv) {
   std::printf("distill %s: %d layers (%d Full: %s), indexer %lld heads x %lld, top-k %lld; %zu window(s) of %lld "
               "tokens; %lld steps x %lld window(s), lr %g, warm-up %lld, seed %lld, teacher on %s\n",
               model->path.c_str(), c.num_hidden_layers, plan.NumFull(), plan.ToString().c_str(),
-              static_cast<long long>(heads), static_cast<long long>(head_dim), static_cast<long long>(topk),
-              windows.size(), static_cast<long long>(context), static_cast<long long>(steps),
-              static_cast<long long>(batch), lr, static_cast<long long>(warmup), static_cast<long long>(seed),
+              static_cast<long long>(state.config.index_n_heads), static_cast<long long>(state.config.index_head_dim),
+              static_cast<long long>(state.config.index_topk), windows.size(), static_cast<long long>(context),
+              static_cast<long long>(steps), static_cast<long long>(batch), lr, static_cast<long long>(warmup),
+              static_cast<long long>(state.seed),
               device == kernels::DeviceKind::kCuda ? "cuda" : "cpu");
   std::fflush(stdout);
   auto evaluate = [&](const char* when) -> absl::Status {

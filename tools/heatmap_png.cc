@@ -2,6 +2,7 @@
 #include "tools/heatmap_png.h"
 
 #include <png.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cmath>
@@ -29,6 +30,10 @@ absl::Status WriteHeatmapPng(const std::string& path, const std::vector<double>&
   if (n < 1 || cell < 1 || values.size() != static_cast<size_t>(n) * n || static_cast<int64_t>(n) * cell > 16384) {
     return absl::InvalidArgumentError(absl::StrCat("heatmap: ", values.size(), " values for a ", n, "x", n,
                                                    " matrix of ", cell, "-pixel cells"));
+  }
+  struct stat existing;
+  if (stat(path.c_str(), &existing) == 0 && !S_ISREG(existing.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": exists and is not a regular file"));
   }
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "wb"), &std::fclose);
   if (f == nullptr) return absl::PermissionDeniedError(absl::StrCat(path, ": cannot open for writing"));

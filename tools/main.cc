@@ -1,6 +1,8 @@
 // `indexcache`: the IndexCache SDK's command-line tool.
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <string>
 
 #include "tools/cli.h"
@@ -23,7 +25,25 @@ commands:
 
 }  // namespace
 
+namespace {
+int Dispatch(int argc, char** argv);
+}  // namespace
+
+// Every command reports errors as statuses; an exception that still escapes (out of host memory in a
+// library) becomes a message and exit status 1, never std::terminate.
 int main(int argc, char** argv) {
+  try {
+    return Dispatch(argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "indexcache: out of host memory\n");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "indexcache: internal error: %s\n", e.what());
+  }
+  return 1;
+}
+
+namespace {
+int Dispatch(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
@@ -39,3 +59,4 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "indexcache: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }
+}  // namespace

@@ -93,6 +93,11 @@ int CmdSearch(int argc, char** argv) {
   if (windows.empty()) {
     return Fail(InvalidArgument("the calibration set is empty: ", tokens.size(), " token(s); the loss needs at least 2"));
   }
+  if (c.has_indexer && context <= c.index_topk) {
+    std::fprintf(stderr, "indexcache search: warning: --context %lld is not longer than index_topk = %d: every key is "
+                         "selected, so every plan scores the same and the search only shows the mechanism\n",
+                 static_cast<long long>(context), c.index_topk);
+  }
   const std::string out_path = args.Get("out", "plan.txt");
   std::printf("search keep 1/%d: %d -> %d Full layers of %d, %zu window(s) of <= %lld tokens (%s), captures %s MiB\n",
               r, N, target, N, windows.size(), static_cast<long long>(context), data.c_str(),

@@ -140,13 +140,14 @@ class _ContextParams(ctypes.Structure):
         ("tp_size", ctypes.c_int32),
         ("ep_size", ctypes.c_int32),
         ("dist_id", ctypes.c_void_p),
+        ("dist_timeout_ms", ctypes.c_int32),
     ]
 
 
 IC_DIST_ID_BYTES = 256
 
 
-_DISTILL_STEP_FN = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p)
+_DISTILL_STEP_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_void_p)
 
 
 class _DistillParams(ctypes.Structure):
@@ -495,7 +496,9 @@ class Model:
         """Trains lightning indexers for this dense model against its own attention (ic_distill_indexers;
         DESIGN.md §3: loss mean_t KL(p_t || softmax(I_t)); a plan makes it training-aware, arXiv 2603.12201
         §3.2) and writes a loadable Llama-DSA checkpoint to out_dir. Each window is a token list (>= 2).
-        on_step(step, steps, loss) reports progress. Returns the last step's loss (nats)."""
+        on_step(step, steps, loss) reports progress; an exception raised in it (KeyboardInterrupt included)
+        stops the run after that step (checkpoint written when configured) and is re-raised here.
+        Returns the last step's loss (nats)."""
         arrays = [_tokens(w, f"windows[{i}]") for i, w in enumerate(windows)]
         n = len(arrays)
         ptrs = (_I32P * max(n, 1))(*[ctypes.cast(a, _I32P) for a, _ in arrays])
@@ -522,16 +525,18 @@ class Model:
             if on_step is not None and not errors:
                 try:
                     on_step(int(step), int(total), float(loss))
-                except BaseException as e:  # re-raised after the C call returns
+                except BaseException as e:  # stops the run; re-raised after the C call returns
                     errors.append(e)
+            return 1 if errors else 0
 
         callback = _DISTILL_STEP_FN(trampoline)
         params.on_step = callback
         final = ctypes.c_double()
-        _check(_lib.ic_distill_indexers(self.handle, ptrs, lengths, n, _bytes(out_dir), ctypes.byref(params),
-                                        ctypes.byref(final)))
+        status = _lib.ic_distill_indexers(self.handle, ptrs, lengths, n, _bytes(out_dir), ctypes.byref(params),
+                                          ctypes.byref(final))
         if errors:
             raise errors[0]
+        _check(status)
         return final.value
 
     def close(self) -> None:
@@ -570,7 +575,7 @@ class Context:
                  prefill_chunk: Optional[int] = None, plan: Optional[str] = None,
                  metrics_address: Optional[str] = None, record_metrics: bool = True,
                  rank: int = 0, world_size: int = 1, tp_size: int = 1, ep_size: int = 1,
-                 dist_id: Optional[bytes] = None):
+                 dist_id: Optional[bytes] = None, dist_timeout_ms: Optional[int] = None):
         self._handle: Optional[int] = None
         if not isinstance(model, Model):
             raise TypeError(f"model must be an indexcache.Model, got {type(model).__name__}")
@@ -590,6 +595,8 @@ class Context:
         params.rank, params.world_size, params.tp_size, params.ep_size = (
             _int(v, ctypes.c_int32, n) for v, n in ((rank, "rank"), (world_size, "world_size"),
                                                     (tp_size, "tp_size"), (ep_size, "ep_size")))
+        if dist_timeout_ms is not None:
+            params.dist_timeout_ms = _int(dist_timeout_ms, ctypes.c_int32, "dist_timeout_ms")
         id_buf = None
         if dist_id is not None:
             if not isinstance(dist_id, (bytes, bytearray)) or len(dist_id) != IC_DIST_ID_BYTES:

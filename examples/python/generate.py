@@ -7,8 +7,10 @@ SDK's Prometheus metrics.
                                         [--prompt TEXT] [--max-new 32] [--device auto|cpu|cuda]
 
 Needs: the library (bash tools/build.sh), the model (bash tools/real_model/prepare.sh, then `bash
-tools/demo.sh` or tests/real_model_test.sh assemble models/smollm2-135m-dsa), and the `tokenizers` package
-(the venv tools/real_model/prepare.sh makes: .deps/real_model_venv/bin/python).
+tools/demo.sh` assembles models/smollm2-135m-dsa; the test command's real test assembles
+build/real_model/dsa — pass --model build/real_model/dsa), and the `tokenizers` package (the venv
+tools/real_model/prepare.sh makes: .deps/real_model_venv/bin/python). Prompts shorter than index_topk (256)
+attend to every key: the plan then changes the work, not the result.
 """
 import argparse
 import json
@@ -76,8 +78,11 @@ def main(argv=None) -> int:
                     break
                 out.append(nxt)
                 logits = ctx.decode(seq, nxt)
-            print(f"model {args.model} on {ctx.device.name.lower()}, plan {plan} "
-                  f"({plan.count('F')} of {layers} layers run their indexer)")
+            if model.info.has_indexer:
+                how = f"plan {plan} ({plan.count('F')} of {layers} layers run their indexer)"
+            else:
+                how = "dense attention (the model has no indexer: plans change nothing)"
+            print(f"model {args.model} on {ctx.device.name.lower()}, {how}")
             print(f"prompt ({len(prompt)} tokens): {args.prompt}")
             print(f"generated ({len(out)} tokens): {tokenizer.decode(out)}")
             print("\nmetrics:")

@@ -76,10 +76,10 @@ extern "C" {
 
 /* The version of this header (kept equal to the CMake project version; the build checks it). */
 #define IC_VERSION_MAJOR 0
-#define IC_VERSION_MINOR 1
+#define IC_VERSION_MINOR 2
 #define IC_VERSION_PATCH 0
 #define IC_VERSION (IC_VERSION_MAJOR * 10000 + IC_VERSION_MINOR * 100 + IC_VERSION_PATCH)
-#define IC_VERSION_STRING "0.1.0"
+#define IC_VERSION_STRING "0.2.0"
 
 /* The version of the loaded library, encoded like IC_VERSION (compare it with IC_VERSION to detect a
  * header/library mismatch). Never fails; thread-safe. */
@@ -237,12 +237,14 @@ typedef struct ic_context_params_t {
    * context with the same model, plan and sizes; creation returns once all have joined. Ranks of an
    * expert group run forward passes in lockstep (ic_context_idle_step for a rank with nothing to run). */
   int32_t rank;                /* default 0; in [0, world_size) */
-  int32_t world_size;          /* default 1 (0 means 1); > 1 needs dist_id */
+  int32_t world_size;          /* default 1 (0 means 1), at most 65536; > 1 needs dist_id */
   int32_t tp_size;             /* attention tensor-parallel size, divides world_size; default 1 (0 means 1) */
   int32_t ep_size;             /* expert-parallel size, divides world_size; default 1 (0 means 1) */
   const struct ic_dist_id_t* dist_id; /* world_size > 1: the id from ic_dist_unique_id (same on every
                                          rank); NULL otherwise. Since 0.2; read only when struct_size
                                          covers it. */
+  int32_t dist_timeout_ms;     /* several ranks: how long joining and each collective may wait for the
+                                  others before IC_ERR_ABORTED; default 300000 (5 min). Since 0.2. */
 } ic_context_params_t;
 
 /* Fills `params` with the defaults above. Errors: IC_ERR_INVALID_ARGUMENT (params NULL). */
@@ -272,9 +274,13 @@ IC_API ic_status_t ic_dist_unique_id(ic_device_t device, ic_dist_id_t* out);
  * failure *out is NULL.
  * Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed model, NULL out, bad struct_size, a bad field — the
  * message names it and its value —, an invalid plan, e.g. "layer 0 must be Full", a Full layer without
- * indexer weights), IC_ERR_UNAVAILABLE (IC_DEVICE_CUDA without CUDA or a GPU; world_size / tp_size /
- * ep_size > 1; the metrics address cannot be bound), IC_ERR_ALREADY_EXISTS (an exposer already runs
- * on another address), IC_ERR_OUT_OF_MEMORY (the caches do not fit). */
+ * indexer weights; several ranks: no dist_id, sizes that do not divide, ranks that disagree on the
+ * sizes, model or plan, a rank joining twice), IC_ERR_UNAVAILABLE (IC_DEVICE_CUDA without CUDA or a
+ * GPU; the metrics address cannot be bound), IC_ERR_UNIMPLEMENTED (a CUDA context with tp_size or
+ * ep_size > 1: the engine's NCCL device path is not written yet), IC_ERR_ABORTED (another rank failed
+ * to join, or not all joined within dist_timeout_ms), IC_ERR_FAILED_PRECONDITION (the group was already
+ * broken by another rank's failure), IC_ERR_ALREADY_EXISTS (an exposer already runs on another
+ * address), IC_ERR_OUT_OF_MEMORY (the caches do not fit). */
 IC_API ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* params,
                                      ic_context_t** out);
 
@@ -345,8 +351,10 @@ IC_API ic_status_t ic_eval_loss(ic_context_t* ctx, const int32_t* tokens, size_t
 /* ---- Indexer distillation (DESIGN.md §3; sdk/distill_loop.h) ------------------------------------- */
 
 /* Progress callback of ic_distill_indexers: after each optimizer step, `step` of `steps` done, `loss` the
- * mean over Full layers of that step's distillation loss (nats). */
-typedef void (*ic_distill_step_fn)(int64_t step, int64_t steps, double loss, void* user);
+ * mean over Full layers of that step's distillation loss (nats). Return 0 to go on; anything else stops
+ * the run after this step (a checkpoint is written when one is configured, so it can be resumed) and
+ * ic_distill_indexers returns IC_ERR_ABORTED. */
+typedef int (*ic_distill_step_fn)(int64_t step, int64_t steps, double loss, void* user);
 
 typedef struct ic_distill_params_t {
   size_t struct_size;        /* = sizeof(ic_distill_params_t); set by ic_distill_default_params */
@@ -369,7 +377,7 @@ typedef struct ic_distill_params_t {
   int64_t checkpoint_every;  /* default 50; 0 = only after the last step */
   int32_t resume;            /* 1: continue `checkpoint` (which must exist); 0 (default): start fresh */
   int32_t bf16;              /* 1 (default): indexer weights written as BF16; 0: F32 */
-  ic_distill_step_fn on_step;/* NULL or a progress callback (called on the calling thread) */
+  ic_distill_step_fn on_step;/* NULL or a progress callback (called on the calling thread); nonzero stops */
   void* user;                /* passed to on_step */
 } ic_distill_params_t;
 
@@ -381,10 +389,14 @@ IC_API ic_status_t ic_distill_default_params(ic_distill_params_t* params);
  * §3), and writes a loadable Llama-DSA checkpoint to out_dir (config.json, indexer.safetensors, the
  * dense weights hard-linked, an index, the tokenizer). windows[i] points to window_lengths[i] >= 2 token
  * ids (each a fresh sequence at positions 0..len−1). final_loss (may be NULL) receives the last step's
- * loss. Memory: layers × len² × 4 bytes of captures per window. Errors: IC_ERR_INVALID_ARGUMENT (NULL or
- * freed model, NULL arrays or out_dir, n_windows == 0, a short window, a token id outside the vocabulary,
- * a model with indexers, a bad field, a checkpoint of another model or plan), IC_ERR_FAILED_PRECONDITION
- * (a model not loaded from a directory), IC_ERR_NOT_FOUND (resume without the checkpoint),
+ * loss. Memory: layers × len² × 4 bytes of captures per window. out_dir and the checkpoint path are checked
+ * before any training. Errors: IC_ERR_INVALID_ARGUMENT (NULL or freed model, NULL arrays or out_dir,
+ * n_windows == 0, a window shorter than 2 or longer than max_position_embeddings, a token id outside the
+ * vocabulary, a model with indexers, a bad field, out_dir the model's own directory or not a writable
+ * directory, a checkpoint of another model or plan, corrupt or non-finite checkpoint / init values, a
+ * run that diverges), IC_ERR_ALREADY_EXISTS (the checkpoint exists and resume is 0: nothing is
+ * overwritten), IC_ERR_FAILED_PRECONDITION (a model not loaded from a directory), IC_ERR_NOT_FOUND (resume
+ * without the checkpoint), IC_ERR_ABORTED (on_step asked to stop), IC_ERR_OUT_OF_MEMORY,
  * IC_ERR_UNAVAILABLE (CUDA asked for and absent). */
 IC_API ic_status_t ic_distill_indexers(const ic_model_t* dense, const int32_t* const* windows,
                                        const size_t* window_lengths, size_t n_windows, const char* out_dir,
