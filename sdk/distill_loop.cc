@@ -194,26 +194,26 @@ absl::Status WindowLosses(const IndexerTrainingState& st, const Capture& cap, in
       const int l = full[i];
       // No exception may leave a thread (std::terminate): bad_alloc becomes this layer's error.
       try {
-      const int end = ServedUntil(st.plan, l);
-      IndexerBatch b;
-      b.tokens = T;
-      const IndexerInputs& in = cap.inputs.at(l);
-      b.x = in.x;
-      b.x_q = in.x_q.empty() ? in.x : in.x_q;
-      b.positions = positions;
-      b.p_dense.assign(static_cast<size_t>(T) * T, 0.0f);
-      const float inv = 1.0f / static_cast<float>(end - l);
-      for (int j = l; j < end; ++j) {
-        const std::vector<float>& a = cap.attention.at(j);
-        for (size_t k = 0; k < b.p_dense.size(); ++k) b.p_dense[k] += inv * a[k];
-      }
-      absl::StatusOr<double> v =
-          IndexerDistillLoss(c, st.indexers[l], b, grads != nullptr ? &(*grads)[l] : nullptr);
-      if (!v.ok()) {
-        status[l] = absl::Status(v.status().code(), absl::StrCat("layer ", l, ": ", v.status().message()));
-      } else {
-        (*loss)[l] = *v;
-      }
+        const int end = ServedUntil(st.plan, l);
+        IndexerBatch b;
+        b.tokens = T;
+        const IndexerInputs& in = cap.inputs.at(l);
+        b.x = in.x;
+        b.x_q = in.x_q.empty() ? in.x : in.x_q;
+        b.positions = positions;
+        b.p_dense.assign(static_cast<size_t>(T) * T, 0.0f);
+        const float inv = 1.0f / static_cast<float>(end - l);
+        for (int j = l; j < end; ++j) {
+          const std::vector<float>& a = cap.attention.at(j);
+          for (size_t k = 0; k < b.p_dense.size(); ++k) b.p_dense[k] += inv * a[k];
+        }
+        absl::StatusOr<double> v =
+            IndexerDistillLoss(c, st.indexers[l], b, grads != nullptr ? &(*grads)[l] : nullptr);
+        if (!v.ok()) {
+          status[l] = absl::Status(v.status().code(), absl::StrCat("layer ", l, ": ", v.status().message()));
+        } else {
+          (*loss)[l] = *v;
+        }
       } catch (const std::bad_alloc&) {
         status[l] = absl::ResourceExhaustedError(absl::StrCat(
             "layer ", l, ": out of host memory for the indexer's loss and gradients (", T, " tokens, ",
