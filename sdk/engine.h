@@ -65,7 +65,9 @@ struct ContextOptions {
   // P); shared experts, the router and everything else follow the shard group (or are local). At each MoE
   // layer a rank sends each routed (token, expert) pair's input row to the expert's owner (all-to-all-v),
   // owners run their experts, and the outputs travel back (all-to-all-v) to be combined with the
-  // router weights. The ranks may serve different sequences (data-parallel attention), but every rank of
+  // router weights. Inside a shard group (tensor parallel) each rank dispatches its share of the tokens and
+  // the routed outputs are summed over the group. The ranks may serve different sequences (data-parallel
+  // attention), but every rank of
   // the group must run the same number of forward passes in the same order: a rank with nothing to run
   // calls IdleStep() (DeepSeek-style idle ranks still join the expert all-to-all). Prefill splits into
   // ceil(tokens / prefill_chunk) passes, so ranks prefilling different lengths use Forward() or equal

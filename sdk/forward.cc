@@ -98,13 +98,16 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
   // the experts spread over the group. Per layer, on every rank of the group (T may be 0: IdleStep):
   // all-gather of the per-destination row counts, all-to-all-v of the input rows and their expert ids to
   // the experts' owners, the owners' expert MLPs, all-to-all-v of the outputs back, weighted scatter-add.
+  // Only rows [row_begin, row_end) are dispatched (inside a shard group every rank holds the same tokens:
+  // each sends its own slice, and the slices are summed over the group afterwards).
   auto moe_expert_parallel = [&](const Impl::Layer& L, const float* h_dev, int T, const std::vector<int32_t>& eid,
-                                 const std::vector<float>& ew, float* out) -> absl::Status {
+                                 const std::vector<float>& ew, float* out, int row_begin,
+                                 int row_end) -> absl::Status {
     parallel::Communicator& comm = *im.ep;
     const int P = comm.size(), TK = c.num_experts_per_tok, local = im.local_experts;
     std::vector<std::vector<int32_t>> rows(P), experts(P);
     std::vector<std::vector<float>> weights(P);
-    for (int r = 0; r < T; ++r) {
+    for (int r = row_begin; r < row_end; ++r) {
       for (int j = 0; j < TK; ++j) {
         const int e = eid[static_cast<size_t>(r) * TK + j];
         if (e < 0 || e >= c.n_routed_experts) return absl::InternalError(absl::StrCat("router chose expert ", e));
@@ -198,7 +201,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
   };
   if (segments.empty() && im.ep != nullptr) {  // IdleStep: join every MoE layer's exchange with no tokens
     for (int l = 0; l < c.num_hidden_layers; ++l) {
-      if (im.layers[l].is_moe) IC_RETURN_IF_ERROR(moe_expert_parallel(im.layers[l], nullptr, 0, {}, {}, nullptr));
+      if (im.layers[l].is_moe) IC_RETURN_IF_ERROR(moe_expert_parallel(im.layers[l], nullptr, 0, {}, {}, nullptr, 0, 0));
     }
     record_communication();
     return absl::OkStatus();
@@ -683,7 +686,21 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       IC_RETURN_IF_ERROR(be.CopyToHost(h_eid.data(), eid, h_eid.size() * sizeof(int32_t)));
       IC_RETURN_IF_ERROR(be.CopyToHost(h_ew.data(), ew, h_ew.size() * sizeof(float)));
       if (im.ep != nullptr) {
-        IC_RETURN_IF_ERROR(moe_expert_parallel(L, h, T, h_eid, h_ew, attn));
+        if (im.tp == nullptr || im.tp->size() == 1) {
+          IC_RETURN_IF_ERROR(moe_expert_parallel(L, h, T, h_eid, h_ew, attn, 0, T));
+        } else {
+          // Tensor parallel × expert parallel: rank r of the shard group dispatches rows
+          // [T·r/S, T·(r+1)/S) only, so no token's experts run twice; the routed outputs (disjoint rows)
+          // are then summed over the group, giving every rank all rows, bitwise identical.
+          const int S = im.tp->size(), r = im.tp->rank();
+          const int r0 = static_cast<int>(static_cast<int64_t>(T) * r / S);
+          const int r1 = static_cast<int>(static_cast<int64_t>(T) * (r + 1) / S);
+          IC_ASSIGN_OR_RETURN(float* routed, im.Scratch<float>("ep_routed", static_cast<size_t>(T) * H));
+          IC_RETURN_IF_ERROR(be.Memset(routed, 0, static_cast<size_t>(T) * H * sizeof(float)));
+          IC_RETURN_IF_ERROR(moe_expert_parallel(L, h, T, h_eid, h_ew, routed, r0, r1));
+          IC_RETURN_IF_ERROR(all_reduce(routed));
+          IC_RETURN_IF_ERROR(Accumulate(be, attn, routed, T, H));
+        }
         IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
         continue;
       }
