@@ -74,19 +74,20 @@ std::string Plan::ToString() const {
 
 absl::StatusOr<Plan> ParsePlan(std::string_view pattern_std, int num_layers) {
   const absl::string_view pattern(pattern_std.data(), pattern_std.size());
-  if (pattern.size() != static_cast<size_t>(std::max(num_layers, 0))) {
-    return InvalidArgument("plan ", Quoted(pattern), " has ", pattern.size(), " layers; the model has ", num_layers);
-  }
-  Plan plan;
-  plan.layers.reserve(pattern.size());
+  // Characters first: "FSSX" on a 30-layer model has a bad letter, which matters more than its length.
   for (size_t i = 0; i < pattern.size(); ++i) {
     const char c = pattern[i];
     if (c != 'F' && c != 'S') {
       return InvalidArgument("plan ", Quoted(pattern), ": position ", i, " is '",
                              absl::CHexEscape(absl::string_view(&c, 1)), "'; expected 'F' or 'S'");
     }
-    plan.layers.push_back(static_cast<LayerKind>(c));
   }
+  if (pattern.size() != static_cast<size_t>(std::max(num_layers, 0))) {
+    return InvalidArgument("plan ", Quoted(pattern), " has ", pattern.size(), " layers; the model has ", num_layers);
+  }
+  Plan plan;
+  plan.layers.reserve(pattern.size());
+  for (char c : pattern) plan.layers.push_back(static_cast<LayerKind>(c));
   if (!plan.layers.empty() && plan.layers[0] != LayerKind::kFull) {
     return InvalidArgument("plan ", Quoted(pattern), ": layer 0 must be Full");
   }

@@ -186,8 +186,7 @@ int CmdDistill(int argc, char** argv) {
       if (absl::Status s = LoadInitialIndexers(args.Get("init"), &state); !s.ok()) return Fail(s);
     }
   }
-  std::filesystem::create_directories(out, ec);
-  if (ec) return Fail(absl::PermissionDeniedError(absl::StrCat(out, ": cannot create: ", ec.message())));
+  // --out is created by the first checkpoint or the final write, so a run that fails early leaves nothing.
 
   std::vector<std::vector<int32_t>> held_out;
   if (args.Has("eval-token-file")) {
