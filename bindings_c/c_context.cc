@@ -220,8 +220,18 @@ absl::Status CheckRanksAgree(parallel::Communicator& world, const parallel::Para
     uint64_t model, plan;
   };
   const std::string plan = plan_param.empty() ? model.plan.ToString() : plan_param;
-  const Fingerprint mine{sizes.world_size, sizes.tp_size, sizes.ep_size,
-                         std::hash<std::string>{}(ModelConfigToJson(model.config)), std::hash<std::string>{}(plan)};
+  // The model: its config and a sample of its weights (the first 4,096 values of the embedding, the final
+  // norm, every layer's input norm) — enough to tell two checkpoints or seeds apart, cheap to compute.
+  std::string model_bytes = ModelConfigToJson(model.config);
+  auto add = [&](const HostTensor& t, size_t n) {
+    n = std::min(n, t.data.size());
+    model_bytes.append(reinterpret_cast<const char*>(t.data.data()), n * sizeof(float));
+  };
+  add(model.weights.embed_tokens, 4096);
+  add(model.weights.final_norm, 1 << 16);
+  for (const LayerWeights& l : model.weights.layers) add(l.input_norm, 1 << 16);
+  const Fingerprint mine{sizes.world_size, sizes.tp_size, sizes.ep_size, std::hash<std::string>{}(model_bytes),
+                         std::hash<std::string>{}(plan)};
   std::vector<Fingerprint> all(world.size());
   IC_RETURN_IF_ERROR(world.AllGather(&mine, all.data(), sizeof mine));
   for (int r = 0; r < world.size(); ++r) {
@@ -232,7 +242,7 @@ absl::Status CheckRanksAgree(parallel::Communicator& world, const parallel::Para
           f.ep, "; rank ", world.rank(), " has ", mine.world, ", ", mine.tp, ", ", mine.ep));
     }
     if (f.model != mine.model) {
-      return absl::InvalidArgumentError(absl::StrCat("rank ", r, " loaded a different model (config) than rank ",
+      return absl::InvalidArgumentError(absl::StrCat("rank ", r, " loaded a different model (config or weights) than rank ",
                                                      world.rank()));
     }
     if (f.plan != mine.plan) {

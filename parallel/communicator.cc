@@ -1,6 +1,9 @@
 // Communicator base: argument checks, byte counting and timing shared by every backend.
 #include "parallel/communicator.h"
 
+#include <string>
+#include <vector>
+
 #include <algorithm>
 #include <chrono>
 
@@ -40,7 +43,19 @@ int64_t CommunicatorStats::total_bytes_sent() const {
 
 std::string FormatRankList(absl::Span<const int> ranks) {
   if (ranks.empty()) return "none";
-  return absl::StrJoin(ranks, ", ");
+  // Runs of consecutive ranks as "a-b", and at most 16 items, so that 65,535 missing ranks stay one line.
+  std::vector<std::string> items;
+  size_t i = 0;
+  while (i < ranks.size() && items.size() < 16) {
+    size_t j = i;
+    while (j + 1 < ranks.size() && ranks[j + 1] == ranks[j] + 1) ++j;
+    items.push_back(j >= i + 2 ? absl::StrCat(ranks[i], "-", ranks[j])
+                               : (j == i + 1 ? absl::StrCat(ranks[i], ", ", ranks[j]) : absl::StrCat(ranks[i])));
+    i = j + 1;
+  }
+  std::string out = absl::StrJoin(items, ", ");
+  if (i < ranks.size()) absl::StrAppend(&out, ", … (", ranks.size(), " ranks in all)");
+  return out;
 }
 
 Communicator::Communicator(int rank, int size, const CommunicatorOptions& options, const char* backend_name)

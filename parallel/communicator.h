@@ -170,7 +170,8 @@ class Communicator {
   CommunicatorStats stats_;
 };
 
-// "0, 2, 3" (or "none"): the rank lists in the backends' error messages.
+// "0, 2, 3", "1-65535" (runs of three or more), at most 16 items then "… (N ranks in all)", or "none":
+// the rank lists in the backends' error messages.
 std::string FormatRankList(absl::Span<const int> ranks);
 
 }  // namespace ic::parallel

@@ -353,4 +353,16 @@ TEST(InProcessArgumentTest, BadArgumentsAreRejectedBeforeAnyCommunication) {
 }
 
 }  // namespace
+TEST(FormatRankListTest, RunsAndLongListsStayShort) {
+  EXPECT_EQ(FormatRankList({}), "none");
+  EXPECT_EQ(FormatRankList({0, 2, 3}), "0, 2, 3");
+  EXPECT_EQ(FormatRankList({1, 2, 3, 4, 9}), "1-4, 9");
+  std::vector<int> many;
+  for (int r = 1; r < 65536; ++r) many.push_back(r);
+  EXPECT_EQ(FormatRankList(many), "1-65535");
+  std::vector<int> odd;
+  for (int r = 1; r < 100; r += 2) odd.push_back(r);
+  EXPECT_EQ(FormatRankList(odd), "1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, … (50 ranks in all)");
+}
+
 }  // namespace ic::parallel

@@ -371,6 +371,7 @@ absl::Status TrainIndexers(std::shared_ptr<const Model> dense, std::span<const s
   const double t0 = Now();
   const int64_t first = st->step;
   double teacher_seconds = 0, gradient_seconds = 0;
+  double first_loss = -1;  // this run's first step: the yardstick for divergence
   while (st->step < o.steps) {
     std::vector<IndexerGrads> total(N);
     std::vector<double> step_loss(N, 0.0);
@@ -394,9 +395,14 @@ absl::Status TrainIndexers(std::shared_ptr<const Model> dense, std::span<const s
     const double lr = LearningRate(st->step, o.steps, o.learning_rate, o.warmup_steps);
     double mean_loss = 0;
     for (int l = 0; l < N; ++l) mean_loss += step_loss[l];
-    if (!std::isfinite(mean_loss)) {
+    mean_loss /= std::max(1, st->plan.NumFull());
+    if (first_loss < 0) first_loss = mean_loss;
+    // A KL that is not finite, or that grew a thousandfold over the run's first step (which is at most a
+    // few nats for a fresh or warmed-up indexer), is a run blowing up, not training.
+    if (!std::isfinite(mean_loss) || mean_loss > 1e3 * std::max(1.0, first_loss)) {
       return InvalidArgument("distillation diverged at step ", st->step + 1, ": the loss is ", mean_loss,
-                             " (learning rate ", lr, "); lower the learning rate or resume an earlier checkpoint");
+                             " (first step ", first_loss, ", learning rate ", lr,
+                             "); lower the learning rate or resume an earlier checkpoint");
     }
     for (int l = 0; l < N; ++l) {
       if (!st->plan.IsFull(l)) continue;
@@ -550,6 +556,10 @@ absl::StatusOr<IndexerTrainingState> LoadIndexerCheckpoint(const std::string& pa
                              "; expected an integer in [0, 2^53]");
     }
     adam.step = static_cast<int64_t>(adam_step[0]);
+    if (adam.step != st.step) {
+      return InvalidArgument(path, ": the optimizer of layer ", l, " has taken ", adam.step,
+                             " steps but the checkpoint is at step ", st.step);
+    }
     auto tensors = IndexerTensors(w);
     auto m = GradVectors(adam.m);
     auto v = GradVectors(adam.v);
@@ -629,9 +639,26 @@ absl::Status CheckDistillOutputs(const std::string& dense_dir, const std::string
     if (fs::exists(checkpoint, ec) && !fs::is_regular_file(checkpoint, ec)) {
       return InvalidArgument("the checkpoint ", checkpoint, " exists and is not a regular file");
     }
-    const fs::path parent = fs::absolute(checkpoint, ec).parent_path();
+    const fs::path abs_ckpt = fs::absolute(checkpoint, ec).lexically_normal();
+    const fs::path parent = abs_ckpt.parent_path();
     if (fs::exists(parent, ec) && fs::equivalent(parent, dense_dir, ec)) {
       return InvalidArgument("the checkpoint ", checkpoint, " would be written into the dense model's directory");
+    }
+    const fs::path abs_out = fs::absolute(out_dir, ec).lexically_normal();
+    if (abs_ckpt == abs_out || (fs::exists(checkpoint, ec) && fs::exists(out_dir, ec) &&
+                                fs::equivalent(checkpoint, out_dir, ec))) {
+      return InvalidArgument("the checkpoint path ", checkpoint, " is the DSA model directory");
+    }
+    const std::string name = abs_ckpt.filename().string();
+    const bool output_name = name == "config.json" || name == "indexer.safetensors" ||
+                             name == "model.safetensors.index.json" || name == "dense.safetensors" ||
+                             name.rfind("dense-", 0) == 0 || name == "tokenizer.json" ||
+                             name == "tokenizer_config.json" || name == "generation_config.json" ||
+                             name == "special_tokens_map.json";
+    if (output_name && (parent == abs_out || (fs::exists(parent, ec) && fs::exists(out_dir, ec) &&
+                                              fs::equivalent(parent, out_dir, ec)))) {
+      return InvalidArgument("the checkpoint ", checkpoint, " has the name of a file the DSA model directory ",
+                             "receives; name it e.g. distill-checkpoint.safetensors");
     }
     IC_RETURN_IF_ERROR(writable_place(checkpoint, "the checkpoint", /*is_file=*/true));
   }

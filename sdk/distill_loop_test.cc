@@ -407,6 +407,19 @@ TEST(DistillLoopTest, BadInputGetsClearErrors) {
   auto wide = InitIndexerTraining(llama->config, {.n_heads = 4, .head_dim = 16, .topk = 8}, *plan, 0);
   ASSERT_TRUE(WriteIndexerWeights(dir + "/wide.safetensors", *wide, DType::kF32).ok());
   EXPECT_THAT(std::string(LoadInitialIndexers(dir + "/wide.safetensors", &*st).message()), HasSubstr("expected [32, 64]"));
+  // Outputs that would collide are refused before any training.
+  EXPECT_THAT(std::string(CheckDistillOutputs(dir + "/no_model", dir + "/out", dir + "/out/indexer.safetensors").message()),
+              HasSubstr("has the name of a file the DSA model directory receives"));
+  EXPECT_THAT(std::string(CheckDistillOutputs(dir + "/no_model", dir + "/out", dir + "/out").message()),
+              HasSubstr("is the DSA model directory"));
+  EXPECT_TRUE(CheckDistillOutputs(dir + "/no_model", dir + "/out", dir + "/out/distill-checkpoint.safetensors").ok());
+  // A learning rate that blows the run up is an error, not a model of huge weights.
+  DistillOptions wild;
+  wild.steps = 20;
+  wild.learning_rate = 1e30;
+  wild.warmup_steps = 0;
+  auto fresh = InitIndexerTraining(llama->config, {.n_heads = 2, .head_dim = 16, .topk = 8}, *plan, 0);
+  EXPECT_THAT(std::string(TrainIndexers(llama, Windows(2, 16, 3), wild, &*fresh).message()), HasSubstr("diverged"));
   ASSERT_TRUE(SaveIndexerCheckpoint(dir + "/ck.safetensors", *st).ok());
   EXPECT_THAT(std::string(LoadIndexerCheckpoint(dir + "/ck.safetensors", other->config).status().message()),
               HasSubstr("another model"));

@@ -290,7 +290,12 @@ def _check(status: int) -> None:
 
 
 def _bytes(s: Optional[Union[str, os.PathLike]]) -> Optional[bytes]:
-    return None if s is None else os.fsencode(s)
+    if s is None:
+        return None
+    b = os.fsencode(s)
+    if b"\0" in b:  # C would silently cut the string there
+        raise ValueError(f"{s!r} contains a NUL character")
+    return b
 
 
 _INT_RANGES = {
