@@ -30,6 +30,10 @@ if [[ $# -eq 0 && ${IC_DEMO_SYNTHETIC:-0} != 1 && -f models/smollm2-135m/model.s
     --plan file:tools/real_model/plans/searched-1_4.txt --prompt-tokens 2048 --decode-tokens 16
 fi
 if [[ $# -eq 0 ]]; then
-  echo "[demo] the embedded synthetic model (fetch the real one with: bash tools/real_model/prepare.sh)"
+  if [[ -f models/smollm2-135m/model.safetensors ]]; then
+    echo "[demo] the embedded synthetic model (IC_DEMO_SYNTHETIC=1)"
+  else
+    echo "[demo] the embedded synthetic model (fetch the real one with: bash tools/real_model/prepare.sh)"
+  fi
 fi
 exec "$ic" demo "$@"
