@@ -82,6 +82,10 @@ ic_status_t ic_distill_indexers(const ic_model_t* dense, const int32_t* const* w
         return absl::InvalidArgumentError(absl::StrCat("windows[", i, "] is NULL"));
       }
     }
+    if (p.steps == 0 && p.init_indexers == nullptr && p.resume == 0) {
+      return absl::InvalidArgumentError(
+          "steps is 0 and there is no init_indexers: nothing would be trained (untrained indexers only add noise)");
+    }
     const std::string checkpoint_path = p.checkpoint != nullptr ? p.checkpoint : "";
     IC_RETURN_IF_ERROR(ic::CheckDistillOutputs(m->model->path, out_dir, checkpoint_path));
     std::vector<std::vector<int32_t>> copies(n_windows);

@@ -554,6 +554,7 @@ TEST_F(BadInputCliTest, DistillAndReport) {
   ExpectError(distill({"--token-file", tokens, "--context", "1000"}), "do not fill one window");
   ExpectError(distill({"--token-file", tokens, "--plan", "1/0"}), "keep fraction \"1/0\": must be in (0, 1]");
   ExpectError(distill({"--token-file", tokens, "--resume"}), "does not exist");
+  ExpectError(distill({"--token-file", tokens, "--steps", "0"}), "--steps 0 trains nothing");
   ExpectError({"distill", "--model", dense_dir, "--token-file", tokens}, "--out is required");
   ExpectError({"distill", "--model", root_ + "/tiny", "--token-file", tokens, "--out", out},
               "indexers can be added to a dense Llama model");

@@ -145,6 +145,10 @@ int CmdDistill(int argc, char** argv) {
   DISTILL_ASSIGN_OR_FAIL(windows, Windows(args.Get("token-file"), c.vocab_size, context, max_tokens, 0));
 
   if (!(lr > 0) || !std::isfinite(lr)) return Fail(InvalidArgument("--lr must be positive and finite, got ", lr));
+  if (steps == 0 && !args.Has("init") && !args.Has("resume")) {
+    return Fail(InvalidArgument("--steps 0 trains nothing: give --init FILE to assemble a DSA model from trained "
+                                "indexers (untrained ones would only add noise)"));
+  }
   const std::string out = args.Get("out");
   const std::string ckpt = out + "/distill-checkpoint.safetensors";
   // Where the results go is checked before any work (not after the last step).

@@ -364,7 +364,7 @@ typedef struct ic_distill_params_t {
   const char* plan;          /* NULL or "": all Full (DeepSeek-V3.2's dense warm-up, m = 0); else an F/S
                                 string: each Full layer learns the mean attention of the layers it serves
                                 (training-aware IndexCache, arXiv 2603.12201 §3.2). Copied. */
-  int64_t steps;             /* optimizer steps; default 200 */
+  int64_t steps;             /* optimizer steps; default 200; 0 only with init_indexers (assembles a model) */
   int32_t windows_per_step;  /* windows averaged per step; default 1 */
   double learning_rate;      /* peak Adam learning rate; default 1e-3 */
   int64_t warmup_steps;      /* linear warm-up, then cosine decay; default 10 */
