@@ -202,4 +202,9 @@ std::string FormatSeconds(double s) {
   return buf;
 }
 
+int Fail(const char* cmd, const absl::Status& s) {
+  std::fprintf(stderr, "indexcache %s: %s\n", cmd, std::string(s.message()).c_str());
+  return 1;
+}
+
 }  // namespace ic::cli

@@ -69,6 +69,15 @@ class Progress {
 
 std::string FormatSeconds(double s);
 
+// "indexcache <cmd>: <message>" on stderr; returns the exit status 1.
+int Fail(const char* cmd, const absl::Status& s);
+
+// Declares `lhs` as the value of a StatusOr expression, or returns Fail(cmd, status) from the command.
+#define CLI_ASSIGN_OR_FAIL(lhs, expr, cmd)                  \
+  auto lhs##_or = (expr);                                   \
+  if (!lhs##_or.ok()) return ::ic::cli::Fail(cmd, lhs##_or.status()); \
+  auto& lhs = *lhs##_or
+
 int CmdDemo(int argc, char** argv);
 int CmdInfo(int argc, char** argv);
 int CmdRun(int argc, char** argv);

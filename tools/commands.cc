@@ -38,16 +38,6 @@ bool WantsHelp(int argc, char** argv, const char* help) {
   return false;
 }
 
-int Fail(const char* cmd, const absl::Status& s) {
-  std::fprintf(stderr, "indexcache %s: %s\n", cmd, std::string(s.message()).c_str());
-  return 1;
-}
-
-#define CLI_ASSIGN_OR_FAIL(lhs, expr, cmd) \
-  auto lhs##_or = (expr);                  \
-  if (!lhs##_or.ok()) return Fail(cmd, lhs##_or.status()); \
-  auto& lhs = *lhs##_or
-
 constexpr const char* kModelOptions = R"(  --model DIR            HF checkpoint directory (config.json + *.safetensors); default: the embedded
                          synthetic model (--seed, --layers)
   --plan-file PATH       plan file overriding the checkpoint's plan keys

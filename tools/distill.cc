@@ -51,16 +51,6 @@ constexpr const char* kHelp =
     "  --device D             auto | cpu | cuda (the teacher's forward pass)                 [auto]\n"
     "  --threads N            gradient threads over Full layers (0 = all cores)              [0]\n";
 
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "indexcache distill: %s\n", std::string(s.message()).c_str());
-  return 1;
-}
-
-#define DISTILL_ASSIGN_OR_FAIL(lhs, expr)              \
-  auto lhs##_or = (expr);                              \
-  if (!lhs##_or.ok()) return Fail(lhs##_or.status()); \
-  auto& lhs = *lhs##_or
-
 absl::StatusOr<std::vector<std::vector<int32_t>>> Windows(const std::string& path, int vocab, int64_t context,
                                                           int64_t max_tokens, int64_t max_windows) {
   IC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, ReadTokenFile(path, vocab));
@@ -92,78 +82,79 @@ int CmdDistill(int argc, char** argv) {
       return 0;
     }
   }
-  DISTILL_ASSIGN_OR_FAIL(
+  CLI_ASSIGN_OR_FAIL(
       args, Args::Parse(argc, argv,
                         {"model", "token-file", "out", "plan", "index-heads", "index-head-dim", "index-topk", "context",
                          "max-tokens", "steps", "batch", "lr", "warmup", "seed", "init", "checkpoint-every",
                          "eval-token-file", "eval-windows", "dtype", "device", "threads"},
-                        {"resume"}));
+                        {"resume"}),
+      "distill");
   for (const char* required : {"model", "token-file", "out"}) {
-    if (!args.Has(required)) return Fail(InvalidArgument("--", required, " is required (see --help)"));
+    if (!args.Has(required)) return Fail("distill", InvalidArgument("--", required, " is required (see --help)"));
   }
-  DISTILL_ASSIGN_OR_FAIL(model, SelectModel(args));
-  DISTILL_ASSIGN_OR_FAIL(device, SelectDevice(args));
+  CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "distill");
+  CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "distill");
   const ModelConfig& c = model->config;
-  DISTILL_ASSIGN_OR_FAIL(heads, args.GetInt("index-heads", 4));
-  DISTILL_ASSIGN_OR_FAIL(head_dim, args.GetInt("index-head-dim", 64));
-  DISTILL_ASSIGN_OR_FAIL(topk, args.GetInt("index-topk", 256));
-  DISTILL_ASSIGN_OR_FAIL(context, args.GetInt("context", 1024));
-  DISTILL_ASSIGN_OR_FAIL(max_tokens, args.GetInt("max-tokens", 0));
-  DISTILL_ASSIGN_OR_FAIL(steps, args.GetInt("steps", 200));
-  DISTILL_ASSIGN_OR_FAIL(batch, args.GetInt("batch", 1));
-  DISTILL_ASSIGN_OR_FAIL(lr, args.GetDouble("lr", 1e-3));
-  DISTILL_ASSIGN_OR_FAIL(warmup, args.GetInt("warmup", 10));
-  DISTILL_ASSIGN_OR_FAIL(seed, args.GetInt("seed", 0));
-  DISTILL_ASSIGN_OR_FAIL(every, args.GetInt("checkpoint-every", 50));
-  DISTILL_ASSIGN_OR_FAIL(eval_windows, args.GetInt("eval-windows", 4));
-  DISTILL_ASSIGN_OR_FAIL(threads, args.GetInt("threads", 0));
+  CLI_ASSIGN_OR_FAIL(heads, args.GetInt("index-heads", 4), "distill");
+  CLI_ASSIGN_OR_FAIL(head_dim, args.GetInt("index-head-dim", 64), "distill");
+  CLI_ASSIGN_OR_FAIL(topk, args.GetInt("index-topk", 256), "distill");
+  CLI_ASSIGN_OR_FAIL(context, args.GetInt("context", 1024), "distill");
+  CLI_ASSIGN_OR_FAIL(max_tokens, args.GetInt("max-tokens", 0), "distill");
+  CLI_ASSIGN_OR_FAIL(steps, args.GetInt("steps", 200), "distill");
+  CLI_ASSIGN_OR_FAIL(batch, args.GetInt("batch", 1), "distill");
+  CLI_ASSIGN_OR_FAIL(lr, args.GetDouble("lr", 1e-3), "distill");
+  CLI_ASSIGN_OR_FAIL(warmup, args.GetInt("warmup", 10), "distill");
+  CLI_ASSIGN_OR_FAIL(seed, args.GetInt("seed", 0), "distill");
+  CLI_ASSIGN_OR_FAIL(every, args.GetInt("checkpoint-every", 50), "distill");
+  CLI_ASSIGN_OR_FAIL(eval_windows, args.GetInt("eval-windows", 4), "distill");
+  CLI_ASSIGN_OR_FAIL(threads, args.GetInt("threads", 0), "distill");
   if (context < 2 || context > c.max_position_embeddings) {
-    return Fail(InvalidArgument("--context must be in [2, max_position_embeddings = ", c.max_position_embeddings,
+    return Fail("distill", InvalidArgument("--context must be in [2, max_position_embeddings = ", c.max_position_embeddings,
                                 "], got ", context));
   }
   if (heads < 1 || heads > 1024 || head_dim < 2 || head_dim > 4096 || topk < 1 || topk > 65536) {
-    return Fail(InvalidArgument("--index-heads must be in [1, 1024], --index-head-dim in [2, 4096], --index-topk in "
+    return Fail("distill", InvalidArgument("--index-heads must be in [1, 1024], --index-head-dim in [2, 4096], --index-topk in "
                                 "[1, 65536]; got ", heads, ", ", head_dim, ", ", topk));
   }
   if (batch < 1 || batch > 4096 || steps < 0 || warmup < 0 || seed < 0 || every < 0 || eval_windows < 1 ||
       threads < 0 || threads > 1024 || max_tokens < 0) {
-    return Fail(InvalidArgument("--batch must be in [1, 4096], --eval-windows >= 1, --threads in [0, 1024], and "
+    return Fail("distill", InvalidArgument("--batch must be in [1, 4096], --eval-windows >= 1, --threads in [0, 1024], and "
                                 "--steps, --warmup, --seed, --checkpoint-every, --max-tokens >= 0"));
   }
   const IndexerShape shape{.n_heads = static_cast<int>(heads), .head_dim = static_cast<int>(head_dim),
                            .topk = static_cast<int>(topk)};
-  if (auto dsa = DsaConfigFor(c, shape); !dsa.ok()) return Fail(dsa.status());  // before reading any tokens
+  if (auto dsa = DsaConfigFor(c, shape); !dsa.ok()) return Fail("distill", dsa.status());  // before reading any tokens
   const std::string dtype_name = args.Get("dtype", "bf16");
   if (dtype_name != "bf16" && dtype_name != "f32") {
-    return Fail(InvalidArgument("--dtype must be bf16 or f32, got \"", dtype_name, "\""));
+    return Fail("distill", InvalidArgument("--dtype must be bf16 or f32, got \"", dtype_name, "\""));
   }
   const DType dtype = dtype_name == "bf16" ? DType::kBF16 : DType::kF32;
   const std::string plan_arg = args.Get("plan", "dsa");
-  DISTILL_ASSIGN_OR_FAIL(plans, ParsePlans(plan_arg == "dsa" ? std::string(c.num_hidden_layers, 'F') : plan_arg, *model));
-  if (plans.size() != 1) return Fail(InvalidArgument("--plan takes one plan, got ", plans.size()));
-  DISTILL_ASSIGN_OR_FAIL(plan, ParsePlan(plans[0].pattern, c.num_hidden_layers));
-  DISTILL_ASSIGN_OR_FAIL(windows, Windows(args.Get("token-file"), c.vocab_size, context, max_tokens, 0));
+  CLI_ASSIGN_OR_FAIL(plans, ParsePlans(plan_arg == "dsa" ? std::string(c.num_hidden_layers, 'F') : plan_arg, *model), "distill");
+  if (plans.size() != 1) return Fail("distill", InvalidArgument("--plan takes one plan, got ", plans.size()));
+  CLI_ASSIGN_OR_FAIL(plan, ParsePlan(plans[0].pattern, c.num_hidden_layers), "distill");
+  CLI_ASSIGN_OR_FAIL(windows, Windows(args.Get("token-file"), c.vocab_size, context, max_tokens, 0), "distill");
 
-  if (!(lr > 0) || !std::isfinite(lr)) return Fail(InvalidArgument("--lr must be positive and finite, got ", lr));
+  if (!(lr > 0) || !std::isfinite(lr)) return Fail("distill", InvalidArgument("--lr must be positive and finite, got ", lr));
   if (steps == 0 && !args.Has("init") && !args.Has("resume")) {
-    return Fail(InvalidArgument("--steps 0 trains nothing: give --init FILE to assemble a DSA model from trained "
+    return Fail("distill", InvalidArgument("--steps 0 trains nothing: give --init FILE to assemble a DSA model from trained "
                                 "indexers (untrained ones would only add noise)"));
   }
   const std::string out = args.Get("out");
   const std::string ckpt = out + "/distill-checkpoint.safetensors";
   // Where the results go is checked before any work (not after the last step).
-  if (absl::Status s = CheckDistillOutputs(model->path, out, ckpt); !s.ok()) return Fail(s);
+  if (absl::Status s = CheckDistillOutputs(model->path, out, ckpt); !s.ok()) return Fail("distill", s);
   std::error_code ec;
   const bool have_ckpt = std::filesystem::exists(ckpt, ec);
   IndexerTrainingState state;
   if (args.Has("resume")) {
-    if (!have_ckpt) return Fail(absl::NotFoundError(absl::StrCat("--resume: ", ckpt, " does not exist")));
-    DISTILL_ASSIGN_OR_FAIL(loaded, LoadIndexerCheckpoint(ckpt, c));
+    if (!have_ckpt) return Fail("distill", absl::NotFoundError(absl::StrCat("--resume: ", ckpt, " does not exist")));
+    CLI_ASSIGN_OR_FAIL(loaded, LoadIndexerCheckpoint(ckpt, c), "distill");
     if (loaded.plan.ToString() != plan.ToString()) {
-      return Fail(InvalidArgument("--resume: the checkpoint's plan ", loaded.plan.ToString(), " differs from --plan ",
+      return Fail("distill", InvalidArgument("--resume: the checkpoint's plan ", loaded.plan.ToString(), " differs from --plan ",
                                   plan.ToString()));
     }
-    if (args.Has("init")) return Fail(InvalidArgument("--resume continues the checkpoint's indexers; drop --init"));
+    if (args.Has("init")) return Fail("distill", InvalidArgument("--resume continues the checkpoint's indexers; drop --init"));
     const ModelConfig& k = loaded.config;
     const struct {
       const char* flag;
@@ -174,7 +165,7 @@ int CmdDistill(int argc, char** argv) {
                  {"seed", seed, static_cast<int64_t>(loaded.seed)}};
     for (const auto& f : fixed) {
       if (args.Has(f.flag) && f.given != f.stored) {
-        return Fail(InvalidArgument("--resume: the checkpoint has ", f.flag, " ", f.stored, "; --", f.flag, " ",
+        return Fail("distill", InvalidArgument("--resume: the checkpoint has ", f.flag, " ", f.stored, "; --", f.flag, " ",
                                     f.given, " conflicts (drop it or start a new run)"));
       }
     }
@@ -182,19 +173,19 @@ int CmdDistill(int argc, char** argv) {
     std::printf("resuming %s at step %lld\n", ckpt.c_str(), static_cast<long long>(state.step));
   } else {
     if (have_ckpt) {
-      return Fail(absl::AlreadyExistsError(absl::StrCat(ckpt, " exists: pass --resume to continue it, or remove it")));
+      return Fail("distill", absl::AlreadyExistsError(absl::StrCat(ckpt, " exists: pass --resume to continue it, or remove it")));
     }
-    DISTILL_ASSIGN_OR_FAIL(fresh, InitIndexerTraining(c, shape, plan, static_cast<uint64_t>(seed)));
+    CLI_ASSIGN_OR_FAIL(fresh, InitIndexerTraining(c, shape, plan, static_cast<uint64_t>(seed)), "distill");
     state = std::move(fresh);
     if (args.Has("init")) {
-      if (absl::Status s = LoadInitialIndexers(args.Get("init"), &state); !s.ok()) return Fail(s);
+      if (absl::Status s = LoadInitialIndexers(args.Get("init"), &state); !s.ok()) return Fail("distill", s);
     }
   }
   // --out is created by the first checkpoint or the final write, so a run that fails early leaves nothing.
 
   std::vector<std::vector<int32_t>> held_out;
   if (args.Has("eval-token-file")) {
-    DISTILL_ASSIGN_OR_FAIL(h, Windows(args.Get("eval-token-file"), c.vocab_size, context, 0, eval_windows));
+    CLI_ASSIGN_OR_FAIL(h, Windows(args.Get("eval-token-file"), c.vocab_size, context, 0, eval_windows), "distill");
     held_out = std::move(h);
   }
   std::printf("distill %s: %d layers (%d Full: %s), indexer %lld heads x %lld, top-k %lld; %zu window(s) of %lld "
@@ -219,7 +210,7 @@ int CmdDistill(int argc, char** argv) {
     std::fflush(stdout);
     return absl::OkStatus();
   };
-  if (absl::Status s = evaluate("before"); !s.ok()) return Fail(s);
+  if (absl::Status s = evaluate("before"); !s.ok()) return Fail("distill", s);
 
   DistillOptions o;
   o.steps = steps;
@@ -239,9 +230,9 @@ int CmdDistill(int argc, char** argv) {
                 FormatSeconds(p.gradient_seconds).c_str(), FormatSeconds(p.remaining_seconds).c_str());
     std::fflush(stdout);
   };
-  if (absl::Status s = TrainIndexers(model, windows, o, &state); !s.ok()) return Fail(s);
-  if (absl::Status s = evaluate("after"); !s.ok()) return Fail(s);
-  if (absl::Status s = WriteDsaModel(model->path, state, out, dtype); !s.ok()) return Fail(s);
+  if (absl::Status s = TrainIndexers(model, windows, o, &state); !s.ok()) return Fail("distill", s);
+  if (absl::Status s = evaluate("after"); !s.ok()) return Fail("distill", s);
+  if (absl::Status s = WriteDsaModel(model->path, state, out, dtype); !s.ok()) return Fail("distill", s);
   std::printf("wrote %s (LlamaDsaForCausalLM, plan %s, indexers %s in indexer.safetensors)%s%s\n", out.c_str(),
               state.plan.ToString().c_str(), dtype_name.c_str(), steps > 0 ? "; checkpoint " : "",
               steps > 0 ? ckpt.c_str() : "");

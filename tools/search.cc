@@ -33,16 +33,6 @@ constexpr const char* kHelp =
     "  --out PATH             plan file to write                                           [plan.txt]\n"
     "  --device D             auto | cpu | cuda                                              [auto]\n";
 
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "indexcache search: %s\n", std::string(s.message()).c_str());
-  return 1;
-}
-
-#define SEARCH_ASSIGN_OR_FAIL(lhs, expr) \
-  auto lhs##_or = (expr);                \
-  if (!lhs##_or.ok()) return Fail(lhs##_or.status()); \
-  auto& lhs = *lhs##_or
-
 }  // namespace
 
 int CmdSearch(int argc, char** argv) {
@@ -52,19 +42,19 @@ int CmdSearch(int argc, char** argv) {
       return 0;
     }
   }
-  SEARCH_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, {"model", "device", "seed", "layers", "keep", "token-file",
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, {"model", "device", "seed", "layers", "keep", "token-file",
                                                        "context", "max-tokens", "out"},
-                                          {}));
-  if (!args.Has("keep")) return Fail(InvalidArgument("--keep is required (1/2, 1/4, 1/8, ...)"));
-  SEARCH_ASSIGN_OR_FAIL(r, ParseKeepFraction(args.Get("keep")));
-  SEARCH_ASSIGN_OR_FAIL(model, SelectModel(args));
-  SEARCH_ASSIGN_OR_FAIL(device, SelectDevice(args));
-  SEARCH_ASSIGN_OR_FAIL(context, args.GetInt("context", 1024));
+                                          {}), "search");
+  if (!args.Has("keep")) return Fail("search", InvalidArgument("--keep is required (1/2, 1/4, 1/8, ...)"));
+  CLI_ASSIGN_OR_FAIL(r, ParseKeepFraction(args.Get("keep")), "search");
+  CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "search");
+  CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "search");
+  CLI_ASSIGN_OR_FAIL(context, args.GetInt("context", 1024), "search");
   if (context < 2 || context > (int64_t{1} << 30)) {
-    return Fail(InvalidArgument("--context must be in [2, 2^30], got ", context));
+    return Fail("search", InvalidArgument("--context must be in [2, 2^30], got ", context));
   }
-  SEARCH_ASSIGN_OR_FAIL(max_tokens, args.GetInt("max-tokens", 0));
-  if (max_tokens < 0) return Fail(InvalidArgument("--max-tokens must be ≥ 0, got ", max_tokens));
+  CLI_ASSIGN_OR_FAIL(max_tokens, args.GetInt("max-tokens", 0), "search");
+  if (max_tokens < 0) return Fail("search", InvalidArgument("--max-tokens must be ≥ 0, got ", max_tokens));
   const ModelConfig& c = model->config;
   const int N = c.num_hidden_layers;
   const int target = (N + r - 1) / r;
@@ -72,11 +62,11 @@ int CmdSearch(int argc, char** argv) {
   std::vector<int32_t> tokens;
   std::string data;
   if (args.Has("token-file")) {
-    SEARCH_ASSIGN_OR_FAIL(t, ReadTokenFile(args.Get("token-file"), c.vocab_size));
+    CLI_ASSIGN_OR_FAIL(t, ReadTokenFile(args.Get("token-file"), c.vocab_size), "search");
     tokens = std::move(t);
     data = args.Get("token-file");
   } else if (args.Has("model")) {
-    return Fail(InvalidArgument("--token-file is required with --model (random tokens only for the synthetic model)"));
+    return Fail("search", InvalidArgument("--token-file is required with --model (random tokens only for the synthetic model)"));
   } else {
     const int64_t n = max_tokens > 0 ? max_tokens : 2 * context;
     std::mt19937 rng(20260312);
@@ -91,7 +81,7 @@ int CmdSearch(int argc, char** argv) {
     windows.emplace_back(tokens.begin() + off, tokens.begin() + std::min<size_t>(off + context, tokens.size()));
   }
   if (windows.empty()) {
-    return Fail(InvalidArgument("the calibration set is empty: ", tokens.size(), " token(s); the loss needs at least 2"));
+    return Fail("search", InvalidArgument("the calibration set is empty: ", tokens.size(), " token(s); the loss needs at least 2"));
   }
   if (c.has_indexer && context <= c.index_topk) {
     std::fprintf(stderr, "indexcache search: warning: --context %lld is not longer than index_topk = %d: every key is "
@@ -131,9 +121,9 @@ int CmdSearch(int argc, char** argv) {
                  tty ? "   " : "\n");
     std::fflush(stderr);
   };
-  SEARCH_ASSIGN_OR_FAIL(plan, SearchPlan(model, windows, target, o));
+  CLI_ASSIGN_OR_FAIL(plan, SearchPlan(model, windows, target, o), "search");
   if (tty) std::fprintf(stderr, "\n");
-  if (absl::Status s = SavePlanFile(out_path, plan); !s.ok()) return Fail(s);
+  if (absl::Status s = SavePlanFile(out_path, plan); !s.ok()) return Fail("search", s);
   std::printf("plan %s  (%d Full of %d; %s)\nwritten to %s\n", plan.ToString().c_str(), plan.NumFull(), N,
               plan.source.c_str(), out_path.c_str());
   return 0;
