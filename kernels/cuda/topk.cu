@@ -51,6 +51,31 @@ __device__ __forceinline__ uint32_t BlockExclusiveScan(uint32_t v, uint32_t* war
   return r;
 }
 
+// Ordered compaction of positions [begin, end) of row x (block scan in position order): writes every key
+// > thr, and keys == thr while fewer than `need` of them have been seen (eq_seen counts those before
+// `begin`), to o[written…] — ties go to the smaller positions. Called by the whole block.
+__device__ __forceinline__ void OrderedCompaction(const float* x, int begin, int end, uint32_t thr, uint32_t need,
+                                                  uint32_t written, uint32_t eq_seen, int32_t* o,
+                                                  uint32_t* warp_sums, uint32_t* s_total) {
+  for (int start = begin; start < end; start += kThreads) {
+    const int i = start + threadIdx.x;
+    const uint32_t key = i < end ? SortKey(x[i]) : 0u;
+    const bool gt = i < end && key > thr;
+    const bool eq = i < end && key == thr;
+    // Pack both counts (each ≤ kThreads < 2^16) into one scan.
+    const uint32_t ex = BlockExclusiveScan((gt ? 1u : 0u) | (eq ? 0x10000u : 0u), warp_sums, s_total);
+    const uint32_t total = *s_total;
+    const uint32_t left = need > eq_seen ? need - eq_seen : 0u;
+    const uint32_t gt_before = ex & 0xffffu, eq_before = ex >> 16;
+    const uint32_t eq_taken_before = eq_before < left ? eq_before : left;
+    if (gt || (eq && eq_before < left)) o[written + gt_before + eq_taken_before] = i;
+    const uint32_t eq_total = total >> 16;
+    written += (total & 0xffffu) + (eq_total < left ? eq_total : left);
+    eq_seen += eq_total;
+    __syncthreads();  // *s_total is rewritten by the next chunk
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) RowTopkKernel(int32_t* out, const float* scores,
                                                           int64_t stride, const int32_t* lengths,
                                                           const int32_t* positions, int max_len,
@@ -96,24 +121,7 @@ __global__ void __launch_bounds__(kThreads) RowTopkKernel(int32_t* out, const fl
   }
   const uint32_t thr = prefix;  // the k-th largest key; `need` keys equal to it are selected
 
-  uint32_t written = 0, eq_seen = 0;
-  for (int start = 0; start < len; start += kThreads) {
-    const int i = start + threadIdx.x;
-    const uint32_t key = i < len ? SortKey(x[i]) : 0u;
-    const bool gt = i < len && key > thr;
-    const bool eq = i < len && key == thr;
-    // Pack both counts (each ≤ kThreads < 2^16) into one scan.
-    const uint32_t ex = BlockExclusiveScan((gt ? 1u : 0u) | (eq ? 0x10000u : 0u), warp_sums, &s_total);
-    const uint32_t total = s_total;
-    const uint32_t left = need > eq_seen ? need - eq_seen : 0u;
-    const uint32_t gt_before = ex & 0xffffu, eq_before = ex >> 16;
-    const uint32_t eq_taken_before = eq_before < left ? eq_before : left;
-    if (gt || (eq && eq_before < left)) o[written + gt_before + eq_taken_before] = i;
-    const uint32_t eq_total = total >> 16;
-    written += (total & 0xffffu) + (eq_total < left ? eq_total : left);
-    eq_seen += eq_total;
-    __syncthreads();  // s_total is rewritten by the next chunk
-  }
+  OrderedCompaction(x, 0, len, thr, need, 0u, 0u, o, warp_sums, &s_total);
 }
 
 // ---- Multi-block rows. Per row, in the scratch: state {len, prefix, mask, need} and hist[256]; per row
@@ -233,23 +241,7 @@ __global__ void __launch_bounds__(kThreads) MbWriteKernel(int32_t* out, const fl
   const uint32_t thr = st.prefix, need = st.need;
   const float* x = scores + static_cast<int64_t>(row) * stride;
   int32_t* o = out + static_cast<int64_t>(row) * k;
-  uint32_t written = s_written, eq_seen = s_eq_before;
-  for (int start = begin; start < end; start += kThreads) {
-    const int i = start + threadIdx.x;
-    const uint32_t key = i < end ? SortKey(x[i]) : 0u;
-    const bool gt = i < end && key > thr;
-    const bool eq = i < end && key == thr;
-    const uint32_t ex = BlockExclusiveScan((gt ? 1u : 0u) | (eq ? 0x10000u : 0u), warp_sums, &s_total);
-    const uint32_t total = s_total;
-    const uint32_t left = need > eq_seen ? need - eq_seen : 0u;
-    const uint32_t gt_before = ex & 0xffffu, eq_before = ex >> 16;
-    const uint32_t eq_taken_before = eq_before < left ? eq_before : left;
-    if (gt || (eq && eq_before < left)) o[written + gt_before + eq_taken_before] = i;
-    const uint32_t eq_total = total >> 16;
-    written += (total & 0xffffu) + (eq_total < left ? eq_total : left);
-    eq_seen += eq_total;
-    __syncthreads();
-  }
+  OrderedCompaction(x, begin, end, thr, need, s_written, s_eq_before, o, warp_sums, &s_total);
 }
 
 bool UseMultiBlock(int rows, int max_len) { return rows <= kMultiBlockMaxRows && max_len >= kMultiBlockMinLen; }
