@@ -11,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "sdk/engine.h"
 #include "sdk/synthetic_model.h"
+#include "tests/engine_test_util.h"
 
 namespace ic {
 namespace {
@@ -31,27 +32,13 @@ std::shared_ptr<const Model> Synthetic(Architecture arch, int layers = 6, int hi
   return *m;
 }
 
-std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> d(0, vocab - 1);
-  std::vector<int32_t> v(n);
-  for (auto& t : v) t = d(rng);
-  return v;
-}
+using test::RandomTokens;
+using test::RelError;
 
 std::vector<std::vector<int32_t>> Windows(const Model& m, int count = 2, int len = 96) {
   std::vector<std::vector<int32_t>> w;
   for (int i = 0; i < count; ++i) w.push_back(RandomTokens(len, m.config.vocab_size, 100 + i));
   return w;
-}
-
-double RelError(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += std::pow(double(a[i]) - b[i], 2);
-    den += std::pow(double(b[i]), 2);
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 // (a) A pass from layer ℓ with the captured hidden state and top-k reproduces the full pass's logits.

@@ -15,6 +15,7 @@
 #include "sdk/engine.h"
 #include "sdk/safetensors.h"
 #include "sdk/synthetic_model.h"
+#include "tests/engine_test_util.h"
 #include "tests/index_sets.h"
 
 namespace ic {
@@ -73,14 +74,7 @@ Pass RunPass(std::shared_ptr<const Model> model, DeviceKind device, const std::v
   return p;
 }
 
-double RelError(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += std::pow(double(a[i]) - b[i], 2);
-    den += std::pow(double(b[i]), 2);
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
+using test::RelError;
 
 TEST_F(EngineGpuTest, GoldenCheckpointsMatchTransformersOnTheGpu) {
   for (const char* name : {"dsv32-tiny", "glm5-tiny-indexcache", "llama-tiny-dense"}) {
