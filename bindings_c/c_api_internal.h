@@ -22,6 +22,7 @@
 #include <new>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -133,6 +134,28 @@ inline absl::StatusOr<kernels::DeviceKind> ResolveDevice(int device, const char*
   }
   return absl::InvalidArgumentError(
       absl::StrCat(field, " is ", device, "; expected IC_DEVICE_AUTO, IC_DEVICE_CPU or IC_DEVICE_CUDA"));
+}
+
+// Copies the caller's token windows (windows[i] points to lengths[i] ids). Every length is checked
+// (≤ max_len; a NULL window only with length 0) before anything is read, so a negative length cast to
+// size_t fails cleanly instead of reading past the caller's arrays.
+inline absl::StatusOr<std::vector<std::vector<int32_t>>> CopyWindows(const int32_t* const* windows,
+                                                                     const size_t* lengths, size_t n,
+                                                                     size_t max_len, const char* max_name) {
+  for (size_t i = 0; i < n; ++i) {
+    if (lengths[i] > max_len) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("window_lengths[", i, "] is ", lengths[i], "; at most ", max_name, " = ", max_len));
+    }
+    if (windows[i] == nullptr && lengths[i] > 0) {
+      return absl::InvalidArgumentError(absl::StrCat("windows[", i, "] is NULL"));
+    }
+  }
+  std::vector<std::vector<int32_t>> copies(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (lengths[i] > 0) copies[i].assign(windows[i], windows[i] + lengths[i]);
+  }
+  return copies;
 }
 
 // Copies `text` and a NUL into buf, or fails naming the needed size.

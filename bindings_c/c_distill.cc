@@ -66,32 +66,19 @@ ic_status_t ic_distill_indexers(const ic_model_t* dense, const int32_t* const* w
     }
     if (p.bf16 != 0 && p.bf16 != 1) return absl::InvalidArgumentError(absl::StrCat("bf16 is ", p.bf16, "; expected 0 or 1"));
     const ic::ModelConfig& c = m->model->config;
-    // Lengths first (a negative length cast to size_t, or more than the model's positions), before
-    // anything is read from the caller's arrays.
     constexpr size_t kMaxWindows = size_t{1} << 24;
     if (n_windows > kMaxWindows) {
       return absl::InvalidArgumentError(absl::StrCat("n_windows is ", n_windows, "; at most ", kMaxWindows));
     }
-    for (size_t i = 0; i < n_windows; ++i) {
-      if (window_lengths[i] > static_cast<size_t>(c.max_position_embeddings)) {
-        return absl::InvalidArgumentError(absl::StrCat("window_lengths[", i, "] is ", window_lengths[i],
-                                                       "; at most max_position_embeddings = ",
-                                                       c.max_position_embeddings));
-      }
-      if (windows[i] == nullptr && window_lengths[i] > 0) {
-        return absl::InvalidArgumentError(absl::StrCat("windows[", i, "] is NULL"));
-      }
-    }
+    IC_ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> copies,
+                        CopyWindows(windows, window_lengths, n_windows,
+                                    static_cast<size_t>(c.max_position_embeddings), "max_position_embeddings"));
     if (p.steps == 0 && p.init_indexers == nullptr && p.resume == 0) {
       return absl::InvalidArgumentError(
           "steps is 0 and there is no init_indexers: nothing would be trained (untrained indexers only add noise)");
     }
     const std::string checkpoint_path = p.checkpoint != nullptr ? p.checkpoint : "";
     IC_RETURN_IF_ERROR(ic::CheckDistillOutputs(m->model->path, out_dir, checkpoint_path));
-    std::vector<std::vector<int32_t>> copies(n_windows);
-    for (size_t i = 0; i < n_windows; ++i) {
-      if (window_lengths[i] > 0) copies[i].assign(windows[i], windows[i] + window_lengths[i]);
-    }
     const std::string pattern = p.plan == nullptr || p.plan[0] == '\0' ? std::string(c.num_hidden_layers, 'F')
                                                                        : std::string(p.plan);
     IC_ASSIGN_OR_RETURN(ic::Plan plan, ic::ParsePlan(pattern, c.num_hidden_layers));

@@ -32,13 +32,8 @@ ic_status_t ic_search_plan(const ic_model_t* model, const int32_t* const* window
     }
     ic::SearchOptions o;
     IC_ASSIGN_OR_RETURN(o.device, ResolveDevice(EnumFieldValue(device), "device"));
-    std::vector<std::vector<int32_t>> copies(n_windows);
-    for (size_t i = 0; i < n_windows; ++i) {
-      if (windows[i] == nullptr && window_lengths[i] > 0) {
-        return absl::InvalidArgumentError(absl::StrCat("windows[", i, "] is NULL"));
-      }
-      if (window_lengths[i] > 0) copies[i].assign(windows[i], windows[i] + window_lengths[i]);
-    }
+    IC_ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> copies,
+                        CopyWindows(windows, window_lengths, n_windows, SIZE_MAX, "SIZE_MAX"));
     IC_ASSIGN_OR_RETURN(ic::Plan plan, ic::SearchPlan(m->model, copies, target_full_layers, o));
     IC_RETURN_IF_ERROR(WriteString(plan.ToString(), plan_buf, plan_buf_size, "plan"));
     if (losses != nullptr) {
