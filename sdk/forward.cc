@@ -628,7 +628,11 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         IC_RETURN_IF_ERROR(capture_attention(l, at, /*force_dense=*/false, outputs.attention_by_layer));
       }
       if (outputs.dense_attention_by_layer != nullptr) {
-        IC_RETURN_IF_ERROR(capture_attention(l, at, /*force_dense=*/true, outputs.dense_attention_by_layer));
+        if (at.topk == nullptr && outputs.attention_by_layer != nullptr) {  // a dense layer: the same numbers
+          (*outputs.dense_attention_by_layer)[l] = (*outputs.attention_by_layer)[l];
+        } else {
+          IC_RETURN_IF_ERROR(capture_attention(l, at, /*force_dense=*/true, outputs.dense_attention_by_layer));
+        }
       }
 
       // ---- Output projection.
