@@ -49,6 +49,7 @@ ic_context_params_t DefaultContextParams() {
   p.ep_size = 1;
   p.dist_id = nullptr;
   p.dist_timeout_ms = 300000;
+  p.indexer_precision = IC_INDEXER_F32;
   return p;
 }
 
@@ -291,6 +292,14 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
     o.block_size = p.block_size;
     o.prefill_chunk = p.prefill_chunk;
     o.record_metrics = p.record_metrics != 0;
+    switch (p.indexer_precision) {
+      case IC_INDEXER_F32: o.indexer_precision = ic::kernels::IndexerPrecision::kF32; break;
+      case IC_INDEXER_BF16: o.indexer_precision = ic::kernels::IndexerPrecision::kBF16; break;
+      default:
+        return absl::InvalidArgumentError(absl::StrCat("ic_context_params_t.indexer_precision is ",
+                                                       p.indexer_precision, "; expected IC_INDEXER_F32 (0) or ",
+                                                       "IC_INDEXER_BF16 (1)"));
+    }
     if (p.plan != nullptr) o.plan = p.plan;
     auto handle = std::make_unique<ic_context_t>();
     handle->model = m->model;

@@ -156,6 +156,15 @@ struct AttentionArgs {
   int topk_k = 0;
 };
 
+// Arithmetic of the indexer's q·k products (the ReLU, the head weights and the sum over heads are F32
+// in every mode).
+//   kF32:  F32 inputs, F32 products and sums (the reference semantics).
+//   kBF16: q and k are rounded to BF16 (round to nearest even) before the dot products, which are
+//          accumulated in F32 — what a BF16 tensor-core kernel computes (the CUDA backend runs
+//          mma.sync m16n8k16 for 8–64 heads of dimension 64 or 128). Products of two BF16 values are
+//          exact in F32, so the CPU and the GPU differ only by the order of the F32 sums.
+enum class IndexerPrecision { kF32, kBF16 };
+
 // Lightning indexer + top-k (DeepSeek-V3.2 report, eq. 1):
 //   I[t, s] = Σ_j w[t, j] · ReLU(q[t, j] · k[s])   for s ≤ pos(t),
 // then indices[t, :] = top-k of I[t, 0..pos(t)] with the rule of DESIGN.md §3 (ties → smaller position;
@@ -174,6 +183,7 @@ struct IndexerArgs {
   int k_stride = 0;
   int64_t num_slots = 0;
   int heads = 0, head_dim = 0, k = 0;
+  IndexerPrecision precision = IndexerPrecision::kF32;
   TokenLayout layout;
 };
 

@@ -74,15 +74,19 @@ void Report(benchmark::State& state, double flops, double bytes) {
 }
 
 // Lightning indexer: I[t, s] = Σ_j w[t, j]·ReLU(q[t, j]·k[s]) over s ≤ t, then top-2048 (fused, tiled).
+// Args: context, query rows, precision (0 = F32, 1 = BF16 tensor cores), index heads (32: the 30B/GLM-5
+// assumption; 64: DeepSeek-V3.2). The scores' share is this minus BM_Topk on the same rows.
 void BM_IndexerTopk(benchmark::State& state) {
-  const int context = state.range(0), queries = state.range(1), heads = 32, dim = 128, k = 2048;
+  const int context = state.range(0), queries = state.range(1), dim = 128, k = 2048;
+  const IndexerPrecision precision = state.range(2) ? IndexerPrecision::kBF16 : IndexerPrecision::kF32;
+  const int heads = state.range(3);
   Scene s(context, queries);
   float* cache = Upload(Random(static_cast<size_t>(s.num_slots) * dim, 1));
   float* q = Upload(Random(static_cast<size_t>(queries) * heads * dim, 2));
   float* w = Upload(Random(static_cast<size_t>(queries) * heads, 3));
   int32_t* out = static_cast<int32_t*>(*Gpu().Allocate(sizeof(int32_t) * queries * k));
   IndexerArgs a{.indices = out, .q = q, .w = w, .k_cache = cache, .k_stride = dim, .num_slots = s.num_slots,
-                .heads = heads, .head_dim = dim, .k = k, .layout = s.layout};
+                .heads = heads, .head_dim = dim, .k = k, .precision = precision, .layout = s.layout};
   for (auto _ : state) {
     if (!Gpu().IndexerTopk(a).ok() || !Gpu().Synchronize().ok()) state.SkipWithError("IndexerTopk failed");
   }
@@ -91,8 +95,11 @@ void BM_IndexerTopk(benchmark::State& state) {
   Report(state, 2.0 * pairs * heads * dim, 4.0 * context * dim + 4.0 * queries * heads * dim);
 }
 BENCHMARK(BM_IndexerTopk)
-    ->Args({10000, 1})->Args({60000, 1})->Args({120000, 1})->Args({200000, 1})  // decode rows
-    ->Args({16384, 1024})->Args({65536, 256})                                    // prefill tiles
+    ->ArgsProduct({{10000, 60000, 120000, 200000}, {1}, {0, 1}, {32}})  // decode rows
+    ->Args({200000, 64, 1, 32})                                         // a decode batch
+    ->ArgsProduct({{16384}, {1024}, {0, 1}, {32, 64}})                  // prefill tiles
+    ->ArgsProduct({{65536}, {256}, {0, 1}, {32}})
+    ->Args({200000, 335, 1, 32})  // the engine's tile at 200K (256 MiB of scores)
     ->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Sparse MLA attention over the top-2048 (absorbed: one latent KV head of 512 + 64 rope, 20 query heads).
@@ -134,7 +141,8 @@ void BM_Topk(benchmark::State& state) {
   }
   Report(state, 0, 4.0 * n * rows);
 }
-BENCHMARK(BM_Topk)->Args({200000, 1})->Args({200000, 64})->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Topk)->Args({200000, 1})->Args({200000, 64})->Args({16384, 1024})->Args({65536, 256})
+    ->Args({200000, 335})->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 // F32 GEMM through cuBLASLt (the engine's weights and activations are F32 today).
 void BM_Gemm(benchmark::State& state) {

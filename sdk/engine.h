@@ -73,6 +73,10 @@ struct ContextOptions {
   // ceil(tokens / prefill_chunk) passes, so ranks prefilling different lengths use Forward() or equal
   // chunk counts. CPU backend only for now, like shard_group. Not owned; must outlive the context.
   parallel::Communicator* expert_group = nullptr;
+  // The lightning indexer's q·k arithmetic (kernels/backend.h IndexerPrecision): kF32 (the reference) or
+  // kBF16 (q and index-K rounded to BF16, F32 accumulation: BF16 tensor cores on CUDA). The index-K cache
+  // stays F32 in this version.
+  kernels::IndexerPrecision indexer_precision = kernels::IndexerPrecision::kF32;
 };
 
 // One contiguous run of new tokens of one sequence inside a forward pass.

@@ -583,6 +583,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
           ia.heads = HI;
           ia.head_dim = dI;
           ia.k = K;
+          ia.precision = options_.indexer_precision;
           ia.layout = layout;
           float* d_scores = nullptr;
           int score_cols = 0;

@@ -438,6 +438,12 @@ TEST_F(BackendParityTest, IndexerTopk) {
       {32, 64, 128, {400, 777}, {50, 3}},
       {16, 36, 32, {150}, {150}},
       {32, 128, 2048, {40000, 33000}, {2, 1}},  // decode rows ≥ 32K keys: the multi-block top-k
+      // Tensor-core shapes in BF16 (8/16/32/64 heads × 64/128): prefill tiles of 8 queries, including a
+      // block that straddles two sequences (37 + 5 rows), and decode rows.
+      {32, 128, 256, {3000, 900}, {37, 5}},
+      {64, 128, 512, {2100}, {20}},
+      {8, 64, 16, {300, 41}, {29, 41}},
+      {16, 64, 100, {1000}, {3}},
   };
   for (const Case& cs : cases) {
     Paged pg = MakePaged(cs.lens, 64, rng_);
@@ -455,9 +461,11 @@ TEST_F(BackendParityTest, IndexerTopk) {
     IndexerArgs a{.scores_stride = scores_stride, .k_stride = k_stride, .num_slots = pg.num_slots, .heads = cs.heads,
                   .head_dim = cs.head_dim, .k = cs.k};
     a.layout = {.tokens = tokens, .num_seqs = pg.num_seqs, .max_blocks_per_seq = pg.max_blocks, .block_size = pg.block_size};
+    for (IndexerPrecision precision : {IndexerPrecision::kF32, IndexerPrecision::kBF16})
     for (int variant = 0; variant < 3; ++variant) {
       // 0: with scores; 1: fused (no scores); 2: fused on a backend forced to 1-3-row query tiles.
       const bool with_scores = variant == 0;
+      a.precision = precision;
       Backend* gpu = gpu_.get();
       std::unique_ptr<Backend> tiny_tiles;
 #ifndef IC_PARITY_CPU_ONLY
@@ -486,7 +494,8 @@ TEST_F(BackendParityTest, IndexerTopk) {
       if (s.ok()) s = gpu->Synchronize();
       ASSERT_TRUE(s.ok()) << s;
       const std::string name = "indexer_h" + std::to_string(cs.heads) + "_d" + std::to_string(cs.head_dim) + "_k" +
-                               std::to_string(cs.k) + (with_scores ? "_scores" : (variant == 1 ? "_fused" : "_fused_small_tiles"));
+                               std::to_string(cs.k) + (precision == IndexerPrecision::kBF16 ? "_bf16" : "_f32") +
+                               (with_scores ? "_scores" : (variant == 1 ? "_fused" : "_fused_small_tiles"));
       if (with_scores) ExpectClose(scores, 1e-5, name);
       const std::vector<int32_t> ic = Cpu(idx), ig = Gpu(idx);
       const std::vector<float> ref = Cpu(scores);

@@ -42,8 +42,8 @@ struct Pass {
 };
 
 Pass RunPass(std::shared_ptr<const Model> model, DeviceKind device, const std::vector<int32_t>& tokens,
-             std::vector<int> chunks) {
-  auto ctx = Context::Create(model, {.device = device, .max_tokens = 8192});
+             std::vector<int> chunks, kernels::IndexerPrecision precision = kernels::IndexerPrecision::kF32) {
+  auto ctx = Context::Create(model, {.device = device, .max_tokens = 8192, .indexer_precision = precision});
   EXPECT_TRUE(ctx.ok()) << ctx.status();
   Pass p;
   if (!ctx.ok()) return p;
@@ -138,6 +138,48 @@ TEST_F(EngineGpuTest, SyntheticModelsMatchTheCpuReference) {
       const int src = (*model)->plan.SourceLayer(l);
       EXPECT_TRUE(test::IndexSetsMarginEqual(idx.data(), cpu.topk[l].data(), 700, o.index_topk,
                                              cpu.scores[src].data(), 700, valid.data(), 1e-5f))
+          << "layer " << l;
+    }
+  }
+}
+
+// The BF16 indexer (tensor cores for these shapes: 16 heads × 64 and 8 heads × 128) against the CPU's
+// BF16 emulation: index sets margin-equal on the CPU's BF16 scores with DESIGN.md §3's BF16 ε (1e-2: the
+// F32 noise of the layers before an indexer can flip a BF16 rounding of its q or k, which moves a score
+// by up to ~2^-8 relative), and logits within 2e-3 (a key swapped at such a near-tie changes attention a
+// little; 3.3e-4 measured on the H200).
+TEST_F(EngineGpuTest, Bf16IndexerMatchesTheCpuBf16Reference) {
+  struct Shape {
+    Architecture arch;
+    int heads, dim;
+  };
+  for (const Shape& sh : {Shape{Architecture::kDeepseekV32, 16, 64}, Shape{Architecture::kGlmMoeDsa, 8, 128}}) {
+    SCOPED_TRACE(std::string(ArchitectureName(sh.arch)));
+    SyntheticModelOptions o;
+    o.arch = sh.arch;
+    o.num_layers = 4;
+    o.hidden_size = 128;
+    o.vocab_size = 300;
+    o.index_topk = 48;
+    o.index_n_heads = sh.heads;
+    o.index_head_dim = sh.dim;
+    o.plan = "FSFS";
+    auto model = BuildSyntheticModel(o);
+    ASSERT_TRUE(model.ok()) << model.status();
+    std::mt19937 rng(23);
+    std::uniform_int_distribution<int32_t> d(0, o.vocab_size - 1);
+    std::vector<int32_t> tokens(600);
+    for (auto& t : tokens) t = d(rng);
+    const auto bf16 = kernels::IndexerPrecision::kBF16;
+    Pass cpu = RunPass(*model, DeviceKind::kCpu, tokens, {600}, bf16);
+    Pass gpu = RunPass(*model, DeviceKind::kCuda, tokens, {5, 300, 295}, bf16);
+    EXPECT_LT(RelError(gpu.logits, cpu.logits), 2e-3);
+    std::vector<int32_t> valid(600);
+    std::iota(valid.begin(), valid.end(), 1);
+    for (auto& [l, idx] : gpu.topk) {
+      const int src = (*model)->plan.SourceLayer(l);
+      EXPECT_TRUE(test::IndexSetsMarginEqual(idx.data(), cpu.topk[l].data(), 600, o.index_topk,
+                                             cpu.scores[src].data(), 600, valid.data(), 1e-2f))
           << "layer " << l;
     }
   }

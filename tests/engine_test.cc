@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <iterator>
 #include <map>
 #include <numeric>
 #include <random>
@@ -34,9 +36,10 @@ struct PassResult {
 };
 
 PassResult RunChunks(std::shared_ptr<const Model> model, const std::vector<int32_t>& tokens, std::vector<int> chunks,
-              const std::string& plan = "") {
+              const std::string& plan = "",
+              kernels::IndexerPrecision precision = kernels::IndexerPrecision::kF32) {
   const ModelConfig& c = model->config;
-  auto ctx = Context::Create(model, {.max_tokens = 4096, .plan = plan});
+  auto ctx = Context::Create(model, {.max_tokens = 4096, .plan = plan, .indexer_precision = precision});
   EXPECT_TRUE(ctx.ok()) << ctx.status();
   const int seq = *(*ctx)->AddSequence();
   PassResult run;
@@ -140,6 +143,50 @@ TEST(EngineTest, SharedLayersReuseTheNearestFullLayersIndices) {
   PassResult all_full = RunChunks(model, tokens, {100}, "FFFFFF");
   EXPECT_EQ(all_full.logits, dsa.logits);
   EXPECT_EQ(all_full.topk, dsa.topk);
+}
+
+// ContextOptions::indexer_precision reaches the indexer: layer 0 (whose inputs do not depend on the
+// indexer) gets scores that moved by BF16 rounding (more than F32 noise, less than 2^-7 of the scale),
+// and its index sets differ from F32 only at positions whose F32 score is within twice that change of
+// the row's k-th score.
+// (Later layers see different inputs; on this random-weight model their logits move ~10%.)
+TEST(EngineTest, Bf16IndexerPrecisionChangesOnlyTheIndexerArithmetic) {
+  auto model = Synthetic(Architecture::kDeepseekV32, 4, 16);
+  const auto tokens = RandomTokens(200, model->config.vocab_size, 5);
+  PassResult f32 = RunChunks(model, tokens, {200});
+  PassResult bf16 = RunChunks(model, tokens, {120, 80}, "", kernels::IndexerPrecision::kBF16);
+  const std::vector<float>& a = f32.scores.at(0);
+  const std::vector<float>& b = bf16.scores.at(0);
+  ASSERT_EQ(a.size(), b.size());
+  double scale = 0.0, max_diff = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) {
+      ASSERT_EQ(a[i], b[i]) << i;  // the same −inf padding
+      continue;
+    }
+    scale = std::max(scale, std::fabs(static_cast<double>(a[i])));
+    max_diff = std::max(max_diff, std::fabs(static_cast<double>(a[i]) - b[i]));
+  }
+  EXPECT_GT(max_diff, 1e-5 * scale);
+  EXPECT_LT(max_diff, std::ldexp(1.0, -7) * scale);
+  const int k = 16;
+  int rows_differing = 0;
+  for (int r = k; r < 200; ++r) {  // rows with more than k keys
+    std::vector<float> row(a.begin() + r * 200, a.begin() + r * 200 + r + 1);
+    std::nth_element(row.begin(), row.begin() + (k - 1), row.end(), std::greater<float>());
+    const double kth = row[k - 1];
+    std::vector<int32_t> x(f32.topk.at(0).begin() + r * k, f32.topk.at(0).begin() + (r + 1) * k);
+    std::vector<int32_t> y(bf16.topk.at(0).begin() + r * k, bf16.topk.at(0).begin() + (r + 1) * k);
+    std::sort(x.begin(), x.end());
+    std::sort(y.begin(), y.end());
+    std::vector<int32_t> diff;
+    std::set_symmetric_difference(x.begin(), x.end(), y.begin(), y.end(), std::back_inserter(diff));
+    rows_differing += !diff.empty();
+    for (int32_t s : diff) {
+      EXPECT_LE(std::fabs(a[r * 200 + s] - kth), 2 * max_diff) << "row " << r << " position " << s;
+    }
+  }
+  RecordProperty("rows_differing", rows_differing);
 }
 
 TEST(EngineTest, SharedLayersGetNoIndexKCache) {

@@ -60,6 +60,16 @@ class IndexCacheCtypesTest(unittest.TestCase):
         self.assertEqual(self.model.plan, "FSFS")
         self.assertIn("FSFS", repr(self.model))
 
+    def test_indexer_precision(self):
+        toks = _tokens(40, 128, seed=3)
+        with self.context() as f32, self.context(indexer_precision="bf16") as bf16:
+            a = f32.prefill(f32.add_sequence(), toks)
+            b = bf16.prefill(bf16.add_sequence(), toks)
+            self.assertEqual(len(a), len(b))
+            self.assertTrue(all(math.isfinite(x) for x in b))
+        with self.assertRaises(ValueError):
+            self.context(indexer_precision="fp8")
+
     def test_decode_matches_prefill(self):
         toks = _tokens(40, 128)
         with self.context() as ctx:

@@ -102,6 +102,13 @@ absl::StatusOr<kernels::DeviceKind> SelectDevice(const Args& args) {
   return InvalidArgument("--device must be auto, cpu or cuda; got '", d, "'");
 }
 
+absl::StatusOr<kernels::IndexerPrecision> SelectIndexerPrecision(const Args& args) {
+  const std::string p = args.Get("indexer-precision", "f32");
+  if (p == "f32") return kernels::IndexerPrecision::kF32;
+  if (p == "bf16") return kernels::IndexerPrecision::kBF16;
+  return InvalidArgument("--indexer-precision must be f32 or bf16; got '", p, "'");
+}
+
 absl::StatusOr<std::vector<NamedPlan>> ParsePlans(const std::string& list, const Model& model) {
   const int n = model.config.num_hidden_layers;
   std::vector<NamedPlan> plans;

@@ -46,6 +46,9 @@ constexpr const char* kModelOptions = R"(  --model DIR            HF checkpoint 
 
 const std::vector<std::string> kModelKeys = {"model", "plan-file", "device", "seed", "layers"};
 
+constexpr const char* kPrecisionOption =
+    "  --indexer-precision P  f32 | bf16: the indexer's q·k arithmetic (bf16: tensor cores on CUDA)  [f32]\n";
+
 // Token counts: at most 2^30, so that sums such as prompt + max-new + 64 (cache slots, int32 positions)
 // cannot overflow; the context then fails with a clear out-of-memory error when they do not fit.
 constexpr int64_t kMaxTokens = int64_t{1} << 30;
@@ -221,14 +224,14 @@ int CmdInfo(int argc, char** argv) {
 int CmdRun(int argc, char** argv) {
   const std::string help = absl::StrCat(
       "usage: indexcache run --tokens 1,2,3 [options]\n\nGreedy generation from token ids; prints the new ids.\n\n"
-      "options:\n", kModelOptions,
+      "options:\n", kModelOptions, kPrecisionOption,
       "  --tokens LIST          prompt token ids, comma-separated\n"
       "  --token-file PATH      prompt from a token file (little-endian uint32)\n"
       "  --max-new N            tokens to generate                                         [16]\n"
       "  --plan P               IndexCache plan (dsa, 1/2, 1/4, FSSS…, file:PATH)          [checkpoint]\n"
       "  --stop-at-eos          stop at the model's eos_token_id\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"tokens", "token-file", "max-new", "plan"}),
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"tokens", "token-file", "max-new", "plan", "indexer-precision"}),
                                        {"stop-at-eos"}), "run");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "run");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "run");
@@ -249,7 +252,9 @@ int CmdRun(int argc, char** argv) {
     CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plan"), *model), "run");
     pattern = plans[0].pattern;
   }
-  ContextOptions co{.device = device, .max_tokens = static_cast<int64_t>(prompt.size()) + max_new + 64, .plan = pattern};
+  CLI_ASSIGN_OR_FAIL(precision, SelectIndexerPrecision(args), "run");
+  ContextOptions co{.device = device, .max_tokens = static_cast<int64_t>(prompt.size()) + max_new + 64, .plan = pattern,
+                    .indexer_precision = precision};
   CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), "run");
   CLI_ASSIGN_OR_FAIL(seq, ctx->AddSequence(), "run");
   std::vector<float> logits(c.vocab_size);
@@ -333,7 +338,7 @@ int CmdEval(int argc, char** argv) {
   const std::string help = absl::StrCat(
       "usage: indexcache eval --token-file PATH [options]\n\n"
       "Next-token LM loss and perplexity of one or several plans on a token file, in windows of --context\n"
-      "tokens (each window a fresh sequence).\n\noptions:\n", kModelOptions,
+      "tokens (each window a fresh sequence).\n\noptions:\n", kModelOptions, kPrecisionOption,
       "  --token-file PATH      little-endian uint32 token ids\n"
       "  --plans LIST           comma-separated: dsa, checkpoint, 1/2, 1/4, 1/8, FSSS…, file:PATH  [dsa,1/2,1/4]\n"
       "  --context N            tokens per window                                          [1024]\n"
@@ -345,13 +350,14 @@ int CmdEval(int argc, char** argv) {
       "                         DIR/overlap.png (sdk/selection_report.h)\n"
       "  --report-windows N     windows used by --report                                   [2]\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"token-file", "plans", "context", "max-tokens",
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"token-file", "plans", "context", "max-tokens", "indexer-precision",
                                                                      "report", "report-windows"}), {}),
                      "eval");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "eval");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "eval");
   if (!args.Has("token-file")) return Fail("eval", InvalidArgument("--token-file is required"));
   CLI_ASSIGN_OR_FAIL(tokens, ReadTokenFile(args.Get("token-file"), model->config.vocab_size), "eval");
+  CLI_ASSIGN_OR_FAIL(precision, SelectIndexerPrecision(args), "eval");
   CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plans", "dsa,1/2,1/4"), *model), "eval");
   CLI_ASSIGN_OR_FAIL(context, GetIntIn(args, "context", 1024, 2, kMaxTokens), "eval");
   CLI_ASSIGN_OR_FAIL(max_tokens, GetIntIn(args, "max-tokens", 0, 0, std::numeric_limits<int64_t>::max()), "eval");
@@ -390,7 +396,8 @@ int CmdEval(int argc, char** argv) {
   std::printf("%-22s %-*s %10s %12s %10s\n", "plan", model->config.num_hidden_layers, "pattern", "loss", "perplexity",
               "tokens");
   for (const NamedPlan& p : plans) {
-    CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, {.device = device, .max_tokens = context + 64, .plan = p.pattern}),
+    CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, {.device = device, .max_tokens = context + 64, .plan = p.pattern,
+                                                    .indexer_precision = precision}),
                        "eval");
     double sum = 0;
     int64_t n = 0;
@@ -424,14 +431,14 @@ int CmdBench(int argc, char** argv) {
   const std::string help = absl::StrCat(
       "usage: indexcache bench [options]\n\n"
       "Prefill seconds and decode tokens/s per plan and context length, with the indexer's share of the\n"
-      "time (measured at Full layers) and the time IndexCache saved.\n\noptions:\n", kModelOptions,
+      "time (measured at Full layers) and the time IndexCache saved.\n\noptions:\n", kModelOptions, kPrecisionOption,
       "  --plans LIST           comma-separated plans                                      [dsa,1/2,1/4]\n"
       "  --contexts LIST        context lengths in tokens                                  [1024,4096]\n"
       "  --decode-steps N       decode steps timed after each prefill                      [16]\n"
       "  --batch N              sequences decoded together                                 [1]\n"
       "  --warmup N             untimed prefill + decode passes per plan before timing     [1]\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"plans", "contexts", "decode-steps", "batch", "warmup"}), {}),
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"plans", "contexts", "decode-steps", "batch", "warmup", "indexer-precision"}), {}),
                      "bench");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "bench");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "bench");
@@ -439,6 +446,7 @@ int CmdBench(int argc, char** argv) {
   CLI_ASSIGN_OR_FAIL(steps, GetIntIn(args, "decode-steps", 16, 0, kMaxTokens), "bench");
   CLI_ASSIGN_OR_FAIL(batch, GetIntIn(args, "batch", 1, 1, 4096), "bench");
   CLI_ASSIGN_OR_FAIL(warmup, GetIntIn(args, "warmup", 1, 0, 10), "bench");
+  CLI_ASSIGN_OR_FAIL(precision, SelectIndexerPrecision(args), "bench");
   std::vector<int64_t> contexts;
   for (absl::string_view piece : absl::StrSplit(args.Get("contexts", "1024,4096"), ',', absl::SkipEmpty())) {
     int64_t v = 0;
@@ -464,7 +472,8 @@ int CmdBench(int argc, char** argv) {
     for (const NamedPlan& p : plans) {
       ContextOptions co{.device = device,
                         .max_tokens = (ctx_len + steps + 64) * batch + (warmup > 0 ? ctx_len + 64 : 0),
-                        .plan = p.pattern};
+                        .plan = p.pattern,
+                        .indexer_precision = precision};
       CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), "bench");
       if (prompt.empty()) {  // after the context: a length that cannot fit fails above, not in this allocation
         prompt.resize(ctx_len);

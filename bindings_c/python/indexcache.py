@@ -141,6 +141,7 @@ class _ContextParams(ctypes.Structure):
         ("ep_size", ctypes.c_int32),
         ("dist_id", ctypes.c_void_p),
         ("dist_timeout_ms", ctypes.c_int32),
+        ("indexer_precision", ctypes.c_int32),
     ]
 
 
@@ -573,14 +574,17 @@ class Context:
     defaults (device AUTO, max_tokens 16384, block_size 64, prefill_chunk 512, the model's plan).
     metrics_address starts the process-wide Prometheus exposer. Several ranks (DESIGN.md §5): rank,
     world_size (= dp × tp_size), tp_size, ep_size and the dist_id from dist_unique_id() on every rank;
-    creation returns once every rank has joined (threads: ctypes releases the GIL while it waits)."""
+    creation returns once every rank has joined (threads: ctypes releases the GIL while it waits).
+    indexer_precision: "f32" (default) or "bf16" (q and index keys rounded to BF16, F32 accumulation:
+    tensor cores on CUDA; ic_indexer_precision_t). ValueError for anything else."""
 
     def __init__(self, model: Model, *, device: Device = Device.AUTO, device_ordinal: int = 0,
                  max_tokens: Optional[int] = None, block_size: Optional[int] = None,
                  prefill_chunk: Optional[int] = None, plan: Optional[str] = None,
                  metrics_address: Optional[str] = None, record_metrics: bool = True,
                  rank: int = 0, world_size: int = 1, tp_size: int = 1, ep_size: int = 1,
-                 dist_id: Optional[bytes] = None, dist_timeout_ms: Optional[int] = None):
+                 dist_id: Optional[bytes] = None, dist_timeout_ms: Optional[int] = None,
+                 indexer_precision: str = "f32"):
         self._handle: Optional[int] = None
         if not isinstance(model, Model):
             raise TypeError(f"model must be an indexcache.Model, got {type(model).__name__}")
@@ -602,6 +606,10 @@ class Context:
                                                     (tp_size, "tp_size"), (ep_size, "ep_size")))
         if dist_timeout_ms is not None:
             params.dist_timeout_ms = _int(dist_timeout_ms, ctypes.c_int32, "dist_timeout_ms")
+        precisions = {"f32": 0, "bf16": 1}
+        if indexer_precision not in precisions:
+            raise ValueError(f"indexer_precision must be 'f32' or 'bf16', got {indexer_precision!r}")
+        params.indexer_precision = precisions[indexer_precision]
         id_buf = None
         if dist_id is not None:
             if not isinstance(dist_id, (bytes, bytearray)) or len(dist_id) != IC_DIST_ID_BYTES:

@@ -216,6 +216,14 @@ IC_API ic_status_t ic_model_plan(const ic_model_t* model, char* buf, size_t buf_
 
 /* ---- Contexts ------------------------------------------------------------------------------------ */
 
+/* The lightning indexer's q·k arithmetic (the ReLU, head weights and sum over heads are F32 in both).
+ *   IC_INDEXER_F32:  F32 products and sums (the reference).
+ *   IC_INDEXER_BF16: q and the index keys rounded to BF16 (round to nearest even), products accumulated
+ *                    in F32: BF16 tensor cores on CUDA (8/16/32/64 index heads of dimension 64 or 128;
+ *                    other shapes round the same way on CUDA cores). Top-k may differ from F32 where two
+ *                    scores are within BF16 rounding of each other. */
+typedef enum ic_indexer_precision_t { IC_INDEXER_F32 = 0, IC_INDEXER_BF16 = 1 } ic_indexer_precision_t;
+
 typedef struct ic_context_params_t {
   size_t struct_size;          /* = sizeof(ic_context_params_t) */
   ic_device_t device;          /* default IC_DEVICE_AUTO */
@@ -245,6 +253,8 @@ typedef struct ic_context_params_t {
                                          covers it. */
   int32_t dist_timeout_ms;     /* several ranks: how long joining and each collective may wait for the
                                   others before IC_ERR_ABORTED; default 300000 (5 min). Since 0.2. */
+  int32_t indexer_precision;   /* ic_indexer_precision_t: the lightning indexer's q·k arithmetic; default
+                                  IC_INDEXER_F32. Since 0.3. */
 } ic_context_params_t;
 
 /* Fills `params` with the defaults above. Errors: IC_ERR_INVALID_ARGUMENT (params NULL). */

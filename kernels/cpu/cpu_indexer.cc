@@ -4,6 +4,8 @@
 // once, then per tile of T tokens
 //   S = Q_tile·Kᵀ  ([T·heads, L_tile], sgemm)  →  per token (thread pool):
 //   I[s] = Σ_j w[t, j] · ReLU(S[t, j, s]) for s ≤ pos  →  exact top-k (cpu_topk.cc).
+// IndexerPrecision::kBF16 rounds the gathered keys and the query tile to BF16 before the sgemm (the
+// products are then exact in F32; only the order of the sums differs from a tensor-core kernel).
 // Rows with pos + 1 ≤ k are not scored (unless scores are requested): they select 0..pos then −1.
 #include <cblas.h>
 
@@ -27,6 +29,10 @@ absl::Status ValidateIndexer(const IndexerArgs& a, int* k_stride) {
     return InvalidArgument("IndexerTopk: k_stride = ", a.k_stride, " is smaller than head_dim = ", a.head_dim);
   }
   *k_stride = a.k_stride > 0 ? a.k_stride : a.head_dim;
+  if (a.precision != IndexerPrecision::kF32 && a.precision != IndexerPrecision::kBF16) {
+    return InvalidArgument("IndexerTopk: precision = ", static_cast<int>(a.precision),
+                           " is not one of kF32 (0), kBF16 (1)");
+  }
   if (a.num_slots < 0) return InvalidArgument("IndexerTopk: num_slots = ", a.num_slots, " is negative");
   if (a.scores != nullptr && a.scores_stride <= 0) {
     return InvalidArgument("IndexerTopk: scores_stride = ", a.scores_stride, " must be positive when scores is given");
@@ -37,6 +43,22 @@ absl::Status ValidateIndexer(const IndexerArgs& a, int* k_stride) {
   if (a.w == nullptr) return InvalidArgument("IndexerTopk: w is null");
   if (a.k_cache == nullptr) return InvalidArgument("IndexerTopk: k_cache is null");
   return internal::ValidateLayout(a.layout, a.num_slots, "IndexerTopk");
+}
+
+// Round to the nearest BF16 (ties to even), kept in an F32; ±inf and NaN pass through. The same value
+// as CUDA's __float2bfloat16_rn for every finite input.
+float RoundToBf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  if ((u & 0x7f800000u) == 0x7f800000u) return x;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  u &= 0xffff0000u;
+  std::memcpy(&x, &u, sizeof u);
+  return x;
+}
+
+void RoundAllToBf16(float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] = RoundToBf16(x[i]);
 }
 
 void WriteShortRow(int pos, int k, int32_t* out) {
@@ -53,6 +75,7 @@ absl::Status CpuBackend::IndexerTopk(const IndexerArgs& a) {
   if (l.tokens == 0) return absl::OkStatus();
   const int H = a.heads, D = a.head_dim, K = a.k;
   const bool want_scores = a.scores != nullptr;
+  const bool bf16 = a.precision == IndexerPrecision::kBF16;
   constexpr int64_t kScoreBudget = int64_t{1} << 22;  // floats of S per tile (16 MiB)
   std::vector<float> kg, qs, s, isum;
   std::vector<int32_t> scored;
@@ -70,6 +93,7 @@ absl::Status CpuBackend::IndexerTopk(const IndexerArgs& a) {
     const int lk = l.token_pos[scored.back()] + 1;
     kg.resize(static_cast<size_t>(lk) * D);
     internal::GatherSequenceRows(l, seq.seq, lk, a.k_cache, k_stride, 0, D, kg.data());
+    if (bf16) RoundAllToBf16(kg.data(), kg.size());
     const int n = static_cast<int>(scored.size());
     const int tile = static_cast<int>(std::clamp<int64_t>(kScoreBudget / (static_cast<int64_t>(H) * lk), 1, 64));
     for (int t0 = 0; t0 < n; t0 += tile) {
@@ -82,6 +106,7 @@ absl::Status CpuBackend::IndexerTopk(const IndexerArgs& a) {
         std::memcpy(qs.data() + static_cast<size_t>(i) * H * D, a.q + static_cast<int64_t>(scored[t0 + i]) * H * D,
                     sizeof(float) * H * D);
       }
+      if (bf16) RoundAllToBf16(qs.data(), qs.size());
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nt * H, lt, D, 1.0f, qs.data(), D, kg.data(), D, 0.0f,
                   s.data(), lt);
       internal::ParallelFor(nt, 1, [&](int64_t b, int64_t e) {

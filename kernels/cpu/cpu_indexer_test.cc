@@ -174,6 +174,71 @@ TEST(CpuIndexer, RandomFloatsScoresAndSelfConsistentTopk) {
   }
 }
 
+// Round to 8 significant bits, ties to even, through frexp/nearbyint (independent of the bit trick the
+// backend uses).
+float Bf16ByFrexp(float x) {
+  if (!std::isfinite(x) || x == 0.0f) return x;
+  int e = 0;
+  const double m = std::frexp(static_cast<double>(x), &e);  // |m| in [0.5, 1)
+  return static_cast<float>(std::ldexp(std::nearbyint(m * 256.0), e - 8));
+}
+
+// IndexerPrecision::kBF16 is the F32 indexer on BF16-rounded q and k: the scores equal (bitwise) an F32
+// run on inputs rounded beforehand, match a double-precision loop on the rounded inputs, and differ
+// from the F32 scores of the raw inputs (the rounding is applied).
+TEST(CpuIndexer, Bf16PrecisionRoundsQueriesAndKeys) {
+  std::mt19937 rng(31);
+  const std::vector<int> lens = {300, 90};
+  const std::vector<int> first = {0, 40};
+  const int heads = 8, dim = 64, k = 32;
+  Paged p = MakePaged(lens, 64, rng);
+  Tokens tk = MakeTokens(first, lens, rng);
+  const int T = static_cast<int>(tk.seq.size());
+  std::vector<float> kc = MakeCache(p, dim, rng);
+  std::vector<float> q = testutil::RandomVector(T * heads * dim, rng);
+  std::vector<float> w = testutil::RandomVector(T * heads, rng, 0.1f, 1.0f);
+  std::vector<float> kc_r = kc, q_r = q;
+  for (float& v : kc_r) v = Bf16ByFrexp(v);
+  for (float& v : q_r) v = Bf16ByFrexp(v);
+  const int stride = 300;
+  auto run = [&](const std::vector<float>& qq, const std::vector<float>& kk, IndexerPrecision precision,
+                 std::vector<float>* scores, std::vector<int32_t>* idx) {
+    scores->assign(static_cast<size_t>(T) * stride, 0.0f);
+    idx->assign(static_cast<size_t>(T) * k, 0);
+    IndexerArgs a{.indices = idx->data(), .scores = scores->data(), .scores_stride = stride, .q = qq.data(),
+                  .w = w.data(), .k_cache = kk.data(), .num_slots = p.num_slots, .heads = heads, .head_dim = dim,
+                  .k = k, .precision = precision, .layout = MakeLayout(p, tk)};
+    CpuBackend cpu;
+    ASSERT_TRUE(cpu.IndexerTopk(a).ok());
+  };
+  std::vector<float> s_bf16, s_pre, s_f32;
+  std::vector<int32_t> i_bf16, i_pre, i_f32;
+  run(q, kc, IndexerPrecision::kBF16, &s_bf16, &i_bf16);
+  run(q_r, kc_r, IndexerPrecision::kF32, &s_pre, &i_pre);
+  run(q, kc, IndexerPrecision::kF32, &s_f32, &i_f32);
+  EXPECT_EQ(s_bf16, s_pre);
+  EXPECT_EQ(i_bf16, i_pre);
+  double max_rel_change = 0.0;
+  for (int t = 0; t < T; ++t) {
+    const std::vector<double> ref = NaiveScores(q_r, w, kc_r, dim, p, tk, heads, dim, t);
+    for (size_t s = 0; s < ref.size(); ++s) {
+      const double got = s_bf16[t * stride + s];
+      ASSERT_NEAR(got, ref[s], 1e-5 * (1.0 + std::fabs(ref[s]))) << "token " << t << " s " << s;
+      const double f32 = s_f32[t * stride + s];
+      max_rel_change = std::max(max_rel_change, std::fabs(got - f32) / (1.0 + std::fabs(f32)));
+    }
+  }
+  EXPECT_GT(max_rel_change, 1e-4);  // BF16 keeps 8 bits: scores move by ~2^-9 relative
+  // An out-of-range precision is rejected.
+  IndexerArgs bad{.indices = i_bf16.data(), .q = q.data(), .w = w.data(), .k_cache = kc.data(),
+                  .num_slots = p.num_slots, .heads = heads, .head_dim = dim, .k = k,
+                  .precision = static_cast<IndexerPrecision>(7), .layout = MakeLayout(p, tk)};
+  CpuBackend cpu;
+  absl::Status st = cpu.IndexerTopk(bad);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("precision"), std::string::npos) << st;
+}
+
 // One query over explicit per-key scores: heads = 1, dim = 1, q = 1, w = 1, k_I = score, so
 // I[s] = ReLU(score[s]).
 std::vector<int32_t> RunSingleQuery(const std::vector<float>& key_scores, int k, int block_size = 64) {

@@ -570,6 +570,8 @@ absl::Status CudaBackend::IndexerTopk(const IndexerArgs& a) {
   IC_ARG_CHECK(a.heads > 0 && a.head_dim > 0, op, "heads = ", a.heads, ", head_dim = ", a.head_dim,
                " must be positive");
   IC_ARG_CHECK(a.k > 0, op, "k = ", a.k, " must be positive");
+  IC_ARG_CHECK(a.precision == IndexerPrecision::kF32 || a.precision == IndexerPrecision::kBF16, op,
+               "precision = ", static_cast<int>(a.precision), " is not one of kF32 (0), kBF16 (1)");
   const int k_stride = a.k_stride != 0 ? a.k_stride : a.head_dim;
   IC_ARG_CHECK(k_stride >= a.head_dim, op, "k_stride = ", k_stride, " < head_dim = ", a.head_dim);
   IC_ARG_CHECK(a.scores == nullptr || a.scores_stride > 0, op, "scores_stride = ", a.scores_stride,
@@ -596,7 +598,8 @@ absl::Status CudaBackend::IndexerTopk(const IndexerArgs& a) {
   if (!ws_or.ok()) return ws_or.status();
   float* ws = static_cast<float*>(*ws_or);
   void* topk_ws = static_cast<char*>(*ws_or) + score_bytes;
-  IndexerParams p{a.q, a.w, a.k_cache, k_stride, a.num_slots, a.heads, a.head_dim, a.k, Dev(a.layout)};
+  IndexerParams p{a.q,        a.w, a.k_cache, k_stride, a.num_slots, a.heads, a.head_dim, a.k, Dev(a.layout),
+                  a.precision == IndexerPrecision::kBF16};
   const bool all_rows = a.scores != nullptr;
   for (int t0 = 0; t0 < a.layout.tokens; t0 += tile) {
     const int rows = std::min(tile, a.layout.tokens - t0);

@@ -126,6 +126,7 @@ struct IndexerParams {
   int64_t num_slots;
   int heads, head_dim, k;
   DevLayout layout;
+  bool bf16;             // IndexerPrecision::kBF16: q and k rounded to BF16, tensor cores where supported
 };
 size_t IndexerSharedBytes(int heads, int head_dim);
 // Scores of tokens [t0, t0 + rows) into ws[(t − t0), s] for s ≤ min(pos(t), max_len − 1) (row stride

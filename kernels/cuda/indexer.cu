@@ -10,6 +10,11 @@
 //     [key, head_dim + 4] (the pad makes the per-thread float4 reads conflict-free), all H dot products
 //     accumulate in registers, q read as broadcast float4 → 4 FMAs per shared load;
 //   * IndexerScoresKernel (any shape): keys transposed [head_dim, kKeys + 1], 4 heads at a time.
+// BF16 (IndexerPrecision::kBF16; backend.h):
+//   * IndexerScoresTc<H, D, QPB> (H ∈ {8, 16, 32, 64}, D ∈ {64, 128}, 16-byte aligned key rows): tensor
+//     cores (mma.sync m16n8k16, BF16 in, F32 accumulate). See the kernel's comment.
+//   * any other shape: IndexerScoresKernel with q and k rounded to BF16 as they are staged.
+#include <cuda_bf16.h>
 #include <cuda_pipeline.h>
 
 #include "kernels/cuda/common.cuh"
@@ -18,6 +23,8 @@ namespace ic::kernels::cuda {
 namespace {
 
 constexpr int kKeys = 128;
+
+__device__ inline float RoundBf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
 
 __global__ void __launch_bounds__(kKeys) IndexerScoresKernel(float* ws, IndexerParams p, int t0,
                                                              int max_len, bool all_rows,
@@ -41,7 +48,7 @@ __global__ void __launch_bounds__(kKeys) IndexerScoresKernel(float* ws, IndexerP
   const int seq = p.layout.token_seq[t];
 
   const float* qt = p.q + static_cast<int64_t>(t) * H * D;
-  for (int i = threadIdx.x; i < H * D; i += kKeys) qs[i] = qt[i];
+  for (int i = threadIdx.x; i < H * D; i += kKeys) qs[i] = p.bf16 ? RoundBf16(qt[i]) : qt[i];
   if (threadIdx.x < nk) {
     slots[threadIdx.x] = CacheSlot(p.layout, seq, s0 + threadIdx.x, p.num_slots, t, err);
   }
@@ -49,7 +56,8 @@ __global__ void __launch_bounds__(kKeys) IndexerScoresKernel(float* ws, IndexerP
   for (int i = threadIdx.x; i < nk * D; i += kKeys) {
     const int key = i / D, d = i % D;
     const int64_t slot = slots[key];
-    ks[d * (kKeys + 1) + key] = slot < 0 ? 0.0f : p.k_cache[slot * p.k_stride + d];
+    const float kv = slot < 0 ? 0.0f : p.k_cache[slot * p.k_stride + d];
+    ks[d * (kKeys + 1) + key] = p.bf16 ? RoundBf16(kv) : kv;
   }
   __syncthreads();
   if (threadIdx.x >= nk) return;
@@ -149,6 +157,192 @@ __global__ void __launch_bounds__(kKeys) IndexerScoresFast(float* ws, IndexerPar
   ws[static_cast<int64_t>(row) * max_len + s0 + threadIdx.x] = score;
 }
 
+// ---- BF16 tensor-core scores ------------------------------------------------------------------------
+//
+// A block of 8 warps stages a tile of kTcKeys keys of one sequence in shared memory as BF16 (rows padded
+// by 8 elements: the ldmatrix reads are conflict-free) and computes, per warp, the logits of one query
+// token against them as C = K_tile · qᵀ ([keys, heads], mma.sync m16n8k16: A = 16 keys × 16 dims from
+// ldmatrix, B = 16 dims × 8 heads from registers — the warp's query stays in registers for the whole
+// key range). The epilogue applies ReLU, the head weights and the sum over heads in registers: a thread
+// holds two heads of each 8-head tile for two keys, sums its heads in ascending order, then two shuffles
+// add the four threads of a key (fixed order: the scores are deterministic).
+//   QPB = 8: eight query tokens per block, each warp a query and all key rows (prefill tiles);
+//   QPB = 1: one query per block, the eight warps split the tile's 16-key rows (decode rows).
+// Queries of a block that belong to different sequences (a batch boundary) are served one sequence at a
+// time. Keys beyond a query's position are computed (a tile is shared) but never written.
+constexpr int kTcWarps = 8;
+constexpr int kTcKeys = 128;  // keys per shared-memory tile (8 rows of 16)
+
+__device__ inline uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ inline void MmaBf16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ inline void LdMatrixX4(uint32_t* r, const void* smem) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+template <int H, int D, int QPB>
+__global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresTc(float* ws, IndexerParams p, int t0, int rows,
+                                                                 int max_len, int keys_per_block, bool all_rows,
+                                                                 DeviceError* err) {
+  constexpr int DS = D + 8;          // BF16 row stride of the key tile
+  constexpr int NH = H / 8;          // 8-head tiles (mma N)
+  constexpr int KS = D / 16;         // 16-dim steps (mma K)
+  constexpr int WPQ = kTcWarps / QPB;  // warps per query
+  __shared__ __align__(16) __nv_bfloat16 ks[kTcKeys * DS];
+  __shared__ int64_t slots[kTcKeys];
+  __shared__ int q_seq[QPB], q_len[QPB];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int qi = warp % QPB;
+  const int row = blockIdx.y * QPB + qi;
+  if (threadIdx.x < QPB) {
+    const int r = blockIdx.y * QPB + threadIdx.x;
+    int seq = -1, len = 0;
+    if (r < rows) {
+      const int t = t0 + r;
+      const int pos = p.layout.token_pos[t];
+      if (pos < 0 || pos + 1 > max_len) {
+        if (blockIdx.x == 0) RecordError(err, kErrPosition, t, pos, max_len);
+      } else if (all_rows || pos + 1 > p.k) {
+        seq = p.layout.token_seq[t];
+        len = pos + 1;
+      }
+    }
+    q_seq[threadIdx.x] = seq;
+    q_len[threadIdx.x] = len;
+  }
+  __syncthreads();
+  const int s_begin = blockIdx.x * keys_per_block;
+  const int s_stop = min(s_begin + keys_per_block, max_len);
+
+  // The warp's query in registers as mma B fragments (b0: dims 2c, 2c+1; b1: dims 2c+8, 2c+9; head g of
+  // each 8-head tile), and the weights of the two heads per tile this thread's accumulators hold.
+  uint32_t qb[NH][KS][2];
+  float wv[NH][2];
+  const bool have_row = row < rows && q_seq[qi] >= 0;
+  if (have_row) {
+    const int t = t0 + row;
+    const float* qt = p.q + static_cast<int64_t>(t) * H * D;
+#pragma unroll
+    for (int n = 0; n < NH; ++n) {
+      const float* qh = qt + (n * 8 + g) * D;
+#pragma unroll
+      for (int k = 0; k < KS; ++k) {
+        qb[n][k][0] = PackBf16(qh[k * 16 + 2 * c], qh[k * 16 + 2 * c + 1]);
+        qb[n][k][1] = PackBf16(qh[k * 16 + 2 * c + 8], qh[k * 16 + 2 * c + 9]);
+      }
+      wv[n][0] = p.w[static_cast<int64_t>(t) * H + n * 8 + 2 * c];
+      wv[n][1] = p.w[static_cast<int64_t>(t) * H + n * 8 + 2 * c + 1];
+    }
+  }
+  float* out_row = ws + static_cast<int64_t>(row) * max_len;
+
+  for (int first = 0; first < QPB; ++first) {
+    const int seq = q_seq[first];
+    bool seen = seq < 0;
+    int seq_len = 0;
+    for (int j = 0; j < QPB; ++j) {
+      if (j < first && q_seq[j] == seq) seen = true;
+      if (q_seq[j] == seq) seq_len = max(seq_len, q_len[j]);
+    }
+    if (seen) continue;  // block-uniform: every thread reads the same shared values
+    const bool mine = have_row && q_seq[qi] == seq;
+    const int my_len = mine ? q_len[qi] : 0;
+    const int stop = min(s_stop, seq_len);
+    for (int s0 = s_begin; s0 < stop; s0 += kTcKeys) {
+      __syncthreads();  // the previous tile has been read
+      if (threadIdx.x < kTcKeys) {
+        const int s = s0 + threadIdx.x;
+        slots[threadIdx.x] = s < stop ? CacheSlot(p.layout, seq, s, p.num_slots, t0 + blockIdx.y * QPB + first, err)
+                                      : -1;
+      }
+      __syncthreads();
+      constexpr int D4 = D / 4;
+#pragma unroll 4
+      for (int i = threadIdx.x; i < kTcKeys * D4; i += kTcWarps * 32) {
+        const int key = i / D4, d4 = i % D4;
+        const int64_t slot = slots[key];
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (slot >= 0) v = __ldg(reinterpret_cast<const float4*>(p.k_cache + slot * p.k_stride) + d4);
+        uint2 packed;
+        packed.x = PackBf16(v.x, v.y);
+        packed.y = PackBf16(v.z, v.w);
+        *reinterpret_cast<uint2*>(ks + key * DS + 4 * d4) = packed;
+      }
+      __syncthreads();
+      if (!mine || s0 >= my_len) continue;
+      for (int mt = warp / QPB; mt < kTcKeys / 16; mt += WPQ) {
+        if (s0 + mt * 16 >= my_len) break;
+        float acc[NH][4];
+#pragma unroll
+        for (int n = 0; n < NH; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+        const __nv_bfloat16* a_base = ks + (mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * DS + (lane >> 4) * 8;
+#pragma unroll
+        for (int k = 0; k < KS; ++k) {
+          uint32_t a[4];
+          LdMatrixX4(a, a_base + k * 16);
+#pragma unroll
+          for (int n = 0; n < NH; ++n) MmaBf16(acc[n], a, qb[n][k][0], qb[n][k][1]);
+        }
+        // acc[n][0..1]: key g, heads 8n + 2c, 8n + 2c + 1; acc[n][2..3]: key g + 8, the same heads.
+        float lo = 0.f, hi = 0.f;
+#pragma unroll
+        for (int n = 0; n < NH; ++n) {
+          lo += wv[n][0] * fmaxf(acc[n][0], 0.f) + wv[n][1] * fmaxf(acc[n][1], 0.f);
+          hi += wv[n][0] * fmaxf(acc[n][2], 0.f) + wv[n][1] * fmaxf(acc[n][3], 0.f);
+        }
+        lo += __shfl_xor_sync(0xffffffffu, lo, 1);
+        hi += __shfl_xor_sync(0xffffffffu, hi, 1);
+        lo += __shfl_xor_sync(0xffffffffu, lo, 2);
+        hi += __shfl_xor_sync(0xffffffffu, hi, 2);
+        if (c == 0) {
+          const int s_lo = s0 + mt * 16 + g, s_hi = s_lo + 8;
+          if (s_lo < my_len) out_row[s_lo] = lo;
+          if (s_hi < my_len) out_row[s_hi] = hi;
+        }
+      }
+    }
+  }
+}
+
+template <int H, int D>
+cudaError_t LaunchTc(float* ws, const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
+                     DeviceError* err, cudaStream_t stream) {
+  if (rows >= 8) {  // prefill tiles: 8 queries share each key tile; 8 tiles per block
+    const int kpb = 8 * kTcKeys;
+    const dim3 grid((max_len + kpb - 1) / kpb, (rows + 7) / 8);
+    IndexerScoresTc<H, D, 8><<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows, err);
+  } else {  // decode rows: one query per block, 2 tiles per block
+    const int kpb = 2 * kTcKeys;
+    const dim3 grid((max_len + kpb - 1) / kpb, rows);
+    IndexerScoresTc<H, D, 1><<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows, err);
+  }
+  return cudaGetLastError();
+}
+
+template <int D>
+cudaError_t LaunchTcHeads(float* ws, const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
+                          DeviceError* err, cudaStream_t stream) {
+  switch (p.heads) {
+    case 8: return LaunchTc<8, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
+    case 16: return LaunchTc<16, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
+    case 32: return LaunchTc<32, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
+    default: return LaunchTc<64, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
+  }
+}
+
 size_t FastSharedBytes(int heads, int head_dim) {
   return sizeof(int64_t) * kKeys +
          sizeof(float) * (static_cast<size_t>(heads) * head_dim + static_cast<size_t>(kKeys) * (head_dim + 4));
@@ -190,6 +384,18 @@ cudaError_t ConfigureIndexerKernels(size_t bytes) {
 cudaError_t LaunchIndexerScores(float* ws, const IndexerParams& p, int t0, int rows, int max_len,
                                 bool all_rows, DeviceError* err, cudaStream_t stream) {
   if (rows == 0 || max_len == 0) return cudaSuccess;
+  if (p.bf16) {
+    const bool tc_shape = (p.heads == 8 || p.heads == 16 || p.heads == 32 || p.heads == 64) &&
+                          (p.head_dim == 64 || p.head_dim == 128) && p.k_stride % 4 == 0 && Aligned16(p.k_cache);
+    if (tc_shape) {
+      return p.head_dim == 64 ? LaunchTcHeads<64>(ws, p, t0, rows, max_len, all_rows, err, stream)
+                              : LaunchTcHeads<128>(ws, p, t0, rows, max_len, all_rows, err, stream);
+    }
+    const dim3 grid((max_len + kKeys - 1) / kKeys, rows);
+    IndexerScoresKernel<<<grid, kKeys, IndexerSharedBytes(p.heads, p.head_dim), stream>>>(
+        ws, p, t0, max_len, all_rows, err);
+    return cudaGetLastError();
+  }
   const dim3 grid((max_len + kKeys - 1) / kKeys, rows);
   const bool fast_shape = p.head_dim % 4 == 0 && p.k_stride % 4 == 0 && Aligned16(p.q) &&
                           Aligned16(p.k_cache) && FastSharedBytes(p.heads, p.head_dim) <= g_max_shared;
