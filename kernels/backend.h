@@ -112,8 +112,11 @@ struct Copy2DArgs {
 
 // cache[slots[t], 0:dim] = src[t, 0:dim] for each token (slot −1: skipped).
 // cache [num_slots, cache_stride]; src [tokens, src_stride].
+// cache_bf16 instead of cache: a BF16 cache (uint16 bit patterns, round to nearest even; the BF16
+// index-K cache of IndexerPrecision::kBF16). Exactly one of the two is set.
 struct CacheWriteArgs {
   float* cache = nullptr;
+  uint16_t* cache_bf16 = nullptr;
   const float* src = nullptr;
   const int32_t* slots = nullptr;
   int tokens = 0, dim = 0, cache_stride = 0, src_stride = 0;
@@ -180,6 +183,9 @@ struct IndexerArgs {
   const float* q = nullptr;
   const float* w = nullptr;
   const float* k_cache = nullptr;
+  // Instead of k_cache (precision kBF16 only): the index-K cache in BF16 (uint16 bit patterns), the same
+  // [num_slots, k_stride] layout; half the bytes a decode row reads. Exactly one of the two is set.
+  const uint16_t* k_cache_bf16 = nullptr;
   int k_stride = 0;
   int64_t num_slots = 0;
   int heads = 0, head_dim = 0, k = 0;

@@ -11,6 +11,7 @@
 //   build/kernels/cuda_kernels_bench --benchmark_filter=Indexer      (exits 0 with a note without a GPU)
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
@@ -74,25 +75,39 @@ void Report(benchmark::State& state, double flops, double bytes) {
 }
 
 // Lightning indexer: I[t, s] = Σ_j w[t, j]·ReLU(q[t, j]·k[s]) over s ≤ t, then top-2048 (fused, tiled).
-// Args: context, query rows, precision (0 = F32, 1 = BF16 tensor cores), index heads (32: the 30B/GLM-5
-// assumption; 64: DeepSeek-V3.2). The scores' share is this minus BM_Topk on the same rows.
+// Args: context, query rows, precision (0 = F32; 1 = BF16 tensor cores over a BF16 index-K cache, as the
+// engine runs it), index heads (32: the 30B/GLM-5 assumption; 64: DeepSeek-V3.2). The scores' share is
+// this minus BM_Topk on the same rows.
 void BM_IndexerTopk(benchmark::State& state) {
   const int context = state.range(0), queries = state.range(1), dim = 128, k = 2048;
   const IndexerPrecision precision = state.range(2) ? IndexerPrecision::kBF16 : IndexerPrecision::kF32;
   const int heads = state.range(3);
   Scene s(context, queries);
-  float* cache = Upload(Random(static_cast<size_t>(s.num_slots) * dim, 1));
+  const std::vector<float> keys = Random(static_cast<size_t>(s.num_slots) * dim, 1);
   float* q = Upload(Random(static_cast<size_t>(queries) * heads * dim, 2));
   float* w = Upload(Random(static_cast<size_t>(queries) * heads, 3));
   int32_t* out = static_cast<int32_t*>(*Gpu().Allocate(sizeof(int32_t) * queries * k));
-  IndexerArgs a{.indices = out, .q = q, .w = w, .k_cache = cache, .k_stride = dim, .num_slots = s.num_slots,
+  IndexerArgs a{.indices = out, .q = q, .w = w, .k_stride = dim, .num_slots = s.num_slots,
                 .heads = heads, .head_dim = dim, .k = k, .precision = precision, .layout = s.layout};
+  double key_bytes = 4;
+  if (precision == IndexerPrecision::kBF16) {
+    std::vector<uint16_t> b(keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) {  // truncation is fine for timing
+      uint32_t u;
+      std::memcpy(&u, &keys[i], sizeof u);
+      b[i] = static_cast<uint16_t>(u >> 16);
+    }
+    a.k_cache_bf16 = Upload(b);
+    key_bytes = 2;
+  } else {
+    a.k_cache = Upload(keys);
+  }
   for (auto _ : state) {
     if (!Gpu().IndexerTopk(a).ok() || !Gpu().Synchronize().ok()) state.SkipWithError("IndexerTopk failed");
   }
   double pairs = 0;
   for (int p : s.pos) pairs += p + 1;
-  Report(state, 2.0 * pairs * heads * dim, 4.0 * context * dim + 4.0 * queries * heads * dim);
+  Report(state, 2.0 * pairs * heads * dim, key_bytes * context * dim + 4.0 * queries * heads * dim);
 }
 BENCHMARK(BM_IndexerTopk)
     ->ArgsProduct({{10000, 60000, 120000, 200000}, {1}, {0, 1}, {32}})  // decode rows

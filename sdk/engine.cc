@@ -215,7 +215,9 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
       IC_ASSIGN_OR_RETURN(im.v_cache[i], alloc_cache(im.v_entry));
     }
     if (c.has_indexer && ctx->plan_.IsFull(i)) {  // index-K cache for Full layers only
-      IC_ASSIGN_OR_RETURN(im.index_k_cache[i], alloc_cache(c.index_head_dim));
+      // A BF16 index-K cache takes index_head_dim uint16 per slot (the room of ⌈d/2⌉ floats).
+      const bool bf16 = options.indexer_precision == kernels::IndexerPrecision::kBF16;
+      IC_ASSIGN_OR_RETURN(im.index_k_cache[i], alloc_cache(bf16 ? (c.index_head_dim + 1) / 2 : c.index_head_dim));
     }
   }
   im.free_blocks.resize(im.num_blocks);
@@ -253,7 +255,8 @@ Context::CacheBytes Context::cache_bytes() const {
   const ModelConfig& c = model_->config;
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     b.kv += impl_->num_slots * (impl_->kv_entry + (c.mla ? 0 : impl_->v_entry)) * 4;
-    if (impl_->index_k_cache[i] != nullptr) b.index_k += impl_->num_slots * c.index_head_dim * 4;
+    const int64_t ik_bytes = options_.indexer_precision == kernels::IndexerPrecision::kBF16 ? 2 : 4;
+    if (impl_->index_k_cache[i] != nullptr) b.index_k += impl_->num_slots * c.index_head_dim * ik_bytes;
   }
   return b;
 }

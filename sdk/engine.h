@@ -74,8 +74,8 @@ struct ContextOptions {
   // chunk counts. CPU backend only for now, like shard_group. Not owned; must outlive the context.
   parallel::Communicator* expert_group = nullptr;
   // The lightning indexer's q·k arithmetic (kernels/backend.h IndexerPrecision): kF32 (the reference) or
-  // kBF16 (q and index-K rounded to BF16, F32 accumulation: BF16 tensor cores on CUDA). The index-K cache
-  // stays F32 in this version.
+  // kBF16 (q and index-K rounded to BF16, F32 accumulation: BF16 tensor cores on CUDA; the index-K cache
+  // is then stored in BF16, half the bytes — DESIGN.md's layout).
   kernels::IndexerPrecision indexer_precision = kernels::IndexerPrecision::kF32;
 };
 

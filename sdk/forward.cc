@@ -570,14 +570,18 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
           rk.heads = 1;
           rk.token_stride = dI;
           IC_RETURN_IF_ERROR(be.Rope(rk));
-          IC_RETURN_IF_ERROR(be.CacheWrite({.cache = im.index_k_cache[l], .src = ki, .slots = d_slots,
+          const bool ik_bf16 = options_.indexer_precision == kernels::IndexerPrecision::kBF16;
+          float* ik_f32 = ik_bf16 ? nullptr : static_cast<float*>(im.index_k_cache[l]);
+          uint16_t* ik_b16 = ik_bf16 ? static_cast<uint16_t*>(im.index_k_cache[l]) : nullptr;
+          IC_RETURN_IF_ERROR(be.CacheWrite({.cache = ik_f32, .cache_bf16 = ik_b16, .src = ki, .slots = d_slots,
                                             .tokens = T, .dim = dI, .cache_stride = dI, .src_stride = dI,
                                             .num_slots = im.num_slots}));
           kernels::IndexerArgs ia;
           ia.indices = topk;
           ia.q = qi;
           ia.w = wi;
-          ia.k_cache = im.index_k_cache[l];
+          ia.k_cache = ik_f32;
+          ia.k_cache_bf16 = ik_b16;
           ia.k_stride = dI;
           ia.num_slots = im.num_slots;
           ia.heads = HI;

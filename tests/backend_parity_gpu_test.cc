@@ -292,6 +292,22 @@ TEST_F(BackendParityTest, CacheWrite) {
   ASSERT_TRUE(cpu_->CacheWrite(wc).ok());
   ASSERT_TRUE(gpu_->CacheWrite(wg).ok());
   EXPECT_EQ(Cpu(cache), Gpu(cache));
+  // The BF16 cache (index-K of IndexerPrecision::kBF16): identical bit patterns (round to nearest even),
+  // including ±inf, −0 and values that round up into the next binade.
+  std::vector<float> special = Randn(static_cast<size_t>(tokens) * src_stride);
+  special[0] = kInf, special[1] = -kInf, special[2] = -0.0f, special[4] = 1.00390625f, special[5] = 3.3895314e38f;
+  auto src2 = Put(special);
+  auto cache16 = Put(std::vector<uint16_t>(num_slots * cache_stride, 0x1234));
+  CacheWriteArgs bc = w, bg = w;
+  bc.cache_bf16 = cache16.c, bc.src = src2.c, bc.slots = sd.c;
+  bg.cache_bf16 = cache16.g, bg.src = src2.g, bg.slots = sd.g;
+  ASSERT_TRUE(cpu_->CacheWrite(bc).ok());
+  ASSERT_TRUE(gpu_->CacheWrite(bg).ok());
+  EXPECT_EQ(Cpu(cache16), Gpu(cache16));
+  bc.cache = cache.c;  // both set
+  EXPECT_EQ(cpu_->CacheWrite(bc).code(), absl::StatusCode::kInvalidArgument);
+  bg.cache = cache.g;
+  EXPECT_EQ(gpu_->CacheWrite(bg).code(), absl::StatusCode::kInvalidArgument);
   slots[5] = static_cast<int32_t>(num_slots);
   auto bad = Put(slots);
   wc.slots = bad.c, wg.slots = bad.g;
@@ -449,7 +465,7 @@ TEST_F(BackendParityTest, IndexerTopk) {
     Paged pg = MakePaged(cs.lens, 64, rng_);
     Queries qs = MakeQueries(cs.lens, cs.q_per_seq);
     const int tokens = static_cast<int>(qs.seq.size());
-    const int k_stride = cs.head_dim + 4;
+    const int k_stride = cs.head_dim + 8;  // a multiple of 8 when head_dim is (the BF16 tensor-core path)
     const int scores_stride = *std::max_element(cs.lens.begin(), cs.lens.end()) + 7;
     auto kc = Put(Randn(pg.num_slots * k_stride));
     auto q = Put(Randn(static_cast<size_t>(tokens) * cs.heads * cs.head_dim));
@@ -461,10 +477,21 @@ TEST_F(BackendParityTest, IndexerTopk) {
     IndexerArgs a{.scores_stride = scores_stride, .k_stride = k_stride, .num_slots = pg.num_slots, .heads = cs.heads,
                   .head_dim = cs.head_dim, .k = cs.k};
     a.layout = {.tokens = tokens, .num_seqs = pg.num_seqs, .max_blocks_per_seq = pg.max_blocks, .block_size = pg.block_size};
-    for (IndexerPrecision precision : {IndexerPrecision::kF32, IndexerPrecision::kBF16})
+    // The same keys as a BF16 index-K cache (written by the CPU backend's CacheWrite).
+    std::vector<int32_t> all_slots(pg.num_slots);
+    std::iota(all_slots.begin(), all_slots.end(), 0);
+    auto slots_d = Put(all_slots);
+    auto kc16 = Put(std::vector<uint16_t>(pg.num_slots * k_stride, 0));
+    ASSERT_TRUE(cpu_->CacheWrite({.cache_bf16 = kc16.c, .src = kc.c, .slots = slots_d.c,
+                                  .tokens = static_cast<int>(pg.num_slots), .dim = k_stride,
+                                  .num_slots = pg.num_slots}).ok());
+    kc16 = Put(Cpu(kc16));
+    // 0: F32; 1: BF16 arithmetic on the F32 cache; 2: BF16 arithmetic on the BF16 cache.
+    for (int mode = 0; mode < 3; ++mode)
     for (int variant = 0; variant < 3; ++variant) {
       // 0: with scores; 1: fused (no scores); 2: fused on a backend forced to 1-3-row query tiles.
       const bool with_scores = variant == 0;
+      const IndexerPrecision precision = mode == 0 ? IndexerPrecision::kF32 : IndexerPrecision::kBF16;
       a.precision = precision;
       Backend* gpu = gpu_.get();
       std::unique_ptr<Backend> tiny_tiles;
@@ -485,6 +512,10 @@ TEST_F(BackendParityTest, IndexerTopk) {
       ac.indices = idx.c, ac.q = q.c, ac.w = w.c, ac.k_cache = kc.c;
       ac.layout.token_seq = tseq.c, ac.layout.token_pos = tpos.c, ac.layout.block_tables = bt.c;
       ag.indices = idx.g, ag.q = q.g, ag.w = w.g, ag.k_cache = kc.g;
+      if (mode == 2) {
+        ac.k_cache = nullptr, ag.k_cache = nullptr;
+        ac.k_cache_bf16 = kc16.c, ag.k_cache_bf16 = kc16.g;
+      }
       ag.layout.token_seq = tseq.g, ag.layout.token_pos = tpos.g, ag.layout.block_tables = bt.g;
       // The CPU run always produces the reference scores (the margin rule needs them).
       ac.scores = scores.c;
@@ -494,7 +525,7 @@ TEST_F(BackendParityTest, IndexerTopk) {
       if (s.ok()) s = gpu->Synchronize();
       ASSERT_TRUE(s.ok()) << s;
       const std::string name = "indexer_h" + std::to_string(cs.heads) + "_d" + std::to_string(cs.head_dim) + "_k" +
-                               std::to_string(cs.k) + (precision == IndexerPrecision::kBF16 ? "_bf16" : "_f32") +
+                               std::to_string(cs.k) + (mode == 0 ? "_f32" : mode == 1 ? "_bf16" : "_bf16cache") +
                                (with_scores ? "_scores" : (variant == 1 ? "_fused" : "_fused_small_tiles"));
       if (with_scores) ExpectClose(scores, 1e-5, name);
       const std::vector<int32_t> ic = Cpu(idx), ig = Gpu(idx);

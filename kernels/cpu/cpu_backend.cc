@@ -258,7 +258,9 @@ absl::Status CpuBackend::CacheWrite(const CacheWriteArgs& a) {
   IC_RETURN_IF_ERROR(CheckNonNegative(a.dim, "CacheWrite", "dim"));
   IC_RETURN_IF_ERROR(CheckNonNegative(a.num_slots, "CacheWrite", "num_slots"));
   if (a.tokens == 0 || a.dim == 0) return absl::OkStatus();
-  IC_RETURN_IF_ERROR(CheckPtr(a.cache, "CacheWrite", "cache"));
+  if ((a.cache == nullptr) == (a.cache_bf16 == nullptr)) {
+    return InvalidArgument("CacheWrite: exactly one of cache and cache_bf16 must be set");
+  }
   IC_RETURN_IF_ERROR(CheckPtr(a.src, "CacheWrite", "src"));
   IC_RETURN_IF_ERROR(CheckPtr(a.slots, "CacheWrite", "slots"));
   int cs = 0, ss = 0;
@@ -271,6 +273,12 @@ absl::Status CpuBackend::CacheWrite(const CacheWriteArgs& a) {
   }
   for (int t = 0; t < a.tokens; ++t) {
     if (a.slots[t] < 0) continue;
+    if (a.cache_bf16 != nullptr) {
+      uint16_t* dst = a.cache_bf16 + static_cast<int64_t>(a.slots[t]) * cs;
+      const float* src = a.src + static_cast<int64_t>(t) * ss;
+      for (int c = 0; c < a.dim; ++c) dst[c] = internal::FloatToBf16(src[c]);
+      continue;
+    }
     std::memmove(a.cache + static_cast<int64_t>(a.slots[t]) * cs, a.src + static_cast<int64_t>(t) * ss,
                  sizeof(float) * a.dim);
   }

@@ -41,24 +41,17 @@ absl::Status ValidateIndexer(const IndexerArgs& a, int* k_stride) {
   if (a.indices == nullptr) return InvalidArgument("IndexerTopk: indices is null");
   if (a.q == nullptr) return InvalidArgument("IndexerTopk: q is null");
   if (a.w == nullptr) return InvalidArgument("IndexerTopk: w is null");
-  if (a.k_cache == nullptr) return InvalidArgument("IndexerTopk: k_cache is null");
+  if ((a.k_cache == nullptr) == (a.k_cache_bf16 == nullptr)) {
+    return InvalidArgument("IndexerTopk: exactly one of k_cache and k_cache_bf16 must be set");
+  }
+  if (a.k_cache_bf16 != nullptr && a.precision != IndexerPrecision::kBF16) {
+    return InvalidArgument("IndexerTopk: k_cache_bf16 (a BF16 index-K cache) needs precision kBF16");
+  }
   return internal::ValidateLayout(a.layout, a.num_slots, "IndexerTopk");
 }
 
-// Round to the nearest BF16 (ties to even), kept in an F32; ±inf and NaN pass through. The same value
-// as CUDA's __float2bfloat16_rn for every finite input.
-float RoundToBf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  if ((u & 0x7f800000u) == 0x7f800000u) return x;
-  u += 0x7fffu + ((u >> 16) & 1u);
-  u &= 0xffff0000u;
-  std::memcpy(&x, &u, sizeof u);
-  return x;
-}
-
 void RoundAllToBf16(float* x, size_t n) {
-  for (size_t i = 0; i < n; ++i) x[i] = RoundToBf16(x[i]);
+  for (size_t i = 0; i < n; ++i) x[i] = internal::Bf16ToFloat(internal::FloatToBf16(x[i]));
 }
 
 void WriteShortRow(int pos, int k, int32_t* out) {
@@ -92,8 +85,12 @@ absl::Status CpuBackend::IndexerTopk(const IndexerArgs& a) {
     if (scored.empty()) continue;
     const int lk = l.token_pos[scored.back()] + 1;
     kg.resize(static_cast<size_t>(lk) * D);
-    internal::GatherSequenceRows(l, seq.seq, lk, a.k_cache, k_stride, 0, D, kg.data());
-    if (bf16) RoundAllToBf16(kg.data(), kg.size());
+    if (a.k_cache_bf16 != nullptr) {  // already BF16
+      internal::GatherSequenceRows(l, seq.seq, lk, a.k_cache_bf16, k_stride, 0, D, kg.data());
+    } else {
+      internal::GatherSequenceRows(l, seq.seq, lk, a.k_cache, k_stride, 0, D, kg.data());
+      if (bf16) RoundAllToBf16(kg.data(), kg.size());
+    }
     const int n = static_cast<int>(scored.size());
     const int tile = static_cast<int>(std::clamp<int64_t>(kScoreBudget / (static_cast<int64_t>(H) * lk), 1, 64));
     for (int t0 = 0; t0 < n; t0 += tile) {

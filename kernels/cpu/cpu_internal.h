@@ -144,6 +144,22 @@ inline void ReluAxpy(float* y, const float* x, float alpha, int n) {
 // `what` names the op in messages ("Attention", "IndexerTopk").
 absl::Status ValidateLayout(const TokenLayout& layout, int64_t num_slots, const char* what);
 
+// BF16 as uint16 bit patterns: round to nearest even (±inf kept, NaN stays a quiet NaN), and back.
+// The same values as CUDA's __float2bfloat16_rn / __bfloat162float.
+inline uint16_t FloatToBf16(float x) {
+  uint32_t u;
+  __builtin_memcpy(&u, &x, sizeof u);
+  if ((u & 0x7f800000u) == 0x7f800000u) return static_cast<uint16_t>((u >> 16) | ((u & 0xffffu) ? 0x40u : 0u));
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float Bf16ToFloat(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float x;
+  __builtin_memcpy(&x, &u, sizeof x);
+  return x;
+}
+
 inline int64_t SlotOf(const TokenLayout& layout, int seq, int pos) {
   const int32_t block = layout.block_tables[static_cast<int64_t>(seq) * layout.max_blocks_per_seq +
                                             pos / layout.block_size];
@@ -161,6 +177,9 @@ std::vector<SequenceTokens> GroupBySequence(const TokenLayout& layout);
 // Copies rows 0..count−1 of a sequence's paged cache (cols [col_offset, col_offset + cols)) into a
 // dense [count, cols] buffer.
 void GatherSequenceRows(const TokenLayout& layout, int seq, int count, const float* cache, int64_t stride,
+                        int col_offset, int cols, float* dst);
+// The same from a BF16 cache (uint16 bit patterns), widened to F32.
+void GatherSequenceRows(const TokenLayout& layout, int seq, int count, const uint16_t* cache, int64_t stride,
                         int col_offset, int cols, float* dst);
 
 }  // namespace ic::kernels::cpu::internal

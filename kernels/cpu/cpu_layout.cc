@@ -76,4 +76,13 @@ void GatherSequenceRows(const TokenLayout& l, int seq, int count, const float* c
   }
 }
 
+void GatherSequenceRows(const TokenLayout& l, int seq, int count, const uint16_t* cache, int64_t stride,
+                        int col_offset, int cols, float* dst) {
+  for (int p = 0; p < count; ++p) {
+    const uint16_t* src = cache + SlotOf(l, seq, p) * stride + col_offset;
+    float* out = dst + static_cast<int64_t>(p) * cols;
+    for (int c = 0; c < cols; ++c) out[c] = Bf16ToFloat(src[c]);
+  }
+}
+
 }  // namespace ic::kernels::cpu::internal

@@ -498,8 +498,15 @@ absl::Status CudaBackend::CacheWrite(const CacheWriteArgs& a) {
   IC_ARG_CHECK(cs >= a.dim, op, "cache_stride = ", cs, " < dim = ", a.dim);
   IC_ARG_CHECK(ss >= a.dim, op, "src_stride = ", ss, " < dim = ", a.dim);
   if (a.tokens == 0 || a.dim == 0) return absl::OkStatus();
-  IC_ARG_CHECK(a.cache != nullptr && a.src != nullptr && a.slots != nullptr, op, "null pointer");
+  IC_ARG_CHECK((a.cache == nullptr) != (a.cache_bf16 == nullptr), op,
+               "exactly one of cache and cache_bf16 must be set");
+  IC_ARG_CHECK(a.src != nullptr && a.slots != nullptr, op, "null pointer");
   IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  if (a.cache_bf16 != nullptr) {
+    IC_CUDA_RETURN_IF_ERROR(LaunchCacheWriteBf16(a.cache_bf16, a.src, a.slots, a.tokens, a.dim, cs, ss,
+                                                 a.num_slots, &dev_err_[1], stream_));
+    return absl::OkStatus();
+  }
   IC_CUDA_RETURN_IF_ERROR(LaunchCacheWrite(a.cache, a.src, a.slots, a.tokens, a.dim, cs, ss, a.num_slots,
                                            &dev_err_[1], stream_));
   return absl::OkStatus();
@@ -580,8 +587,11 @@ absl::Status CudaBackend::IndexerTopk(const IndexerArgs& a) {
   IC_ARG_CHECK(shared <= max_shared_, op, "heads × head_dim = ", a.heads, " × ", a.head_dim, " needs ",
                shared, " bytes of shared memory (device limit ", max_shared_, ")");
   if (a.layout.tokens == 0) return absl::OkStatus();
-  IC_ARG_CHECK(a.indices != nullptr && a.q != nullptr && a.w != nullptr && a.k_cache != nullptr, op,
-               "null pointer");
+  IC_ARG_CHECK(a.indices != nullptr && a.q != nullptr && a.w != nullptr, op, "null pointer");
+  IC_ARG_CHECK((a.k_cache == nullptr) != (a.k_cache_bf16 == nullptr), op,
+               "exactly one of k_cache and k_cache_bf16 must be set");
+  IC_ARG_CHECK(a.k_cache_bf16 == nullptr || a.precision == IndexerPrecision::kBF16, op,
+               "k_cache_bf16 (a BF16 index-K cache) needs precision kBF16");
   const int max_len = a.layout.max_blocks_per_seq * a.layout.block_size;
   IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   if (max_len == 0) {
@@ -599,7 +609,7 @@ absl::Status CudaBackend::IndexerTopk(const IndexerArgs& a) {
   float* ws = static_cast<float*>(*ws_or);
   void* topk_ws = static_cast<char*>(*ws_or) + score_bytes;
   IndexerParams p{a.q,        a.w, a.k_cache, k_stride, a.num_slots, a.heads, a.head_dim, a.k, Dev(a.layout),
-                  a.precision == IndexerPrecision::kBF16};
+                  a.precision == IndexerPrecision::kBF16, a.k_cache_bf16};
   const bool all_rows = a.scores != nullptr;
   for (int t0 = 0; t0 < a.layout.tokens; t0 += tile) {
     const int rows = std::min(tile, a.layout.tokens - t0);

@@ -60,6 +60,10 @@ cudaError_t LaunchEmbedding(float* out, const float* table, const int32_t* ids, 
 cudaError_t LaunchCacheWrite(float* cache, const float* src, const int32_t* slots, int tokens, int dim,
                              int cache_stride, int src_stride, int64_t num_slots, DeviceError* err,
                              cudaStream_t stream);
+// The same into a BF16 cache (uint16 bit patterns; round to nearest even).
+cudaError_t LaunchCacheWriteBf16(uint16_t* cache, const float* src, const int32_t* slots, int tokens, int dim,
+                                 int cache_stride, int src_stride, int64_t num_slots, DeviceError* err,
+                                 cudaStream_t stream);
 // out[i, :] = in[rows[i], :] (rows[i] < 0: recorded as kErrRow, out row zeroed).
 cudaError_t LaunchGatherRows(float* out, const float* in, const int32_t* rows, int count, int dim,
                              DeviceError* err, cudaStream_t stream);
@@ -127,6 +131,7 @@ struct IndexerParams {
   int heads, head_dim, k;
   DevLayout layout;
   bool bf16;             // IndexerPrecision::kBF16: q and k rounded to BF16, tensor cores where supported
+  const uint16_t* k_bf16;  // a BF16 index-K cache instead of k_cache (nullptr: k_cache)
 };
 size_t IndexerSharedBytes(int heads, int head_dim);
 // Scores of tokens [t0, t0 + rows) into ws[(t − t0), s] for s ≤ min(pos(t), max_len − 1) (row stride

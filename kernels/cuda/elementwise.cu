@@ -1,5 +1,7 @@
 // Elementwise and row-copy kernels: SiluMul, Copy2D, Scale2D, Embedding, CacheWrite, Gather/ScatterAdd.
 // All are memory-bound grid-stride loops over [rows, cols]; one thread per element.
+#include <cuda_bf16.h>
+
 #include "kernels/cuda/common.cuh"
 
 namespace ic::kernels::cuda {
@@ -60,7 +62,9 @@ __global__ void EmbeddingKernel(float* out, const float* table, const int32_t* i
   }
 }
 
-__global__ void CacheWriteKernel(float* cache, const float* src, const int32_t* slots, int tokens,
+// T = float (F32 cache) or __nv_bfloat16 (BF16 index-K cache: round to nearest even).
+template <typename T>
+__global__ void CacheWriteKernel(T* cache, const float* src, const int32_t* slots, int tokens,
                                  int dim, int cs, int ss, int64_t num_slots, DeviceError* err) {
   const int64_t n = static_cast<int64_t>(tokens) * dim;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -81,7 +85,11 @@ __global__ void CacheWriteKernel(float* cache, const float* src, const int32_t* 
       }
       continue;
     }
-    cache[slot * cs + c] = src[t * ss + c];
+    if constexpr (sizeof(T) == 2) {
+      cache[slot * cs + c] = __float2bfloat16_rn(src[t * ss + c]);
+    } else {
+      cache[slot * cs + c] = src[t * ss + c];
+    }
   }
 }
 
@@ -160,8 +168,18 @@ cudaError_t LaunchCacheWrite(float* cache, const float* src, const int32_t* slot
                              cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(tokens) * dim;
   if (n == 0) return cudaSuccess;
-  CacheWriteKernel<<<GridFor(n), kThreads, 0, stream>>>(cache, src, slots, tokens, dim, cache_stride,
-                                                         src_stride, num_slots, err);
+  CacheWriteKernel<float><<<GridFor(n), kThreads, 0, stream>>>(cache, src, slots, tokens, dim, cache_stride,
+                                                                src_stride, num_slots, err);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchCacheWriteBf16(uint16_t* cache, const float* src, const int32_t* slots, int tokens, int dim,
+                                 int cache_stride, int src_stride, int64_t num_slots, DeviceError* err,
+                                 cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(tokens) * dim;
+  if (n == 0) return cudaSuccess;
+  CacheWriteKernel<__nv_bfloat16><<<GridFor(n), kThreads, 0, stream>>>(
+      reinterpret_cast<__nv_bfloat16*>(cache), src, slots, tokens, dim, cache_stride, src_stride, num_slots, err);
   return cudaGetLastError();
 }
 

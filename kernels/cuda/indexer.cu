@@ -56,7 +56,11 @@ __global__ void __launch_bounds__(kKeys) IndexerScoresKernel(float* ws, IndexerP
   for (int i = threadIdx.x; i < nk * D; i += kKeys) {
     const int key = i / D, d = i % D;
     const int64_t slot = slots[key];
-    const float kv = slot < 0 ? 0.0f : p.k_cache[slot * p.k_stride + d];
+    float kv = 0.0f;
+    if (slot >= 0) {
+      kv = p.k_bf16 != nullptr ? __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(p.k_bf16)[slot * p.k_stride + d])
+                               : p.k_cache[slot * p.k_stride + d];
+    }
     ks[d * (kKeys + 1) + key] = p.bf16 ? RoundBf16(kv) : kv;
   }
   __syncthreads();
@@ -193,7 +197,9 @@ __device__ inline void LdMatrixX4(uint32_t* r, const void* smem) {
                : "r"(addr));
 }
 
-template <int H, int D, int QPB>
+// KBF16: the index-K cache is BF16 (p.k_bf16): tiles are copied with cp.async, 16 bytes at a time;
+// otherwise F32 keys are loaded as float4 and rounded to BF16 on the way into shared memory.
+template <int H, int D, int QPB, bool KBF16>
 __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresTc(float* ws, IndexerParams p, int t0, int rows,
                                                                  int max_len, int keys_per_block, bool all_rows,
                                                                  DeviceError* err) {
@@ -269,17 +275,34 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresTc(float* ws, Inde
                                       : -1;
       }
       __syncthreads();
-      constexpr int D4 = D / 4;
+      if constexpr (KBF16) {
+        constexpr int D8 = D / 8;
 #pragma unroll 4
-      for (int i = threadIdx.x; i < kTcKeys * D4; i += kTcWarps * 32) {
-        const int key = i / D4, d4 = i % D4;
-        const int64_t slot = slots[key];
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (slot >= 0) v = __ldg(reinterpret_cast<const float4*>(p.k_cache + slot * p.k_stride) + d4);
-        uint2 packed;
-        packed.x = PackBf16(v.x, v.y);
-        packed.y = PackBf16(v.z, v.w);
-        *reinterpret_cast<uint2*>(ks + key * DS + 4 * d4) = packed;
+        for (int i = threadIdx.x; i < kTcKeys * D8; i += kTcWarps * 32) {
+          const int key = i / D8, d8 = i % D8;
+          const int64_t slot = slots[key];
+          __nv_bfloat16* dst = ks + key * DS + 8 * d8;
+          if (slot < 0) {
+            *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+          } else {
+            __pipeline_memcpy_async(dst, p.k_bf16 + slot * p.k_stride + 8 * d8, 16);
+          }
+        }
+        __pipeline_commit();
+        __pipeline_wait_prior(0);
+      } else {
+        constexpr int D4 = D / 4;
+#pragma unroll 4
+        for (int i = threadIdx.x; i < kTcKeys * D4; i += kTcWarps * 32) {
+          const int key = i / D4, d4 = i % D4;
+          const int64_t slot = slots[key];
+          float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+          if (slot >= 0) v = __ldg(reinterpret_cast<const float4*>(p.k_cache + slot * p.k_stride) + d4);
+          uint2 packed;
+          packed.x = PackBf16(v.x, v.y);
+          packed.y = PackBf16(v.z, v.w);
+          *reinterpret_cast<uint2*>(ks + key * DS + 4 * d4) = packed;
+        }
       }
       __syncthreads();
       if (!mine || s0 >= my_len) continue;
@@ -317,19 +340,28 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresTc(float* ws, Inde
   }
 }
 
-template <int H, int D>
-cudaError_t LaunchTc(float* ws, const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
-                     DeviceError* err, cudaStream_t stream) {
+template <int H, int D, bool KBF16>
+cudaError_t LaunchTcCache(float* ws, const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
+                          DeviceError* err, cudaStream_t stream) {
   if (rows >= 8) {  // prefill tiles: 8 queries share each key tile; 8 tiles per block
     const int kpb = 8 * kTcKeys;
     const dim3 grid((max_len + kpb - 1) / kpb, (rows + 7) / 8);
-    IndexerScoresTc<H, D, 8><<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows, err);
+    IndexerScoresTc<H, D, 8, KBF16><<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows,
+                                                                        err);
   } else {  // decode rows: one query per block, 2 tiles per block
     const int kpb = 2 * kTcKeys;
     const dim3 grid((max_len + kpb - 1) / kpb, rows);
-    IndexerScoresTc<H, D, 1><<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows, err);
+    IndexerScoresTc<H, D, 1, KBF16><<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows,
+                                                                        err);
   }
   return cudaGetLastError();
+}
+
+template <int H, int D>
+cudaError_t LaunchTc(float* ws, const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
+                     DeviceError* err, cudaStream_t stream) {
+  return p.k_bf16 != nullptr ? LaunchTcCache<H, D, true>(ws, p, t0, rows, max_len, all_rows, err, stream)
+                             : LaunchTcCache<H, D, false>(ws, p, t0, rows, max_len, all_rows, err, stream);
 }
 
 template <int D>
@@ -385,8 +417,10 @@ cudaError_t LaunchIndexerScores(float* ws, const IndexerParams& p, int t0, int r
                                 bool all_rows, DeviceError* err, cudaStream_t stream) {
   if (rows == 0 || max_len == 0) return cudaSuccess;
   if (p.bf16) {
+    const bool aligned = p.k_bf16 != nullptr ? p.k_stride % 8 == 0 && Aligned16(p.k_bf16)
+                                             : p.k_stride % 4 == 0 && Aligned16(p.k_cache);
     const bool tc_shape = (p.heads == 8 || p.heads == 16 || p.heads == 32 || p.heads == 64) &&
-                          (p.head_dim == 64 || p.head_dim == 128) && p.k_stride % 4 == 0 && Aligned16(p.k_cache);
+                          (p.head_dim == 64 || p.head_dim == 128) && aligned;
     if (tc_shape) {
       return p.head_dim == 64 ? LaunchTcHeads<64>(ws, p, t0, rows, max_len, all_rows, err, stream)
                               : LaunchTcHeads<128>(ws, p, t0, rows, max_len, all_rows, err, stream);
