@@ -411,6 +411,16 @@ ic_status_t ic_sequence_add(ic_context_t* ctx, int32_t* seq_id_out) {
   });
 }
 
+ic_status_t ic_sequence_fork(ic_context_t* ctx, int32_t src_seq_id, int32_t* seq_id_out) {
+  return Guard("ic_sequence_fork", [&]() -> absl::Status {
+    IC_ASSIGN_OR_RETURN(ic_context_t * c, GetContext(ctx, "ctx"));
+    IC_RETURN_IF_ERROR(CheckNotNull(seq_id_out, "seq_id_out"));
+    IC_ASSIGN_OR_RETURN(int id, c->context->ForkSequence(src_seq_id));
+    *seq_id_out = id;
+    return absl::OkStatus();
+  });
+}
+
 ic_status_t ic_sequence_remove(ic_context_t* ctx, int32_t seq_id) {
   return Guard("ic_sequence_remove", [&]() -> absl::Status {
     IC_ASSIGN_OR_RETURN(ic_context_t * c, GetContext(ctx, "ctx"));

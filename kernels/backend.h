@@ -235,6 +235,15 @@ struct CrossEntropyArgs {
   int tokens = 0, vocab = 0, stride = 0;
 };
 
+// Memory of the backend's device: the GPU's (cudaMemGetInfo) or, for the CPU backend, the host's
+// (MemAvailable and MemTotal of /proc/meminfo). Process-wide, not per backend: what every user of the
+// device holds counts as used.
+struct MemoryInfo {
+  uint64_t free_bytes = 0;
+  uint64_t total_bytes = 0;
+  uint64_t used_bytes() const { return total_bytes - free_bytes; }
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -249,6 +258,7 @@ class Backend {
   virtual absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) = 0;
   virtual absl::Status Memset(void* dst, int value, size_t bytes) = 0;
   virtual absl::Status Synchronize() = 0;
+  virtual absl::StatusOr<MemoryInfo> GetMemoryInfo() = 0;
 
   // Ops (see the args structs above).
   virtual absl::Status Gemm(const GemmArgs& args) = 0;

@@ -220,6 +220,10 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
       IC_ASSIGN_OR_RETURN(im.index_k_cache[i], alloc_cache(bf16 ? (c.index_head_dim + 1) / 2 : c.index_head_dim));
     }
   }
+  if (options.profile_layers) {
+    im.profile.layer_seconds.assign(c.num_hidden_layers, 0.0);
+    im.profile.indexer_seconds.assign(c.num_hidden_layers, 0.0);
+  }
   im.free_blocks.resize(im.num_blocks);
   // Hand out low block ids first.
   std::iota(im.free_blocks.rbegin(), im.free_blocks.rend(), 0);
@@ -244,6 +248,64 @@ absl::StatusOr<int64_t> Context::SequenceLength(int seq_id) const {
   auto it = impl_->sequences.find(seq_id);
   if (it == impl_->sequences.end()) return absl::NotFoundError(absl::StrCat("no sequence with id ", seq_id));
   return it->second.length;
+}
+
+absl::StatusOr<int> Context::ForkSequence(int src_seq_id) {
+  Impl& im = *impl_;
+  auto it = im.sequences.find(src_seq_id);
+  if (it == im.sequences.end()) {
+    return absl::NotFoundError(absl::StrCat("fork: no sequence with id ", src_seq_id));
+  }
+  const Impl::Sequence& src = it->second;
+  const size_t n = src.blocks.size();
+  if (n > im.free_blocks.size()) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache full: fork of sequence ", src_seq_id, " (", src.length,
+                                                     " tokens) needs ", n, " blocks of ", options_.block_size,
+                                                     " tokens; ", im.free_blocks.size(), " are free"));
+  }
+  Impl::Sequence copy;
+  copy.length = src.length;
+  for (size_t b = 0; b < n; ++b) {
+    copy.blocks.push_back(im.free_blocks.back());
+    im.free_blocks.pop_back();
+  }
+  // Whole blocks, every layer's KV (and V) cache and each Full layer's index-K cache; the tail of a
+  // partial last block is copied too (never read: positions ≥ length are masked).
+  const size_t bs = static_cast<size_t>(options_.block_size);
+  const ModelConfig& c = model_->config;
+  absl::Status status;
+  auto copy_blocks = [&](float* cache, int entry) -> absl::Status {
+    if (cache == nullptr) return absl::OkStatus();
+    const size_t block_floats = bs * static_cast<size_t>(entry);
+    for (size_t b = 0; b < n; ++b) {
+      IC_RETURN_IF_ERROR(backend_->CopyOnDevice(cache + copy.blocks[b] * block_floats,
+                                                cache + src.blocks[b] * block_floats, block_floats * sizeof(float)));
+    }
+    return absl::OkStatus();
+  };
+  for (int l = 0; l < c.num_hidden_layers && status.ok(); ++l) {
+    status = copy_blocks(im.k_cache[l], im.kv_entry);
+    if (status.ok()) status = copy_blocks(im.v_cache[l], im.v_entry);
+    if (status.ok()) status = copy_blocks(im.index_k_cache[l], c.index_head_dim);
+  }
+  if (status.ok()) status = backend_->Synchronize();
+  if (!status.ok()) {
+    for (auto b = copy.blocks.rbegin(); b != copy.blocks.rend(); ++b) im.free_blocks.push_back(*b);
+    return status;
+  }
+  const int id = im.next_seq_id++;
+  im.sequences[id] = std::move(copy);
+  return id;
+}
+
+const LayerProfile& Context::layer_profile() const { return impl_->profile; }
+
+void Context::ResetLayerProfile() {
+  LayerProfile& p = impl_->profile;
+  std::fill(p.layer_seconds.begin(), p.layer_seconds.end(), 0.0);
+  std::fill(p.indexer_seconds.begin(), p.indexer_seconds.end(), 0.0);
+  p.other_seconds = p.total_seconds = 0;
+  p.passes = 0;
 }
 
 int64_t Context::FreeTokens() const {

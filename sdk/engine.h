@@ -52,6 +52,10 @@ struct ContextOptions {
   int prefill_chunk = 512;     // tokens per prefill forward pass
   std::string plan;            // F/S string overriding the model's plan ("" = the model's)
   bool record_metrics = true;  // time the indexer at Full layers (synchronises the device around it)
+  // Per-layer wall time (Context::layer_profile): synchronises the backend after every layer and around
+  // each Full layer's indexer + top-k, and accumulates seconds per layer. For benchmarks (`indexcache
+  // bench --preset`, layer-sampled composition); off = no synchronisation and no timing at all.
+  bool profile_layers = false;
   // Tensor parallel (DESIGN.md §5; sdk/tensor_parallel.h): the attention shard group this context is
   // one rank of. nullptr = single rank (the unchanged path). Not owned; must outlive the context. Query
   // heads (and GQA KV heads where they divide) and the dense MLP are split, o_proj and MLP outputs are
@@ -89,6 +93,19 @@ struct Segment {
 struct IndexerInputs {
   std::vector<float> x;    // [tokens, hidden]: the layer's normed hidden state (input RMSNorm output)
   std::vector<float> x_q;  // MLA: [tokens, q_lora_rank] q_latent; GQA / Llama-DSA: empty (the query reads x)
+};
+
+// Wall seconds accumulated over the forward passes since the last reset (ContextOptions::profile_layers).
+// layer_seconds[l]: layer l from its input RMSNorm to its FFN residual (the device synchronised at both
+// ends); indexer_seconds[l]: the part of it spent in the lightning indexer + top-k (Full layers; 0 at
+// Shared layers); other_seconds: the rest of each pass (input checks, token layout upload, embedding,
+// final norm, LM head, logits copy). Their sum is at most the passes' wall time.
+struct LayerProfile {
+  std::vector<double> layer_seconds;    // [num_hidden_layers]
+  std::vector<double> indexer_seconds;  // [num_hidden_layers]
+  double other_seconds = 0;
+  double total_seconds = 0;  // wall time of the passes, start of Forward to its end
+  int64_t passes = 0;
 };
 
 // What a forward pass returns.
@@ -165,6 +182,11 @@ class Context {
   absl::StatusOr<int> AddSequence();
   absl::Status RemoveSequence(int seq_id);
   absl::StatusOr<int64_t> SequenceLength(int seq_id) const;
+  // A new sequence whose KV and index-K cache blocks are copies of src's (same length, same tokens):
+  // parallel sampling (n > 1) and benchmarks at large batch need one prefill only. The copy runs on the
+  // backend (device to device) and costs O(length) cache bytes per layer. NotFound for an unknown src;
+  // ResourceExhausted when the free blocks cannot hold the copy (nothing changes then).
+  absl::StatusOr<int> ForkSequence(int src_seq_id);
   int64_t FreeTokens() const;  // tokens that fit in the free blocks
 
   // Bytes of cache this context allocated: the KV cache (all layers) and the index-K cache (Full layers
@@ -173,6 +195,10 @@ class Context {
     int64_t kv = 0, index_k = 0;
   };
   CacheBytes cache_bytes() const;
+
+  // Per-layer timing (ContextOptions::profile_layers; all zero and empty vectors when off).
+  const LayerProfile& layer_profile() const;
+  void ResetLayerProfile();
 
   // Appends `tokens` to a sequence in chunks of prefill_chunk; writes the last token's logits
   // [vocab] to `last_logits` when non-null. On error, the sequence is left as it was.

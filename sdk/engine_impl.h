@@ -108,6 +108,8 @@ struct Context::Impl {
   std::unordered_map<int, Sequence> sequences;
   int next_seq_id = 1;
 
+  LayerProfile profile;  // ContextOptions::profile_layers
+
   std::unordered_map<std::string, DeviceBuffer> scratch;
   Backend* backend = nullptr;
 

@@ -289,6 +289,12 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
 
   const double t_pass = NowSeconds();
   ForwardPassStats stats;
+  const bool profile = options_.profile_layers;
+  std::vector<double> pass_layer_seconds, pass_indexer_seconds;  // this pass (profile_layers only)
+  if (profile) {
+    pass_layer_seconds.assign(c.num_hidden_layers, 0.0);
+    pass_indexer_seconds.assign(c.num_hidden_layers, 0.0);
+  }
   absl::Status status = [&]() -> absl::Status {
     const int S = static_cast<int>(segments.size());
     const int T = total;
@@ -423,7 +429,21 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       return absl::OkStatus();
     };
 
+    // Per-layer timing (ContextOptions::profile_layers): synchronise at each layer boundary; a layer's
+    // time runs from its start to the next layer's start (the `continue`s below need no bookkeeping).
+    int open_layer = -1;
+    double layer_start = 0;
+    auto mark_layer_boundary = [&](int next_layer) -> absl::Status {
+      IC_RETURN_IF_ERROR(be.Synchronize());
+      const double now = NowSeconds();
+      if (open_layer >= 0) pass_layer_seconds[open_layer] += now - layer_start;
+      open_layer = next_layer;
+      layer_start = now;
+      return absl::OkStatus();
+    };
+
     for (int l = start_layer; l < c.num_hidden_layers; ++l) {
+      if (profile) IC_RETURN_IF_ERROR(mark_layer_boundary(l));
       const Impl::Layer& L = im.layers[l];
       if (outputs.hidden_by_layer != nullptr) {
         std::vector<float>& dst = (*outputs.hidden_by_layer)[l];
@@ -546,7 +566,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       // ---- Lightning indexer (Full layers) or reuse (Shared layers).
       if (c.has_indexer) {
         if (plan.IsFull(l)) {
-          if (options_.record_metrics) IC_RETURN_IF_ERROR(be.Synchronize());
+          if (options_.record_metrics || profile) IC_RETURN_IF_ERROR(be.Synchronize());
           const double t0 = NowSeconds();
           const int HI = c.index_n_heads, dI = c.index_head_dim;
           const int q_in = c.mla ? c.q_lora_rank : H;
@@ -615,8 +635,10 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
             dst.resize(static_cast<size_t>(T) * score_cols);
             IC_RETURN_IF_ERROR(be.CopyToHost(dst.data(), d_scores, dst.size() * sizeof(float)));
           }
-          if (options_.record_metrics) IC_RETURN_IF_ERROR(be.Synchronize());
-          stats.full_indexer_seconds.push_back(NowSeconds() - t0);
+          if (options_.record_metrics || profile) IC_RETURN_IF_ERROR(be.Synchronize());
+          const double indexer_seconds = NowSeconds() - t0;
+          stats.full_indexer_seconds.push_back(indexer_seconds);
+          if (profile) pass_indexer_seconds[l] += indexer_seconds;
         } else {
           ++stats.shared_layers;
         }
@@ -749,6 +771,8 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
     }
 
+    if (profile) IC_RETURN_IF_ERROR(mark_layer_boundary(-1));
+
     // ---- Final norm + LM head, only on the rows asked for.
     auto head = [&](const int32_t* h_rows, int n, float* host_out, bool want_loss) -> absl::Status {
       IC_ASSIGN_OR_RETURN(int32_t* d_rows, im.Scratch<int32_t>("head_rows", n));
@@ -789,6 +813,19 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
   }
   for (size_t s = 0; s < segments.size(); ++s) {
     im.sequences[segments[s].seq_id].length = start[s] + static_cast<int64_t>(segments[s].tokens.size());
+  }
+  if (profile) {
+    LayerProfile& p = im.profile;
+    const double pass_seconds = NowSeconds() - t_pass;
+    double layers = 0;
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      p.layer_seconds[l] += pass_layer_seconds[l];
+      p.indexer_seconds[l] += pass_indexer_seconds[l];
+      layers += pass_layer_seconds[l];
+    }
+    p.total_seconds += pass_seconds;
+    p.other_seconds += std::max(pass_seconds - layers, 0.0);
+    ++p.passes;
   }
   if (options_.record_metrics) {
     const bool decode = std::all_of(segments.begin(), segments.end(),

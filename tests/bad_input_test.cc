@@ -483,6 +483,45 @@ TEST_F(BadInputCliTest, HugeLengthsAreErrorsNotAborts) {
   ExpectError({"bench", "--contexts", "8", "--batch", "100000000000", "--layers", "2"}, "--batch must be in");
 }
 
+// `indexcache bench --preset` (tools/bench_sampled.cc): a smoke run of the layer-sampled table on the
+// tiny preset and on the embedded model, and its bad input. The 30B preset is not run here (7.6 GB).
+TEST_F(BadInputCliTest, BenchPresetSmoke) {
+  for (const std::vector<std::string>& model : {std::vector<std::string>{"--preset", "tiny-dsa"},
+                                                std::vector<std::string>{"--sample-layers", "--layers", "6"}}) {
+    std::vector<std::string> args = {"bench", "--sample-layers", "--contexts", "300", "--decode-steps", "2",
+                                     "--max-batch", "3", "--device", "cpu"};
+    args.insert(args.begin() + 1, model.begin(), model.end());
+    ProcessResult r = Cli(args);
+    ASSERT_TRUE(r.exited) << r.output;
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_THAT(r.output, HasSubstr("composed from a 3-layer slice, per-layer timed"));
+    EXPECT_THAT(r.output, HasSubstr("slice: plan FFS"));
+    EXPECT_THAT(r.output, HasSubstr("context 300"));
+    for (const char* plan : {"\n  DSA ", "\n  1/2 uniform ", "\n  1/4 uniform "}) {
+      EXPECT_THAT(r.output, HasSubstr(plan));
+    }
+    EXPECT_THAT(r.output, HasSubstr("KV cache full"));
+    EXPECT_THAT(r.output, HasSubstr("capped to 3"));
+  }
+  ProcessResult help = Cli({"bench", "--preset", "x", "--help"});
+  EXPECT_EQ(help.code, 0);
+  EXPECT_THAT(help.output, HasSubstr("glm-4.7-flash-dsa"));
+  EXPECT_THAT(help.output, HasSubstr("composed from a 3-layer slice, per-layer timed"));
+}
+
+TEST_F(BadInputCliTest, BenchPresetBadInput) {
+  ExpectError({"bench", "--preset", "glm-9"}, "valid presets: glm-4.7-flash-dsa, deepseek-v3.2, glm-5, tiny-dsa");
+  ExpectError({"bench", "--preset", "tiny-dsa", "--contexts", "9000", "--device", "cpu"},
+              "exceeds tiny-dsa's max_position_embeddings 8192");
+  ExpectError({"bench", "--preset", "deepseek-v3.2", "--contexts", "200000"},
+              "exceeds deepseek-v3.2's max_position_embeddings 163840");
+  ExpectError({"bench", "--preset", "tiny-dsa", "--contexts", "1"}, "--contexts: '1' is not a length");
+  ExpectError({"bench", "--preset", "tiny-dsa", "--decode-steps", "0"}, "--decode-steps must be in");
+  ExpectError({"bench", "--preset", "tiny-dsa", "--plans", "FSX"}, "");
+  ExpectError({"bench", "--preset", "tiny-dsa", "--model", "/nonexistent"}, "--model is not supported");
+  ExpectError({"bench", "--preset", "tiny-dsa", "--batch", "2"}, "batch");
+}
+
 TEST_F(BadInputCliTest, ValuesThatWereAcceptedSilently) {
   // Before: 4294967304 was truncated to 8 layers and `info` succeeded.
   ExpectError({"info", "--layers", "4294967304"}, "--layers must be in [1, 4096], got 4294967304");

@@ -375,6 +375,18 @@ static void TestForward(ic_model_t* model, const char* expect_plan) {
   CHECK_STATUS(ic_eval_loss(ctx, tokens, 1, &loss, NULL), IC_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(ic_eval_loss(ctx, tokens, kN, NULL, NULL), IC_ERR_INVALID_ARGUMENT);
 
+  /* Fork: same length, and the same next-token logits as the source (bitwise: same code, same cache). */
+  CHECK_OK(ic_sequence_fork(ctx, seq_a, &seq_b));
+  CHECK_OK(ic_sequence_length(ctx, seq_b, &len));
+  CHECK(len == kN + 1);
+  CHECK_OK(ic_decode(ctx, &seq_a, &tokens[1], 1, la));
+  CHECK_OK(ic_decode(ctx, &seq_b, &tokens[1], 1, lb));
+  CHECK(MaxAbsDiff(la, lb, vocab) == 0.0);
+  CHECK_STATUS(ic_sequence_fork(ctx, 12345, &seq_b), IC_ERR_NOT_FOUND);
+  CHECK_MESSAGE_HAS("12345");
+  CHECK_STATUS(ic_sequence_fork(ctx, seq_a, NULL), IC_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(ic_sequence_fork(NULL, seq_a, &seq_b), IC_ERR_INVALID_ARGUMENT);
+
   CHECK_OK(ic_sequence_remove(ctx, seq_a));
   CHECK_STATUS(ic_sequence_length(ctx, seq_a, &len), IC_ERR_NOT_FOUND);
   CHECK_OK(ic_context_free(ctx));

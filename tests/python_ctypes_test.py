@@ -86,6 +86,12 @@ class IndexCacheCtypesTest(unittest.TestCase):
             rows = ctx.decode([a, b], [nxt, nxt])
             self.assertEqual(len(rows), 2)
             self.assertLessEqual(max(abs(x - y) for x, y in zip(rows[0], rows[1])), 1e-4)
+            f = ctx.fork_sequence(a)
+            self.assertEqual(ctx.sequence_length(f), ctx.sequence_length(a))
+            self.assertEqual(list(ctx.decode(a, 3)), list(ctx.decode(f, 3)))
+            with self.assertRaises(ic.IndexCacheError) as e:
+                ctx.fork_sequence(12345)
+            self.assertEqual(e.exception.status, ic.Status.NOT_FOUND)
             ctx.remove_sequence(a)
             with self.assertRaises(ic.IndexCacheError) as e:
                 ctx.sequence_length(a)

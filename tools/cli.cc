@@ -110,14 +110,18 @@ absl::StatusOr<kernels::IndexerPrecision> SelectIndexerPrecision(const Args& arg
 }
 
 absl::StatusOr<std::vector<NamedPlan>> ParsePlans(const std::string& list, const Model& model) {
-  const int n = model.config.num_hidden_layers;
+  return ParsePlans(list, model.config.num_hidden_layers, &model.plan);
+}
+
+absl::StatusOr<std::vector<NamedPlan>> ParsePlans(const std::string& list, int n, const Plan* checkpoint_plan) {
   std::vector<NamedPlan> plans;
   for (absl::string_view piece : absl::StrSplit(list, ',', absl::SkipEmpty())) {
     const std::string item(piece);
     if (item == "dsa" || item == "DSA") {
       plans.push_back({"DSA", std::string(n, 'F')});
     } else if (item == "model" || item == "checkpoint") {
-      plans.push_back({"checkpoint", model.plan.ToString()});
+      if (checkpoint_plan == nullptr) return InvalidArgument("plan '", item, "': this model has no checkpoint plan");
+      plans.push_back({"checkpoint", checkpoint_plan->ToString()});
     } else if (item.rfind("file:", 0) == 0) {
       IC_ASSIGN_OR_RETURN(Plan p, LoadPlanFile(item.substr(5), n));
       // Named by the file's stem ("searched-1_4" for file:plans/searched-1_4.txt): tables stay narrow.

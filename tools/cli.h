@@ -46,6 +46,10 @@ struct NamedPlan {
   std::string pattern;
 };
 absl::StatusOr<std::vector<NamedPlan>> ParsePlans(const std::string& list, const Model& model);
+// The same for a model of `num_layers` layers known only by its config (layer-sampled benchmarks);
+// "model" / "checkpoint" need `checkpoint_plan` (InvalidArgument when it is null).
+absl::StatusOr<std::vector<NamedPlan>> ParsePlans(const std::string& list, int num_layers,
+                                                  const Plan* checkpoint_plan);
 
 // Token files: little-endian uint32 ids. Every id must be < vocab_size (InvalidArgument naming the
 // first bad id and its offset).
@@ -85,6 +89,7 @@ int CmdInfo(int argc, char** argv);
 int CmdRun(int argc, char** argv);
 int CmdEval(int argc, char** argv);
 int CmdBench(int argc, char** argv);
+int CmdBenchSampled(int argc, char** argv);  // tools/bench_sampled.cc: `bench --preset` / `--sample-layers`
 int CmdSearch(int argc, char** argv);   // tools/search.cc
 int CmdDistill(int argc, char** argv);  // tools/distill.cc
 

@@ -428,6 +428,10 @@ int CmdEval(int argc, char** argv) {
 }
 
 int CmdBench(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {  // layer-sampled presets: tools/bench_sampled.cc
+    const std::string a = argv[i];
+    if (a == "--preset" || a.rfind("--preset=", 0) == 0 || a == "--sample-layers") return CmdBenchSampled(argc, argv);
+  }
   const std::string help = absl::StrCat(
       "usage: indexcache bench [options]\n\n"
       "Prefill seconds and decode tokens/s per plan and context length, with the indexer's share of the\n"
@@ -436,7 +440,10 @@ int CmdBench(int argc, char** argv) {
       "  --contexts LIST        context lengths in tokens                                  [1024,4096]\n"
       "  --decode-steps N       decode steps timed after each prefill                      [16]\n"
       "  --batch N              sequences decoded together                                 [1]\n"
-      "  --warmup N             untimed prefill + decode passes per plan before timing     [1]\n");
+      "  --warmup N             untimed prefill + decode passes per plan before timing     [1]\n"
+      "  --preset NAME          layer-sampled benchmark of a model shape (glm-4.7-flash-dsa, deepseek-v3.2,\n"
+      "                         glm-5, tiny-dsa) with synthetic weights: `indexcache bench --preset X --help`\n"
+      "  --sample-layers        the same for the embedded synthetic model\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
   CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"plans", "contexts", "decode-steps", "batch", "warmup", "indexer-precision"}), {}),
                      "bench");

@@ -203,6 +203,7 @@ _SIGNATURES = {
     "ic_context_free_tokens": (_st, [_P, _I64P]),
     "ic_sequence_add": (_st, [_P, _I32P]),
     "ic_sequence_remove": (_st, [_P, ctypes.c_int32]),
+    "ic_sequence_fork": (_st, [_P, ctypes.c_int32, _I32P]),
     "ic_sequence_length": (_st, [_P, ctypes.c_int32, _I64P]),
     "ic_prefill": (_st, [_P, ctypes.c_int32, _I32P, ctypes.c_size_t, _F32P]),
     "ic_decode": (_st, [_P, _I32P, _I32P, ctypes.c_size_t, _F32P]),
@@ -649,6 +650,12 @@ class Context:
     def add_sequence(self) -> int:
         out = ctypes.c_int32(0)
         _check(_lib.ic_sequence_add(self.handle, ctypes.byref(out)))
+        return out.value
+
+    def fork_sequence(self, seq_id: int) -> int:
+        """A new sequence whose cache copies seq_id's (parallel sampling with one prefill); its id."""
+        out = ctypes.c_int32(0)
+        _check(_lib.ic_sequence_fork(self.handle, _int(seq_id, ctypes.c_int32, "seq_id"), ctypes.byref(out)))
         return out.value
 
     def remove_sequence(self, seq_id: int) -> None:

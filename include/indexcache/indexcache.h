@@ -323,6 +323,12 @@ IC_API ic_status_t ic_sequence_remove(ic_context_t* ctx, int32_t seq_id);
  * Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed ctx, NULL out), IC_ERR_NOT_FOUND (unknown seq_id). */
 IC_API ic_status_t ic_sequence_length(const ic_context_t* ctx, int32_t seq_id, int64_t* out);
 
+/* Adds a sequence whose cache is a copy of src_seq_id's (same length and tokens): parallel sampling
+ * (n > 1) with one prefill. *seq_id_out receives the new id. The copy runs on the context's device.
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed ctx, NULL seq_id_out), IC_ERR_NOT_FOUND (unknown src_seq_id),
+ * IC_ERR_OUT_OF_MEMORY (the free cache blocks cannot hold the copy; nothing changes). */
+IC_API ic_status_t ic_sequence_fork(ic_context_t* ctx, int32_t src_seq_id, int32_t* seq_id_out);
+
 /* ---- Forward passes ------------------------------------------------------------------------------ */
 
 /* Appends tokens [n] (int32 ids in [0, vocab_size)) to sequence seq_id, in forward passes of

@@ -1,7 +1,9 @@
 // CPU backend: memory, embedding, norms, RoPE, SwiGLU, copies, cache writes, row gather/scatter.
 #include "kernels/cpu/cpu_backend.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -71,6 +73,30 @@ absl::StatusOr<void*> CpuBackend::Allocate(size_t bytes) {
 }
 
 void CpuBackend::Free(void* ptr) { std::free(ptr); }
+
+absl::StatusOr<MemoryInfo> CpuBackend::GetMemoryInfo() {
+  // MemAvailable (what can be allocated without swapping) rather than MemFree (which omits reclaimable
+  // page cache); sysconf as the fallback where /proc is missing.
+  MemoryInfo info;
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (f != nullptr) {
+    char line[256];
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+      unsigned long long kib = 0;
+      if (std::sscanf(line, "MemTotal: %llu kB", &kib) == 1) info.total_bytes = kib * 1024;
+      if (std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1) info.free_bytes = kib * 1024;
+    }
+    std::fclose(f);
+  }
+  if (info.total_bytes == 0) {
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    info.total_bytes = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * page;
+    info.free_bytes = static_cast<uint64_t>(sysconf(_SC_AVPHYS_PAGES)) * page;
+  }
+  if (info.total_bytes == 0) return absl::UnavailableError("cpu GetMemoryInfo: cannot read the host's memory size");
+  info.free_bytes = std::min(info.free_bytes, info.total_bytes);
+  return info;
+}
 
 absl::Status CpuBackend::CopyToDevice(void* dst, const void* host_src, size_t bytes) {
   return CopyOnDevice(dst, host_src, bytes);

@@ -50,6 +50,7 @@ class CpuBackend final : public Backend {
   absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) override;
   absl::Status Memset(void* dst, int value, size_t bytes) override;
   absl::Status Synchronize() override { return absl::OkStatus(); }
+  absl::StatusOr<MemoryInfo> GetMemoryInfo() override;  // the host's (/proc/meminfo)
 
   absl::Status Gemm(const GemmArgs& args) override;
   absl::Status Embedding(const EmbeddingArgs& args) override;

@@ -205,6 +205,13 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  absl::StatusOr<MemoryInfo> GetMemoryInfo() override {
+    IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    size_t free_bytes = 0, total_bytes = 0;
+    IC_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return MemoryInfo{.free_bytes = free_bytes, .total_bytes = total_bytes};
+  }
+
   // ---- ops ----
   absl::Status Gemm(const GemmArgs& g) override;
   absl::Status Embedding(const EmbeddingArgs& a) override;
