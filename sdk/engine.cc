@@ -274,19 +274,21 @@ absl::StatusOr<int> Context::ForkSequence(int src_seq_id) {
   const size_t bs = static_cast<size_t>(options_.block_size);
   const ModelConfig& c = model_->config;
   absl::Status status;
-  auto copy_blocks = [&](float* cache, int entry) -> absl::Status {
+  auto copy_blocks = [&](void* cache, size_t entry_bytes) -> absl::Status {
     if (cache == nullptr) return absl::OkStatus();
-    const size_t block_floats = bs * static_cast<size_t>(entry);
+    char* base = static_cast<char*>(cache);
+    const size_t block_bytes = bs * entry_bytes;
     for (size_t b = 0; b < n; ++b) {
-      IC_RETURN_IF_ERROR(backend_->CopyOnDevice(cache + copy.blocks[b] * block_floats,
-                                                cache + src.blocks[b] * block_floats, block_floats * sizeof(float)));
+      IC_RETURN_IF_ERROR(backend_->CopyOnDevice(base + copy.blocks[b] * block_bytes,
+                                                base + src.blocks[b] * block_bytes, block_bytes));
     }
     return absl::OkStatus();
   };
+  const size_t ik_elem = options_.indexer_precision == kernels::IndexerPrecision::kBF16 ? 2 : 4;
   for (int l = 0; l < c.num_hidden_layers && status.ok(); ++l) {
-    status = copy_blocks(im.k_cache[l], im.kv_entry);
-    if (status.ok()) status = copy_blocks(im.v_cache[l], im.v_entry);
-    if (status.ok()) status = copy_blocks(im.index_k_cache[l], c.index_head_dim);
+    status = copy_blocks(im.k_cache[l], sizeof(float) * im.kv_entry);
+    if (status.ok()) status = copy_blocks(im.v_cache[l], sizeof(float) * im.v_entry);
+    if (status.ok()) status = copy_blocks(im.index_k_cache[l], ik_elem * c.index_head_dim);
   }
   if (status.ok()) status = backend_->Synchronize();
   if (!status.ok()) {

@@ -15,11 +15,17 @@ using ::testing::HasSubstr;
 
 double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-TEST(ForkSequenceTest, ForkDecodesBitwiseLikeSourceAndAFreshPrefill) {
+// F32 and BF16 indexer precision (the BF16 index-K cache has 2-byte entries: the fork copies bytes).
+class ForkSequenceTest : public ::testing::TestWithParam<kernels::IndexerPrecision> {};
+INSTANTIATE_TEST_SUITE_P(Precisions, ForkSequenceTest,
+                         ::testing::Values(kernels::IndexerPrecision::kF32, kernels::IndexerPrecision::kBF16));
+
+TEST_P(ForkSequenceTest, ForkDecodesBitwiseLikeSourceAndAFreshPrefill) {
   auto model = test::SmallSynthetic(Architecture::kDeepseekV32, 4, 16, "FSFS");
   const int V = model->config.vocab_size;
   const std::vector<int32_t> prompt = test::RandomTokens(150, V, 11);  // 3 blocks, the last one partial
-  auto ctx = Context::Create(model, {.max_tokens = 1024, .block_size = 64, .prefill_chunk = 64});
+  auto ctx = Context::Create(model, {.max_tokens = 1024, .block_size = 64, .prefill_chunk = 64,
+                                     .indexer_precision = GetParam()});
   ASSERT_TRUE(ctx.ok()) << ctx.status();
   Context& c = **ctx;
   const int src = *c.AddSequence();
@@ -50,7 +56,7 @@ TEST(ForkSequenceTest, ForkDecodesBitwiseLikeSourceAndAFreshPrefill) {
   EXPECT_EQ(*c.SequenceLength(*fork), 152);
 }
 
-TEST(ForkSequenceTest, BadIdAndFullCache) {
+TEST(ForkSequenceErrors, BadIdAndFullCache) {
   auto model = test::SmallSynthetic(Architecture::kGlmMoeDsa, 2, 16);
   const int V = model->config.vocab_size;
   auto ctx = Context::Create(model, {.max_tokens = 256, .block_size = 64});

@@ -71,6 +71,7 @@ options:
   --threads N            threads building the synthetic weights (0 = all cores)          [0]
   --seed N               weight seed                                                      [20260312]
   --device D             auto | cpu | cuda                                               [auto]
+  --indexer-precision P  f32 | bf16 (BF16 tensor cores and a BF16 index-K cache on CUDA)  [f32]
 )";
 
 // The paper's Table 1 (IndexCache, arXiv 2603.12201; 30B DSA model, SGLang dp 8 on 8×H100), from
@@ -122,7 +123,7 @@ int CmdBenchSampled(int argc, char** argv) {
   CLI_ASSIGN_OR_FAIL(args,
                      Args::Parse(argc, argv,
                                  {"preset", "plans", "contexts", "decode-steps", "max-batch", "prefill-chunk", "warmup",
-                                  "threads", "seed", "device", "layers", "model", "plan-file"},
+                                  "threads", "seed", "device", "layers", "model", "plan-file", "indexer-precision"},
                                  {"sample-layers"}),
                      cmd);
   if (args.Has("model")) {
@@ -135,6 +136,8 @@ int CmdBenchSampled(int argc, char** argv) {
     return v;
   };
   CLI_ASSIGN_OR_FAIL(steps, int_in("decode-steps", 8, 1, 4096), cmd);
+  CLI_ASSIGN_OR_FAIL(precision, SelectIndexerPrecision(args), cmd);
+  const bool ik_bf16 = precision == kernels::IndexerPrecision::kBF16;
   CLI_ASSIGN_OR_FAIL(max_batch, int_in("max-batch", 256, 0, 65536), cmd);
   CLI_ASSIGN_OR_FAIL(chunk, int_in("prefill-chunk", 512, 1, 1 << 20), cmd);
   CLI_ASSIGN_OR_FAIL(warmup, int_in("warmup", 1, 0, 10), cmd);
@@ -190,7 +193,8 @@ int CmdBenchSampled(int argc, char** argv) {
                      .plan = &plan, .shared_experts_split_by_tp = false, .embedding_split_by_tp = false};
     CLI_ASSIGN_OR_FAIL(s, ComputeRankSizing(full, so), cmd);
     r.weights_f32 = 4.0 * static_cast<double>(s.weights().params);
-    r.per_token_f32 = 2.0 * static_cast<double>(s.kv_bytes_per_token + s.index_k_bytes_per_token);
+    r.per_token_f32 = 2.0 * static_cast<double>(s.kv_bytes_per_token) +
+                      (ik_bf16 ? 1.0 : 2.0) * static_cast<double>(s.index_k_bytes_per_token);
     r.weights_bf16 = static_cast<double>(s.weight_bytes());
     r.per_token_bf16 = static_cast<double>(s.kv_bytes_per_token + s.index_k_bytes_per_token);
     runs.push_back(r);
@@ -248,7 +252,8 @@ int CmdBenchSampled(int argc, char** argv) {
     CLI_ASSIGN_OR_FAIL(slice_plan, ParsePlan(slice.plan, slice_config.num_hidden_layers), cmd);
     so.plan = &slice_plan;
     CLI_ASSIGN_OR_FAIL(s, ComputeRankSizing(slice_config, so), cmd);
-    slice_per_token = 2.0 * static_cast<double>(s.kv_bytes_per_token + s.index_k_bytes_per_token);
+    slice_per_token = 2.0 * static_cast<double>(s.kv_bytes_per_token) +
+                      (ik_bf16 ? 1.0 : 2.0) * static_cast<double>(s.index_k_bytes_per_token);
   }
   const double slice_budget = static_cast<double>(before.free_bytes) -
                               (device == kernels::DeviceKind::kCuda ? slice_weight_bytes : 0.0) -
@@ -277,9 +282,10 @@ int CmdBenchSampled(int argc, char** argv) {
 
   ContextOptions co{.device = device, .max_tokens = max_tokens, .block_size = block,
                     .prefill_chunk = static_cast<int>(chunk), .plan = slice.plan, .record_metrics = false,
-                    .profile_layers = true};
+                    .profile_layers = true, .indexer_precision = precision};
   CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), cmd);
-  std::printf("slice context: %lld cache tokens (%.2f GiB of F32 KV + index-K cache)\n",
+  std::printf("indexer: %s (index-K cache %s)\n", ik_bf16 ? "BF16 tensor cores" : "F32", ik_bf16 ? "BF16" : "F32");
+  std::printf("slice context: %lld cache tokens (%.2f GiB of KV + index-K cache)\n",
               static_cast<long long>(max_tokens), Gib(slice_per_token * static_cast<double>(max_tokens)));
   std::mt19937_64 rng(static_cast<uint64_t>(seed));
   std::uniform_int_distribution<int32_t> dist(0, full.vocab_size - 1);
