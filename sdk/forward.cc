@@ -434,7 +434,11 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     int open_layer = -1;
     double layer_start = 0;
     auto mark_layer_boundary = [&](int next_layer) -> absl::Status {
-      IC_RETURN_IF_ERROR(be.Synchronize());
+      if (absl::Status s = be.Synchronize(); !s.ok()) {  // name the layer whose kernels failed
+        return absl::Status(s.code(), absl::StrCat(open_layer >= 0 ? absl::StrCat("layer ", open_layer)
+                                                                   : std::string("before the first layer"),
+                                                   " of a pass of ", T, " tokens: ", s.message()));
+      }
       const double now = NowSeconds();
       if (open_layer >= 0) pass_layer_seconds[open_layer] += now - layer_start;
       open_layer = next_layer;

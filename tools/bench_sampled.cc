@@ -313,14 +313,18 @@ int CmdBenchSampled(int argc, char** argv) {
     CLI_ASSIGN_OR_FAIL(seq, ctx->AddSequence(), cmd);
     ctx->ResetLayerProfile();
     const double t0 = Now();
-    if (absl::Status s = ctx->Prefill(seq, prompt); !s.ok()) return Fail(cmd, s);
+    if (absl::Status s = ctx->Prefill(seq, prompt); !s.ok()) {
+      return Fail(cmd, absl::Status(s.code(), absl::StrCat("prefill of ", L, " tokens: ", s.message())));
+    }
     const double prefill_wall = Now() - t0;
     CLI_ASSIGN_OR_FAIL(prefill_t, slice_times(1), cmd);
     const int64_t prefill_passes = ctx->layer_profile().passes;
     ctx->ResetLayerProfile();
     int32_t next = prompt[0];
     for (int64_t i = 0; i < steps; ++i) {
-      if (absl::Status s = ctx->Decode({&seq, 1}, {&next, 1}, nullptr); !s.ok()) return Fail(cmd, s);
+      if (absl::Status s = ctx->Decode({&seq, 1}, {&next, 1}, nullptr); !s.ok()) {
+        return Fail(cmd, absl::Status(s.code(), absl::StrCat("decode at ", L, ": ", s.message())));
+      }
     }
     CLI_ASSIGN_OR_FAIL(decode_t, slice_times(steps), cmd);
     // Full cache: forks of the prefilled sequence, then `steps` decode steps at each batch size.
@@ -338,7 +342,9 @@ int CmdBenchSampled(int argc, char** argv) {
       ctx->ResetLayerProfile();
       for (int64_t i = 0; i < steps; ++i) {
         absl::Status s = ctx->Decode(std::span<const int>(seqs.data(), static_cast<size_t>(b)), toks, nullptr);
-        if (!s.ok()) return Fail(cmd, s);
+        if (!s.ok()) {
+          return Fail(cmd, absl::Status(s.code(), absl::StrCat("decode of ", b, " sequences at ", L, ": ", s.message())));
+        }
       }
       CLI_ASSIGN_OR_FAIL(t, slice_times(steps), cmd);
       full_t[b] = t;
