@@ -49,8 +49,19 @@ ic_context_params_t DefaultContextParams() {
   p.ep_size = 1;
   p.dist_id = nullptr;
   p.dist_timeout_ms = 300000;
-  p.indexer_precision = IC_INDEXER_F32;
+  p.indexer_precision = IC_PRECISION_F32;
+  p.attention_precision = IC_PRECISION_F32;
   return p;
+}
+
+absl::StatusOr<ic::kernels::Precision> ReadPrecision(int32_t value, const char* field) {
+  switch (value) {
+    case IC_PRECISION_F32: return ic::kernels::Precision::kF32;
+    case IC_PRECISION_BF16: return ic::kernels::Precision::kBF16;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("ic_context_params_t.", field, " is ", value,
+                                                     "; expected IC_PRECISION_F32 (0) or IC_PRECISION_BF16 (1)"));
+  }
 }
 
 // Multi-GPU fields are reserved: negative values are bad input; sizes above 1 are not in this version.
@@ -292,14 +303,8 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
     o.block_size = p.block_size;
     o.prefill_chunk = p.prefill_chunk;
     o.record_metrics = p.record_metrics != 0;
-    switch (p.indexer_precision) {
-      case IC_INDEXER_F32: o.indexer_precision = ic::kernels::IndexerPrecision::kF32; break;
-      case IC_INDEXER_BF16: o.indexer_precision = ic::kernels::IndexerPrecision::kBF16; break;
-      default:
-        return absl::InvalidArgumentError(absl::StrCat("ic_context_params_t.indexer_precision is ",
-                                                       p.indexer_precision, "; expected IC_INDEXER_F32 (0) or ",
-                                                       "IC_INDEXER_BF16 (1)"));
-    }
+    IC_ASSIGN_OR_RETURN(o.indexer_precision, ReadPrecision(p.indexer_precision, "indexer_precision"));
+    IC_ASSIGN_OR_RETURN(o.attention_precision, ReadPrecision(p.attention_precision, "attention_precision"));
     if (p.plan != nullptr) o.plan = p.plan;
     auto handle = std::make_unique<ic_context_t>();
     handle->model = m->model;

@@ -123,6 +123,16 @@ struct CacheWriteArgs {
   int64_t num_slots = 0;
 };
 
+// Arithmetic precision of the indexer (IndexerArgs) and of attention (AttentionArgs; see there).
+// For the indexer's q·k products (the ReLU, the head weights and the sum over heads are F32 in every mode):
+//   kF32:  F32 inputs, F32 products and sums (the reference semantics).
+//   kBF16: q and k are rounded to BF16 (round to nearest even) before the dot products, which are
+//          accumulated in F32 — what a BF16 tensor-core kernel computes (the CUDA backend runs
+//          mma.sync m16n8k16 for 8–64 heads of dimension 64 or 128). Products of two BF16 values are
+//          exact in F32, so the CPU and the GPU differ only by the order of the F32 sums.
+enum class Precision { kF32, kBF16 };
+using IndexerPrecision = Precision;
+
 // Where each query token of a batch lives: its sequence (row of block_tables) and its position.
 struct TokenLayout {
   const int32_t* token_seq = nullptr;     // [tokens]
@@ -143,6 +153,11 @@ struct TokenLayout {
 //   where the value is the first v_dim = kv_lora_rank entries of the latent).
 // out: [tokens, q_heads, v_dim].  lse (optional): [tokens, q_heads] natural-log sum-exp of the logits.
 // probs (optional, sparse only): [tokens, topk_k] head-averaged attention weight of each selected key.
+// precision kBF16: the kernel may round q, k, v and the probabilities to BF16 (F32 accumulation, F32
+//   softmax statistics): the CUDA backend runs sparse absorbed-MLA attention (kv_heads 1, qk_dim 576,
+//   v_dim 512 aliasing the latent, ≤ 32 query heads) on tensor cores; every other case computes in F32.
+//   The CPU reference rounds q, k and v and keeps the probabilities in F32; outputs agree with kF32 to
+//   about 2^-8 relative (DESIGN.md §3's BF16 tolerance, 1e-2).
 struct AttentionArgs {
   float* out = nullptr;
   float* lse = nullptr;
@@ -157,16 +172,9 @@ struct AttentionArgs {
   TokenLayout layout;
   const int32_t* topk = nullptr;  // [tokens, topk_k] or nullptr (dense causal)
   int topk_k = 0;
+  Precision precision = Precision::kF32;
 };
 
-// Arithmetic of the indexer's q·k products (the ReLU, the head weights and the sum over heads are F32
-// in every mode).
-//   kF32:  F32 inputs, F32 products and sums (the reference semantics).
-//   kBF16: q and k are rounded to BF16 (round to nearest even) before the dot products, which are
-//          accumulated in F32 — what a BF16 tensor-core kernel computes (the CUDA backend runs
-//          mma.sync m16n8k16 for 8–64 heads of dimension 64 or 128). Products of two BF16 values are
-//          exact in F32, so the CPU and the GPU differ only by the order of the F32 sums.
-enum class IndexerPrecision { kF32, kBF16 };
 
 // Lightning indexer + top-k (DeepSeek-V3.2 report, eq. 1):
 //   I[t, s] = Σ_j w[t, j] · ReLU(q[t, j] · k[s])   for s ≤ pos(t),

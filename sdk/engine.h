@@ -81,6 +81,10 @@ struct ContextOptions {
   // kBF16 (q and index-K rounded to BF16, F32 accumulation: BF16 tensor cores on CUDA; the index-K cache
   // is then stored in BF16, half the bytes — DESIGN.md's layout).
   kernels::IndexerPrecision indexer_precision = kernels::IndexerPrecision::kF32;
+  // Attention's arithmetic (kernels/backend.h AttentionArgs::precision): kBF16 runs sparse absorbed-MLA
+  // attention on BF16 tensor cores on CUDA (q, k, v and probabilities at BF16, F32 accumulation); the KV
+  // cache stays F32 in this version.
+  kernels::Precision attention_precision = kernels::Precision::kF32;
 };
 
 // One contiguous run of new tokens of one sequence inside a forward pass.

@@ -466,6 +466,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       // ---- Attention inputs and KV cache append.
       const float* q_latent = nullptr;  // MLA: indexer query input
       kernels::AttentionArgs at;
+      at.precision = options_.attention_precision;
       at.layout = layout;
       at.scale = im.softmax_scale;
       at.num_slots = im.num_slots;

@@ -218,13 +218,18 @@ static void TestContextParamErrors(ic_model_t* model) {
   ic_context_t* ctx = NULL;
 
   ic_context_default_params(&cp);
-  CHECK(cp.indexer_precision == IC_INDEXER_F32);
+  CHECK(cp.indexer_precision == IC_PRECISION_F32 && cp.attention_precision == IC_PRECISION_F32);
   cp.device = IC_DEVICE_CPU;
   cp.indexer_precision = 7;
   CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
   CHECK_MESSAGE_HAS("indexer_precision");
   CHECK(ctx == NULL);
-  cp.indexer_precision = IC_INDEXER_BF16;
+  cp.indexer_precision = IC_PRECISION_BF16;
+  cp.attention_precision = -1;
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("attention_precision");
+  CHECK(ctx == NULL);
+  cp.attention_precision = IC_PRECISION_BF16;
   cp.max_tokens = 64;
   CHECK_OK(ic_context_create(model, &cp, &ctx));
   CHECK_OK(ic_context_free(ctx));

@@ -189,6 +189,26 @@ TEST(EngineTest, Bf16IndexerPrecisionChangesOnlyTheIndexerArithmetic) {
   RecordProperty("rows_differing", rows_differing);
 }
 
+// ContextOptions::attention_precision reaches attention: the output of layer 0 (the input of layer 1),
+// which depends on nothing else that changes, moves by BF16 rounding of q, k, v: more than F32 noise,
+// within DESIGN.md §3's BF16 tolerance.
+TEST(EngineTest, Bf16AttentionPrecisionChangesLayerZerosOutputByRoundingOnly) {
+  auto model = Synthetic(Architecture::kDeepseekV32, 4, 16);
+  const auto tokens = RandomTokens(120, model->config.vocab_size, 6);
+  std::map<int, std::vector<float>> hidden[2];
+  for (int i = 0; i < 2; ++i) {
+    auto ctx = Context::Create(model, {.max_tokens = 512,
+                                       .attention_precision = i ? kernels::Precision::kBF16 : kernels::Precision::kF32});
+    ASSERT_TRUE(ctx.ok()) << ctx.status();
+    const int seq = *(*ctx)->AddSequence();
+    Segment seg{seq, tokens};
+    ASSERT_TRUE((*ctx)->Forward({&seg, 1}, {.hidden_by_layer = &hidden[i]}).ok());
+  }
+  const double err = MaxRelError(hidden[1].at(1), hidden[0].at(1));
+  EXPECT_GT(err, 1e-6);
+  EXPECT_LT(err, 1e-2);
+}
+
 TEST(EngineTest, SharedLayersGetNoIndexKCache) {
   auto model = Synthetic(Architecture::kDeepseekV32, 8, 8);
   auto dsa = *Context::Create(model, {.max_tokens = 1024});

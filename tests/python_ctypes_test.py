@@ -67,8 +67,13 @@ class IndexCacheCtypesTest(unittest.TestCase):
             b = bf16.prefill(bf16.add_sequence(), toks)
             self.assertEqual(len(a), len(b))
             self.assertTrue(all(math.isfinite(x) for x in b))
+        with self.context(indexer_precision="bf16", attention_precision="bf16") as both:
+            c = both.prefill(both.add_sequence(), toks)
+            self.assertTrue(all(math.isfinite(x) for x in c))
         with self.assertRaises(ValueError):
             self.context(indexer_precision="fp8")
+        with self.assertRaises(ValueError):
+            self.context(attention_precision=1)
 
     def test_decode_matches_prefill(self):
         toks = _tokens(40, 128)

@@ -72,6 +72,7 @@ options:
   --seed N               weight seed                                                      [20260312]
   --device D             auto | cpu | cuda                                               [auto]
   --indexer-precision P  f32 | bf16 (BF16 tensor cores and a BF16 index-K cache on CUDA)  [f32]
+  --attention-precision P f32 | bf16 (sparse MLA attention on BF16 tensor cores on CUDA)   [f32]
 )";
 
 // The paper's Table 1 (IndexCache, arXiv 2603.12201; 30B DSA model, SGLang dp 8 on 8×H100), from
@@ -123,7 +124,7 @@ int CmdBenchSampled(int argc, char** argv) {
   CLI_ASSIGN_OR_FAIL(args,
                      Args::Parse(argc, argv,
                                  {"preset", "plans", "contexts", "decode-steps", "max-batch", "prefill-chunk", "warmup",
-                                  "threads", "seed", "device", "layers", "model", "plan-file", "indexer-precision"},
+                                  "threads", "seed", "device", "layers", "model", "plan-file", "indexer-precision", "attention-precision"},
                                  {"sample-layers"}),
                      cmd);
   if (args.Has("model")) {
@@ -136,7 +137,8 @@ int CmdBenchSampled(int argc, char** argv) {
     return v;
   };
   CLI_ASSIGN_OR_FAIL(steps, int_in("decode-steps", 8, 1, 4096), cmd);
-  CLI_ASSIGN_OR_FAIL(precision, SelectIndexerPrecision(args), cmd);
+  CLI_ASSIGN_OR_FAIL(precision, SelectPrecision(args, "indexer-precision"), cmd);
+  CLI_ASSIGN_OR_FAIL(attn_precision, SelectPrecision(args, "attention-precision"), cmd);
   const bool ik_bf16 = precision == kernels::IndexerPrecision::kBF16;
   CLI_ASSIGN_OR_FAIL(max_batch, int_in("max-batch", 256, 0, 65536), cmd);
   CLI_ASSIGN_OR_FAIL(chunk, int_in("prefill-chunk", 512, 1, 1 << 20), cmd);
@@ -282,9 +284,11 @@ int CmdBenchSampled(int argc, char** argv) {
 
   ContextOptions co{.device = device, .max_tokens = max_tokens, .block_size = block,
                     .prefill_chunk = static_cast<int>(chunk), .plan = slice.plan, .record_metrics = false,
-                    .profile_layers = true, .indexer_precision = precision};
+                    .profile_layers = true, .indexer_precision = precision,
+                    .attention_precision = attn_precision};
   CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), cmd);
-  std::printf("indexer: %s (index-K cache %s)\n", ik_bf16 ? "BF16 tensor cores" : "F32", ik_bf16 ? "BF16" : "F32");
+  std::printf("indexer: %s (index-K cache %s); sparse attention: %s\n", ik_bf16 ? "BF16 tensor cores" : "F32",
+              ik_bf16 ? "BF16" : "F32", attn_precision == kernels::Precision::kBF16 ? "BF16 tensor cores" : "F32");
   std::printf("slice context: %lld cache tokens (%.2f GiB of KV + index-K cache)\n",
               static_cast<long long>(max_tokens), Gib(slice_per_token * static_cast<double>(max_tokens)));
   std::mt19937_64 rng(static_cast<uint64_t>(seed));

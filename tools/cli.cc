@@ -102,11 +102,11 @@ absl::StatusOr<kernels::DeviceKind> SelectDevice(const Args& args) {
   return InvalidArgument("--device must be auto, cpu or cuda; got '", d, "'");
 }
 
-absl::StatusOr<kernels::IndexerPrecision> SelectIndexerPrecision(const Args& args) {
-  const std::string p = args.Get("indexer-precision", "f32");
-  if (p == "f32") return kernels::IndexerPrecision::kF32;
-  if (p == "bf16") return kernels::IndexerPrecision::kBF16;
-  return InvalidArgument("--indexer-precision must be f32 or bf16; got '", p, "'");
+absl::StatusOr<kernels::Precision> SelectPrecision(const Args& args, const std::string& key) {
+  const std::string p = args.Get(key, "f32");
+  if (p == "f32") return kernels::Precision::kF32;
+  if (p == "bf16") return kernels::Precision::kBF16;
+  return InvalidArgument("--", key, " must be f32 or bf16; got '", p, "'");
 }
 
 absl::StatusOr<std::vector<NamedPlan>> ParsePlans(const std::string& list, const Model& model) {

@@ -47,7 +47,8 @@ constexpr const char* kModelOptions = R"(  --model DIR            HF checkpoint 
 const std::vector<std::string> kModelKeys = {"model", "plan-file", "device", "seed", "layers"};
 
 constexpr const char* kPrecisionOption =
-    "  --indexer-precision P  f32 | bf16: the indexer's q·k arithmetic (bf16: tensor cores on CUDA)  [f32]\n";
+    "  --indexer-precision P  f32 | bf16: the indexer's q·k arithmetic (bf16: tensor cores on CUDA)  [f32]\n"
+    "  --attention-precision P f32 | bf16: attention's arithmetic (bf16: sparse MLA on tensor cores)  [f32]\n";
 
 // Token counts: at most 2^30, so that sums such as prompt + max-new + 64 (cache slots, int32 positions)
 // cannot overflow; the context then fails with a clear out-of-memory error when they do not fit.
@@ -231,7 +232,7 @@ int CmdRun(int argc, char** argv) {
       "  --plan P               IndexCache plan (dsa, 1/2, 1/4, FSSS…, file:PATH)          [checkpoint]\n"
       "  --stop-at-eos          stop at the model's eos_token_id\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"tokens", "token-file", "max-new", "plan", "indexer-precision"}),
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"tokens", "token-file", "max-new", "plan", "indexer-precision", "attention-precision", "attention-precision"}),
                                        {"stop-at-eos"}), "run");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "run");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "run");
@@ -252,9 +253,10 @@ int CmdRun(int argc, char** argv) {
     CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plan"), *model), "run");
     pattern = plans[0].pattern;
   }
-  CLI_ASSIGN_OR_FAIL(precision, SelectIndexerPrecision(args), "run");
+  CLI_ASSIGN_OR_FAIL(precision, SelectPrecision(args, "indexer-precision"), "run");
+  CLI_ASSIGN_OR_FAIL(attn_precision, SelectPrecision(args, "attention-precision"), "run");
   ContextOptions co{.device = device, .max_tokens = static_cast<int64_t>(prompt.size()) + max_new + 64, .plan = pattern,
-                    .indexer_precision = precision};
+                    .indexer_precision = precision, .attention_precision = attn_precision};
   CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), "run");
   CLI_ASSIGN_OR_FAIL(seq, ctx->AddSequence(), "run");
   std::vector<float> logits(c.vocab_size);
@@ -350,14 +352,15 @@ int CmdEval(int argc, char** argv) {
       "                         DIR/overlap.png (sdk/selection_report.h)\n"
       "  --report-windows N     windows used by --report                                   [2]\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"token-file", "plans", "context", "max-tokens", "indexer-precision",
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"token-file", "plans", "context", "max-tokens", "indexer-precision", "attention-precision",
                                                                      "report", "report-windows"}), {}),
                      "eval");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "eval");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "eval");
   if (!args.Has("token-file")) return Fail("eval", InvalidArgument("--token-file is required"));
   CLI_ASSIGN_OR_FAIL(tokens, ReadTokenFile(args.Get("token-file"), model->config.vocab_size), "eval");
-  CLI_ASSIGN_OR_FAIL(precision, SelectIndexerPrecision(args), "eval");
+  CLI_ASSIGN_OR_FAIL(precision, SelectPrecision(args, "indexer-precision"), "eval");
+  CLI_ASSIGN_OR_FAIL(attn_precision, SelectPrecision(args, "attention-precision"), "eval");
   CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plans", "dsa,1/2,1/4"), *model), "eval");
   CLI_ASSIGN_OR_FAIL(context, GetIntIn(args, "context", 1024, 2, kMaxTokens), "eval");
   CLI_ASSIGN_OR_FAIL(max_tokens, GetIntIn(args, "max-tokens", 0, 0, std::numeric_limits<int64_t>::max()), "eval");
@@ -397,7 +400,8 @@ int CmdEval(int argc, char** argv) {
               "tokens");
   for (const NamedPlan& p : plans) {
     CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, {.device = device, .max_tokens = context + 64, .plan = p.pattern,
-                                                    .indexer_precision = precision}),
+                                                    .indexer_precision = precision,
+                                                    .attention_precision = attn_precision}),
                        "eval");
     double sum = 0;
     int64_t n = 0;
@@ -445,7 +449,7 @@ int CmdBench(int argc, char** argv) {
       "                         glm-5, tiny-dsa) with synthetic weights: `indexcache bench --preset X --help`\n"
       "  --sample-layers        the same for the embedded synthetic model\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"plans", "contexts", "decode-steps", "batch", "warmup", "indexer-precision"}), {}),
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"plans", "contexts", "decode-steps", "batch", "warmup", "indexer-precision", "attention-precision", "attention-precision"}), {}),
                      "bench");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "bench");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "bench");
@@ -453,7 +457,8 @@ int CmdBench(int argc, char** argv) {
   CLI_ASSIGN_OR_FAIL(steps, GetIntIn(args, "decode-steps", 16, 0, kMaxTokens), "bench");
   CLI_ASSIGN_OR_FAIL(batch, GetIntIn(args, "batch", 1, 1, 4096), "bench");
   CLI_ASSIGN_OR_FAIL(warmup, GetIntIn(args, "warmup", 1, 0, 10), "bench");
-  CLI_ASSIGN_OR_FAIL(precision, SelectIndexerPrecision(args), "bench");
+  CLI_ASSIGN_OR_FAIL(precision, SelectPrecision(args, "indexer-precision"), "bench");
+  CLI_ASSIGN_OR_FAIL(attn_precision, SelectPrecision(args, "attention-precision"), "bench");
   std::vector<int64_t> contexts;
   for (absl::string_view piece : absl::StrSplit(args.Get("contexts", "1024,4096"), ',', absl::SkipEmpty())) {
     int64_t v = 0;
@@ -480,7 +485,8 @@ int CmdBench(int argc, char** argv) {
       ContextOptions co{.device = device,
                         .max_tokens = (ctx_len + steps + 64) * batch + (warmup > 0 ? ctx_len + 64 : 0),
                         .plan = p.pattern,
-                        .indexer_precision = precision};
+                        .indexer_precision = precision,
+                        .attention_precision = attn_precision};
       CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), "bench");
       if (prompt.empty()) {  // after the context: a length that cannot fit fails above, not in this allocation
         prompt.resize(ctx_len);

@@ -142,6 +142,7 @@ class _ContextParams(ctypes.Structure):
         ("dist_id", ctypes.c_void_p),
         ("dist_timeout_ms", ctypes.c_int32),
         ("indexer_precision", ctypes.c_int32),
+        ("attention_precision", ctypes.c_int32),
     ]
 
 
@@ -576,8 +577,8 @@ class Context:
     metrics_address starts the process-wide Prometheus exposer. Several ranks (DESIGN.md §5): rank,
     world_size (= dp × tp_size), tp_size, ep_size and the dist_id from dist_unique_id() on every rank;
     creation returns once every rank has joined (threads: ctypes releases the GIL while it waits).
-    indexer_precision: "f32" (default) or "bf16" (q and index keys rounded to BF16, F32 accumulation:
-    tensor cores on CUDA; ic_indexer_precision_t). ValueError for anything else."""
+    indexer_precision, attention_precision: "f32" (default) or "bf16" (inputs rounded to BF16, F32
+    accumulation: tensor cores on CUDA; ic_precision_t). ValueError for anything else."""
 
     def __init__(self, model: Model, *, device: Device = Device.AUTO, device_ordinal: int = 0,
                  max_tokens: Optional[int] = None, block_size: Optional[int] = None,
@@ -585,7 +586,7 @@ class Context:
                  metrics_address: Optional[str] = None, record_metrics: bool = True,
                  rank: int = 0, world_size: int = 1, tp_size: int = 1, ep_size: int = 1,
                  dist_id: Optional[bytes] = None, dist_timeout_ms: Optional[int] = None,
-                 indexer_precision: str = "f32"):
+                 indexer_precision: str = "f32", attention_precision: str = "f32"):
         self._handle: Optional[int] = None
         if not isinstance(model, Model):
             raise TypeError(f"model must be an indexcache.Model, got {type(model).__name__}")
@@ -608,9 +609,10 @@ class Context:
         if dist_timeout_ms is not None:
             params.dist_timeout_ms = _int(dist_timeout_ms, ctypes.c_int32, "dist_timeout_ms")
         precisions = {"f32": 0, "bf16": 1}
-        if indexer_precision not in precisions:
-            raise ValueError(f"indexer_precision must be 'f32' or 'bf16', got {indexer_precision!r}")
-        params.indexer_precision = precisions[indexer_precision]
+        for name, value in (("indexer_precision", indexer_precision), ("attention_precision", attention_precision)):
+            if not isinstance(value, str) or value not in precisions:
+                raise ValueError(f"{name} must be 'f32' or 'bf16', got {value!r}")
+            setattr(params, name, precisions[value])
         id_buf = None
         if dist_id is not None:
             if not isinstance(dist_id, (bytes, bytearray)) or len(dist_id) != IC_DIST_ID_BYTES:

@@ -216,13 +216,18 @@ IC_API ic_status_t ic_model_plan(const ic_model_t* model, char* buf, size_t buf_
 
 /* ---- Contexts ------------------------------------------------------------------------------------ */
 
-/* The lightning indexer's q·k arithmetic (the ReLU, head weights and sum over heads are F32 in both).
- *   IC_INDEXER_F32:  F32 products and sums (the reference).
- *   IC_INDEXER_BF16: q and the index keys rounded to BF16 (round to nearest even), products accumulated
- *                    in F32: BF16 tensor cores on CUDA (8/16/32/64 index heads of dimension 64 or 128;
- *                    other shapes round the same way on CUDA cores). Top-k may differ from F32 where two
- *                    scores are within BF16 rounding of each other. */
-typedef enum ic_indexer_precision_t { IC_INDEXER_F32 = 0, IC_INDEXER_BF16 = 1 } ic_indexer_precision_t;
+/* Arithmetic of the indexer and of attention (ic_context_params_t.indexer_precision and
+ * .attention_precision; kernels/backend.h Precision).
+ *   IC_PRECISION_F32:  F32 everywhere (the reference).
+ *   IC_PRECISION_BF16: inputs rounded to BF16 (round to nearest even), F32 accumulation, on tensor cores on
+ *                      CUDA. Indexer: q and the index keys (index-K cache stored in BF16, half the bytes);
+ *                      8/16/32/64 index heads of dimension 64 or 128 on tensor cores, other shapes round
+ *                      the same way on CUDA cores. Top-k may differ from F32 where two scores are within
+ *                      BF16 rounding of each other. Attention: sparse absorbed-MLA attention (latent 512 +
+ *                      64, up to 32 heads: DeepSeek-V3.2, GLM-5, GLM-4.7-Flash shapes) on tensor cores with
+ *                      q, k, v and the probabilities at BF16; other shapes compute in F32. Outputs agree
+ *                      with F32 to about 1e-2 relative. */
+typedef enum ic_precision_t { IC_PRECISION_F32 = 0, IC_PRECISION_BF16 = 1 } ic_precision_t;
 
 typedef struct ic_context_params_t {
   size_t struct_size;          /* = sizeof(ic_context_params_t) */
@@ -253,8 +258,9 @@ typedef struct ic_context_params_t {
                                          covers it. */
   int32_t dist_timeout_ms;     /* several ranks: how long joining and each collective may wait for the
                                   others before IC_ERR_ABORTED; default 300000 (5 min). Since 0.2. */
-  int32_t indexer_precision;   /* ic_indexer_precision_t: the lightning indexer's q·k arithmetic; default
-                                  IC_INDEXER_F32. Since 0.3. */
+  int32_t indexer_precision;   /* ic_precision_t: the lightning indexer's q·k arithmetic; default
+                                  IC_PRECISION_F32. Since 0.3. */
+  int32_t attention_precision; /* ic_precision_t: attention's arithmetic; default IC_PRECISION_F32. Since 0.3. */
 } ic_context_params_t;
 
 /* Fills `params` with the defaults above. Errors: IC_ERR_INVALID_ARGUMENT (params NULL). */

@@ -9,6 +9,7 @@
 // Sparse: the same tiles, over the union U of the tile's selected keys (valid entries 0 ≤ s ≤ pos; −1
 // and anything else ignored); each row's softmax covers only its own entries. U ⊆ 0..last position of
 // the tile, so sparse never costs more than dense, and far less when the selections overlap.
+// Precision::kBF16 rounds the gathered K, V rows and the query tile to BF16 before the sgemms.
 #include <cblas.h>
 
 #include <algorithm>
@@ -60,6 +61,10 @@ absl::Status ValidateAttention(const AttentionArgs& a, Dims* d) {
   if (a.topk != nullptr && a.topk_k <= 0) {
     return InvalidArgument("Attention: topk_k = ", a.topk_k, " must be positive when topk is given");
   }
+  if (a.precision != Precision::kF32 && a.precision != Precision::kBF16) {
+    return InvalidArgument("Attention: precision = ", static_cast<int>(a.precision),
+                           " is not one of kF32 (0), kBF16 (1)");
+  }
   if (a.topk == nullptr && a.probs != nullptr) {
     return InvalidArgument("Attention: probs is only produced by sparse attention (topk is null)");
   }
@@ -94,6 +99,7 @@ int TileTokens(int group, int lk, int ntok) {
 
 void DenseAttention(const AttentionArgs& a, const Dims& d) {
   const TokenLayout& l = a.layout;
+  const bool bf16 = a.precision == Precision::kBF16;
   const int G = d.group;
   std::vector<float> kg, vg, qs, s, o;
   for (const internal::SequenceTokens& seq : internal::GroupBySequence(l)) {
@@ -105,6 +111,10 @@ void DenseAttention(const AttentionArgs& a, const Dims& d) {
     for (int g = 0; g < a.kv_heads; ++g) {
       internal::GatherSequenceRows(l, seq.seq, lk, a.k_cache, d.k_stride, g * a.qk_dim, a.qk_dim, kg.data());
       internal::GatherSequenceRows(l, seq.seq, lk, a.v_cache, d.v_stride, g * a.v_dim, a.v_dim, vg.data());
+      if (bf16) {
+        internal::RoundAllToBf16(kg.data(), kg.size());
+        internal::RoundAllToBf16(vg.data(), vg.size());
+      }
       for (int t0 = 0; t0 < ntok; t0 += tile) {
         const int nt = std::min(tile, ntok - t0);
         const int rows = nt * G;
@@ -116,6 +126,7 @@ void DenseAttention(const AttentionArgs& a, const Dims& d) {
           const float* src = a.q + static_cast<int64_t>(seq.tokens[t0 + i]) * d.q_stride + static_cast<int64_t>(g) * G * a.qk_dim;
           std::memcpy(qs.data() + static_cast<size_t>(i) * G * a.qk_dim, src, sizeof(float) * G * a.qk_dim);
         }
+        if (bf16) internal::RoundAllToBf16(qs.data(), static_cast<size_t>(rows) * a.qk_dim);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, lt, a.qk_dim, a.scale, qs.data(), a.qk_dim,
                     kg.data(), a.qk_dim, 0.0f, s.data(), lt);
         internal::ParallelFor(rows, 8, [&](int64_t b, int64_t e) {
@@ -141,6 +152,7 @@ void DenseAttention(const AttentionArgs& a, const Dims& d) {
 // each row keeps only its own selected entries (softmax over those, written back as probabilities),
 // and O = P·V_U by sgemm. U ⊆ 0..last position of the tile, so a tile never costs more than dense.
 void SparseAttention(const AttentionArgs& a, const Dims& d) {
+  const bool bf16 = a.precision == Precision::kBF16;
   const TokenLayout& l = a.layout;
   const int G = d.group;
   const int K = a.topk_k;
@@ -186,6 +198,11 @@ void SparseAttention(const AttentionArgs& a, const Dims& d) {
         for (int i = 0; i < nt; ++i) {
           const float* src = a.q + static_cast<int64_t>(seq.tokens[t0 + i]) * d.q_stride + static_cast<int64_t>(g) * G * a.qk_dim;
           std::memcpy(qs.data() + static_cast<size_t>(i) * G * a.qk_dim, src, sizeof(float) * G * a.qk_dim);
+        }
+        if (bf16) {
+          internal::RoundAllToBf16(kg.data(), static_cast<size_t>(nu) * a.qk_dim);
+          internal::RoundAllToBf16(vg.data(), static_cast<size_t>(nu) * a.v_dim);
+          internal::RoundAllToBf16(qs.data(), static_cast<size_t>(rows) * a.qk_dim);
         }
         if (nu > 0) {
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nu, a.qk_dim, a.scale, qs.data(), a.qk_dim,

@@ -50,10 +50,6 @@ absl::Status ValidateIndexer(const IndexerArgs& a, int* k_stride) {
   return internal::ValidateLayout(a.layout, a.num_slots, "IndexerTopk");
 }
 
-void RoundAllToBf16(float* x, size_t n) {
-  for (size_t i = 0; i < n; ++i) x[i] = internal::Bf16ToFloat(internal::FloatToBf16(x[i]));
-}
-
 void WriteShortRow(int pos, int k, int32_t* out) {
   for (int i = 0; i <= pos; ++i) out[i] = i;
   for (int i = pos + 1; i < k; ++i) out[i] = -1;
@@ -89,7 +85,7 @@ absl::Status CpuBackend::IndexerTopk(const IndexerArgs& a) {
       internal::GatherSequenceRows(l, seq.seq, lk, a.k_cache_bf16, k_stride, 0, D, kg.data());
     } else {
       internal::GatherSequenceRows(l, seq.seq, lk, a.k_cache, k_stride, 0, D, kg.data());
-      if (bf16) RoundAllToBf16(kg.data(), kg.size());
+      if (bf16) internal::RoundAllToBf16(kg.data(), kg.size());
     }
     const int n = static_cast<int>(scored.size());
     const int tile = static_cast<int>(std::clamp<int64_t>(kScoreBudget / (static_cast<int64_t>(H) * lk), 1, 64));
@@ -103,7 +99,7 @@ absl::Status CpuBackend::IndexerTopk(const IndexerArgs& a) {
         std::memcpy(qs.data() + static_cast<size_t>(i) * H * D, a.q + static_cast<int64_t>(scored[t0 + i]) * H * D,
                     sizeof(float) * H * D);
       }
-      if (bf16) RoundAllToBf16(qs.data(), qs.size());
+      if (bf16) internal::RoundAllToBf16(qs.data(), qs.size());
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nt * H, lt, D, 1.0f, qs.data(), D, kg.data(), D, 0.0f,
                   s.data(), lt);
       internal::ParallelFor(nt, 1, [&](int64_t b, int64_t e) {

@@ -160,6 +160,11 @@ inline float Bf16ToFloat(uint16_t b) {
   return x;
 }
 
+// x[i] = the nearest BF16 value (ties to even), kept in F32.
+inline void RoundAllToBf16(float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] = Bf16ToFloat(FloatToBf16(x[i]));
+}
+
 inline int64_t SlotOf(const TokenLayout& layout, int seq, int pos) {
   const int32_t block = layout.block_tables[static_cast<int64_t>(seq) * layout.max_blocks_per_seq +
                                             pos / layout.block_size];

@@ -9,8 +9,11 @@
 // once per head (MLA decode: 8× fewer L2 reads than one block per head). A second kernel computes the
 // head-averaged probabilities of the selected keys from the log-sum-exp (sparse only), so the result
 // does not depend on atomics.
-// Next steps: tile several query tokens per block for prefill (a flash-attention tiling) and use the
-// tensor cores where the accuracy budget allows.
+// BF16 (AttentionArgs::precision kBF16): sparse absorbed-MLA attention (one latent KV head of 576 = 512 +
+// 64 rope, V = its first 512 values, up to 32 query heads) runs on tensor cores: SparseMlaTcKernel below.
+// Other shapes and dense attention run the F32 kernels in either precision.
+// Next steps: tile several query tokens per block for prefill (a flash-attention tiling).
+#include <cuda_bf16.h>
 #include <cuda_pipeline.h>
 
 #include <algorithm>
@@ -21,6 +24,7 @@ namespace ic::kernels::cuda {
 namespace {
 
 constexpr int kWarps = 8;   // heads per block at most, and warps of the probs kernel
+size_t g_attention_max_shared = 48 << 10;  // set by ConfigureAttentionKernels
 constexpr int kChunk = 16;  // keys staged per step
 
 __device__ __forceinline__ int KeyAt(const AttentionParams& p, int t, int i) {
@@ -286,7 +290,13 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionProbsKernel(AttentionPar
         const float* qh = p.q + static_cast<int64_t>(t) * p.q_stride + static_cast<int64_t>(h) * p.qk_dim;
         const float* kr = p.k_cache + slot * p.k_stride + static_cast<int64_t>(h / group) * p.qk_dim;
         float dot = 0.0f;
-        for (int d = lane; d < p.qk_dim; d += 32) dot = fmaf(qh[d], kr[d], dot);
+        if (p.bf16) {  // the same rounded inputs as the BF16 kernels
+          for (int d = lane; d < p.qk_dim; d += 32) {
+            dot = fmaf(__bfloat162float(__float2bfloat16_rn(qh[d])), __bfloat162float(__float2bfloat16_rn(kr[d])), dot);
+          }
+        } else {
+          for (int d = lane; d < p.qk_dim; d += 32) dot = fmaf(qh[d], kr[d], dot);
+        }
         const float logit = WarpSum(dot) * p.scale;
         const float ls = lse[static_cast<int64_t>(t) * p.q_heads + h];
         if (ls != -INFINITY) total += expf(logit - ls);
@@ -297,6 +307,232 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionProbsKernel(AttentionPar
 }
 
 
+// ---- BF16 tensor-core sparse MLA attention ---------------------------------------------------------
+//
+// Block = one query token (all its heads: they share the token's top-k keys, so each gathered key row is
+// read once per token), 8 warps. Per chunk of kTcChunk selected keys the block gathers the latent rows
+// into shared memory as BF16 ([key, 576 + 8]), then
+//   S = Q·Kᵀ:  warp (m, j) computes heads 16m..16m+15 × keys 8j..8j+7 (mma.sync m16n8k16, Q from
+//              shared memory by ldmatrix, K rows as B fragments);
+//   softmax:   the chunk's row max goes through shared memory (the four warps of a head tile), then each
+//              warp rescales its running state and writes P = exp(S − m) as BF16 to shared memory;
+//   O += P·V:  warp (m, j) owns output columns 128j..128j+127 of its 16 heads: A = P by ldmatrix, B = the
+//              same latent rows, transposed by ldmatrix.trans (V is the first 512 values of each row).
+// The row sums l are kept per warp (only its own keys) and added at the end; the rescale factor is common.
+// Heads beyond q_heads are zero rows. gridDim.z > 1 splits the top-k list (decode) into partial states
+// merged by AttentionCombineKernel.
+constexpr int kTcChunk = 32;
+constexpr int kTcQk = 576, kTcV = 512;
+constexpr int kTcRow = kTcQk + 8;       // BF16 row stride of Q and K tiles
+constexpr int kTcPRow = kTcChunk + 8;   // BF16 row stride of P
+
+__device__ inline uint32_t PackBf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ inline void MmaBf16x(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ inline void LdMatrix4(uint32_t* r, const void* smem) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+__device__ inline void LdMatrix4Trans(uint32_t* r, const void* smem) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+size_t SparseMlaTcSharedBytes() {
+  return sizeof(__nv_bfloat16) * (static_cast<size_t>(32 + kTcChunk) * kTcRow + 32 * kTcPRow) +
+         sizeof(float) * 2 * 8 * 16 + sizeof(int64_t) * kTcChunk;
+}
+
+__global__ void __launch_bounds__(256) SparseMlaTcKernel(AttentionParams p, float* lse_out, float* part,
+                                                         DeviceError* err) {
+  extern __shared__ int64_t smem_i64[];
+  int64_t* slots = smem_i64;                                              // [kTcChunk]
+  float* red_max = reinterpret_cast<float*>(slots + kTcChunk);            // [8 warps][16 rows]
+  float* red_l = red_max + 8 * 16;                                        // [8][16]
+  __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(red_l + 8 * 16);  // [32, kTcRow]
+  __nv_bfloat16* ks = qs + 32 * kTcRow;                                   // [kTcChunk, kTcRow]
+  __nv_bfloat16* ps = ks + kTcChunk * kTcRow;                             // [32, kTcPRow]
+  const int t = blockIdx.x;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int mt = warp >> 2, wq = warp & 3;  // head tile, quarter (S: 8 keys; O: 128 columns)
+  const int pos = p.layout.token_pos[t];
+  const int seq = p.layout.token_seq[t];
+  const float* qrow = p.q + static_cast<int64_t>(t) * p.q_stride;
+  for (int i = threadIdx.x; i < 32 * (kTcQk / 2); i += 256) {
+    const int h = i / (kTcQk / 2), d = 2 * (i % (kTcQk / 2));
+    float x0 = 0.f, x1 = 0.f;
+    if (h < p.q_heads) {
+      x0 = qrow[h * kTcQk + d];
+      x1 = qrow[h * kTcQk + d + 1];
+    }
+    *reinterpret_cast<uint32_t*>(qs + h * kTcRow + d) = PackBf16x2(x0, x1);
+  }
+  const int n_all = p.topk_k;
+  const int per = (n_all + gridDim.z - 1) / gridDim.z;
+  const int begin = blockIdx.z * per;
+  const int n = n_all < begin + per ? n_all : begin + per;
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+  float o[16][4];
+#pragma unroll
+  for (int j = 0; j < 16; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_col = (lane >> 4) * 8;
+
+  for (int c0 = begin; c0 < n; c0 += kTcChunk) {
+    __syncthreads();  // the previous chunk's K and P have been read
+    if (threadIdx.x < kTcChunk) {
+      int64_t slot = -1;
+      if (c0 + threadIdx.x < n) {
+        const int key = p.topk[static_cast<int64_t>(t) * p.topk_k + c0 + threadIdx.x];
+        if (key >= 0 && key <= pos) slot = CacheSlot(p.layout, seq, key, p.num_slots, t, err);
+      }
+      slots[threadIdx.x] = slot;
+    }
+    __syncthreads();
+    constexpr int D4 = kTcQk / 4;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < kTcChunk * D4; i += 256) {
+      const int key = i / D4, d4 = i % D4;
+      const int64_t slot = slots[key];
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (slot >= 0) v = __ldg(reinterpret_cast<const float4*>(p.k_cache + slot * p.k_stride) + d4);
+      uint2 packed;
+      packed.x = PackBf16x2(v.x, v.y);
+      packed.y = PackBf16x2(v.z, v.w);
+      *reinterpret_cast<uint2*>(ks + key * kTcRow + 4 * d4) = packed;
+    }
+    __syncthreads();
+
+    // S for heads 16·mt.. × keys 8·wq + {2c, 2c+1} (rows g, g + 8).
+    float s[4] = {0.f, 0.f, 0.f, 0.f};
+    const __nv_bfloat16* a_base = qs + (mt * 16 + a_row) * kTcRow + a_col;
+    const __nv_bfloat16* b_base = ks + (wq * 8 + g) * kTcRow + 2 * c;
+#pragma unroll 4
+    for (int k = 0; k < kTcQk / 16; ++k) {
+      uint32_t a[4];
+      LdMatrix4(a, a_base + k * 16);
+      const uint32_t b0 = *reinterpret_cast<const uint32_t*>(b_base + k * 16);
+      const uint32_t b1 = *reinterpret_cast<const uint32_t*>(b_base + k * 16 + 8);
+      MmaBf16x(s, a, b0, b1);
+    }
+    const bool v0 = slots[wq * 8 + 2 * c] >= 0, v1 = slots[wq * 8 + 2 * c + 1] >= 0;
+    const float x0 = v0 ? s[0] * p.scale : -INFINITY, x1 = v1 ? s[1] * p.scale : -INFINITY;
+    const float x2 = v0 ? s[2] * p.scale : -INFINITY, x3 = v1 ? s[3] * p.scale : -INFINITY;
+    float mx_lo = fmaxf(x0, x1), mx_hi = fmaxf(x2, x3);
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+    if (c == 0) {
+      red_max[warp * 16 + g] = mx_lo;
+      red_max[warp * 16 + g + 8] = mx_hi;
+    }
+    __syncthreads();
+    float cm_lo = -INFINITY, cm_hi = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      cm_lo = fmaxf(cm_lo, red_max[(mt * 4 + w) * 16 + g]);
+      cm_hi = fmaxf(cm_hi, red_max[(mt * 4 + w) * 16 + g + 8]);
+    }
+    const float new_lo = fmaxf(m_lo, cm_lo), new_hi = fmaxf(m_hi, cm_hi);
+    const float corr_lo = new_lo == -INFINITY ? 1.f : __expf(m_lo - new_lo);
+    const float corr_hi = new_hi == -INFINITY ? 1.f : __expf(m_hi - new_hi);
+    const float p0 = x0 == -INFINITY ? 0.f : __expf(x0 - new_lo), p1 = x1 == -INFINITY ? 0.f : __expf(x1 - new_lo);
+    const float p2 = x2 == -INFINITY ? 0.f : __expf(x2 - new_hi), p3 = x3 == -INFINITY ? 0.f : __expf(x3 - new_hi);
+    l_lo = l_lo * corr_lo + (p0 + p1);
+    l_hi = l_hi * corr_hi + (p2 + p3);
+    m_lo = new_lo;
+    m_hi = new_hi;
+    *reinterpret_cast<uint32_t*>(ps + (mt * 16 + g) * kTcPRow + wq * 8 + 2 * c) = PackBf16x2(p0, p1);
+    *reinterpret_cast<uint32_t*>(ps + (mt * 16 + g + 8) * kTcPRow + wq * 8 + 2 * c) = PackBf16x2(p2, p3);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      o[j][0] *= corr_lo;
+      o[j][1] *= corr_lo;
+      o[j][2] *= corr_hi;
+      o[j][3] *= corr_hi;
+    }
+    __syncthreads();  // P complete
+
+    // O[heads 16·mt.., columns 128·wq..] += P · V.
+#pragma unroll
+    for (int kk = 0; kk < kTcChunk / 16; ++kk) {
+      uint32_t a[4];
+      LdMatrix4(a, ps + (mt * 16 + a_row) * kTcPRow + kk * 16 + a_col);
+      const __nv_bfloat16* v_base = ks + (kk * 16 + a_row) * kTcRow + wq * 128 + a_col;
+#pragma unroll
+      for (int jp = 0; jp < 8; ++jp) {
+        uint32_t b[4];
+        LdMatrix4Trans(b, v_base + jp * 16);
+        MmaBf16x(o[2 * jp], a, b[0], b[1]);
+        MmaBf16x(o[2 * jp + 1], a, b[2], b[3]);
+      }
+    }
+  }
+
+  // Row sums: this thread's keys → the quad (xor 1, 2) → the four warps of the head tile.
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+  __syncthreads();
+  if (c == 0) {
+    red_l[warp * 16 + g] = l_lo;
+    red_l[warp * 16 + g + 8] = l_hi;
+  }
+  __syncthreads();
+  float L_lo = 0.f, L_hi = 0.f;
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    L_lo += red_l[(mt * 4 + w) * 16 + g];
+    L_hi += red_l[(mt * 4 + w) * 16 + g + 8];
+  }
+  const int h_lo = mt * 16 + g, h_hi = h_lo + 8;
+  for (int half = 0; half < 2; ++half) {
+    const int h = half ? h_hi : h_lo;
+    if (h >= p.q_heads) continue;
+    const float m = half ? m_hi : m_lo, L = half ? L_hi : L_lo;
+    if (part != nullptr) {
+      float* pp = part + ((static_cast<int64_t>(t) * p.q_heads + h) * gridDim.z + blockIdx.z) * (kTcV + 2);
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int col = wq * 128 + j * 8 + 2 * c;
+        pp[col] = o[j][half * 2];
+        pp[col + 1] = o[j][half * 2 + 1];
+      }
+      if (wq == 0 && c == 0) {
+        pp[kTcV] = m;
+        pp[kTcV + 1] = L;
+      }
+      continue;
+    }
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    float* out = p.out + (static_cast<int64_t>(t) * p.q_heads + h) * kTcV;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const int col = wq * 128 + j * 8 + 2 * c;
+      *reinterpret_cast<float2*>(out + col) = make_float2(o[j][half * 2] * inv, o[j][half * 2 + 1] * inv);
+    }
+    if (wq == 0 && c == 0 && lse_out != nullptr) {
+      lse_out[static_cast<int64_t>(t) * p.q_heads + h] = L > 0.f ? m + logf(L) : -INFINITY;
+    }
+  }
+}
+
 size_t SharedBytesFor(int hb, int qk_dim, int v_dim) {
   return sizeof(int64_t) * kChunk +
          sizeof(float) * (static_cast<size_t>(hb + kChunk) * qk_dim + static_cast<size_t>(hb + kChunk) * v_dim);
@@ -305,6 +541,20 @@ size_t SharedBytesFor(int hb, int qk_dim, int v_dim) {
 }  // namespace
 
 size_t AttentionSharedBytes(int qk_dim, int v_dim) { return SharedBytesFor(kWarps, qk_dim, v_dim); }
+
+bool AttentionUsesTensorCores(const AttentionParams& p) {
+  return p.bf16 && p.topk != nullptr && p.kv_heads == 1 && p.q_heads <= 32 && p.qk_dim == kTcQk &&
+         p.v_dim == kTcV && p.v_cache == p.k_cache && p.v_stride == p.k_stride && p.k_stride % 4 == 0 &&
+         reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 && p.q_stride % 2 == 0 &&
+         reinterpret_cast<uintptr_t>(p.q) % 8 == 0 && reinterpret_cast<uintptr_t>(p.out) % 8 == 0 &&
+         SparseMlaTcSharedBytes() <= g_attention_max_shared;
+}
+
+int AttentionSplitsTc(int tokens, int topk_k) {
+  if (tokens <= 0 || tokens >= 264) return 1;  // 2 blocks per SM on 132 SMs
+  const int by_keys = std::max(1, topk_k / 128);
+  return std::max(1, std::min({(264 + tokens - 1) / tokens, by_keys, 16}));
+}
 
 int AttentionSplits(int tokens, int q_heads, int kv_heads, int max_keys) {
   if (max_keys <= 256 || tokens <= 0) return 1;
@@ -320,7 +570,11 @@ size_t AttentionPartialBytes(int tokens, int q_heads, int v_dim, int splits) {
 
 cudaError_t ConfigureAttentionKernels(size_t bytes) {
   const int b = static_cast<int>(bytes);
+  g_attention_max_shared = bytes;
   cudaError_t e = cudaFuncSetAttribute(AttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+  if (e == cudaSuccess) {
+    e = cudaFuncSetAttribute(SparseMlaTcKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+  }
   if (e == cudaSuccess) {
     e = cudaFuncSetAttribute(AttentionRegKernel<4, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
   }
@@ -336,6 +590,19 @@ cudaError_t LaunchAttention(const AttentionParams& p, float* lse_ws, float* part
   float* lse = p.lse != nullptr ? p.lse : (p.probs != nullptr ? lse_ws : nullptr);
   const int hb = HeadsPerBlock(p.q_heads / p.kv_heads);
   if (splits < 1 || part_ws == nullptr) splits = 1;
+  if (AttentionUsesTensorCores(p)) {
+    SparseMlaTcKernel<<<dim3(p.layout.tokens, 1, splits), 256, SparseMlaTcSharedBytes(), stream>>>(
+        p, lse, splits > 1 ? part_ws : nullptr, err);
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess && splits > 1) {
+      AttentionCombineKernel<<<dim3(p.layout.tokens, p.q_heads), 128, 0, stream>>>(p, part_ws, splits, lse);
+      e = cudaGetLastError();
+    }
+    if (e != cudaSuccess || p.probs == nullptr) return e;
+    AttentionProbsKernel<<<dim3(p.layout.tokens, (p.topk_k + kWarps - 1) / kWarps), kWarps * 32, 0, stream>>>(
+        p, lse);
+    return cudaGetLastError();
+  }
   const dim3 grid(p.layout.tokens, p.q_heads / hb, splits);
   const size_t smem = SharedBytesFor(hb, p.qk_dim, p.v_dim);
   float* part = splits > 1 ? part_ws : nullptr;

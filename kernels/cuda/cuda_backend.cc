@@ -548,6 +548,8 @@ absl::Status CudaBackend::Attention(const AttentionArgs& a) {
   IC_ARG_CHECK(v_stride >= a.kv_heads * a.v_dim, op, "v_stride = ", v_stride, " too small");
   if (a.topk != nullptr) IC_ARG_CHECK(a.topk_k > 0, op, "topk_k = ", a.topk_k, " must be positive");
   IC_ARG_CHECK(a.probs == nullptr || a.topk != nullptr, op, "probs needs topk (sparse attention)");
+  IC_ARG_CHECK(a.precision == Precision::kF32 || a.precision == Precision::kBF16, op, "precision = ",
+               static_cast<int>(a.precision), " is not one of kF32 (0), kBF16 (1)");
   const size_t shared = AttentionSharedBytes(a.qk_dim, a.v_dim);
   IC_ARG_CHECK(shared <= max_shared_, op, "qk_dim = ", a.qk_dim, " / v_dim = ", a.v_dim,
                " need ", shared, " bytes of shared memory (device limit ", max_shared_, ")");
@@ -557,7 +559,11 @@ absl::Status CudaBackend::Attention(const AttentionArgs& a) {
   IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   // Scratch: [lse (when probs is wanted without lse) | split-K partial states].
   const int max_keys = a.topk != nullptr ? a.topk_k : a.layout.max_blocks_per_seq * a.layout.block_size;
-  const int splits = AttentionSplits(a.layout.tokens, a.q_heads, a.kv_heads, max_keys);
+  AttentionParams p{a.out, a.lse, a.probs, a.q, a.k_cache, a.v_cache, q_stride, k_stride, v_stride,
+                    a.q_heads, a.kv_heads, a.qk_dim, a.v_dim, a.num_slots, a.scale, Dev(a.layout),
+                    a.topk, a.topk_k, a.precision == Precision::kBF16};
+  const int splits = AttentionUsesTensorCores(p) ? AttentionSplitsTc(a.layout.tokens, a.topk_k)
+                                                 : AttentionSplits(a.layout.tokens, a.q_heads, a.kv_heads, max_keys);
   const size_t lse_bytes = (a.probs != nullptr && a.lse == nullptr)
                                ? (sizeof(float) * a.layout.tokens * a.q_heads + 255) / 256 * 256
                                : 0;
@@ -571,9 +577,6 @@ absl::Status CudaBackend::Attention(const AttentionArgs& a) {
     if (lse_bytes > 0) lse_ws = reinterpret_cast<float*>(base);
     if (part_bytes > 0) part_ws = reinterpret_cast<float*>(base + lse_bytes);
   }
-  AttentionParams p{a.out, a.lse, a.probs, a.q, a.k_cache, a.v_cache, q_stride, k_stride, v_stride,
-                    a.q_heads, a.kv_heads, a.qk_dim, a.v_dim, a.num_slots, a.scale, Dev(a.layout),
-                    a.topk, a.topk_k};
   IC_CUDA_RETURN_IF_ERROR(LaunchAttention(p, lse_ws, part_ws, splits, &dev_err_[1], stream_));
   return absl::OkStatus();
 }

@@ -98,7 +98,12 @@ struct AttentionParams {
   DevLayout layout;
   const int32_t* topk;  // null: dense causal
   int topk_k;
+  bool bf16;            // AttentionArgs::precision kBF16: tensor cores where AttentionUsesTensorCores
 };
+// Whether LaunchAttention runs the BF16 tensor-core sparse MLA kernel for these parameters, and the
+// split-K count to use with it.
+bool AttentionUsesTensorCores(const AttentionParams& p);
+int AttentionSplitsTc(int tokens, int topk_k);
 // Dynamic shared memory the attention kernel needs (bytes) for these dims.
 size_t AttentionSharedBytes(int qk_dim, int v_dim);
 // Split-K over the key list: how many splits to use (1 when there is enough parallelism without), and
