@@ -118,8 +118,10 @@ BENCHMARK(BM_IndexerTopk)
     ->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Sparse MLA attention over the top-2048 (absorbed: one latent KV head of 512 + 64 rope, 20 query heads).
+// Args: context, query rows, precision (0 = F32 CUDA cores, 1 = BF16 tensor cores).
 void BM_SparseAttention(benchmark::State& state) {
   const int context = state.range(0), queries = state.range(1), heads = 20, latent = 576, v_dim = 512, k = 2048;
+  const Precision precision = state.range(2) ? Precision::kBF16 : Precision::kF32;
   Scene s(context, queries);
   float* cache = Upload(Random(static_cast<size_t>(s.num_slots) * latent, 4));
   float* q = Upload(Random(static_cast<size_t>(queries) * heads * latent, 5));
@@ -132,7 +134,7 @@ void BM_SparseAttention(benchmark::State& state) {
   float* out = static_cast<float*>(*Gpu().Allocate(sizeof(float) * queries * heads * v_dim));
   AttentionArgs a{.out = out, .q = q, .k_cache = cache, .v_cache = cache, .k_stride = latent, .v_stride = latent,
                   .q_heads = heads, .kv_heads = 1, .qk_dim = latent, .v_dim = v_dim, .num_slots = s.num_slots,
-                  .scale = 0.07f, .layout = s.layout, .topk = d_topk, .topk_k = k};
+                  .scale = 0.07f, .layout = s.layout, .topk = d_topk, .topk_k = k, .precision = precision};
   for (auto _ : state) {
     if (!Gpu().Attention(a).ok() || !Gpu().Synchronize().ok()) state.SkipWithError("Attention failed");
   }
@@ -141,7 +143,7 @@ void BM_SparseAttention(benchmark::State& state) {
   Report(state, 2.0 * keys * heads * (latent + v_dim), 4.0 * keys * latent);
 }
 BENCHMARK(BM_SparseAttention)
-    ->Args({200000, 1})->Args({200000, 64})->Args({16384, 1024})
+    ->ArgsProduct({{200000}, {1, 64}, {0, 1}})->ArgsProduct({{16384}, {1024}, {0, 1}})->Args({200000, 512, 1})
     ->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Top-k alone over precomputed scores (the bound: reading the scores once).

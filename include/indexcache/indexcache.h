@@ -76,10 +76,10 @@ extern "C" {
 
 /* The version of this header (kept equal to the CMake project version; the build checks it). */
 #define IC_VERSION_MAJOR 0
-#define IC_VERSION_MINOR 2
+#define IC_VERSION_MINOR 3
 #define IC_VERSION_PATCH 0
 #define IC_VERSION (IC_VERSION_MAJOR * 10000 + IC_VERSION_MINOR * 100 + IC_VERSION_PATCH)
-#define IC_VERSION_STRING "0.2.0"
+#define IC_VERSION_STRING "0.3.0"
 
 /* The version of the loaded library, encoded like IC_VERSION (compare it with IC_VERSION to detect a
  * header/library mismatch). Never fails; thread-safe. */
@@ -332,7 +332,7 @@ IC_API ic_status_t ic_sequence_length(const ic_context_t* ctx, int32_t seq_id, i
 /* Adds a sequence whose cache is a copy of src_seq_id's (same length and tokens): parallel sampling
  * (n > 1) with one prefill. *seq_id_out receives the new id. The copy runs on the context's device.
  * Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed ctx, NULL seq_id_out), IC_ERR_NOT_FOUND (unknown src_seq_id),
- * IC_ERR_OUT_OF_MEMORY (the free cache blocks cannot hold the copy; nothing changes). */
+ * IC_ERR_OUT_OF_MEMORY (the free cache blocks cannot hold the copy; nothing changes). Since 0.3. */
 IC_API ic_status_t ic_sequence_fork(ic_context_t* ctx, int32_t src_seq_id, int32_t* seq_id_out);
 
 /* ---- Forward passes ------------------------------------------------------------------------------ */
