@@ -114,9 +114,14 @@ struct Copy2DArgs {
 // cache [num_slots, cache_stride]; src [tokens, src_stride].
 // cache_bf16 instead of cache: a BF16 cache (uint16 bit patterns, round to nearest even; the BF16
 // index-K cache of IndexerPrecision::kBF16). Exactly one of the two is set.
+// cache_fp8 + scale instead: an FP8 E4M3 cache with one F32 scale per slot (scale[slot] = amax / 448 of
+// the row, 1 for an all-zero row; values round to nearest even, saturating): the index-K cache of
+// Precision::kFP8.
 struct CacheWriteArgs {
   float* cache = nullptr;
   uint16_t* cache_bf16 = nullptr;
+  uint8_t* cache_fp8 = nullptr;
+  float* scale = nullptr;  // [num_slots], with cache_fp8
   const float* src = nullptr;
   const int32_t* slots = nullptr;
   int tokens = 0, dim = 0, cache_stride = 0, src_stride = 0;
@@ -130,7 +135,15 @@ struct CacheWriteArgs {
 //          accumulated in F32 — what a BF16 tensor-core kernel computes (the CUDA backend runs
 //          mma.sync m16n8k16 for 8–64 heads of dimension 64 or 128). Products of two BF16 values are
 //          exact in F32, so the CPU and the GPU differ only by the order of the F32 sums.
-enum class Precision { kF32, kBF16 };
+//   kFP8:  (indexer only) FP8 E4M3 as DeepSeek-V3.2's indexer: each key is stored quantised with its own
+//          F32 scale (amax / 448; an FP8 index-K cache written by CacheWrite), each (token, head) row of q
+//          is quantised the same way when the indexer runs; values round to nearest even and saturate at
+//          ±448. I[t, s] = s_k[s] · Σ_j w[t, j] · s_q[t, j] · ReLU(q8[t, j] · k8[s]) — the scales are
+//          positive, so this equals eq. 1 on the dequantised values. Products of two E4M3 values are exact
+//          in F32; the tensor cores (mma.sync m16n8k32) accumulate with fewer bits than F32, so CPU and
+//          GPU scores agree to ~1e-3 relative. (DeepSeek's reference also rotates q and k by a Hadamard
+//          transform before quantising; not applied here.) CUDA: 8/16/32/64 heads × 64/128 only.
+enum class Precision { kF32, kBF16, kFP8 };
 using IndexerPrecision = Precision;
 
 // Where each query token of a batch lives: its sequence (row of block_tables) and its position.
@@ -157,7 +170,7 @@ struct TokenLayout {
 //   softmax statistics): the CUDA backend runs sparse absorbed-MLA attention (kv_heads 1, qk_dim 576,
 //   v_dim 512 aliasing the latent, ≤ 32 query heads) on tensor cores; every other case computes in F32.
 //   The CPU reference rounds q, k and v and keeps the probabilities in F32; outputs agree with kF32 to
-//   about 2^-8 relative (DESIGN.md §3's BF16 tolerance, 1e-2).
+//   about 2^-8 relative (DESIGN.md §3's BF16 tolerance, 1e-2). kFP8 is the indexer's only: an error here.
 struct AttentionArgs {
   float* out = nullptr;
   float* lse = nullptr;
@@ -194,6 +207,10 @@ struct IndexerArgs {
   // Instead of k_cache (precision kBF16 only): the index-K cache in BF16 (uint16 bit patterns), the same
   // [num_slots, k_stride] layout; half the bytes a decode row reads. Exactly one of the two is set.
   const uint16_t* k_cache_bf16 = nullptr;
+  // Instead of k_cache (precision kFP8 only): the FP8 E4M3 index-K cache [num_slots, k_stride] and its
+  // per-slot F32 scales [num_slots] (CacheWrite's cache_fp8 / scale).
+  const uint8_t* k_cache_fp8 = nullptr;
+  const float* k_scale = nullptr;
   int k_stride = 0;
   int64_t num_slots = 0;
   int heads = 0, head_dim = 0, k = 0;

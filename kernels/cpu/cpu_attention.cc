@@ -63,7 +63,7 @@ absl::Status ValidateAttention(const AttentionArgs& a, Dims* d) {
   }
   if (a.precision != Precision::kF32 && a.precision != Precision::kBF16) {
     return InvalidArgument("Attention: precision = ", static_cast<int>(a.precision),
-                           " is not one of kF32 (0), kBF16 (1)");
+                           " is not one of kF32 (0), kBF16 (1) (kFP8 is the indexer's only)");
   }
   if (a.topk == nullptr && a.probs != nullptr) {
     return InvalidArgument("Attention: probs is only produced by sparse attention (topk is null)");

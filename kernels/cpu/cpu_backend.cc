@@ -284,8 +284,11 @@ absl::Status CpuBackend::CacheWrite(const CacheWriteArgs& a) {
   IC_RETURN_IF_ERROR(CheckNonNegative(a.dim, "CacheWrite", "dim"));
   IC_RETURN_IF_ERROR(CheckNonNegative(a.num_slots, "CacheWrite", "num_slots"));
   if (a.tokens == 0 || a.dim == 0) return absl::OkStatus();
-  if ((a.cache == nullptr) == (a.cache_bf16 == nullptr)) {
-    return InvalidArgument("CacheWrite: exactly one of cache and cache_bf16 must be set");
+  if ((a.cache != nullptr) + (a.cache_bf16 != nullptr) + (a.cache_fp8 != nullptr) != 1) {
+    return InvalidArgument("CacheWrite: exactly one of cache, cache_bf16 and cache_fp8 must be set");
+  }
+  if ((a.cache_fp8 != nullptr) != (a.scale != nullptr)) {
+    return InvalidArgument("CacheWrite: scale goes with cache_fp8 (one F32 scale per slot), and only with it");
   }
   IC_RETURN_IF_ERROR(CheckPtr(a.src, "CacheWrite", "src"));
   IC_RETURN_IF_ERROR(CheckPtr(a.slots, "CacheWrite", "slots"));
@@ -299,6 +302,16 @@ absl::Status CpuBackend::CacheWrite(const CacheWriteArgs& a) {
   }
   for (int t = 0; t < a.tokens; ++t) {
     if (a.slots[t] < 0) continue;
+    if (a.cache_fp8 != nullptr) {  // per-token scale amax / 448, then E4M3 of x / scale
+      uint8_t* dst = a.cache_fp8 + static_cast<int64_t>(a.slots[t]) * cs;
+      const float* src = a.src + static_cast<int64_t>(t) * ss;
+      float amax = 0.0f;
+      for (int c = 0; c < a.dim; ++c) amax = std::max(amax, std::fabs(src[c]));
+      const float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
+      for (int c = 0; c < a.dim; ++c) dst[c] = internal::FloatToE4m3(src[c] / scale);
+      a.scale[a.slots[t]] = scale;
+      continue;
+    }
     if (a.cache_bf16 != nullptr) {
       uint16_t* dst = a.cache_bf16 + static_cast<int64_t>(a.slots[t]) * cs;
       const float* src = a.src + static_cast<int64_t>(t) * ss;

@@ -29,9 +29,9 @@ absl::Status ValidateIndexer(const IndexerArgs& a, int* k_stride) {
     return InvalidArgument("IndexerTopk: k_stride = ", a.k_stride, " is smaller than head_dim = ", a.head_dim);
   }
   *k_stride = a.k_stride > 0 ? a.k_stride : a.head_dim;
-  if (a.precision != IndexerPrecision::kF32 && a.precision != IndexerPrecision::kBF16) {
+  if (a.precision != Precision::kF32 && a.precision != Precision::kBF16 && a.precision != Precision::kFP8) {
     return InvalidArgument("IndexerTopk: precision = ", static_cast<int>(a.precision),
-                           " is not one of kF32 (0), kBF16 (1)");
+                           " is not one of kF32 (0), kBF16 (1), kFP8 (2)");
   }
   if (a.num_slots < 0) return InvalidArgument("IndexerTopk: num_slots = ", a.num_slots, " is negative");
   if (a.scores != nullptr && a.scores_stride <= 0) {
@@ -41,11 +41,18 @@ absl::Status ValidateIndexer(const IndexerArgs& a, int* k_stride) {
   if (a.indices == nullptr) return InvalidArgument("IndexerTopk: indices is null");
   if (a.q == nullptr) return InvalidArgument("IndexerTopk: q is null");
   if (a.w == nullptr) return InvalidArgument("IndexerTopk: w is null");
-  if ((a.k_cache == nullptr) == (a.k_cache_bf16 == nullptr)) {
-    return InvalidArgument("IndexerTopk: exactly one of k_cache and k_cache_bf16 must be set");
+  if ((a.k_cache != nullptr) + (a.k_cache_bf16 != nullptr) + (a.k_cache_fp8 != nullptr) != 1) {
+    return InvalidArgument("IndexerTopk: exactly one of k_cache, k_cache_bf16 and k_cache_fp8 must be set");
   }
-  if (a.k_cache_bf16 != nullptr && a.precision != IndexerPrecision::kBF16) {
+  if (a.k_cache_bf16 != nullptr && a.precision != Precision::kBF16) {
     return InvalidArgument("IndexerTopk: k_cache_bf16 (a BF16 index-K cache) needs precision kBF16");
+  }
+  if ((a.k_cache_fp8 != nullptr) != (a.precision == Precision::kFP8)) {
+    return InvalidArgument("IndexerTopk: precision kFP8 reads an FP8 index-K cache (k_cache_fp8 + k_scale), "
+                           "and k_cache_fp8 needs precision kFP8");
+  }
+  if ((a.k_cache_fp8 != nullptr) != (a.k_scale != nullptr)) {
+    return InvalidArgument("IndexerTopk: k_scale goes with k_cache_fp8 (one F32 scale per slot)");
   }
   return internal::ValidateLayout(a.layout, a.num_slots, "IndexerTopk");
 }
@@ -64,9 +71,10 @@ absl::Status CpuBackend::IndexerTopk(const IndexerArgs& a) {
   if (l.tokens == 0) return absl::OkStatus();
   const int H = a.heads, D = a.head_dim, K = a.k;
   const bool want_scores = a.scores != nullptr;
-  const bool bf16 = a.precision == IndexerPrecision::kBF16;
+  const bool bf16 = a.precision == Precision::kBF16;
+  const bool fp8 = a.precision == Precision::kFP8;
   constexpr int64_t kScoreBudget = int64_t{1} << 22;  // floats of S per tile (16 MiB)
-  std::vector<float> kg, qs, s, isum;
+  std::vector<float> kg, qs, s, isum, ks, qscale;
   std::vector<int32_t> scored;
   for (const internal::SequenceTokens& seq : internal::GroupBySequence(l)) {
     scored.clear();
@@ -81,7 +89,16 @@ absl::Status CpuBackend::IndexerTopk(const IndexerArgs& a) {
     if (scored.empty()) continue;
     const int lk = l.token_pos[scored.back()] + 1;
     kg.resize(static_cast<size_t>(lk) * D);
-    if (a.k_cache_bf16 != nullptr) {  // already BF16
+    if (a.k_cache_fp8 != nullptr) {  // E4M3 values (unscaled) and the per-key scales
+      ks.resize(lk);
+      for (int p = 0; p < lk; ++p) {
+        const int64_t slot = internal::SlotOf(l, seq.seq, p);
+        const uint8_t* src = a.k_cache_fp8 + slot * k_stride;
+        float* dst = kg.data() + static_cast<size_t>(p) * D;
+        for (int c = 0; c < D; ++c) dst[c] = internal::E4m3ToFloat(src[c]);
+        ks[p] = a.k_scale[slot];
+      }
+    } else if (a.k_cache_bf16 != nullptr) {  // already BF16
       internal::GatherSequenceRows(l, seq.seq, lk, a.k_cache_bf16, k_stride, 0, D, kg.data());
     } else {
       internal::GatherSequenceRows(l, seq.seq, lk, a.k_cache, k_stride, 0, D, kg.data());
@@ -100,6 +117,17 @@ absl::Status CpuBackend::IndexerTopk(const IndexerArgs& a) {
                     sizeof(float) * H * D);
       }
       if (bf16) internal::RoundAllToBf16(qs.data(), qs.size());
+      if (fp8) {  // each (token, head) row of q to E4M3 with its scale amax / 448
+        qscale.resize(static_cast<size_t>(nt) * H);
+        for (int r = 0; r < nt * H; ++r) {
+          float* row = qs.data() + static_cast<size_t>(r) * D;
+          float amax = 0.0f;
+          for (int c = 0; c < D; ++c) amax = std::max(amax, std::fabs(row[c]));
+          const float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
+          for (int c = 0; c < D; ++c) row[c] = internal::E4m3ToFloat(internal::FloatToE4m3(row[c] / scale));
+          qscale[r] = scale;
+        }
+      }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nt * H, lt, D, 1.0f, qs.data(), D, kg.data(), D, 0.0f,
                   s.data(), lt);
       internal::ParallelFor(nt, 1, [&](int64_t b, int64_t e) {
@@ -111,9 +139,13 @@ absl::Status CpuBackend::IndexerTopk(const IndexerArgs& a) {
           float* acc = isum.data() + i * lt;
           std::fill(acc, acc + valid, 0.0f);
           for (int j = 0; j < H; ++j) {
-            const float wj = a.w[static_cast<int64_t>(t) * H + j];
+            float wj = a.w[static_cast<int64_t>(t) * H + j];
+            if (fp8) wj *= qscale[i * H + j];
             const float* srow = s.data() + (i * H + j) * lt;
             internal::ReluAxpy(acc, srow, wj, valid);
+          }
+          if (fp8) {
+            for (int p = 0; p < valid; ++p) acc[p] *= ks[p];
           }
           if (want_scores) {
             float* out = a.scores + static_cast<int64_t>(t) * a.scores_stride;

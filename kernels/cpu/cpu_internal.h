@@ -160,6 +160,12 @@ inline float Bf16ToFloat(uint16_t b) {
   return x;
 }
 
+// FP8 E4M3 (bias 7, 3 mantissa bits, subnormals down to 2^-9, no infinities, max ±448) as bytes: round to
+// nearest even, saturating to ±448 (CUDA's __NV_SATFINITE); NaN → 0x7f. The same bytes as
+// __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3).
+uint8_t FloatToE4m3(float x);
+float E4m3ToFloat(uint8_t b);
+
 // x[i] = the nearest BF16 value (ties to even), kept in F32.
 inline void RoundAllToBf16(float* x, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] = Bf16ToFloat(FloatToBf16(x[i]));

@@ -1,7 +1,9 @@
 // CPU backend: paged-cache bookkeeping shared by Attention and IndexerTopk (validation, grouping of
 // query tokens by sequence, gathering a sequence's cache rows into dense scratch).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "kernels/cpu/cpu_internal.h"
 #include "sdk/status.h"
@@ -74,6 +76,36 @@ void GatherSequenceRows(const TokenLayout& l, int seq, int count, const float* c
     std::memcpy(dst + static_cast<int64_t>(p) * cols, cache + SlotOf(l, seq, p) * stride + col_offset,
                 sizeof(float) * cols);
   }
+}
+
+uint8_t FloatToE4m3(float x) {
+  if (std::isnan(x)) return 0x7f;
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0x00;
+  const float a = std::fabs(x);
+  if (a >= 448.0f) return sign | 0x7e;  // saturate: 1.75 · 2^8
+  if (a == 0.0f) return sign;
+  int e = 0;
+  std::frexp(a, &e);                    // a = m · 2^e, m in [0.5, 1): the leading bit is 2^(e−1)
+  const int exp = std::max(e - 1, -6);  // normal exponents −6..8; below, the subnormal spacing 2^-9
+  const double quantum = std::ldexp(1.0, exp - 3);
+  const double q = std::nearbyint(a / quantum) * quantum;  // ties to even (default rounding mode)
+  if (q >= 448.0) return sign | 0x7e;
+  int qe = 0;
+  std::frexp(q, &qe);
+  if (q < std::ldexp(1.0, -6)) {  // subnormal: mantissa = q / 2^-9
+    return sign | static_cast<uint8_t>(std::lround(q / std::ldexp(1.0, -9)));
+  }
+  const int biased = (qe - 1) + 7;
+  const int mant = static_cast<int>(std::lround((q / std::ldexp(1.0, qe - 1) - 1.0) * 8.0));
+  return sign | static_cast<uint8_t>((biased << 3) | mant);
+}
+
+float E4m3ToFloat(uint8_t b) {
+  const float sign = (b & 0x80) ? -1.0f : 1.0f;
+  const int e = (b >> 3) & 0xf, m = b & 0x7;
+  if (e == 0xf && m == 0x7) return std::numeric_limits<float>::quiet_NaN();
+  if (e == 0) return sign * std::ldexp(static_cast<float>(m), -9);
+  return sign * std::ldexp(1.0f + m / 8.0f, e - 7);
 }
 
 void GatherSequenceRows(const TokenLayout& l, int seq, int count, const uint16_t* cache, int64_t stride,
