@@ -58,9 +58,11 @@ absl::StatusOr<ic::kernels::Precision> ReadPrecision(int32_t value, const char* 
   switch (value) {
     case IC_PRECISION_F32: return ic::kernels::Precision::kF32;
     case IC_PRECISION_BF16: return ic::kernels::Precision::kBF16;
+    case IC_PRECISION_FP8: return ic::kernels::Precision::kFP8;
     default:
       return absl::InvalidArgumentError(absl::StrCat("ic_context_params_t.", field, " is ", value,
-                                                     "; expected IC_PRECISION_F32 (0) or IC_PRECISION_BF16 (1)"));
+                                                     "; expected IC_PRECISION_F32 (0), IC_PRECISION_BF16 (1) or ",
+                                                     "IC_PRECISION_FP8 (2, indexer only)"));
   }
 }
 

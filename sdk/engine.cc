@@ -34,6 +34,16 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
     return InvalidArgument("max_tokens = ", options.max_tokens, " exceeds the int32 slot range (at most ",
                            int64_t{std::numeric_limits<int32_t>::max()} - options.block_size + 1, " tokens)");
   }
+  if (options.attention_precision != kernels::Precision::kF32 &&
+      options.attention_precision != kernels::Precision::kBF16) {
+    return InvalidArgument("attention_precision must be F32 or BF16 (FP8 is the indexer's only), got ",
+                           static_cast<int>(options.attention_precision));
+  }
+  if (options.indexer_precision != kernels::Precision::kF32 && options.indexer_precision != kernels::Precision::kBF16 &&
+      options.indexer_precision != kernels::Precision::kFP8) {
+    return InvalidArgument("indexer_precision must be F32, BF16 or FP8, got ",
+                           static_cast<int>(options.indexer_precision));
+  }
   if (options.prefill_chunk < 1) {
     return InvalidArgument("prefill_chunk must be positive, got ", options.prefill_chunk);
   }
@@ -209,15 +219,23 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
   im.k_cache.assign(c.num_hidden_layers, nullptr);
   im.v_cache.assign(c.num_hidden_layers, nullptr);
   im.index_k_cache.assign(c.num_hidden_layers, nullptr);
+  im.index_k_scale.assign(c.num_hidden_layers, nullptr);
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     IC_ASSIGN_OR_RETURN(im.k_cache[i], alloc_cache(im.kv_entry));
     if (!c.mla) {
       IC_ASSIGN_OR_RETURN(im.v_cache[i], alloc_cache(im.v_entry));
     }
     if (c.has_indexer && ctx->plan_.IsFull(i)) {  // index-K cache for Full layers only
-      // A BF16 index-K cache takes index_head_dim uint16 per slot (the room of ⌈d/2⌉ floats).
-      const bool bf16 = options.indexer_precision == kernels::IndexerPrecision::kBF16;
-      IC_ASSIGN_OR_RETURN(im.index_k_cache[i], alloc_cache(bf16 ? (c.index_head_dim + 1) / 2 : c.index_head_dim));
+      // BF16: index_head_dim uint16 per slot (the room of ⌈d/2⌉ floats); FP8: d bytes (⌈d/4⌉ floats) plus
+      // one F32 scale per slot.
+      const kernels::Precision ip = options.indexer_precision;
+      const int floats = ip == kernels::Precision::kBF16  ? (c.index_head_dim + 1) / 2
+                         : ip == kernels::Precision::kFP8 ? (c.index_head_dim + 3) / 4
+                                                          : c.index_head_dim;
+      IC_ASSIGN_OR_RETURN(im.index_k_cache[i], alloc_cache(floats));
+      if (ip == kernels::Precision::kFP8) {
+        IC_ASSIGN_OR_RETURN(im.index_k_scale[i], alloc_cache(1));
+      }
     }
   }
   if (options.profile_layers) {
@@ -284,11 +302,13 @@ absl::StatusOr<int> Context::ForkSequence(int src_seq_id) {
     }
     return absl::OkStatus();
   };
-  const size_t ik_elem = options_.indexer_precision == kernels::IndexerPrecision::kBF16 ? 2 : 4;
+  const kernels::Precision ip = options_.indexer_precision;
+  const size_t ik_elem = ip == kernels::Precision::kFP8 ? 1 : ip == kernels::Precision::kBF16 ? 2 : 4;
   for (int l = 0; l < c.num_hidden_layers && status.ok(); ++l) {
     status = copy_blocks(im.k_cache[l], sizeof(float) * im.kv_entry);
     if (status.ok()) status = copy_blocks(im.v_cache[l], sizeof(float) * im.v_entry);
     if (status.ok()) status = copy_blocks(im.index_k_cache[l], ik_elem * c.index_head_dim);
+    if (status.ok()) status = copy_blocks(im.index_k_scale[l], sizeof(float));
   }
   if (status.ok()) status = backend_->Synchronize();
   if (!status.ok()) {
@@ -319,8 +339,11 @@ Context::CacheBytes Context::cache_bytes() const {
   const ModelConfig& c = model_->config;
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     b.kv += impl_->num_slots * (impl_->kv_entry + (c.mla ? 0 : impl_->v_entry)) * 4;
-    const int64_t ik_bytes = options_.indexer_precision == kernels::IndexerPrecision::kBF16 ? 2 : 4;
-    if (impl_->index_k_cache[i] != nullptr) b.index_k += impl_->num_slots * c.index_head_dim * ik_bytes;
+    const kernels::Precision ip = options_.indexer_precision;
+    const int64_t ik_bytes = ip == kernels::Precision::kFP8    ? c.index_head_dim + 4  // + the scale
+                             : ip == kernels::Precision::kBF16 ? 2 * c.index_head_dim
+                                                               : 4 * c.index_head_dim;
+    if (impl_->index_k_cache[i] != nullptr) b.index_k += impl_->num_slots * ik_bytes;
   }
   return b;
 }

@@ -97,8 +97,10 @@ struct Context::Impl {
   int64_t num_slots = 0;
   int kv_entry = 0, v_entry = 0;             // MLA: kv_entry = kv_lora + rope, v unused; GQA: K / V entries
   std::vector<float*> k_cache, v_cache;
-  // Per Full layer: F32 (indexer_precision kF32) or BF16 bit patterns (kBF16); nullptr for Shared layers.
+  // Per Full layer: F32 (indexer_precision kF32), BF16 bit patterns (kBF16) or E4M3 bytes (kFP8, with one
+  // F32 scale per slot in index_k_scale); nullptr for Shared layers.
   std::vector<void*> index_k_cache;
+  std::vector<float*> index_k_scale;
   std::vector<int> free_blocks;
 
   struct Sequence {
@@ -118,6 +120,7 @@ struct Context::Impl {
     for (float* p : k_cache) if (p) backend->Free(p);
     for (float* p : v_cache) if (p) backend->Free(p);
     for (void* p : index_k_cache) if (p) backend->Free(p);
+    for (float* p : index_k_scale) if (p) backend->Free(p);
   }
 
   template <typename T>

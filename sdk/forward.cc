@@ -595,18 +595,22 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
           rk.heads = 1;
           rk.token_stride = dI;
           IC_RETURN_IF_ERROR(be.Rope(rk));
-          const bool ik_bf16 = options_.indexer_precision == kernels::IndexerPrecision::kBF16;
-          float* ik_f32 = ik_bf16 ? nullptr : static_cast<float*>(im.index_k_cache[l]);
-          uint16_t* ik_b16 = ik_bf16 ? static_cast<uint16_t*>(im.index_k_cache[l]) : nullptr;
-          IC_RETURN_IF_ERROR(be.CacheWrite({.cache = ik_f32, .cache_bf16 = ik_b16, .src = ki, .slots = d_slots,
-                                            .tokens = T, .dim = dI, .cache_stride = dI, .src_stride = dI,
-                                            .num_slots = im.num_slots}));
+          const kernels::Precision ip = options_.indexer_precision;
+          float* ik_f32 = ip == kernels::Precision::kF32 ? static_cast<float*>(im.index_k_cache[l]) : nullptr;
+          uint16_t* ik_b16 = ip == kernels::Precision::kBF16 ? static_cast<uint16_t*>(im.index_k_cache[l]) : nullptr;
+          uint8_t* ik_fp8 = ip == kernels::Precision::kFP8 ? static_cast<uint8_t*>(im.index_k_cache[l]) : nullptr;
+          IC_RETURN_IF_ERROR(be.CacheWrite({.cache = ik_f32, .cache_bf16 = ik_b16, .cache_fp8 = ik_fp8,
+                                            .scale = ik_fp8 != nullptr ? im.index_k_scale[l] : nullptr, .src = ki,
+                                            .slots = d_slots, .tokens = T, .dim = dI, .cache_stride = dI,
+                                            .src_stride = dI, .num_slots = im.num_slots}));
           kernels::IndexerArgs ia;
           ia.indices = topk;
           ia.q = qi;
           ia.w = wi;
           ia.k_cache = ik_f32;
           ia.k_cache_bf16 = ik_b16;
+          ia.k_cache_fp8 = ik_fp8;
+          ia.k_scale = ik_fp8 != nullptr ? im.index_k_scale[l] : nullptr;
           ia.k_stride = dI;
           ia.num_slots = im.num_slots;
           ia.heads = HI;

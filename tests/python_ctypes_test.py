@@ -70,8 +70,13 @@ class IndexCacheCtypesTest(unittest.TestCase):
         with self.context(indexer_precision="bf16", attention_precision="bf16") as both:
             c = both.prefill(both.add_sequence(), toks)
             self.assertTrue(all(math.isfinite(x) for x in c))
+        with self.context(indexer_precision="fp8") as fp8:
+            d = fp8.prefill(fp8.add_sequence(), toks)
+            self.assertTrue(all(math.isfinite(x) for x in d))
         with self.assertRaises(ValueError):
-            self.context(indexer_precision="fp8")
+            self.context(indexer_precision="fp16")
+        with self.assertRaises(ValueError):
+            self.context(attention_precision="fp8")
         with self.assertRaises(ValueError):
             self.context(attention_precision=1)
 

@@ -71,7 +71,7 @@ options:
   --threads N            threads building the synthetic weights (0 = all cores)          [0]
   --seed N               weight seed                                                      [20260312]
   --device D             auto | cpu | cuda                                               [auto]
-  --indexer-precision P  f32 | bf16 (BF16 tensor cores and a BF16 index-K cache on CUDA)  [f32]
+  --indexer-precision P  f32 | bf16 | fp8 (tensor cores with a BF16 / FP8 index-K cache)   [f32]
   --attention-precision P f32 | bf16 (sparse MLA attention on BF16 tensor cores on CUDA)   [f32]
 )";
 
@@ -131,6 +131,14 @@ int CmdBenchSampled(int argc, char** argv) {
     return Fail(cmd, InvalidArgument("--preset / --sample-layers build synthetic weights; --model is not supported "
                                      "with them (run `indexcache bench --model DIR` for a whole checkpoint)"));
   }
+  if (args.Has("preset")) {  // these shape the embedded model of --sample-layers; a preset has its own
+    for (const char* key : {"layers", "plan-file"}) {
+      if (args.Has(key)) {
+        return Fail(cmd, InvalidArgument("--", key, " applies to --sample-layers (the embedded model), not to --preset ",
+                                         args.Get("preset")));
+      }
+    }
+  }
   auto int_in = [&](const std::string& key, int64_t fallback, int64_t lo, int64_t hi) -> absl::StatusOr<int64_t> {
     IC_ASSIGN_OR_RETURN(int64_t v, args.GetInt(key, fallback));
     if (v < lo || v > hi) return InvalidArgument("--", key, " must be in [", lo, ", ", hi, "], got ", v);
@@ -139,13 +147,18 @@ int CmdBenchSampled(int argc, char** argv) {
   CLI_ASSIGN_OR_FAIL(steps, int_in("decode-steps", 8, 1, 4096), cmd);
   CLI_ASSIGN_OR_FAIL(precision, SelectPrecision(args, "indexer-precision"), cmd);
   CLI_ASSIGN_OR_FAIL(attn_precision, SelectPrecision(args, "attention-precision"), cmd);
-  const bool ik_bf16 = precision == kernels::IndexerPrecision::kBF16;
+  const bool ik_bf16 = precision == kernels::Precision::kBF16, ik_fp8 = precision == kernels::Precision::kFP8;
+  // The index-K cache per token relative to sizing.h's BF16 figure (2·d): F32 ×2, BF16 ×1, FP8 (d + 4) / 2d.
   CLI_ASSIGN_OR_FAIL(max_batch, int_in("max-batch", 256, 0, 65536), cmd);
   CLI_ASSIGN_OR_FAIL(chunk, int_in("prefill-chunk", 512, 1, 1 << 20), cmd);
   CLI_ASSIGN_OR_FAIL(warmup, int_in("warmup", 1, 0, 10), cmd);
   CLI_ASSIGN_OR_FAIL(threads, int_in("threads", 0, 0, 1024), cmd);
   CLI_ASSIGN_OR_FAIL(seed, int_in("seed", 20260312, 0, std::numeric_limits<int64_t>::max()), cmd);
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), cmd);
+  {  // before minutes of synthetic weights: --device cuda without a GPU fails here
+    CLI_ASSIGN_OR_FAIL(probe, kernels::CreateBackend(device), cmd);
+    (void)probe;
+  }
 
   // ---- The full model's config (only its shapes: no full-depth weights are built).
   const bool preset = args.Has("preset");
@@ -170,7 +183,7 @@ int CmdBenchSampled(int argc, char** argv) {
     if (!absl::SimpleAtoi(piece, &v) || v < 2) {
       return Fail(cmd, InvalidArgument("--contexts: '", piece, "' is not a length ≥ 2"));
     }
-    if (v + steps + 1 > full.max_position_embeddings) {
+    if (v > full.max_position_embeddings - steps - 1) {  // not v + steps + 1: that overflows for v near 2^63
       return Fail(cmd, InvalidArgument("--contexts ", v, " + --decode-steps ", steps, " exceeds ", name,
                                        "'s max_position_embeddings ", full.max_position_embeddings));
     }
@@ -184,6 +197,8 @@ int CmdBenchSampled(int argc, char** argv) {
   for (const NamedPlan& p : plans) has_dsa |= p.pattern.find('S') == std::string::npos;
   std::vector<NamedPlan> all = plans;
   if (!has_dsa) all.insert(all.begin(), NamedPlan{"DSA", std::string(N, 'F')});  // ratios need DSA
+  const double ik_d = std::max(1, full.index_head_dim);
+  const double ik_factor = ik_fp8 ? (ik_d + 4.0) / (2.0 * ik_d) : ik_bf16 ? 1.0 : 2.0;
   for (const NamedPlan& p : all) {
     PlanRun r;
     r.plan = p;
@@ -195,8 +210,7 @@ int CmdBenchSampled(int argc, char** argv) {
                      .plan = &plan, .shared_experts_split_by_tp = false, .embedding_split_by_tp = false};
     CLI_ASSIGN_OR_FAIL(s, ComputeRankSizing(full, so), cmd);
     r.weights_f32 = 4.0 * static_cast<double>(s.weights().params);
-    r.per_token_f32 = 2.0 * static_cast<double>(s.kv_bytes_per_token) +
-                      (ik_bf16 ? 1.0 : 2.0) * static_cast<double>(s.index_k_bytes_per_token);
+    r.per_token_f32 = 2.0 * static_cast<double>(s.kv_bytes_per_token) + ik_factor * static_cast<double>(s.index_k_bytes_per_token);
     r.weights_bf16 = static_cast<double>(s.weight_bytes());
     r.per_token_bf16 = static_cast<double>(s.kv_bytes_per_token + s.index_k_bytes_per_token);
     runs.push_back(r);
@@ -254,8 +268,7 @@ int CmdBenchSampled(int argc, char** argv) {
     CLI_ASSIGN_OR_FAIL(slice_plan, ParsePlan(slice.plan, slice_config.num_hidden_layers), cmd);
     so.plan = &slice_plan;
     CLI_ASSIGN_OR_FAIL(s, ComputeRankSizing(slice_config, so), cmd);
-    slice_per_token = 2.0 * static_cast<double>(s.kv_bytes_per_token) +
-                      (ik_bf16 ? 1.0 : 2.0) * static_cast<double>(s.index_k_bytes_per_token);
+    slice_per_token = 2.0 * static_cast<double>(s.kv_bytes_per_token) + ik_factor * static_cast<double>(s.index_k_bytes_per_token);
   }
   const double slice_budget = static_cast<double>(before.free_bytes) -
                               (device == kernels::DeviceKind::kCuda ? slice_weight_bytes : 0.0) -
@@ -287,8 +300,13 @@ int CmdBenchSampled(int argc, char** argv) {
                     .profile_layers = true, .indexer_precision = precision,
                     .attention_precision = attn_precision};
   CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), cmd);
-  std::printf("indexer: %s (index-K cache %s); sparse attention: %s\n", ik_bf16 ? "BF16 tensor cores" : "F32",
-              ik_bf16 ? "BF16" : "F32", attn_precision == kernels::Precision::kBF16 ? "BF16 tensor cores" : "F32");
+  std::printf("indexer: %s (index-K cache %s); sparse attention: %s\n",
+              device != kernels::DeviceKind::kCuda ? (ik_fp8 || ik_bf16 ? "quantised q and k, F32 sgemm (CPU)" : "F32")
+              : ik_fp8 ? "FP8 E4M3 tensor cores" : ik_bf16 ? "BF16 tensor cores" : "F32",
+              ik_fp8 ? "FP8 + F32 scale per token" : ik_bf16 ? "BF16" : "F32",
+              attn_precision != kernels::Precision::kBF16 ? "F32"
+              : device == kernels::DeviceKind::kCuda      ? "BF16 tensor cores"
+                                                           : "BF16-rounded q, k, v (CPU)");
   std::printf("slice context: %lld cache tokens (%.2f GiB of KV + index-K cache)\n",
               static_cast<long long>(max_tokens), Gib(slice_per_token * static_cast<double>(max_tokens)));
   std::mt19937_64 rng(static_cast<uint64_t>(seed));
@@ -448,8 +466,16 @@ int CmdBenchSampled(int argc, char** argv) {
     std::printf("\n(the paper's Table 1 is for --preset glm-4.7-flash-dsa; not printed for %s)\n", name.c_str());
     return 0;
   }
+  bool any_paper_context = false;
+  for (const ContextResult& res : results) {
+    for (int64_t pc : kPaperContexts) any_paper_context |= pc == res.context;
+  }
+  if (!any_paper_context) {
+    std::printf("\n(the paper's Table 1 has contexts 10000, 60000, 120000 and 200000; none was run)\n");
+    return 0;
+  }
   std::printf("\nAgainst the paper's Table 1 (30B DSA model; SGLang, dp 8 on 8xH100, BF16/FP8 — another system: "
-              "compare ratios, with care;\nours: one device, F32, layer-sampled composition). Paper at 200K: prefill "
+              "compare ratios, with care;\nours: one device, F32 weights and GEMMs, layer-sampled composition). Paper at 200K: prefill "
               "19.5 -> 10.7 s (1.82x), decode 58 -> 86 tok/s (1.48x).\n");
   std::printf("%-24s %-12s %8s %12s %7s %12s %7s\n", "metric", "plan", "context", "ours", "xDSA", "paper", "xDSA");
   for (const ContextResult& res : results) {

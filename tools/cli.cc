@@ -104,9 +104,11 @@ absl::StatusOr<kernels::DeviceKind> SelectDevice(const Args& args) {
 
 absl::StatusOr<kernels::Precision> SelectPrecision(const Args& args, const std::string& key) {
   const std::string p = args.Get(key, "f32");
+  const bool indexer = key == "indexer-precision";
   if (p == "f32") return kernels::Precision::kF32;
   if (p == "bf16") return kernels::Precision::kBF16;
-  return InvalidArgument("--", key, " must be f32 or bf16; got '", p, "'");
+  if (p == "fp8" && indexer) return kernels::Precision::kFP8;
+  return InvalidArgument("--", key, " must be ", indexer ? "f32, bf16 or fp8" : "f32 or bf16", "; got '", p, "'");
 }
 
 absl::StatusOr<std::vector<NamedPlan>> ParsePlans(const std::string& list, const Model& model) {

@@ -47,7 +47,8 @@ constexpr const char* kModelOptions = R"(  --model DIR            HF checkpoint 
 const std::vector<std::string> kModelKeys = {"model", "plan-file", "device", "seed", "layers"};
 
 constexpr const char* kPrecisionOption =
-    "  --indexer-precision P  f32 | bf16: the indexer's q·k arithmetic (bf16: tensor cores on CUDA)  [f32]\n"
+    "  --indexer-precision P  f32 | bf16 | fp8: the indexer's arithmetic (tensor cores on CUDA; fp8: E4M3\n"
+    "                         with per-token scales, DeepSeek-V3.2's)                                [f32]\n"
     "  --attention-precision P f32 | bf16: attention's arithmetic (bf16: sparse MLA on tensor cores)  [f32]\n";
 
 // Token counts: at most 2^30, so that sums such as prompt + max-new + 64 (cache slots, int32 positions)

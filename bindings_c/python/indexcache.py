@@ -577,8 +577,9 @@ class Context:
     metrics_address starts the process-wide Prometheus exposer. Several ranks (DESIGN.md §5): rank,
     world_size (= dp × tp_size), tp_size, ep_size and the dist_id from dist_unique_id() on every rank;
     creation returns once every rank has joined (threads: ctypes releases the GIL while it waits).
-    indexer_precision, attention_precision: "f32" (default) or "bf16" (inputs rounded to BF16, F32
-    accumulation: tensor cores on CUDA; ic_precision_t). ValueError for anything else."""
+    indexer_precision: "f32" (default), "bf16" or "fp8" (DeepSeek-V3.2's E4M3 indexer with per-token
+    scales); attention_precision: "f32" or "bf16" (tensor cores on CUDA; ic_precision_t). ValueError for
+    anything else."""
 
     def __init__(self, model: Model, *, device: Device = Device.AUTO, device_ordinal: int = 0,
                  max_tokens: Optional[int] = None, block_size: Optional[int] = None,
@@ -608,10 +609,11 @@ class Context:
                                                     (tp_size, "tp_size"), (ep_size, "ep_size")))
         if dist_timeout_ms is not None:
             params.dist_timeout_ms = _int(dist_timeout_ms, ctypes.c_int32, "dist_timeout_ms")
-        precisions = {"f32": 0, "bf16": 1}
-        for name, value in (("indexer_precision", indexer_precision), ("attention_precision", attention_precision)):
-            if not isinstance(value, str) or value not in precisions:
-                raise ValueError(f"{name} must be 'f32' or 'bf16', got {value!r}")
+        precisions = {"f32": 0, "bf16": 1, "fp8": 2}
+        for name, value, allowed in (("indexer_precision", indexer_precision, ("f32", "bf16", "fp8")),
+                                     ("attention_precision", attention_precision, ("f32", "bf16"))):
+            if not isinstance(value, str) or value not in allowed:  # (a list is not hashable: check str first)
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
             setattr(params, name, precisions[value])
         id_buf = None
         if dist_id is not None:

@@ -505,10 +505,17 @@ absl::Status CudaBackend::CacheWrite(const CacheWriteArgs& a) {
   IC_ARG_CHECK(cs >= a.dim, op, "cache_stride = ", cs, " < dim = ", a.dim);
   IC_ARG_CHECK(ss >= a.dim, op, "src_stride = ", ss, " < dim = ", a.dim);
   if (a.tokens == 0 || a.dim == 0) return absl::OkStatus();
-  IC_ARG_CHECK((a.cache == nullptr) != (a.cache_bf16 == nullptr), op,
-               "exactly one of cache and cache_bf16 must be set");
+  IC_ARG_CHECK((a.cache != nullptr) + (a.cache_bf16 != nullptr) + (a.cache_fp8 != nullptr) == 1, op,
+               "exactly one of cache, cache_bf16 and cache_fp8 must be set");
+  IC_ARG_CHECK((a.cache_fp8 != nullptr) == (a.scale != nullptr), op,
+               "scale goes with cache_fp8 (one F32 scale per slot), and only with it");
   IC_ARG_CHECK(a.src != nullptr && a.slots != nullptr, op, "null pointer");
   IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  if (a.cache_fp8 != nullptr) {
+    IC_CUDA_RETURN_IF_ERROR(LaunchCacheWriteFp8(a.cache_fp8, a.scale, a.src, a.slots, a.tokens, a.dim, cs, ss,
+                                                a.num_slots, &dev_err_[1], stream_));
+    return absl::OkStatus();
+  }
   if (a.cache_bf16 != nullptr) {
     IC_CUDA_RETURN_IF_ERROR(LaunchCacheWriteBf16(a.cache_bf16, a.src, a.slots, a.tokens, a.dim, cs, ss,
                                                  a.num_slots, &dev_err_[1], stream_));
@@ -587,9 +594,15 @@ absl::Status CudaBackend::IndexerTopk(const IndexerArgs& a) {
   IC_ARG_CHECK(a.heads > 0 && a.head_dim > 0, op, "heads = ", a.heads, ", head_dim = ", a.head_dim,
                " must be positive");
   IC_ARG_CHECK(a.k > 0, op, "k = ", a.k, " must be positive");
-  IC_ARG_CHECK(a.precision == IndexerPrecision::kF32 || a.precision == IndexerPrecision::kBF16, op,
-               "precision = ", static_cast<int>(a.precision), " is not one of kF32 (0), kBF16 (1)");
+  IC_ARG_CHECK(a.precision == Precision::kF32 || a.precision == Precision::kBF16 || a.precision == Precision::kFP8,
+               op, "precision = ", static_cast<int>(a.precision), " is not one of kF32 (0), kBF16 (1), kFP8 (2)");
   const int k_stride = a.k_stride != 0 ? a.k_stride : a.head_dim;
+  if (a.precision == Precision::kFP8) {
+    IC_ARG_CHECK(IndexerFp8Supported(a.heads, a.head_dim, k_stride, a.k_cache_fp8), op,
+                 "the FP8 indexer supports 8, 16, 32 or 64 heads of dimension 64 or 128 with a k_stride that is a "
+                 "multiple of 16 and a 16-byte aligned cache; got heads = ", a.heads, ", head_dim = ", a.head_dim,
+                 ", k_stride = ", k_stride);
+  }
   IC_ARG_CHECK(k_stride >= a.head_dim, op, "k_stride = ", k_stride, " < head_dim = ", a.head_dim);
   IC_ARG_CHECK(a.scores == nullptr || a.scores_stride > 0, op, "scores_stride = ", a.scores_stride,
                " must be positive when scores is set");
@@ -598,10 +611,14 @@ absl::Status CudaBackend::IndexerTopk(const IndexerArgs& a) {
                shared, " bytes of shared memory (device limit ", max_shared_, ")");
   if (a.layout.tokens == 0) return absl::OkStatus();
   IC_ARG_CHECK(a.indices != nullptr && a.q != nullptr && a.w != nullptr, op, "null pointer");
-  IC_ARG_CHECK((a.k_cache == nullptr) != (a.k_cache_bf16 == nullptr), op,
-               "exactly one of k_cache and k_cache_bf16 must be set");
-  IC_ARG_CHECK(a.k_cache_bf16 == nullptr || a.precision == IndexerPrecision::kBF16, op,
+  IC_ARG_CHECK((a.k_cache != nullptr) + (a.k_cache_bf16 != nullptr) + (a.k_cache_fp8 != nullptr) == 1, op,
+               "exactly one of k_cache, k_cache_bf16 and k_cache_fp8 must be set");
+  IC_ARG_CHECK(a.k_cache_bf16 == nullptr || a.precision == Precision::kBF16, op,
                "k_cache_bf16 (a BF16 index-K cache) needs precision kBF16");
+  IC_ARG_CHECK((a.k_cache_fp8 != nullptr) == (a.precision == Precision::kFP8), op,
+               "precision kFP8 reads an FP8 index-K cache (k_cache_fp8 + k_scale), and k_cache_fp8 needs kFP8");
+  IC_ARG_CHECK((a.k_cache_fp8 != nullptr) == (a.k_scale != nullptr), op,
+               "k_scale goes with k_cache_fp8 (one F32 scale per slot)");
   const int max_len = a.layout.max_blocks_per_seq * a.layout.block_size;
   IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   if (max_len == 0) {
@@ -619,7 +636,7 @@ absl::Status CudaBackend::IndexerTopk(const IndexerArgs& a) {
   float* ws = static_cast<float*>(*ws_or);
   void* topk_ws = static_cast<char*>(*ws_or) + score_bytes;
   IndexerParams p{a.q,        a.w, a.k_cache, k_stride, a.num_slots, a.heads, a.head_dim, a.k, Dev(a.layout),
-                  a.precision == IndexerPrecision::kBF16, a.k_cache_bf16};
+                  a.precision == Precision::kBF16, a.k_cache_bf16, a.k_cache_fp8, a.k_scale};
   const bool all_rows = a.scores != nullptr;
   for (int t0 = 0; t0 < a.layout.tokens; t0 += tile) {
     const int rows = std::min(tile, a.layout.tokens - t0);

@@ -137,8 +137,17 @@ struct IndexerParams {
   DevLayout layout;
   bool bf16;             // IndexerPrecision::kBF16: q and k rounded to BF16, tensor cores where supported
   const uint16_t* k_bf16;  // a BF16 index-K cache instead of k_cache (nullptr: k_cache)
+  const uint8_t* k_fp8;    // an FP8 E4M3 index-K cache (Precision::kFP8) …
+  const float* k_scale;    // … and its per-slot scales
 };
 size_t IndexerSharedBytes(int heads, int head_dim);
+// The FP8 kernel's shapes: 8/16/32/64 heads × 64/128, a k_stride that is a multiple of 16 bytes and a
+// 16-byte aligned cache.
+bool IndexerFp8Supported(int heads, int head_dim, int k_stride, const void* k_fp8);
+// The FP8 cache write: per token, scale = amax / 448 (1 for an all-zero row), E4M3 of x / scale.
+cudaError_t LaunchCacheWriteFp8(uint8_t* cache, float* scale, const float* src, const int32_t* slots, int tokens,
+                                int dim, int cache_stride, int src_stride, int64_t num_slots, DeviceError* err,
+                                cudaStream_t stream);
 // Scores of tokens [t0, t0 + rows) into ws[(t − t0), s] for s ≤ min(pos(t), max_len − 1) (row stride
 // max_len). Rows with pos + 1 ≤ k are skipped unless `all_rows`.
 cudaError_t LaunchIndexerScores(float* ws, const IndexerParams& p, int t0, int rows, int max_len,

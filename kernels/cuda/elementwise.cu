@@ -1,6 +1,7 @@
 // Elementwise and row-copy kernels: SiluMul, Copy2D, Scale2D, Embedding, CacheWrite, Gather/ScatterAdd.
 // All are memory-bound grid-stride loops over [rows, cols]; one thread per element.
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #include "kernels/cuda/common.cuh"
 
@@ -170,6 +171,40 @@ cudaError_t LaunchCacheWrite(float* cache, const float* src, const int32_t* slot
   if (n == 0) return cudaSuccess;
   CacheWriteKernel<float><<<GridFor(n), kThreads, 0, stream>>>(cache, src, slots, tokens, dim, cache_stride,
                                                                 src_stride, num_slots, err);
+  return cudaGetLastError();
+}
+
+// One warp per token: amax over the row, scale = amax / 448, E4M3 (round to nearest even, saturating).
+__global__ void CacheWriteFp8Kernel(uint8_t* cache, float* scale, const float* src, const int32_t* slots, int tokens,
+                                    int dim, int cs, int ss, int64_t num_slots, DeviceError* err) {
+  const int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (t >= tokens) return;
+  const int64_t slot = slots[t];
+  if (slot < 0 || slot >= num_slots) {
+    if (slot != -1 && lane == 0) {
+      RecordError(err, kErrCacheSlot, t, static_cast<int>(slot), static_cast<int>(num_slots));
+    }
+    return;
+  }
+  const float* row = src + static_cast<int64_t>(t) * ss;
+  float amax = 0.f;
+  for (int c = lane; c < dim; c += 32) amax = fmaxf(amax, fabsf(row[c]));
+  amax = WarpMax(amax);
+  const float s = amax > 0.f ? amax / 448.0f : 1.0f;
+  uint8_t* dst = cache + slot * cs;
+  for (int c = lane; c < dim; c += 32) {
+    dst[c] = static_cast<uint8_t>(__nv_cvt_float_to_fp8(row[c] / s, __NV_SATFINITE, __NV_E4M3));
+  }
+  if (lane == 0) scale[slot] = s;
+}
+
+cudaError_t LaunchCacheWriteFp8(uint8_t* cache, float* scale, const float* src, const int32_t* slots, int tokens,
+                                int dim, int cache_stride, int src_stride, int64_t num_slots, DeviceError* err,
+                                cudaStream_t stream) {
+  if (tokens == 0 || dim == 0) return cudaSuccess;
+  CacheWriteFp8Kernel<<<(tokens + 7) / 8, 256, 0, stream>>>(cache, scale, src, slots, tokens, dim, cache_stride,
+                                                             src_stride, num_slots, err);
   return cudaGetLastError();
 }
 

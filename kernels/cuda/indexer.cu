@@ -14,7 +14,10 @@
 //   * IndexerScoresTc<H, D, QPB> (H ∈ {8, 16, 32, 64}, D ∈ {64, 128}, 16-byte aligned key rows): tensor
 //     cores (mma.sync m16n8k16, BF16 in, F32 accumulate). See the kernel's comment.
 //   * any other shape: IndexerScoresKernel with q and k rounded to BF16 as they are staged.
+// FP8 (Precision::kFP8): IndexerScoresFp8<H, D, QPB>, the same structure with mma.sync m16n8k32 E4M3 over
+// the FP8 index-K cache; q quantised per (token, head) in registers; 8/16/32/64 heads × 64/128 only.
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_pipeline.h>
 
 #include "kernels/cuda/common.cuh"
@@ -340,6 +343,192 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresTc(float* ws, Inde
   }
 }
 
+// FP8: keys arrive as E4M3 bytes with a per-key scale (cp.async, 16 bytes at a time); the warp's query is
+// quantised per head (scale amax / 448; the four threads of a quad hold one head's dims) into mma B
+// fragments; C = K_tile·qᵀ with mma.sync m16n8k32 (A by ldmatrix on byte rows); the epilogue folds the
+// query scales into the head weights and multiplies each key's sum by its scale.
+__device__ inline void MmaFp8(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ inline uint32_t PackFp8x4(float x0, float x1, float x2, float x3) {
+  const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(x0, x1), __NV_SATFINITE, __NV_E4M3);
+  const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(x2, x3), __NV_SATFINITE, __NV_E4M3);
+  return lo | (hi << 16);
+}
+
+template <int H, int D, int QPB>
+__global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresFp8(float* ws, IndexerParams p, int t0, int rows,
+                                                                  int max_len, int keys_per_block, bool all_rows,
+                                                                  DeviceError* err) {
+  constexpr int DS = D + 16;  // byte row stride of the key tile
+  constexpr int NH = H / 8;
+  constexpr int KS = D / 32;
+  constexpr int WPQ = kTcWarps / QPB;
+  __shared__ __align__(16) uint8_t ks[kTcKeys * DS];
+  __shared__ int64_t slots[kTcKeys];
+  __shared__ float kscale[kTcKeys];
+  __shared__ int q_seq[QPB], q_len[QPB];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int qi = warp % QPB;
+  const int row = blockIdx.y * QPB + qi;
+  if (threadIdx.x < QPB) {
+    const int r = blockIdx.y * QPB + threadIdx.x;
+    int seq = -1, len = 0;
+    if (r < rows) {
+      const int t = t0 + r;
+      const int pos = p.layout.token_pos[t];
+      if (pos < 0 || pos + 1 > max_len) {
+        if (blockIdx.x == 0) RecordError(err, kErrPosition, t, pos, max_len);
+      } else if (all_rows || pos + 1 > p.k) {
+        seq = p.layout.token_seq[t];
+        len = pos + 1;
+      }
+    }
+    q_seq[threadIdx.x] = seq;
+    q_len[threadIdx.x] = len;
+  }
+  __syncthreads();
+  const int s_begin = blockIdx.x * keys_per_block;
+  const int s_stop = min(s_begin + keys_per_block, max_len);
+
+  uint32_t qb[NH][KS][2];
+  float wv[NH][2];
+  const bool have_row = row < rows && q_seq[qi] >= 0;
+  if (have_row) {
+    const int t = t0 + row;
+    const float* qt = p.q + static_cast<int64_t>(t) * H * D;
+#pragma unroll
+    for (int n = 0; n < NH; ++n) {
+      const float* qh = qt + (n * 8 + g) * D;
+      float amax = 0.f;
+#pragma unroll
+      for (int k = 0; k < KS; ++k) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          amax = fmaxf(amax, fabsf(qh[k * 32 + 4 * c + e]));
+          amax = fmaxf(amax, fabsf(qh[k * 32 + 16 + 4 * c + e]));
+        }
+      }
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+      const float sq = amax > 0.f ? amax / 448.0f : 1.0f;  // this thread's head 8n + g
+#pragma unroll
+      for (int k = 0; k < KS; ++k) {
+        const float* b = qh + k * 32 + 4 * c;
+        qb[n][k][0] = PackFp8x4(b[0] / sq, b[1] / sq, b[2] / sq, b[3] / sq);
+        qb[n][k][1] = PackFp8x4(b[16] / sq, b[17] / sq, b[18] / sq, b[19] / sq);
+      }
+      // The accumulators hold heads 8n + 2c and 8n + 2c + 1: their scales live in quads 2c and 2c + 1.
+      const float sq0 = __shfl_sync(0xffffffffu, sq, (2 * c) * 4);
+      const float sq1 = __shfl_sync(0xffffffffu, sq, (2 * c + 1) * 4);
+      wv[n][0] = p.w[static_cast<int64_t>(t) * H + n * 8 + 2 * c] * sq0;
+      wv[n][1] = p.w[static_cast<int64_t>(t) * H + n * 8 + 2 * c + 1] * sq1;
+    }
+  }
+  float* out_row = ws + static_cast<int64_t>(row) * max_len;
+
+  for (int first = 0; first < QPB; ++first) {
+    const int seq = q_seq[first];
+    bool seen = seq < 0;
+    int seq_len = 0;
+    for (int j = 0; j < QPB; ++j) {
+      if (j < first && q_seq[j] == seq) seen = true;
+      if (q_seq[j] == seq) seq_len = max(seq_len, q_len[j]);
+    }
+    if (seen) continue;
+    const bool mine = have_row && q_seq[qi] == seq;
+    const int my_len = mine ? q_len[qi] : 0;
+    const int stop = min(s_stop, seq_len);
+    for (int s0 = s_begin; s0 < stop; s0 += kTcKeys) {
+      __syncthreads();
+      if (threadIdx.x < kTcKeys) {
+        const int s = s0 + threadIdx.x;
+        const int64_t slot =
+            s < stop ? CacheSlot(p.layout, seq, s, p.num_slots, t0 + blockIdx.y * QPB + first, err) : -1;
+        slots[threadIdx.x] = slot;
+        kscale[threadIdx.x] = slot >= 0 ? p.k_scale[slot] : 0.f;
+      }
+      __syncthreads();
+      constexpr int D16 = D / 16;
+#pragma unroll 4
+      for (int i = threadIdx.x; i < kTcKeys * D16; i += kTcWarps * 32) {
+        const int key = i / D16, d16 = i % D16;
+        const int64_t slot = slots[key];
+        uint8_t* dst = ks + key * DS + 16 * d16;
+        if (slot < 0) {
+          *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+        } else {
+          __pipeline_memcpy_async(dst, p.k_fp8 + slot * p.k_stride + 16 * d16, 16);
+        }
+      }
+      __pipeline_commit();
+      __pipeline_wait_prior(0);
+      __syncthreads();
+      if (!mine || s0 >= my_len) continue;
+      for (int mt = warp / QPB; mt < kTcKeys / 16; mt += WPQ) {
+        if (s0 + mt * 16 >= my_len) break;
+        float acc[NH][4];
+#pragma unroll
+        for (int n = 0; n < NH; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+        const uint8_t* a_base = ks + (mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * DS + (lane >> 4) * 16;
+#pragma unroll
+        for (int k = 0; k < KS; ++k) {
+          uint32_t a[4];
+          LdMatrixX4(a, a_base + k * 32);
+#pragma unroll
+          for (int n = 0; n < NH; ++n) MmaFp8(acc[n], a, qb[n][k][0], qb[n][k][1]);
+        }
+        float lo = 0.f, hi = 0.f;
+#pragma unroll
+        for (int n = 0; n < NH; ++n) {
+          lo += wv[n][0] * fmaxf(acc[n][0], 0.f) + wv[n][1] * fmaxf(acc[n][1], 0.f);
+          hi += wv[n][0] * fmaxf(acc[n][2], 0.f) + wv[n][1] * fmaxf(acc[n][3], 0.f);
+        }
+        lo += __shfl_xor_sync(0xffffffffu, lo, 1);
+        hi += __shfl_xor_sync(0xffffffffu, hi, 1);
+        lo += __shfl_xor_sync(0xffffffffu, lo, 2);
+        hi += __shfl_xor_sync(0xffffffffu, hi, 2);
+        if (c == 0) {
+          const int s_lo = s0 + mt * 16 + g, s_hi = s_lo + 8;
+          if (s_lo < my_len) out_row[s_lo] = lo * kscale[mt * 16 + g];
+          if (s_hi < my_len) out_row[s_hi] = hi * kscale[mt * 16 + g + 8];
+        }
+      }
+    }
+  }
+}
+
+template <int H, int D>
+cudaError_t LaunchFp8(float* ws, const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
+                      DeviceError* err, cudaStream_t stream) {
+  if (rows >= 8) {
+    const int kpb = 8 * kTcKeys;
+    const dim3 grid((max_len + kpb - 1) / kpb, (rows + 7) / 8);
+    IndexerScoresFp8<H, D, 8><<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows, err);
+  } else {
+    const int kpb = 2 * kTcKeys;
+    const dim3 grid((max_len + kpb - 1) / kpb, rows);
+    IndexerScoresFp8<H, D, 1><<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows, err);
+  }
+  return cudaGetLastError();
+}
+
+template <int D>
+cudaError_t LaunchFp8Heads(float* ws, const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
+                           DeviceError* err, cudaStream_t stream) {
+  switch (p.heads) {
+    case 8: return LaunchFp8<8, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
+    case 16: return LaunchFp8<16, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
+    case 32: return LaunchFp8<32, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
+    default: return LaunchFp8<64, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
+  }
+}
+
 template <int H, int D, bool KBF16>
 cudaError_t LaunchTcCache(float* ws, const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
                           DeviceError* err, cudaStream_t stream) {
@@ -416,6 +605,10 @@ cudaError_t ConfigureIndexerKernels(size_t bytes) {
 cudaError_t LaunchIndexerScores(float* ws, const IndexerParams& p, int t0, int rows, int max_len,
                                 bool all_rows, DeviceError* err, cudaStream_t stream) {
   if (rows == 0 || max_len == 0) return cudaSuccess;
+  if (p.k_fp8 != nullptr) {  // shapes checked by the backend (IndexerFp8Supported)
+    return p.head_dim == 64 ? LaunchFp8Heads<64>(ws, p, t0, rows, max_len, all_rows, err, stream)
+                            : LaunchFp8Heads<128>(ws, p, t0, rows, max_len, all_rows, err, stream);
+  }
   if (p.bf16) {
     const bool aligned = p.k_bf16 != nullptr ? p.k_stride % 8 == 0 && Aligned16(p.k_bf16)
                                              : p.k_stride % 4 == 0 && Aligned16(p.k_cache);
@@ -451,6 +644,11 @@ cudaError_t LaunchIndexerScores(float* ws, const IndexerParams& p, int t0, int r
   IndexerScoresKernel<<<grid, kKeys, IndexerSharedBytes(p.heads, p.head_dim), stream>>>(
       ws, p, t0, max_len, all_rows, err);
   return cudaGetLastError();
+}
+
+bool IndexerFp8Supported(int heads, int head_dim, int k_stride, const void* k_fp8) {
+  return (heads == 8 || heads == 16 || heads == 32 || heads == 64) && (head_dim == 64 || head_dim == 128) &&
+         k_stride % 16 == 0 && Aligned16(k_fp8);
 }
 
 cudaError_t LaunchIndexerCopyScores(float* scores, int scores_stride, const float* ws, int max_len,
