@@ -76,11 +76,13 @@ void Report(benchmark::State& state, double flops, double bytes) {
 
 // Lightning indexer: I[t, s] = Σ_j w[t, j]·ReLU(q[t, j]·k[s]) over s ≤ t, then top-2048 (fused, tiled).
 // Args: context, query rows, precision (0 = F32; 1 = BF16 tensor cores over a BF16 index-K cache, as the
-// engine runs it), index heads (32: the 30B/GLM-5 assumption; 64: DeepSeek-V3.2). The scores' share is
+// engine runs it; 2 = FP8 E4M3 over an FP8 cache with per-key scales), index heads (32: the 30B/GLM-5 assumption; 64: DeepSeek-V3.2). The scores' share is
 // this minus BM_Topk on the same rows.
 void BM_IndexerTopk(benchmark::State& state) {
   const int context = state.range(0), queries = state.range(1), dim = 128, k = 2048;
-  const IndexerPrecision precision = state.range(2) ? IndexerPrecision::kBF16 : IndexerPrecision::kF32;
+  const IndexerPrecision precision = state.range(2) == 2   ? IndexerPrecision::kFP8
+                                     : state.range(2) == 1 ? IndexerPrecision::kBF16
+                                                           : IndexerPrecision::kF32;
   const int heads = state.range(3);
   Scene s(context, queries);
   const std::vector<float> keys = Random(static_cast<size_t>(s.num_slots) * dim, 1);
@@ -90,7 +92,14 @@ void BM_IndexerTopk(benchmark::State& state) {
   IndexerArgs a{.indices = out, .q = q, .w = w, .k_stride = dim, .num_slots = s.num_slots,
                 .heads = heads, .head_dim = dim, .k = k, .precision = precision, .layout = s.layout};
   double key_bytes = 4;
-  if (precision == IndexerPrecision::kBF16) {
+  if (precision == IndexerPrecision::kFP8) {  // random E4M3 bytes (no NaN) and per-key scales
+    std::vector<uint8_t> b(keys.size());
+    std::mt19937 rng(8);
+    for (uint8_t& x : b) x = static_cast<uint8_t>(rng() % 0x7e) | static_cast<uint8_t>((rng() & 1) << 7);
+    a.k_cache_fp8 = Upload(b);
+    a.k_scale = Upload(std::vector<float>(s.num_slots, 1.0f / 448));
+    key_bytes = 1;
+  } else if (precision == IndexerPrecision::kBF16) {
     std::vector<uint16_t> b(keys.size());
     for (size_t i = 0; i < keys.size(); ++i) {  // truncation is fine for timing
       uint32_t u;
@@ -110,11 +119,11 @@ void BM_IndexerTopk(benchmark::State& state) {
   Report(state, 2.0 * pairs * heads * dim, key_bytes * context * dim + 4.0 * queries * heads * dim);
 }
 BENCHMARK(BM_IndexerTopk)
-    ->ArgsProduct({{10000, 60000, 120000, 200000}, {1}, {0, 1}, {32}})  // decode rows
-    ->Args({200000, 64, 1, 32})                                         // a decode batch
-    ->ArgsProduct({{16384}, {1024}, {0, 1}, {32, 64}})                  // prefill tiles
-    ->ArgsProduct({{65536}, {256}, {0, 1}, {32}})
-    ->Args({200000, 335, 1, 32})  // the engine's tile at 200K (256 MiB of scores)
+    ->ArgsProduct({{10000, 60000, 120000, 200000}, {1}, {0, 1, 2}, {32}})  // decode rows
+    ->ArgsProduct({{200000}, {64}, {1, 2}, {32}})                          // a decode batch
+    ->ArgsProduct({{16384}, {1024}, {0, 1, 2}, {32, 64}})                  // prefill tiles
+    ->ArgsProduct({{65536}, {256}, {0, 1, 2}, {32}})
+    ->ArgsProduct({{200000}, {335}, {1, 2}, {32}})  // the engine's tile at 200K (256 MiB of scores)
     ->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Sparse MLA attention over the top-2048 (absorbed: one latent KV head of 512 + 64 rope, 20 query heads).

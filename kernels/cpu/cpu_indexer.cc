@@ -124,7 +124,8 @@ absl::Status CpuBackend::IndexerTopk(const IndexerArgs& a) {
           float amax = 0.0f;
           for (int c = 0; c < D; ++c) amax = std::max(amax, std::fabs(row[c]));
           const float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
-          for (int c = 0; c < D; ++c) row[c] = internal::E4m3ToFloat(internal::FloatToE4m3(row[c] / scale));
+          const float inv = 1.0f / scale;  // q · (1 / s): one multiply per value, as the CUDA kernel does
+          for (int c = 0; c < D; ++c) row[c] = internal::E4m3ToFloat(internal::FloatToE4m3(row[c] * inv));
           qscale[r] = scale;
         }
       }

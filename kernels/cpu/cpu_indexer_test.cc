@@ -312,7 +312,7 @@ TEST(CpuIndexer, Fp8PrecisionRecallsTheBf16Sets) {
       for (int c = 0; c < dim; ++c) amax = std::max(amax, std::fabs(q[(t * heads + j) * dim + c]));
       qs[j] = amax / 448.0f;
       for (int c = 0; c < dim; ++c) {
-        qd[j * dim + c] = internal::E4m3ToFloat(internal::FloatToE4m3(q[(t * heads + j) * dim + c] / (amax / 448.0f)));
+        qd[j * dim + c] = internal::E4m3ToFloat(internal::FloatToE4m3(q[(t * heads + j) * dim + c] * (1.0f / (amax / 448.0f))));
       }
     }
     for (int s = 0; s <= tk.pos[t]; ++s) {

@@ -417,11 +417,12 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresFp8(float* ws, Ind
       amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
       amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
       const float sq = amax > 0.f ? amax / 448.0f : 1.0f;  // this thread's head 8n + g
+      const float inv = 1.0f / sq;  // q · (1 / s), as the CPU reference quantises q
 #pragma unroll
       for (int k = 0; k < KS; ++k) {
         const float* b = qh + k * 32 + 4 * c;
-        qb[n][k][0] = PackFp8x4(b[0] / sq, b[1] / sq, b[2] / sq, b[3] / sq);
-        qb[n][k][1] = PackFp8x4(b[16] / sq, b[17] / sq, b[18] / sq, b[19] / sq);
+        qb[n][k][0] = PackFp8x4(b[0] * inv, b[1] * inv, b[2] * inv, b[3] * inv);
+        qb[n][k][1] = PackFp8x4(b[16] * inv, b[17] * inv, b[18] * inv, b[19] * inv);
       }
       // The accumulators hold heads 8n + 2c and 8n + 2c + 1: their scales live in quads 2c and 2c + 1.
       const float sq0 = __shfl_sync(0xffffffffu, sq, (2 * c) * 4);
