@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "kernels/backend.h"
 #include "sdk/plan.h"
+#include "sdk/synthetic_model.h"
 #include "sdk/status.h"
 
 namespace ic {
@@ -262,13 +263,7 @@ absl::StatusOr<std::shared_ptr<const Model>> BuildFastSyntheticModel(const Model
       L.mlp = init.Mlp(H, c.intermediate_size);
     }
   }
-  if (o.plan.empty()) {
-    model->plan.layers.assign(c.num_hidden_layers, LayerKind::kFull);
-    model->plan.source = "synthetic (all Full)";
-  } else {
-    IC_ASSIGN_OR_RETURN(model->plan, ParsePlan(o.plan, c.num_hidden_layers));
-    model->plan.source = "synthetic";
-  }
+  IC_ASSIGN_OR_RETURN(model->plan, SyntheticPlan(o.plan, c.num_hidden_layers));
   model->path = "";
   return std::shared_ptr<const Model>(std::move(model));
 }

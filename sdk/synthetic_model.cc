@@ -109,6 +109,18 @@ ModelConfig MakeConfig(const SyntheticModelOptions& o) {
 
 }  // namespace
 
+absl::StatusOr<Plan> SyntheticPlan(const std::string& pattern, int num_layers) {
+  Plan plan;
+  if (pattern.empty()) {
+    plan.layers.assign(num_layers, LayerKind::kFull);
+    plan.source = "synthetic (all Full)";
+    return plan;
+  }
+  IC_ASSIGN_OR_RETURN(plan, ParsePlan(pattern, num_layers));
+  plan.source = "synthetic";
+  return plan;
+}
+
 absl::StatusOr<std::shared_ptr<const Model>> BuildSyntheticModel(const SyntheticModelOptions& o) {
   if (o.num_layers < 1 || o.hidden_size < 64 || o.hidden_size % 64 != 0 || o.vocab_size < 2 ||
       o.index_topk < 1 || o.index_n_heads < 1 || o.index_head_dim < 2 || o.index_head_dim % 2 != 0) {
@@ -213,13 +225,7 @@ absl::StatusOr<std::shared_ptr<const Model>> BuildSyntheticModel(const Synthetic
       L.mlp = MakeMlp(init, H, c.intermediate_size);
     }
   }
-  if (o.plan.empty()) {
-    model->plan.layers.assign(c.num_hidden_layers, LayerKind::kFull);
-    model->plan.source = "synthetic (all Full)";
-  } else {
-    IC_ASSIGN_OR_RETURN(model->plan, ParsePlan(o.plan, c.num_hidden_layers));
-    model->plan.source = "synthetic";
-  }
+  IC_ASSIGN_OR_RETURN(model->plan, SyntheticPlan(o.plan, c.num_hidden_layers));
   if (c.has_indexer) {
     c.indexer_types.emplace();
     for (LayerKind k : model->plan.layers) c.indexer_types->push_back(k == LayerKind::kFull ? "full" : "shared");

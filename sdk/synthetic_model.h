@@ -33,6 +33,10 @@ struct SyntheticModelOptions {
 
 absl::StatusOr<std::shared_ptr<const Model>> BuildSyntheticModel(const SyntheticModelOptions& options);
 
+// The plan of a synthetic model: `pattern` parsed for num_layers layers ("" = all Full), with its source
+// named "synthetic". Errors: ParsePlan's (wrong length, a character other than F/S, layer 0 Shared).
+absl::StatusOr<Plan> SyntheticPlan(const std::string& pattern, int num_layers);
+
 // Writes config.json (HF keys, with `indexer_types` from model.plan) and model.safetensors (F32) to
 // `dir` (created if missing). Layers that are Shared in model.plan get no indexer tensors when
 // `drop_shared_indexers` (GLM-5.2 style).

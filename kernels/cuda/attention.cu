@@ -326,33 +326,6 @@ constexpr int kTcQk = 576, kTcV = 512;
 constexpr int kTcRow = kTcQk + 8;       // BF16 row stride of Q and K tiles
 constexpr int kTcPRow = kTcChunk + 8;   // BF16 row stride of P
 
-__device__ inline uint32_t PackBf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-__device__ inline void MmaBf16x(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ inline void LdMatrix4(uint32_t* r, const void* smem) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-__device__ inline void LdMatrix4Trans(uint32_t* r, const void* smem) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 size_t SparseMlaTcSharedBytes() {
   return sizeof(__nv_bfloat16) * (static_cast<size_t>(32 + kTcChunk) * kTcRow + 32 * kTcPRow) +
          sizeof(float) * 2 * 8 * 16 + sizeof(int64_t) * kTcChunk;
@@ -380,7 +353,7 @@ __global__ void __launch_bounds__(256) SparseMlaTcKernel(AttentionParams p, floa
       x0 = qrow[h * kTcQk + d];
       x1 = qrow[h * kTcQk + d + 1];
     }
-    *reinterpret_cast<uint32_t*>(qs + h * kTcRow + d) = PackBf16x2(x0, x1);
+    *reinterpret_cast<uint32_t*>(qs + h * kTcRow + d) = PackBf16(x0, x1);
   }
   const int n_all = p.topk_k;
   const int per = (n_all + gridDim.z - 1) / gridDim.z;
@@ -411,8 +384,8 @@ __global__ void __launch_bounds__(256) SparseMlaTcKernel(AttentionParams p, floa
       float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
       if (slot >= 0) v = __ldg(reinterpret_cast<const float4*>(p.k_cache + slot * p.k_stride) + d4);
       uint2 packed;
-      packed.x = PackBf16x2(v.x, v.y);
-      packed.y = PackBf16x2(v.z, v.w);
+      packed.x = PackBf16(v.x, v.y);
+      packed.y = PackBf16(v.z, v.w);
       *reinterpret_cast<uint2*>(ks + key * kTcRow + 4 * d4) = packed;
     }
     __syncthreads();
@@ -424,10 +397,10 @@ __global__ void __launch_bounds__(256) SparseMlaTcKernel(AttentionParams p, floa
 #pragma unroll 4
     for (int k = 0; k < kTcQk / 16; ++k) {
       uint32_t a[4];
-      LdMatrix4(a, a_base + k * 16);
+      LdMatrixX4(a, a_base + k * 16);
       const uint32_t b0 = *reinterpret_cast<const uint32_t*>(b_base + k * 16);
       const uint32_t b1 = *reinterpret_cast<const uint32_t*>(b_base + k * 16 + 8);
-      MmaBf16x(s, a, b0, b1);
+      MmaBf16(s, a, b0, b1);
     }
     const bool v0 = slots[wq * 8 + 2 * c] >= 0, v1 = slots[wq * 8 + 2 * c + 1] >= 0;
     const float x0 = v0 ? s[0] * p.scale : -INFINITY, x1 = v1 ? s[1] * p.scale : -INFINITY;
@@ -457,8 +430,8 @@ __global__ void __launch_bounds__(256) SparseMlaTcKernel(AttentionParams p, floa
     l_hi = l_hi * corr_hi + (p2 + p3);
     m_lo = new_lo;
     m_hi = new_hi;
-    *reinterpret_cast<uint32_t*>(ps + (mt * 16 + g) * kTcPRow + wq * 8 + 2 * c) = PackBf16x2(p0, p1);
-    *reinterpret_cast<uint32_t*>(ps + (mt * 16 + g + 8) * kTcPRow + wq * 8 + 2 * c) = PackBf16x2(p2, p3);
+    *reinterpret_cast<uint32_t*>(ps + (mt * 16 + g) * kTcPRow + wq * 8 + 2 * c) = PackBf16(p0, p1);
+    *reinterpret_cast<uint32_t*>(ps + (mt * 16 + g + 8) * kTcPRow + wq * 8 + 2 * c) = PackBf16(p2, p3);
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
       o[j][0] *= corr_lo;
@@ -472,14 +445,14 @@ __global__ void __launch_bounds__(256) SparseMlaTcKernel(AttentionParams p, floa
 #pragma unroll
     for (int kk = 0; kk < kTcChunk / 16; ++kk) {
       uint32_t a[4];
-      LdMatrix4(a, ps + (mt * 16 + a_row) * kTcPRow + kk * 16 + a_col);
+      LdMatrixX4(a, ps + (mt * 16 + a_row) * kTcPRow + kk * 16 + a_col);
       const __nv_bfloat16* v_base = ks + (kk * 16 + a_row) * kTcRow + wq * 128 + a_col;
 #pragma unroll
       for (int jp = 0; jp < 8; ++jp) {
         uint32_t b[4];
-        LdMatrix4Trans(b, v_base + jp * 16);
-        MmaBf16x(o[2 * jp], a, b[0], b[1]);
-        MmaBf16x(o[2 * jp + 1], a, b[2], b[3]);
+        LdMatrixX4Trans(b, v_base + jp * 16);
+        MmaBf16(o[2 * jp], a, b[0], b[1]);
+        MmaBf16(o[2 * jp + 1], a, b[2], b[3]);
       }
     }
   }

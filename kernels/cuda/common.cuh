@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_kernels.h"
@@ -67,6 +68,42 @@ __device__ inline int64_t CacheSlot(const DevLayout& l, int seq, int p, int64_t 
     return -1;
   }
   return slot;
+}
+
+// ---- Tensor-core building blocks (sm_80+; the indexer and sparse attention kernels) ----------------
+
+// Two floats as a BF16 pair (round to nearest even), the lower index in the low half.
+__device__ inline uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// c[0..3] += A·B, mma.sync m16n8k16 BF16 → F32. Fragment layouts (PTX ISA): a0/a1 rows g/g+8, cols
+// 2t..2t+1; a2/a3 the same rows, cols 8+2t..; b0 rows (k) 2t..2t+1 of col g, b1 rows 8+2t..; c0,c1 row g,
+// cols 2t, 2t+1; c2,c3 row g+8 (g = lane / 4, t = lane % 4).
+__device__ inline void MmaBf16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8×8 b16 matrices from shared memory; lanes 8i..8i+7 give the row addresses of matrix i. With rows
+// (lane & 7) + ((lane >> 3) & 1)·8 and column offset (lane >> 4)·8 the result is an mma A fragment.
+__device__ inline void LdMatrixX4(uint32_t* r, const void* smem) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// The same, transposed: from row-major [k][n] tiles, B fragments (b0, b1 of two 8-column tiles).
+__device__ inline void LdMatrixX4Trans(uint32_t* r, const void* smem) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
 inline unsigned Blocks(int64_t n, int threads) {

@@ -180,42 +180,12 @@ __global__ void __launch_bounds__(kKeys) IndexerScoresFast(float* ws, IndexerPar
 constexpr int kTcWarps = 8;
 constexpr int kTcKeys = 128;  // keys per shared-memory tile (8 rows of 16)
 
-__device__ inline uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-__device__ inline void MmaBf16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ inline void LdMatrixX4(uint32_t* r, const void* smem) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// KBF16: the index-K cache is BF16 (p.k_bf16): tiles are copied with cp.async, 16 bytes at a time;
-// otherwise F32 keys are loaded as float4 and rounded to BF16 on the way into shared memory.
-template <int H, int D, int QPB, bool KBF16>
-__global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresTc(float* ws, IndexerParams p, int t0, int rows,
-                                                                 int max_len, int keys_per_block, bool all_rows,
-                                                                 DeviceError* err) {
-  constexpr int DS = D + 8;          // BF16 row stride of the key tile
-  constexpr int NH = H / 8;          // 8-head tiles (mma N)
-  constexpr int KS = D / 16;         // 16-dim steps (mma K)
-  constexpr int WPQ = kTcWarps / QPB;  // warps per query
-  __shared__ __align__(16) __nv_bfloat16 ks[kTcKeys * DS];
-  __shared__ int64_t slots[kTcKeys];
-  __shared__ int q_seq[QPB], q_len[QPB];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-  const int qi = warp % QPB;
-  const int row = blockIdx.y * QPB + qi;
+// The block's QPB query rows t0 + blockIdx.y·QPB + i into shared memory (every thread waits): the
+// sequence (−1: not scored — beyond `rows`, a short row when !all_rows, or a position error, recorded)
+// and the number of keys, pos + 1.
+template <int QPB>
+__device__ inline void LoadQueryRows(const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
+                                     DeviceError* err, int* q_seq, int* q_len) {
   if (threadIdx.x < QPB) {
     const int r = blockIdx.y * QPB + threadIdx.x;
     int seq = -1, len = 0;
@@ -233,6 +203,45 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresTc(float* ws, Inde
     q_len[threadIdx.x] = len;
   }
   __syncthreads();
+}
+
+// The scores of keys g and g + 8 of a 16-key accumulator tile ([8·NH heads] per key; the thread holds heads
+// 8n + 2t, 8n + 2t + 1): Σ_heads w · ReLU(logit), the thread's heads in ascending order, then its quad
+// (xor 1, xor 2) — a fixed order, so the scores are deterministic. Every lane gets the sums.
+template <int NH>
+__device__ inline void HeadSum(const float (&acc)[NH][4], const float (&wv)[NH][2], float* lo_out, float* hi_out) {
+  float lo = 0.f, hi = 0.f;
+#pragma unroll
+  for (int n = 0; n < NH; ++n) {
+    lo += wv[n][0] * fmaxf(acc[n][0], 0.f) + wv[n][1] * fmaxf(acc[n][1], 0.f);
+    hi += wv[n][0] * fmaxf(acc[n][2], 0.f) + wv[n][1] * fmaxf(acc[n][3], 0.f);
+  }
+  lo += __shfl_xor_sync(0xffffffffu, lo, 1);
+  hi += __shfl_xor_sync(0xffffffffu, hi, 1);
+  lo += __shfl_xor_sync(0xffffffffu, lo, 2);
+  hi += __shfl_xor_sync(0xffffffffu, hi, 2);
+  *lo_out = lo;
+  *hi_out = hi;
+}
+
+
+// KBF16: the index-K cache is BF16 (p.k_bf16): tiles are copied with cp.async, 16 bytes at a time;
+// otherwise F32 keys are loaded as float4 and rounded to BF16 on the way into shared memory.
+template <int H, int D, int QPB, bool KBF16>
+__global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresTc(float* ws, IndexerParams p, int t0, int rows,
+                                                                 int max_len, int keys_per_block, bool all_rows,
+                                                                 DeviceError* err) {
+  constexpr int DS = D + 8;          // BF16 row stride of the key tile
+  constexpr int NH = H / 8;          // 8-head tiles (mma N)
+  constexpr int KS = D / 16;         // 16-dim steps (mma K)
+  constexpr int WPQ = kTcWarps / QPB;  // warps per query
+  __shared__ __align__(16) __nv_bfloat16 ks[kTcKeys * DS];
+  __shared__ int64_t slots[kTcKeys];
+  __shared__ int q_seq[QPB], q_len[QPB];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int qi = warp % QPB;
+  const int row = blockIdx.y * QPB + qi;
+  LoadQueryRows<QPB>(p, t0, rows, max_len, all_rows, err, q_seq, q_len);
   const int s_begin = blockIdx.x * keys_per_block;
   const int s_stop = min(s_begin + keys_per_block, max_len);
 
@@ -323,16 +332,8 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresTc(float* ws, Inde
           for (int n = 0; n < NH; ++n) MmaBf16(acc[n], a, qb[n][k][0], qb[n][k][1]);
         }
         // acc[n][0..1]: key g, heads 8n + 2c, 8n + 2c + 1; acc[n][2..3]: key g + 8, the same heads.
-        float lo = 0.f, hi = 0.f;
-#pragma unroll
-        for (int n = 0; n < NH; ++n) {
-          lo += wv[n][0] * fmaxf(acc[n][0], 0.f) + wv[n][1] * fmaxf(acc[n][1], 0.f);
-          hi += wv[n][0] * fmaxf(acc[n][2], 0.f) + wv[n][1] * fmaxf(acc[n][3], 0.f);
-        }
-        lo += __shfl_xor_sync(0xffffffffu, lo, 1);
-        hi += __shfl_xor_sync(0xffffffffu, hi, 1);
-        lo += __shfl_xor_sync(0xffffffffu, lo, 2);
-        hi += __shfl_xor_sync(0xffffffffu, hi, 2);
+        float lo, hi;
+        HeadSum<NH>(acc, wv, &lo, &hi);
         if (c == 0) {
           const int s_lo = s0 + mt * 16 + g, s_hi = s_lo + 8;
           if (s_lo < my_len) out_row[s_lo] = lo;
@@ -376,23 +377,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresFp8(float* ws, Ind
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const int qi = warp % QPB;
   const int row = blockIdx.y * QPB + qi;
-  if (threadIdx.x < QPB) {
-    const int r = blockIdx.y * QPB + threadIdx.x;
-    int seq = -1, len = 0;
-    if (r < rows) {
-      const int t = t0 + r;
-      const int pos = p.layout.token_pos[t];
-      if (pos < 0 || pos + 1 > max_len) {
-        if (blockIdx.x == 0) RecordError(err, kErrPosition, t, pos, max_len);
-      } else if (all_rows || pos + 1 > p.k) {
-        seq = p.layout.token_seq[t];
-        len = pos + 1;
-      }
-    }
-    q_seq[threadIdx.x] = seq;
-    q_len[threadIdx.x] = len;
-  }
-  __syncthreads();
+  LoadQueryRows<QPB>(p, t0, rows, max_len, all_rows, err, q_seq, q_len);
   const int s_begin = blockIdx.x * keys_per_block;
   const int s_stop = min(s_begin + keys_per_block, max_len);
 
@@ -484,16 +469,8 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresFp8(float* ws, Ind
 #pragma unroll
           for (int n = 0; n < NH; ++n) MmaFp8(acc[n], a, qb[n][k][0], qb[n][k][1]);
         }
-        float lo = 0.f, hi = 0.f;
-#pragma unroll
-        for (int n = 0; n < NH; ++n) {
-          lo += wv[n][0] * fmaxf(acc[n][0], 0.f) + wv[n][1] * fmaxf(acc[n][1], 0.f);
-          hi += wv[n][0] * fmaxf(acc[n][2], 0.f) + wv[n][1] * fmaxf(acc[n][3], 0.f);
-        }
-        lo += __shfl_xor_sync(0xffffffffu, lo, 1);
-        hi += __shfl_xor_sync(0xffffffffu, hi, 1);
-        lo += __shfl_xor_sync(0xffffffffu, lo, 2);
-        hi += __shfl_xor_sync(0xffffffffu, hi, 2);
+        float lo, hi;
+        HeadSum<NH>(acc, wv, &lo, &hi);
         if (c == 0) {
           const int s_lo = s0 + mt * 16 + g, s_hi = s_lo + 8;
           if (s_lo < my_len) out_row[s_lo] = lo * kscale[mt * 16 + g];
