@@ -168,7 +168,7 @@ struct TokenLayout {
 // probs (optional, sparse only): [tokens, topk_k] head-averaged attention weight of each selected key.
 // precision kBF16: the kernel may round q, k, v and the probabilities to BF16 (F32 accumulation, F32
 //   softmax statistics): the CUDA backend runs sparse absorbed-MLA attention (kv_heads 1, qk_dim 576,
-//   v_dim 512 aliasing the latent, ≤ 32 query heads) on tensor cores; every other case computes in F32.
+//   v_dim 512 aliasing the latent, any number of query heads) on tensor cores; every other case is F32.
 //   The CPU reference rounds q, k and v and keeps the probabilities in F32; outputs agree with kF32 to
 //   about 2^-8 relative (DESIGN.md §3's BF16 tolerance, 1e-2). kFP8 is the indexer's only: an error here.
 struct AttentionArgs {

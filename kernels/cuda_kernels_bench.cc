@@ -127,9 +127,11 @@ BENCHMARK(BM_IndexerTopk)
     ->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Sparse MLA attention over the top-2048 (absorbed: one latent KV head of 512 + 64 rope, 20 query heads).
-// Args: context, query rows, precision (0 = F32 CUDA cores, 1 = BF16 tensor cores).
+// Args: context, query rows, precision (0 = F32 CUDA cores, 1 = BF16 tensor cores), query heads (20: the
+// 30B model; 128: DeepSeek-V3.2).
 void BM_SparseAttention(benchmark::State& state) {
-  const int context = state.range(0), queries = state.range(1), heads = 20, latent = 576, v_dim = 512, k = 2048;
+  const int context = state.range(0), queries = state.range(1), latent = 576, v_dim = 512, k = 2048;
+  const int heads = state.range(3);
   const Precision precision = state.range(2) ? Precision::kBF16 : Precision::kF32;
   Scene s(context, queries);
   float* cache = Upload(Random(static_cast<size_t>(s.num_slots) * latent, 4));
@@ -152,7 +154,8 @@ void BM_SparseAttention(benchmark::State& state) {
   Report(state, 2.0 * keys * heads * (latent + v_dim), 4.0 * keys * latent);
 }
 BENCHMARK(BM_SparseAttention)
-    ->ArgsProduct({{200000}, {1, 64}, {0, 1}})->ArgsProduct({{16384}, {1024}, {0, 1}})->Args({200000, 512, 1})
+    ->ArgsProduct({{200000}, {1, 64}, {0, 1}, {20}})->ArgsProduct({{16384}, {1024}, {0, 1}, {20}})
+    ->Args({200000, 512, 1, 20})->ArgsProduct({{16384}, {1024}, {1}, {128}})
     ->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Top-k alone over precomputed scores (the bound: reading the scores once).

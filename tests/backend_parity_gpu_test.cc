@@ -411,6 +411,8 @@ TEST_F(BackendParityTest, Attention) {
       {20, 1, 576, 512, true, 2048, {3000, 2100}, {40, 3}, 4},
       {20, 1, 576, 512, true, 100, {70, 33, 90}, {70, 1, 17}, 4},
       {32, 1, 576, 512, true, 64, {400}, {300}, 4},
+      {128, 1, 576, 512, true, 2048, {2500}, {5}, 4},  // DeepSeek-V3.2's 128 heads: four 32-head blocks
+      {64, 1, 576, 512, true, 200, {300, 90}, {280, 2}, 4},  // GLM-5's 64
   };
   for (const Case& cs : cases) {
     const std::vector<int>& lens = cs.lens;

@@ -224,7 +224,7 @@ IC_API ic_status_t ic_model_plan(const ic_model_t* model, char* buf, size_t buf_
  *                      8/16/32/64 index heads of dimension 64 or 128 on tensor cores, other shapes round
  *                      the same way on CUDA cores. Top-k may differ from F32 where two scores are within
  *                      BF16 rounding of each other. Attention: sparse absorbed-MLA attention (latent 512 +
- *                      64, up to 32 heads: DeepSeek-V3.2, GLM-5, GLM-4.7-Flash shapes) on tensor cores with
+ *                      64, any number of heads: DeepSeek-V3.2, GLM-5, GLM-4.7-Flash shapes) on tensor cores with
  *                      q, k, v and the probabilities at BF16; other shapes compute in F32. Outputs agree
  *                      with F32 to about 1e-2 relative.
  *   IC_PRECISION_FP8:  indexer only (IC_ERR_INVALID_ARGUMENT for attention): DeepSeek-V3.2's FP8 E4M3

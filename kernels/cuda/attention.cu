@@ -10,7 +10,7 @@
 // head-averaged probabilities of the selected keys from the log-sum-exp (sparse only), so the result
 // does not depend on atomics.
 // BF16 (AttentionArgs::precision kBF16): sparse absorbed-MLA attention (one latent KV head of 576 = 512 +
-// 64 rope, V = its first 512 values, up to 32 query heads) runs on tensor cores: SparseMlaTcKernel below.
+// 64 rope, V = its first 512 values, any number of query heads) runs on tensor cores: SparseMlaTcKernel.
 // Other shapes and dense attention run the F32 kernels in either precision.
 // Next steps: tile several query tokens per block for prefill (a flash-attention tiling).
 #include <cuda_bf16.h>
@@ -309,8 +309,9 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionProbsKernel(AttentionPar
 
 // ---- BF16 tensor-core sparse MLA attention ---------------------------------------------------------
 //
-// Block = one query token (all its heads: they share the token's top-k keys, so each gathered key row is
-// read once per token), 8 warps. Per chunk of kTcChunk selected keys the block gathers the latent rows
+// Block = one query token × 32 of its heads (they share the token's top-k keys, so each gathered key row is
+// read once per 32 heads: once per token for the 20-head 30B model, 2× for GLM-5's 64, 4× for DeepSeek-V3.2's
+// 128), 8 warps; gridDim.y = ⌈q_heads / 32⌉. Per chunk of kTcChunk selected keys the block gathers the latent rows
 // into shared memory as BF16 ([key, 576 + 8]), then
 //   S = Q·Kᵀ:  warp (m, j) computes heads 16m..16m+15 × keys 8j..8j+7 (mma.sync m16n8k16, Q from
 //              shared memory by ldmatrix, K rows as B fragments);
@@ -348,10 +349,11 @@ __global__ void __launch_bounds__(256) SparseMlaTcKernel(AttentionParams p, floa
   const float* qrow = p.q + static_cast<int64_t>(t) * p.q_stride;
   for (int i = threadIdx.x; i < 32 * (kTcQk / 2); i += 256) {
     const int h = i / (kTcQk / 2), d = 2 * (i % (kTcQk / 2));
+    const int hq = blockIdx.y * 32 + h;  // this block's 32 heads
     float x0 = 0.f, x1 = 0.f;
-    if (h < p.q_heads) {
-      x0 = qrow[h * kTcQk + d];
-      x1 = qrow[h * kTcQk + d + 1];
+    if (hq < p.q_heads) {
+      x0 = qrow[hq * kTcQk + d];
+      x1 = qrow[hq * kTcQk + d + 1];
     }
     *reinterpret_cast<uint32_t*>(qs + h * kTcRow + d) = PackBf16(x0, x1);
   }
@@ -476,7 +478,7 @@ __global__ void __launch_bounds__(256) SparseMlaTcKernel(AttentionParams p, floa
   }
   const int h_lo = mt * 16 + g, h_hi = h_lo + 8;
   for (int half = 0; half < 2; ++half) {
-    const int h = half ? h_hi : h_lo;
+    const int h = blockIdx.y * 32 + (half ? h_hi : h_lo);
     if (h >= p.q_heads) continue;
     const float m = half ? m_hi : m_lo, L = half ? L_hi : L_lo;
     if (part != nullptr) {
@@ -516,7 +518,7 @@ size_t SharedBytesFor(int hb, int qk_dim, int v_dim) {
 size_t AttentionSharedBytes(int qk_dim, int v_dim) { return SharedBytesFor(kWarps, qk_dim, v_dim); }
 
 bool AttentionUsesTensorCores(const AttentionParams& p) {
-  return p.bf16 && p.topk != nullptr && p.kv_heads == 1 && p.q_heads <= 32 && p.qk_dim == kTcQk &&
+  return p.bf16 && p.topk != nullptr && p.kv_heads == 1 && p.q_heads <= 1024 && p.qk_dim == kTcQk &&
          p.v_dim == kTcV && p.v_cache == p.k_cache && p.v_stride == p.k_stride && p.k_stride % 4 == 0 &&
          reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 && p.q_stride % 2 == 0 &&
          reinterpret_cast<uintptr_t>(p.q) % 8 == 0 && reinterpret_cast<uintptr_t>(p.out) % 8 == 0 &&
@@ -564,7 +566,7 @@ cudaError_t LaunchAttention(const AttentionParams& p, float* lse_ws, float* part
   const int hb = HeadsPerBlock(p.q_heads / p.kv_heads);
   if (splits < 1 || part_ws == nullptr) splits = 1;
   if (AttentionUsesTensorCores(p)) {
-    SparseMlaTcKernel<<<dim3(p.layout.tokens, 1, splits), 256, SparseMlaTcSharedBytes(), stream>>>(
+    SparseMlaTcKernel<<<dim3(p.layout.tokens, (p.q_heads + 31) / 32, splits), 256, SparseMlaTcSharedBytes(), stream>>>(
         p, lse, splits > 1 ? part_ws : nullptr, err);
     cudaError_t e = cudaGetLastError();
     if (e == cudaSuccess && splits > 1) {

@@ -569,7 +569,7 @@ absl::Status CudaBackend::Attention(const AttentionArgs& a) {
   AttentionParams p{a.out, a.lse, a.probs, a.q, a.k_cache, a.v_cache, q_stride, k_stride, v_stride,
                     a.q_heads, a.kv_heads, a.qk_dim, a.v_dim, a.num_slots, a.scale, Dev(a.layout),
                     a.topk, a.topk_k, a.precision == Precision::kBF16};
-  const int splits = AttentionUsesTensorCores(p) ? AttentionSplitsTc(a.layout.tokens, a.topk_k)
+  const int splits = AttentionUsesTensorCores(p) ? AttentionSplitsTc(a.layout.tokens * ((a.q_heads + 31) / 32), a.topk_k)
                                                  : AttentionSplits(a.layout.tokens, a.q_heads, a.kv_heads, max_keys);
   const size_t lse_bytes = (a.probs != nullptr && a.lse == nullptr)
                                ? (sizeof(float) * a.layout.tokens * a.q_heads + 255) / 256 * 256
