@@ -115,8 +115,8 @@ struct Copy2DArgs {
 // cache_bf16 instead of cache: a BF16 cache (uint16 bit patterns, round to nearest even; the BF16
 // index-K cache of IndexerPrecision::kBF16). Exactly one of the two is set.
 // cache_fp8 + scale instead: an FP8 E4M3 cache with one F32 scale per slot (scale[slot] = amax / 448 of
-// the row, 1 for an all-zero row; values round to nearest even, saturating): the index-K cache of
-// Precision::kFP8.
+// the row rounded up to a power of two, 1 for an all-zero row; values round to nearest even,
+// saturating): the index-K cache of Precision::kFP8.
 struct CacheWriteArgs {
   float* cache = nullptr;
   uint16_t* cache_bf16 = nullptr;
@@ -136,13 +136,13 @@ struct CacheWriteArgs {
 //          mma.sync m16n8k16 for 8–64 heads of dimension 64 or 128). Products of two BF16 values are
 //          exact in F32, so the CPU and the GPU differ only by the order of the F32 sums.
 //   kFP8:  (indexer only) FP8 E4M3 as DeepSeek-V3.2's indexer: each key is stored quantised with its own
-//          F32 scale (amax / 448; an FP8 index-K cache written by CacheWrite), each (token, head) row of q
-//          is quantised the same way when the indexer runs; values round to nearest even and saturate at
-//          ±448. I[t, s] = s_k[s] · Σ_j w[t, j] · s_q[t, j] · ReLU(q8[t, j] · k8[s]) — the scales are
+//          F32 scale (an FP8 index-K cache written by CacheWrite), each (token, head) row of q is quantised
+//          the same way when the indexer runs; the scale is amax / 448 rounded up to a power of two (1 for
+//          an all-zero row), values round to nearest even and saturate at ±448. I[t, s] = s_k[s] · Σ_j w[t, j] · s_q[t, j] · ReLU(q8[t, j] · k8[s]) — the scales are
 //          positive, so this equals eq. 1 on the dequantised values. Products of two E4M3 values are exact
 //          in F32; the tensor cores (mma.sync m16n8k32) accumulate with fewer bits than F32, so CPU and
-//          GPU scores agree to ~1e-3 relative. (DeepSeek's reference also rotates q and k by a Hadamard
-//          transform before quantising; not applied here.) CUDA: 8/16/32/64 heads × 64/128 only.
+//          GPU scores agree to ~1e-3 relative. DeepSeek's Hadamard rotation of q and k before quantising
+//          is the caller's (Backend::Hadamard; the engine applies it). CUDA: 8/16/32/64 heads × 64/128.
 enum class Precision { kF32, kBF16, kFP8 };
 using IndexerPrecision = Precision;
 
@@ -269,6 +269,15 @@ struct MemoryInfo {
   uint64_t used_bytes() const { return total_bytes - free_bytes; }
 };
 
+// In-place orthonormal Walsh–Hadamard rotation of each row: x[r, 0:dim] ← H·x[r, 0:dim] / √dim, H the
+// Sylvester-ordered ±1 matrix (H_1 = [1], H_2n = [[H_n, H_n], [H_n, −H_n]]); dim a power of two in
+// [1, 1024]; row stride `stride` (0 = dim). Dot products between rotated rows are those of the originals;
+// DeepSeek-V3.2 rotates q and k of its FP8 indexer this way before quantising (DESIGN.md).
+struct HadamardArgs {
+  float* x = nullptr;
+  int rows = 0, dim = 0, stride = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -301,6 +310,7 @@ class Backend {
   virtual absl::Status GatherRows(const RowsArgs& args) = 0;
   virtual absl::Status ScatterAddRows(const RowsArgs& args) = 0;
   virtual absl::Status CrossEntropy(const CrossEntropyArgs& args) = 0;
+  virtual absl::Status Hadamard(const HadamardArgs& args) = 0;
 };
 
 // Creates a backend. kCuda returns Unavailable when the build has no CUDA or no GPU is visible.

@@ -596,6 +596,16 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
           rk.token_stride = dI;
           IC_RETURN_IF_ERROR(be.Rope(rk));
           const kernels::Precision ip = options_.indexer_precision;
+          if (ip == kernels::Precision::kFP8) {
+            // DeepSeek-V3.2: q_I and k_I are rotated by an orthonormal Hadamard transform before the FP8
+            // quantisation (dot products unchanged; outliers spread over the dims). A power-of-two d_I only.
+            if ((dI & (dI - 1)) != 0) {
+              return InvalidArgument("indexer_precision FP8 rotates q and k by a Hadamard transform: index_head_dim ",
+                                     dI, " must be a power of two");
+            }
+            IC_RETURN_IF_ERROR(be.Hadamard({.x = ki, .rows = T, .dim = dI}));
+            IC_RETURN_IF_ERROR(be.Hadamard({.x = qi, .rows = T * HI, .dim = dI}));
+          }
           float* ik_f32 = ip == kernels::Precision::kF32 ? static_cast<float*>(im.index_k_cache[l]) : nullptr;
           uint16_t* ik_b16 = ip == kernels::Precision::kBF16 ? static_cast<uint16_t*>(im.index_k_cache[l]) : nullptr;
           uint8_t* ik_fp8 = ip == kernels::Precision::kFP8 ? static_cast<uint8_t*>(im.index_k_cache[l]) : nullptr;

@@ -334,6 +334,20 @@ TEST_F(BackendParityTest, CacheWrite) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
 }
 
+TEST_F(BackendParityTest, Hadamard) {
+  for (int dim : {1, 2, 64, 128, 1024}) {
+    const int rows = 37, stride = dim + 3;
+    auto x = Put(Randn(static_cast<size_t>(rows) * stride));
+    HadamardArgs hc{.x = x.c, .rows = rows, .dim = dim, .stride = stride}, hg = hc;
+    hg.x = x.g;
+    ASSERT_TRUE(cpu_->Hadamard(hc).ok());
+    ASSERT_TRUE(gpu_->Hadamard(hg).ok());
+    EXPECT_EQ(Cpu(x), Gpu(x)) << "dim " << dim;  // the same butterflies in the same order
+  }
+  HadamardArgs bad{.x = nullptr, .rows = 1, .dim = 48};
+  EXPECT_EQ(gpu_->Hadamard(bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
 // ---- paged caches: attention and indexer ----------------------------------------------------------
 
 struct Paged {

@@ -209,6 +209,45 @@ TEST(EngineTest, Bf16AttentionPrecisionChangesLayerZerosOutputByRoundingOnly) {
   EXPECT_LT(err, 1e-2);
 }
 
+// ContextOptions::indexer_precision kFP8: the index-K cache is d_I + 4 bytes per token (E4M3 + scale), and
+// layer 0's sets (its inputs do not depend on the indexer) keep most of the F32 sets. A model with
+// index_head_dim 48 (not a power of two: no Hadamard rotation) is refused with the reason.
+TEST(EngineTest, Fp8IndexerKeepsLayerZerosSetsAndItsCacheSize) {
+  auto model = Synthetic(Architecture::kDeepseekV32, 4, 32);
+  const int dI = model->config.index_head_dim;
+  const auto tokens = RandomTokens(300, model->config.vocab_size, 8);
+  PassResult f32 = RunChunks(model, tokens, {300});
+  PassResult fp8 = RunChunks(model, tokens, {200, 100}, "", kernels::Precision::kFP8);
+  double recall = 0.0;
+  int rows = 0;
+  for (int r = 32; r < 300; ++r) {
+    std::vector<int32_t> x(f32.topk.at(0).begin() + r * 32, f32.topk.at(0).begin() + (r + 1) * 32);
+    std::vector<int32_t> y(fp8.topk.at(0).begin() + r * 32, fp8.topk.at(0).begin() + (r + 1) * 32);
+    std::sort(x.begin(), x.end());
+    std::sort(y.begin(), y.end());
+    std::vector<int32_t> both;
+    std::set_intersection(x.begin(), x.end(), y.begin(), y.end(), std::back_inserter(both));
+    recall += both.size() / 32.0;
+    ++rows;
+  }
+  recall /= rows;
+  RecordProperty("fp8_layer0_recall", std::to_string(recall));
+  EXPECT_GT(recall, 0.9);
+  auto ctx = Context::Create(model, {.max_tokens = 1024, .indexer_precision = kernels::Precision::kFP8});
+  ASSERT_TRUE(ctx.ok());
+  EXPECT_EQ((*ctx)->cache_bytes().index_k, 4 * 1024 * (dI + 4));  // 4 Full layers, 1024 slots
+  SyntheticModelOptions o;
+  o.index_head_dim = 48;
+  auto odd = *BuildSyntheticModel(o);
+  auto c2 = Context::Create(odd, {.max_tokens = 256, .indexer_precision = kernels::Precision::kFP8});
+  ASSERT_TRUE(c2.ok());
+  const int seq = *(*c2)->AddSequence();
+  const auto toks = RandomTokens(80, odd->config.vocab_size, 2);
+  absl::Status s = (*c2)->Prefill(seq, toks);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("power of two"));
+}
+
 TEST(EngineTest, SharedLayersGetNoIndexKCache) {
   auto model = Synthetic(Architecture::kDeepseekV32, 8, 8);
   auto dsa = *Context::Create(model, {.max_tokens = 1024});

@@ -307,7 +307,7 @@ absl::Status CpuBackend::CacheWrite(const CacheWriteArgs& a) {
       const float* src = a.src + static_cast<int64_t>(t) * ss;
       float amax = 0.0f;
       for (int c = 0; c < a.dim; ++c) amax = std::max(amax, std::fabs(src[c]));
-      const float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
+      const float scale = internal::Fp8Scale(amax);
       for (int c = 0; c < a.dim; ++c) dst[c] = internal::FloatToE4m3(src[c] / scale);
       a.scale[a.slots[t]] = scale;
       continue;

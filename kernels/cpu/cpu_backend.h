@@ -67,6 +67,7 @@ class CpuBackend final : public Backend {
   absl::Status GatherRows(const RowsArgs& args) override;
   absl::Status ScatterAddRows(const RowsArgs& args) override;
   absl::Status CrossEntropy(const CrossEntropyArgs& args) override;
+  absl::Status Hadamard(const HadamardArgs& args) override;
 };
 
 }  // namespace ic::kernels::cpu

@@ -123,8 +123,8 @@ absl::Status CpuBackend::IndexerTopk(const IndexerArgs& a) {
           float* row = qs.data() + static_cast<size_t>(r) * D;
           float amax = 0.0f;
           for (int c = 0; c < D; ++c) amax = std::max(amax, std::fabs(row[c]));
-          const float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
-          const float inv = 1.0f / scale;  // q · (1 / s): one multiply per value, as the CUDA kernel does
+          const float scale = internal::Fp8Scale(amax);
+          const float inv = 1.0f / scale;  // exact: a power of two
           for (int c = 0; c < D; ++c) row[c] = internal::E4m3ToFloat(internal::FloatToE4m3(row[c] * inv));
           qscale[r] = scale;
         }

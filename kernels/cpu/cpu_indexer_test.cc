@@ -290,7 +290,8 @@ TEST(CpuIndexer, Fp8PrecisionRecallsTheBf16Sets) {
   for (int64_t s = 0; s < p.num_slots; ++s) {
     float amax = 0.0f;
     for (int c = 0; c < dim; ++c) amax = std::max(amax, std::fabs(kc[s * dim + c]));
-    ASSERT_FLOAT_EQ(kscale[s], amax > 0.0f ? amax / 448.0f : 1.0f) << s;  // an all-zero row keeps scale 1
+    // amax / 448 rounded up to a power of two; an all-zero row keeps scale 1.
+    ASSERT_EQ(kscale[s], amax > 0.0f ? std::exp2(std::ceil(std::log2(amax / 448.0))) : 1.0) << s;
   }
   const int stride = 4000;
   std::vector<float> s8(T * stride), s16(T * stride);
@@ -310,9 +311,9 @@ TEST(CpuIndexer, Fp8PrecisionRecallsTheBf16Sets) {
     for (int j = 0; j < heads; ++j) {
       float amax = 0.0f;
       for (int c = 0; c < dim; ++c) amax = std::max(amax, std::fabs(q[(t * heads + j) * dim + c]));
-      qs[j] = amax / 448.0f;
+      qs[j] = std::exp2(std::ceil(std::log2(amax / 448.0)));
       for (int c = 0; c < dim; ++c) {
-        qd[j * dim + c] = internal::E4m3ToFloat(internal::FloatToE4m3(q[(t * heads + j) * dim + c] * (1.0f / (amax / 448.0f))));
+        qd[j * dim + c] = internal::E4m3ToFloat(internal::FloatToE4m3(q[(t * heads + j) * dim + c] / static_cast<float>(qs[j])));
       }
     }
     for (int s = 0; s <= tk.pos[t]; ++s) {
@@ -349,6 +350,38 @@ TEST(CpuIndexer, Fp8PrecisionRecallsTheBf16Sets) {
   bad = a16;
   bad.precision = Precision::kFP8;
   EXPECT_EQ(cpu.IndexerTopk(bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The Hadamard rotation: against the explicit Sylvester matrix at dim 8, orthonormal (H·H = I, norms kept)
+// at 128, and argument checks.
+TEST(CpuIndexer, HadamardRotationIsTheOrthonormalSylvesterTransform) {
+  CpuBackend cpu;
+  std::mt19937 rng(5);
+  std::vector<float> x = testutil::RandomVector(3 * 8, rng);
+  std::vector<float> y = x;
+  ASSERT_TRUE(cpu.Hadamard({.x = y.data(), .rows = 3, .dim = 8}).ok());
+  for (int r = 0; r < 3; ++r) {
+    for (int i = 0; i < 8; ++i) {
+      double want = 0.0;
+      for (int j = 0; j < 8; ++j) want += (__builtin_popcount(i & j) % 2 ? -1.0 : 1.0) * x[r * 8 + j];
+      EXPECT_NEAR(y[r * 8 + i], want / std::sqrt(8.0), 1e-6) << r << " " << i;
+    }
+  }
+  std::vector<float> z = testutil::RandomVector(4 * 130, rng);  // stride 130, dim 128
+  std::vector<float> w = z;
+  ASSERT_TRUE(cpu.Hadamard({.x = w.data(), .rows = 4, .dim = 128, .stride = 130}).ok());
+  for (int r = 0; r < 4; ++r) {
+    double n0 = 0, n1 = 0;
+    for (int i = 0; i < 128; ++i) n0 += z[r * 130 + i] * z[r * 130 + i], n1 += w[r * 130 + i] * w[r * 130 + i];
+    EXPECT_NEAR(n1, n0, 1e-4 * n0);
+    EXPECT_EQ(w[r * 130 + 128], z[r * 130 + 128]);  // beyond dim: untouched
+  }
+  ASSERT_TRUE(cpu.Hadamard({.x = w.data(), .rows = 4, .dim = 128, .stride = 130}).ok());
+  for (size_t i = 0; i < z.size(); ++i) EXPECT_NEAR(w[i], z[i], 1e-5) << i;
+  EXPECT_EQ(cpu.Hadamard({.x = w.data(), .rows = 1, .dim = 96}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cpu.Hadamard({.x = w.data(), .rows = 1, .dim = 2048}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cpu.Hadamard({.x = w.data(), .rows = 1, .dim = 128, .stride = 64}).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // One query over explicit per-key scores: heads = 1, dim = 1, q = 1, w = 1, k_I = score, so

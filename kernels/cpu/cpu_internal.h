@@ -8,6 +8,7 @@
 //   ValidateLayout / SlotOf / GroupBySequence   paged-cache bookkeeping shared by attention and indexer.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -165,6 +166,15 @@ inline float Bf16ToFloat(uint16_t b) {
 // __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3).
 uint8_t FloatToE4m3(float x);
 float E4m3ToFloat(uint8_t b);
+
+// The FP8 scale of a row whose largest magnitude is amax: amax / 448 rounded up to a power of two
+// (DeepSeek-V3.2's "ue8m0" scales; dividing by it is exact), 1 when amax is 0.
+inline float Fp8Scale(float amax) {
+  if (!(amax > 0.0f)) return 1.0f;
+  int e = 0;
+  const float m = std::frexp(amax / 448.0f, &e);  // amax / 448 = m · 2^e, m in [0.5, 1)
+  return std::ldexp(1.0f, m == 0.5f ? e - 1 : e);
+}
 
 // x[i] = the nearest BF16 value (ties to even), kept in F32.
 inline void RoundAllToBf16(float* x, size_t n) {

@@ -44,4 +44,32 @@ absl::Status CpuBackend::CrossEntropy(const CrossEntropyArgs& a) {
   return absl::OkStatus();
 }
 
+absl::Status CpuBackend::Hadamard(const HadamardArgs& a) {
+  if (a.rows < 0) return InvalidArgument("Hadamard: rows = ", a.rows, " is negative");
+  if (a.dim < 1 || a.dim > 1024 || (a.dim & (a.dim - 1)) != 0) {
+    return InvalidArgument("Hadamard: dim = ", a.dim, " is not a power of two in [1, 1024]");
+  }
+  const int stride = a.stride != 0 ? a.stride : a.dim;
+  if (stride < a.dim) return InvalidArgument("Hadamard: stride = ", stride, " < dim = ", a.dim);
+  if (a.rows == 0) return absl::OkStatus();
+  if (a.x == nullptr) return InvalidArgument("Hadamard: x is null");
+  const float norm = 1.0f / std::sqrt(static_cast<float>(a.dim));
+  internal::ParallelFor(a.rows, 64, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      float* x = a.x + r * stride;
+      for (int h = 1; h < a.dim; h *= 2) {  // butterflies: (x_i, x_{i+h}) → (x_i + x_{i+h}, x_i − x_{i+h})
+        for (int i = 0; i < a.dim; i += 2 * h) {
+          for (int j = i; j < i + h; ++j) {
+            const float u = x[j], v = x[j + h];
+            x[j] = u + v;
+            x[j + h] = u - v;
+          }
+        }
+      }
+      for (int i = 0; i < a.dim; ++i) x[i] *= norm;
+    }
+  });
+  return absl::OkStatus();
+}
+
 }  // namespace ic::kernels::cpu

@@ -70,6 +70,15 @@ __device__ inline int64_t CacheSlot(const DevLayout& l, int seq, int p, int64_t 
   return slot;
 }
 
+// The FP8 E4M3 scale of a row with largest magnitude amax: amax / 448 rounded up to a power of two, 1 for 0
+// (the CPU backend's internal::Fp8Scale, bit for bit).
+__device__ inline float Fp8Scale(float amax) {
+  if (!(amax > 0.0f)) return 1.0f;
+  int e = 0;
+  const float m = frexpf(amax / 448.0f, &e);
+  return ldexpf(1.0f, m == 0.5f ? e - 1 : e);
+}
+
 // ---- Tensor-core building blocks (sm_80+; the indexer and sparse attention kernels) ----------------
 
 // Two floats as a BF16 pair (round to nearest even), the lower index in the low half.

@@ -228,6 +228,7 @@ class CudaBackend final : public Backend {
   absl::Status GatherRows(const RowsArgs& a) override;
   absl::Status ScatterAddRows(const RowsArgs& a) override;
   absl::Status CrossEntropy(const CrossEntropyArgs& a) override;
+  absl::Status Hadamard(const HadamardArgs& a) override;
 
  private:
   absl::Status Norm(const NormArgs& a, bool layer_norm, const char* op);
@@ -725,6 +726,20 @@ absl::Status CudaBackend::CrossEntropy(const CrossEntropyArgs& a) {
   IC_CUDA_RETURN_IF_ERROR(LaunchCrossEntropy(a.loss, a.logits, a.targets, a.tokens, a.vocab, stride,
                                              &dev_err_[0], stream_));
   return CheckSyncError(op);
+}
+
+absl::Status CudaBackend::Hadamard(const HadamardArgs& a) {
+  constexpr const char* op = "Hadamard";
+  IC_ARG_CHECK(a.rows >= 0, op, "rows = ", a.rows, " is negative");
+  IC_ARG_CHECK(a.dim >= 1 && a.dim <= 1024 && (a.dim & (a.dim - 1)) == 0, op, "dim = ", a.dim,
+               " is not a power of two in [1, 1024]");
+  const int stride = a.stride != 0 ? a.stride : a.dim;
+  IC_ARG_CHECK(stride >= a.dim, op, "stride = ", stride, " < dim = ", a.dim);
+  if (a.rows == 0) return absl::OkStatus();
+  IC_ARG_CHECK(a.x != nullptr, op, "x is null");
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  IC_CUDA_RETURN_IF_ERROR(LaunchHadamard(a.x, a.rows, a.dim, stride, stream_));
+  return absl::OkStatus();
 }
 
 }  // namespace

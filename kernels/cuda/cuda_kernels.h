@@ -144,6 +144,8 @@ size_t IndexerSharedBytes(int heads, int head_dim);
 // The FP8 kernel's shapes: 8/16/32/64 heads × 64/128, a k_stride that is a multiple of 16 bytes and a
 // 16-byte aligned cache.
 bool IndexerFp8Supported(int heads, int head_dim, int k_stride, const void* k_fp8);
+// x[r] ← H·x[r] / √dim for rows r < rows (dim a power of two ≤ 1024; Backend::Hadamard).
+cudaError_t LaunchHadamard(float* x, int rows, int dim, int stride, cudaStream_t stream);
 // The FP8 cache write: per token, scale = amax / 448 (1 for an all-zero row), E4M3 of x / scale.
 cudaError_t LaunchCacheWriteFp8(uint8_t* cache, float* scale, const float* src, const int32_t* slots, int tokens,
                                 int dim, int cache_stride, int src_stride, int64_t num_slots, DeviceError* err,

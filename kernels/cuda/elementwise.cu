@@ -191,7 +191,7 @@ __global__ void CacheWriteFp8Kernel(uint8_t* cache, float* scale, const float* s
   float amax = 0.f;
   for (int c = lane; c < dim; c += 32) amax = fmaxf(amax, fabsf(row[c]));
   amax = WarpMax(amax);
-  const float s = amax > 0.f ? amax / 448.0f : 1.0f;
+  const float s = Fp8Scale(amax);
   uint8_t* dst = cache + slot * cs;
   for (int c = lane; c < dim; c += 32) {
     dst[c] = static_cast<uint8_t>(__nv_cvt_float_to_fp8(row[c] / s, __NV_SATFINITE, __NV_E4M3));
@@ -205,6 +205,31 @@ cudaError_t LaunchCacheWriteFp8(uint8_t* cache, float* scale, const float* src, 
   if (tokens == 0 || dim == 0) return cudaSuccess;
   CacheWriteFp8Kernel<<<(tokens + 7) / 8, 256, 0, stream>>>(cache, scale, src, slots, tokens, dim, cache_stride,
                                                              src_stride, num_slots, err);
+  return cudaGetLastError();
+}
+
+// One block per row; the same butterflies in the same order as the CPU backend (bitwise equal results).
+__global__ void HadamardKernel(float* x, int dim, int stride, float norm) {
+  extern __shared__ float row_s[];
+  float* row = x + static_cast<int64_t>(blockIdx.x) * stride;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) row_s[i] = row[i];
+  __syncthreads();
+  for (int h = 1; h < dim; h *= 2) {
+    for (int p = threadIdx.x; p < dim / 2; p += blockDim.x) {
+      const int j = (p / h) * 2 * h + p % h;
+      const float u = row_s[j], v = row_s[j + h];
+      row_s[j] = u + v;
+      row_s[j + h] = u - v;
+    }
+    __syncthreads();
+  }
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) row[i] = row_s[i] * norm;
+}
+
+cudaError_t LaunchHadamard(float* x, int rows, int dim, int stride, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  const int threads = dim / 2 < 32 ? 32 : (dim / 2 > 512 ? 512 : dim / 2);
+  HadamardKernel<<<rows, threads, sizeof(float) * dim, stream>>>(x, dim, stride, 1.0f / sqrtf(static_cast<float>(dim)));
   return cudaGetLastError();
 }
 

@@ -401,8 +401,8 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresFp8(float* ws, Ind
       }
       amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
       amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-      const float sq = amax > 0.f ? amax / 448.0f : 1.0f;  // this thread's head 8n + g
-      const float inv = 1.0f / sq;  // q · (1 / s), as the CPU reference quantises q
+      const float sq = Fp8Scale(amax);  // this thread's head 8n + g
+      const float inv = 1.0f / sq;      // exact: a power of two
 #pragma unroll
       for (int k = 0; k < KS; ++k) {
         const float* b = qh + k * 32 + 4 * c;
