@@ -228,9 +228,10 @@ IC_API ic_status_t ic_model_plan(const ic_model_t* model, char* buf, size_t buf_
  *                      q, k, v and the probabilities at BF16; other shapes compute in F32. Outputs agree
  *                      with F32 to about 1e-2 relative.
  *   IC_PRECISION_FP8:  indexer only (IC_ERR_INVALID_ARGUMENT for attention): DeepSeek-V3.2's FP8 E4M3
- *                      indexer — the index-K cache stores E4M3 keys with one F32 scale per token (amax /
- *                      448; 132 bytes per token at d = 128), q is quantised per (token, head) the same
- *                      way; mma.sync m16n8k32 on CUDA (8/16/32/64 index heads of dimension 64 or 128;
+ *                      indexer — q and k rotated by an orthonormal Hadamard transform (index_head_dim a
+ *                      power of two), the index-K cache stores E4M3 keys with one F32 scale per token
+ *                      (amax / 448 rounded up to a power of two; 132 bytes per token at d = 128), q is
+ *                      quantised per (token, head) the same way; mma.sync m16n8k32 on CUDA (8/16/32/64 index heads of dimension 64 or 128;
  *                      other shapes are IC_ERR_INVALID_ARGUMENT on CUDA at the first forward pass). Its
  *                      top-k recalls ≥ 0.99 of the BF16 path's on random inputs at DSA's k = 2048. */
 typedef enum ic_precision_t { IC_PRECISION_F32 = 0, IC_PRECISION_BF16 = 1, IC_PRECISION_FP8 = 2 } ic_precision_t;
