@@ -130,6 +130,17 @@ std::map<uint64_t, PendingGroup>& PendingGroups() {
   return *groups;
 }
 
+// Why the in-process group of `id` broke ("" when it did not, or for other backends): a rank already
+// waiting in a collective only sees its communicator aborted; this names the rank that could not join.
+std::string BrokenGroupReason(const ic_dist_id_t& id) {
+  if (std::memcmp(id.bytes, kDistMagic, sizeof kDistMagic) != 0 || id.bytes[8] != kDistInProcess) return "";
+  uint64_t key = 0;
+  std::memcpy(&key, id.bytes + kDistKey, 8);
+  std::lock_guard<std::mutex> lock(g_pending_mu);
+  auto it = PendingGroups().find(key);
+  return it == PendingGroups().end() ? "" : it->second.broken;
+}
+
 // This rank's world communicator for the job `id`.
 absl::StatusOr<std::unique_ptr<parallel::Communicator>> JoinWorld(const ic_dist_id_t& id, int rank, int world,
                                                                   kernels::DeviceKind device, absl::Duration timeout) {
@@ -314,7 +325,14 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
       // Joins the job (blocks until every rank has), then splits the shard / dp / expert groups.
       IC_ASSIGN_OR_RETURN(handle->world, JoinWorld(*p.dist_id, p.rank, sizes.world_size, o.device,
                                                    absl::Milliseconds(p.dist_timeout_ms)));
-      IC_RETURN_IF_ERROR(CheckRanksAgree(*handle->world, sizes, *m->model, o.plan));
+      absl::Status agree = CheckRanksAgree(*handle->world, sizes, *m->model, o.plan);
+      if (absl::IsAborted(agree)) {  // a later rank broke the group while this one waited: say why
+        const std::string why = BrokenGroupReason(*p.dist_id);
+        if (!why.empty()) {
+          agree = absl::AbortedError(absl::StrCat("another rank could not join: ", why, " (", agree.message(), ")"));
+        }
+      }
+      IC_RETURN_IF_ERROR(agree);
       IC_ASSIGN_OR_RETURN(ic::parallel::ProcessGroups groups, ic::parallel::ProcessGroups::Create(*handle->world, sizes));
       handle->groups = std::make_unique<ic::parallel::ProcessGroups>(std::move(groups));
       if (sizes.tp_size > 1) o.shard_group = &handle->groups->shard();

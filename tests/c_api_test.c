@@ -1042,9 +1042,12 @@ static void* JoinBody(void* p) {
 }
 
 static void TestMultiRankMismatch(ic_model_t* model) {
-  struct { int world[2], tp[2]; } cases[2] = {{{2, 3}, {1, 1}}, {{2, 2}, {2, 1}}};
+  /* 0: world sizes differ; 1: tp sizes differ; 2: the same rank joins twice. */
+  struct { int world[2], tp[2], rank[2]; } cases[3] = {
+      {{2, 3}, {1, 1}, {0, 1}}, {{2, 2}, {2, 1}, {0, 1}}, {{2, 2}, {1, 1}, {0, 0}}};
+  const char* expect[3] = {"world_size", "disagree", "already joined"};
   int c, i;
-  for (c = 0; c < 2; ++c) {
+  for (c = 0; c < 3; ++c) {
     ic_dist_id_t id;
     pthread_t threads[2];
     JoinArgs args[2];
@@ -1054,7 +1057,7 @@ static void TestMultiRankMismatch(ic_model_t* model) {
       memset(&args[i], 0, sizeof args[i]);
       args[i].model = model;
       args[i].id = &id;
-      args[i].rank = i;
+      args[i].rank = cases[c].rank[i];
       args[i].world = cases[c].world[i];
       args[i].tp = cases[c].tp[i];
       pthread_create(&threads[i], NULL, JoinBody, &args[i]);
@@ -1071,8 +1074,13 @@ static void TestMultiRankMismatch(ic_model_t* model) {
       CHECK(args[i].status == IC_ERR_INVALID_ARGUMENT || args[i].status == IC_ERR_ABORTED ||
             args[i].status == IC_ERR_FAILED_PRECONDITION);
     }
-    CHECK(strstr(args[0].message, c == 0 ? "world_size" : "disagree") != NULL ||
-          strstr(args[1].message, c == 0 ? "world_size" : "disagree") != NULL);
+    CHECK(strstr(args[0].message, expect[c]) != NULL || strstr(args[1].message, expect[c]) != NULL);
+    if (c == 2) { /* both ranks name the duplicate: the one refused, and the one that was waiting */
+      for (i = 0; i < 2; ++i) {
+        if (strstr(args[i].message, "already joined") == NULL) printf("rank %d: %s\n", i, args[i].message);
+        CHECK(strstr(args[i].message, "already joined") != NULL);
+      }
+    }
   }
 }
 
