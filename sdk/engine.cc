@@ -278,8 +278,8 @@ absl::StatusOr<int> Context::ForkSequence(int src_seq_id) {
   const size_t n = src.blocks.size();
   if (n > im.free_blocks.size()) {
     return absl::ResourceExhaustedError(absl::StrCat("KV cache full: fork of sequence ", src_seq_id, " (", src.length,
-                                                     " tokens) needs ", n, " blocks of ", options_.block_size,
-                                                     " tokens; ", im.free_blocks.size(), " are free"));
+                                                     " tokens) needs ", n, " cache block(s) of ", options_.block_size,
+                                                     " tokens; free: ", im.free_blocks.size()));
   }
   Impl::Sequence copy;
   copy.length = src.length;
@@ -364,9 +364,9 @@ absl::Status Context::Prefill(int seq_id, std::span<const int32_t> tokens, float
       static_cast<int64_t>(impl_->sequences[seq_id].blocks.size());
   if (need_blocks > static_cast<int64_t>(impl_->free_blocks.size())) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "KV cache full: prefill of ", tokens.size(), " tokens needs ", need_blocks, " more blocks of ",
-        options_.block_size, " tokens; ", impl_->free_blocks.size(), " are free (capacity ",
-        impl_->num_slots, " tokens)"));
+        "KV cache full: prefill of ", tokens.size(), " tokens needs ", need_blocks, " more cache block(s) of ",
+        options_.block_size, " tokens; free: ", impl_->free_blocks.size(), " (capacity ", impl_->num_slots,
+        " tokens)"));
   }
   for (size_t off = 0; off < tokens.size(); off += options_.prefill_chunk) {
     const size_t n = std::min<size_t>(options_.prefill_chunk, tokens.size() - off);
