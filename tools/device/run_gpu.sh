@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # THERE (the H200, through the device tool's `run` with carry=[".deps/bundle"]): the machine line, the
 # engine-on-GPU tests, the golden and engine tests, `indexcache demo` and `indexcache bench` on the
-# GPU; logs to $OUT. Stages can be chosen: STAGES="tests demo bench kernels" (default: tests demo bench;
-# kernels = the Google Benchmark suite of the CUDA kernels, kernels/cuda_kernels_bench.cc).
+# GPU; logs to $OUT. Stages can be chosen: STAGES="tests demo bench kernels table1" (default: tests demo
+# bench; kernels = the Google Benchmark suite of the CUDA kernels, kernels/cuda_kernels_bench.cc; table1 =
+# the paper's Table 1 on the 30B preset with the BF16 tensor-core indexer and attention, about 40 s:
+# docs/results/table1.md; TABLE1_ARGS overrides its precision options).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/gpu_out}"
@@ -28,6 +30,11 @@ if [[ $stages == *demo* ]]; then
 fi
 if [[ $stages == *kernels* ]]; then
   "$b/bin/cuda_kernels_bench" ${KERNEL_BENCH_ARGS:-} 2>&1 | tee "$OUT/cuda_kernels_bench.log"
+fi
+if [[ $stages == *table1* ]]; then
+  "$b/bin/indexcache" bench --device cuda --preset glm-4.7-flash-dsa --contexts 10000,60000,120000,200000 \
+    --decode-steps 8 --max-batch 64 ${TABLE1_ARGS:---indexer-precision bf16 --attention-precision bf16} 2>&1 |
+    tee "$OUT/table1.log"
 fi
 if [[ $stages == *bench* ]]; then
   "$b/bin/indexcache" bench --device cuda ${BENCH_ARGS:---contexts 1024,4096,8192 --decode-steps 16} 2>&1 | tee "$OUT/bench.log"
