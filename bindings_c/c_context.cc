@@ -238,11 +238,12 @@ absl::Status CheckCount(size_t n, const char* what) {
 // names the first disagreement on every rank. (Host buffers: the in-process backend; NCCL ranks are
 // trusted to agree until the device path exists.)
 absl::Status CheckRanksAgree(parallel::Communicator& world, const parallel::ParallelSizes& sizes, const Model& model,
-                             const std::string& plan_param) {
+                             const std::string& plan_param, const ContextOptions& options) {
   if (std::string(world.backend_name()) == "nccl") return absl::OkStatus();
   struct Fingerprint {
     int64_t world, tp, ep;
     uint64_t model, plan;
+    int32_t indexer_precision, attention_precision;
   };
   const std::string plan = plan_param.empty() ? model.plan.ToString() : plan_param;
   // The model: its config and a sample of its weights (the first 4,096 values of the embedding, the final
@@ -255,8 +256,15 @@ absl::Status CheckRanksAgree(parallel::Communicator& world, const parallel::Para
   add(model.weights.embed_tokens, 4096);
   add(model.weights.final_norm, 1 << 16);
   for (const LayerWeights& l : model.weights.layers) add(l.input_norm, 1 << 16);
-  const Fingerprint mine{sizes.world_size, sizes.tp_size, sizes.ep_size, std::hash<std::string>{}(model_bytes),
-                         std::hash<std::string>{}(plan)};
+  Fingerprint mine;
+  std::memset(&mine, 0, sizeof mine);  // the padding travels too
+  mine.world = sizes.world_size;
+  mine.tp = sizes.tp_size;
+  mine.ep = sizes.ep_size;
+  mine.model = std::hash<std::string>{}(model_bytes);
+  mine.plan = std::hash<std::string>{}(plan);
+  mine.indexer_precision = static_cast<int32_t>(options.indexer_precision);
+  mine.attention_precision = static_cast<int32_t>(options.attention_precision);
   std::vector<Fingerprint> all(world.size());
   IC_RETURN_IF_ERROR(world.AllGather(&mine, all.data(), sizeof mine));
   for (int r = 0; r < world.size(); ++r) {
@@ -273,6 +281,12 @@ absl::Status CheckRanksAgree(parallel::Communicator& world, const parallel::Para
     if (f.plan != mine.plan) {
       return absl::InvalidArgumentError(absl::StrCat("rank ", r, " runs a different plan than rank ", world.rank(),
                                                      " (", plan, ")"));
+    }
+    if (f.indexer_precision != mine.indexer_precision || f.attention_precision != mine.attention_precision) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the ranks disagree on the precision: rank ", r, " has indexer_precision ", f.indexer_precision,
+          ", attention_precision ", f.attention_precision, "; rank ", world.rank(), " has ",
+          mine.indexer_precision, ", ", mine.attention_precision));
     }
   }
   return absl::OkStatus();
@@ -325,8 +339,10 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
       // Joins the job (blocks until every rank has), then splits the shard / dp / expert groups.
       IC_ASSIGN_OR_RETURN(handle->world, JoinWorld(*p.dist_id, p.rank, sizes.world_size, o.device,
                                                    absl::Milliseconds(p.dist_timeout_ms)));
-      absl::Status agree = CheckRanksAgree(*handle->world, sizes, *m->model, o.plan);
-      if (absl::IsAborted(agree)) {  // a later rank broke the group while this one waited: say why
+      absl::Status agree = CheckRanksAgree(*handle->world, sizes, *m->model, o.plan, o);
+      // A later rank broke the group while this one waited (ABORTED), or before this one reached the
+      // collective (FAILED_PRECONDITION: "the communicator is broken"): say why.
+      if (absl::IsAborted(agree) || absl::IsFailedPrecondition(agree)) {
         const std::string why = BrokenGroupReason(*p.dist_id);
         if (!why.empty()) {
           agree = absl::AbortedError(absl::StrCat("another rank could not join: ", why, " (", agree.message(), ")"));

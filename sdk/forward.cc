@@ -599,9 +599,9 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
           if (ip == kernels::Precision::kFP8) {
             // DeepSeek-V3.2: q_I and k_I are rotated by an orthonormal Hadamard transform before the FP8
             // quantisation (dot products unchanged; outliers spread over the dims). A power-of-two d_I only.
-            if ((dI & (dI - 1)) != 0) {
+            if (dI < 1 || dI > 1024 || (dI & (dI - 1)) != 0) {
               return InvalidArgument("indexer_precision FP8 rotates q and k by a Hadamard transform: index_head_dim ",
-                                     dI, " must be a power of two");
+                                     dI, " must be a power of two in [1, 1024]");
             }
             IC_RETURN_IF_ERROR(be.Hadamard({.x = ki, .rows = T, .dim = dI}));
             IC_RETURN_IF_ERROR(be.Hadamard({.x = qi, .rows = T * HI, .dim = dI}));

@@ -11,7 +11,9 @@ namespace ic {
 
 absl::StatusOr<SelectionReport> MeasureSelection(std::shared_ptr<const Model> model,
                                                  std::span<const std::vector<int32_t>> windows,
-                                                 const std::string& plan, kernels::DeviceKind device) {
+                                                 const std::string& plan, kernels::DeviceKind device,
+                                                 kernels::Precision indexer_precision,
+                                                 kernels::Precision attention_precision) {
   if (model == nullptr) return InvalidArgument("MeasureSelection: null model");
   const ModelConfig& c = model->config;
   if (!c.has_indexer) return InvalidArgument("the model has no indexer (dense mode): there is no selection to measure");
@@ -29,6 +31,8 @@ absl::StatusOr<SelectionReport> MeasureSelection(std::shared_ptr<const Model> mo
   o.prefill_chunk = static_cast<int>(longest);
   o.record_metrics = false;
   o.plan = plan;
+  o.indexer_precision = indexer_precision;
+  o.attention_precision = attention_precision;
   IC_ASSIGN_OR_RETURN(std::unique_ptr<Context> ctx, Context::Create(model, o));
   const int L = c.num_hidden_layers, K = c.index_topk;
   SelectionReport r;

@@ -126,7 +126,8 @@ absl::StatusOr<std::shared_ptr<const Model>> BuildSyntheticModel(const Synthetic
       o.index_topk < 1 || o.index_n_heads < 1 || o.index_head_dim < 2 || o.index_head_dim % 2 != 0) {
     return InvalidArgument("synthetic model: layers ≥ 1, hidden a positive multiple of 64, vocab ≥ 2, ",
                            "index_topk ≥ 1, index heads ≥ 1, even index_head_dim required; got layers=",
-                           o.num_layers, " hidden=", o.hidden_size, " vocab=", o.vocab_size);
+                           o.num_layers, " hidden=", o.hidden_size, " vocab=", o.vocab_size, " index_topk=",
+                           o.index_topk, " index_n_heads=", o.index_n_heads, " index_head_dim=", o.index_head_dim);
   }
   // Every tensor is sized from these in int arithmetic and built in host memory: the largest products must
   // fit in int32, and the whole model in host memory, else huge values overflow or abort on allocation.

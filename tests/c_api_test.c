@@ -1018,7 +1018,7 @@ static void* RankBody(void* p) {
 typedef struct {
   ic_model_t* model;
   const ic_dist_id_t* id;
-  int rank, world, tp;
+  int rank, world, tp, indexer_precision;
   ic_status_t status;
   char message[512];
 } JoinArgs;
@@ -1035,6 +1035,7 @@ static void* JoinBody(void* p) {
   cp.tp_size = a->tp;
   cp.dist_id = a->id;
   cp.dist_timeout_ms = 60000;
+  cp.indexer_precision = a->indexer_precision;
   a->status = ic_context_create(a->model, &cp, &ctx);
   snprintf(a->message, sizeof a->message, "%s", ic_last_error_message());
   ic_context_free(ctx);
@@ -1042,12 +1043,13 @@ static void* JoinBody(void* p) {
 }
 
 static void TestMultiRankMismatch(ic_model_t* model) {
-  /* 0: world sizes differ; 1: tp sizes differ; 2: the same rank joins twice. */
-  struct { int world[2], tp[2], rank[2]; } cases[3] = {
-      {{2, 3}, {1, 1}, {0, 1}}, {{2, 2}, {2, 1}, {0, 1}}, {{2, 2}, {1, 1}, {0, 0}}};
-  const char* expect[3] = {"world_size", "disagree", "already joined"};
+  /* 0: world sizes differ; 1: tp sizes differ; 2: the same rank joins twice; 3: indexer precisions differ. */
+  struct { int world[2], tp[2], rank[2], ip[2]; } cases[4] = {
+      {{2, 3}, {1, 1}, {0, 1}, {0, 0}}, {{2, 2}, {2, 1}, {0, 1}, {0, 0}}, {{2, 2}, {1, 1}, {0, 0}, {0, 0}},
+      {{2, 2}, {2, 2}, {0, 1}, {IC_PRECISION_FP8, IC_PRECISION_F32}}};
+  const char* expect[4] = {"world_size", "disagree", "already joined", "precision"};
   int c, i;
-  for (c = 0; c < 3; ++c) {
+  for (c = 0; c < 4; ++c) {
     ic_dist_id_t id;
     pthread_t threads[2];
     JoinArgs args[2];
@@ -1060,6 +1062,7 @@ static void TestMultiRankMismatch(ic_model_t* model) {
       args[i].rank = cases[c].rank[i];
       args[i].world = cases[c].world[i];
       args[i].tp = cases[c].tp[i];
+      args[i].indexer_precision = cases[c].ip[i];
       pthread_create(&threads[i], NULL, JoinBody, &args[i]);
     }
     for (i = 0; i < 2; ++i) pthread_join(threads[i], NULL);

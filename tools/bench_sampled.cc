@@ -440,7 +440,8 @@ int CmdBenchSampled(int argc, char** argv) {
     }
     std::printf("  KV cache full (one device of %.1f GiB; B = sequences of %lld + %lld tokens beside the full model):\n",
                 Gib(before.total_bytes), static_cast<long long>(L), static_cast<long long>(steps));
-    std::printf("  %-13s %18s %10s %6s   %-s\n", "plan", "F32: B (timed)", "tok/s", "xDSA",
+    // "as stored": F32 weights and KV cache, the index-K cache in the chosen indexer precision.
+    std::printf("  %-13s %18s %10s %6s   %-s\n", "plan", "as stored: B (timed)", "tok/s", "xDSA",
                 "BF16 what-if: B (timed), tok/s, xDSA");
     for (size_t i = 0; i < runs.size(); ++i) {
       auto ratio = [&](const std::vector<double>& v) {

@@ -36,7 +36,7 @@ absl::StatusOr<std::shared_ptr<const Model>> SelectModel(const Args& args);
 
 // --device auto|cpu|cuda.
 absl::StatusOr<kernels::DeviceKind> SelectDevice(const Args& args);
-// --indexer-precision / --attention-precision (`key`): f32 | bf16 (default f32).
+// --indexer-precision (`key`): f32 | bf16 | fp8; --attention-precision: f32 | bf16 (default f32).
 absl::StatusOr<kernels::Precision> SelectPrecision(const Args& args, const std::string& key);
 
 // Plans from a comma-separated list: "dsa" (all Full), "1/2", "1/4" (uniform), F/S strings, or

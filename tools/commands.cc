@@ -288,6 +288,7 @@ int CmdRun(int argc, char** argv) {
 // eval --report: recall per layer and plan, overlap of the first plan; tables to stdout and DIR.
 absl::Status WriteSelectionReport(std::shared_ptr<const Model> model, const std::vector<std::vector<int32_t>>& windows,
                                   const std::vector<NamedPlan>& plans, kernels::DeviceKind device,
+                                  kernels::Precision indexer_precision, kernels::Precision attention_precision,
                                   const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
@@ -295,7 +296,8 @@ absl::Status WriteSelectionReport(std::shared_ptr<const Model> model, const std:
   const int L = model->config.num_hidden_layers;
   std::vector<SelectionReport> reports;
   for (const NamedPlan& p : plans) {
-    IC_ASSIGN_OR_RETURN(SelectionReport r, MeasureSelection(model, windows, p.pattern, device));
+    IC_ASSIGN_OR_RETURN(SelectionReport r, MeasureSelection(model, windows, p.pattern, device, indexer_precision,
+                                                                        attention_precision));
     reports.push_back(std::move(r));
   }
   std::string recall = "layer";
@@ -425,7 +427,8 @@ int CmdEval(int argc, char** argv) {
     for (size_t w = 0; w < windows.size() && static_cast<int64_t>(sample.size()) < report_windows; ++w) {
       sample.emplace_back(windows[w].begin(), windows[w].end());
     }
-    if (absl::Status s = WriteSelectionReport(model, sample, plans, device, args.Get("report")); !s.ok()) {
+    if (absl::Status s = WriteSelectionReport(model, sample, plans, device, precision, attn_precision,
+                                                  args.Get("report")); !s.ok()) {
       return Fail("eval", s);
     }
   }

@@ -47,7 +47,7 @@ absl::Status CpuBackend::CrossEntropy(const CrossEntropyArgs& a) {
 absl::Status CpuBackend::Hadamard(const HadamardArgs& a) {
   if (a.rows < 0) return InvalidArgument("Hadamard: rows = ", a.rows, " is negative");
   if (a.dim < 1 || a.dim > 1024 || (a.dim & (a.dim - 1)) != 0) {
-    return InvalidArgument("Hadamard: dim = ", a.dim, " is not a power of two in [1, 1024]");
+    return InvalidArgument("Hadamard: dim = ", a.dim, " must be a power of two in [1, 1024]");
   }
   const int stride = a.stride != 0 ? a.stride : a.dim;
   if (stride < a.dim) return InvalidArgument("Hadamard: stride = ", stride, " < dim = ", a.dim);

@@ -732,7 +732,7 @@ absl::Status CudaBackend::Hadamard(const HadamardArgs& a) {
   constexpr const char* op = "Hadamard";
   IC_ARG_CHECK(a.rows >= 0, op, "rows = ", a.rows, " is negative");
   IC_ARG_CHECK(a.dim >= 1 && a.dim <= 1024 && (a.dim & (a.dim - 1)) == 0, op, "dim = ", a.dim,
-               " is not a power of two in [1, 1024]");
+               " must be a power of two in [1, 1024]");
   const int stride = a.stride != 0 ? a.stride : a.dim;
   IC_ARG_CHECK(stride >= a.dim, op, "stride = ", stride, " < dim = ", a.dim);
   if (a.rows == 0) return absl::OkStatus();
