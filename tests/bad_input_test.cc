@@ -471,6 +471,14 @@ TEST_F(BadInputCliTest, TokenFileThatIsADirectoryIsAnErrorNotAnAbort) {
   ExpectError({"run", "--token-file", dir, "--layers", "2"}, "is not a regular file");
 }
 
+TEST_F(BadInputCliTest, OptionsTakeTheirOwnValues) {
+  // Before: --attention-precision took "--tokens" as its value and the prompt was silently dropped.
+  ExpectError({"run", "--attention-precision", "--tokens", "1,2,3", "--layers", "2"},
+              "option --attention-precision needs a value, got the option --tokens");
+  ExpectError({"run", "--tokens", "1,2", "--bogus", "x", "--layers", "2"}, "unknown option --bogus");
+  ExpectError({"run", "--tokens"}, "option --tokens needs a value");
+}
+
 TEST_F(BadInputCliTest, HugeLengthsAreErrorsNotAborts) {
   // Before: std::bad_alloc escaped main (abort) while allocating the prompt.
   ExpectError({"bench", "--contexts", "100000000000", "--plans", "dsa", "--layers", "2"}, "--contexts");

@@ -43,13 +43,19 @@ absl::StatusOr<Args> Args::Parse(int argc, char** argv, const std::vector<std::s
     if (eq != std::string::npos) {
       value = key.substr(eq + 1);
       key = key.substr(0, eq);
-    } else if (!is_bare) {
-      if (i + 1 >= argc) return InvalidArgument("option --", key, " needs a value");
-      value = argv[++i];
     }
     const bool is_known = std::find(known.begin(), known.end(), key) != known.end() || is_bare;
     if (!is_known) return InvalidArgument("unknown option --", key, " (see --help)");
-    a.values_[key] = value;
+    if (eq == std::string::npos && !is_bare) {
+      if (i + 1 >= argc) return InvalidArgument("option --", key, " needs a value");
+      value = argv[++i];
+      // `--plan --tokens 1,2` would otherwise take "--tokens" as the plan and drop the prompt.
+      if (value.rfind("--", 0) == 0) {
+        return InvalidArgument("option --", key, " needs a value, got the option ", value,
+                               " (write --", key, "=VALUE for a value that starts with --)");
+      }
+    }
+    a.values_[key] = value;  // a repeated option: the last value wins (wrappers add defaults first)
   }
   return a;
 }
