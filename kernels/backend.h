@@ -113,7 +113,7 @@ struct Copy2DArgs {
 // cache[slots[t], 0:dim] = src[t, 0:dim] for each token (slot −1: skipped).
 // cache [num_slots, cache_stride]; src [tokens, src_stride].
 // cache_bf16 instead of cache: a BF16 cache (uint16 bit patterns, round to nearest even; the BF16
-// index-K cache of IndexerPrecision::kBF16). Exactly one of the two is set.
+// index-K cache of Precision::kBF16). Exactly one of the two is set.
 // cache_fp8 + scale instead: an FP8 E4M3 cache with one F32 scale per slot (scale[slot] = amax / 448 of
 // the row rounded up to a power of two, 1 for an all-zero row; values round to nearest even,
 // saturating): the index-K cache of Precision::kFP8.
@@ -144,7 +144,6 @@ struct CacheWriteArgs {
 //          GPU scores agree to ~1e-3 relative. DeepSeek's Hadamard rotation of q and k before quantising
 //          is the caller's (Backend::Hadamard; the engine applies it). CUDA: 8/16/32/64 heads × 64/128.
 enum class Precision { kF32, kBF16, kFP8 };
-using IndexerPrecision = Precision;
 
 // Where each query token of a batch lives: its sequence (row of block_tables) and its position.
 struct TokenLayout {
@@ -214,7 +213,7 @@ struct IndexerArgs {
   int k_stride = 0;
   int64_t num_slots = 0;
   int heads = 0, head_dim = 0, k = 0;
-  IndexerPrecision precision = IndexerPrecision::kF32;
+  Precision precision = Precision::kF32;
   TokenLayout layout;
 };
 

@@ -80,9 +80,9 @@ void Report(benchmark::State& state, double flops, double bytes) {
 // this minus BM_Topk on the same rows.
 void BM_IndexerTopk(benchmark::State& state) {
   const int context = state.range(0), queries = state.range(1), dim = 128, k = 2048;
-  const IndexerPrecision precision = state.range(2) == 2   ? IndexerPrecision::kFP8
-                                     : state.range(2) == 1 ? IndexerPrecision::kBF16
-                                                           : IndexerPrecision::kF32;
+  const Precision precision = state.range(2) == 2   ? Precision::kFP8
+                                     : state.range(2) == 1 ? Precision::kBF16
+                                                           : Precision::kF32;
   const int heads = state.range(3);
   Scene s(context, queries);
   const std::vector<float> keys = Random(static_cast<size_t>(s.num_slots) * dim, 1);
@@ -92,14 +92,14 @@ void BM_IndexerTopk(benchmark::State& state) {
   IndexerArgs a{.indices = out, .q = q, .w = w, .k_stride = dim, .num_slots = s.num_slots,
                 .heads = heads, .head_dim = dim, .k = k, .precision = precision, .layout = s.layout};
   double key_bytes = 4;
-  if (precision == IndexerPrecision::kFP8) {  // random E4M3 bytes (no NaN) and per-key scales
+  if (precision == Precision::kFP8) {  // random E4M3 bytes (no NaN) and per-key scales
     std::vector<uint8_t> b(keys.size());
     std::mt19937 rng(8);
     for (uint8_t& x : b) x = static_cast<uint8_t>(rng() % 0x7e) | static_cast<uint8_t>((rng() & 1) << 7);
     a.k_cache_fp8 = Upload(b);
     a.k_scale = Upload(std::vector<float>(s.num_slots, 1.0f / 448));
     key_bytes = 1;
-  } else if (precision == IndexerPrecision::kBF16) {
+  } else if (precision == Precision::kBF16) {
     std::vector<uint16_t> b(keys.size());
     for (size_t i = 0; i < keys.size(); ++i) {  // truncation is fine for timing
       uint32_t u;

@@ -77,12 +77,12 @@ struct ContextOptions {
   // ceil(tokens / prefill_chunk) passes, so ranks prefilling different lengths use Forward() or equal
   // chunk counts. CPU backend only for now, like shard_group. Not owned; must outlive the context.
   parallel::Communicator* expert_group = nullptr;
-  // The lightning indexer's q·k arithmetic (kernels/backend.h IndexerPrecision): kF32 (the reference) or
+  // The lightning indexer's q·k arithmetic (kernels/backend.h Precision): kF32 (the reference) or
   // kBF16 (q and index-K rounded to BF16, F32 accumulation: BF16 tensor cores on CUDA; the index-K cache
   // is then stored in BF16, half the bytes — DESIGN.md's layout) or kFP8 (q and k Hadamard-rotated, then
   // E4M3 with power-of-two per-token scales; index_head_dim a power of two ≤ 1024, else InvalidArgument at
   // the first forward pass).
-  kernels::IndexerPrecision indexer_precision = kernels::IndexerPrecision::kF32;
+  kernels::Precision indexer_precision = kernels::Precision::kF32;
   // Attention's arithmetic (kernels/backend.h AttentionArgs::precision): kBF16 runs sparse absorbed-MLA
   // attention on BF16 tensor cores on CUDA (q, k, v and probabilities at BF16, F32 accumulation); the KV
   // cache stays F32 in this version.

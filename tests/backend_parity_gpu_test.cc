@@ -292,7 +292,7 @@ TEST_F(BackendParityTest, CacheWrite) {
   ASSERT_TRUE(cpu_->CacheWrite(wc).ok());
   ASSERT_TRUE(gpu_->CacheWrite(wg).ok());
   EXPECT_EQ(Cpu(cache), Gpu(cache));
-  // The BF16 cache (index-K of IndexerPrecision::kBF16): identical bit patterns (round to nearest even),
+  // The BF16 cache (index-K of Precision::kBF16): identical bit patterns (round to nearest even),
   // including ±inf, −0 and values that round up into the next binade.
   std::vector<float> special = Randn(static_cast<size_t>(tokens) * src_stride);
   special[0] = kInf, special[1] = -kInf, special[2] = -0.0f, special[4] = 1.00390625f, special[5] = 3.3895314e38f;
@@ -548,8 +548,8 @@ TEST_F(BackendParityTest, IndexerTopk) {
     for (int variant = 0; variant < 3; ++variant) {
       // 0: with scores; 1: fused (no scores); 2: fused on a backend forced to 1-3-row query tiles.
       const bool with_scores = variant == 0;
-      const IndexerPrecision precision =
-          mode == 0 ? IndexerPrecision::kF32 : mode == 3 ? IndexerPrecision::kFP8 : IndexerPrecision::kBF16;
+      const Precision precision =
+          mode == 0 ? Precision::kF32 : mode == 3 ? Precision::kFP8 : Precision::kBF16;
       a.precision = precision;
       Backend* gpu = gpu_.get();
       std::unique_ptr<Backend> tiny_tiles;

@@ -16,9 +16,9 @@ using ::testing::HasSubstr;
 double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // F32 and BF16 indexer precision (the BF16 index-K cache has 2-byte entries: the fork copies bytes).
-class ForkSequenceTest : public ::testing::TestWithParam<kernels::IndexerPrecision> {};
+class ForkSequenceTest : public ::testing::TestWithParam<kernels::Precision> {};
 INSTANTIATE_TEST_SUITE_P(Precisions, ForkSequenceTest,
-                         ::testing::Values(kernels::IndexerPrecision::kF32, kernels::IndexerPrecision::kBF16));
+                         ::testing::Values(kernels::Precision::kF32, kernels::Precision::kBF16));
 
 TEST_P(ForkSequenceTest, ForkDecodesBitwiseLikeSourceAndAFreshPrefill) {
   auto model = test::SmallSynthetic(Architecture::kDeepseekV32, 4, 16, "FSFS");

@@ -42,7 +42,7 @@ struct Pass {
 };
 
 Pass RunPass(std::shared_ptr<const Model> model, DeviceKind device, const std::vector<int32_t>& tokens,
-             std::vector<int> chunks, kernels::IndexerPrecision precision = kernels::IndexerPrecision::kF32) {
+             std::vector<int> chunks, kernels::Precision precision = kernels::Precision::kF32) {
   auto ctx = Context::Create(model, {.device = device, .max_tokens = 8192, .indexer_precision = precision});
   EXPECT_TRUE(ctx.ok()) << ctx.status();
   Pass p;
@@ -170,7 +170,7 @@ TEST_F(EngineGpuTest, Bf16IndexerMatchesTheCpuBf16Reference) {
     std::uniform_int_distribution<int32_t> d(0, o.vocab_size - 1);
     std::vector<int32_t> tokens(600);
     for (auto& t : tokens) t = d(rng);
-    const auto bf16 = kernels::IndexerPrecision::kBF16;
+    const auto bf16 = kernels::Precision::kBF16;
     Pass cpu = RunPass(*model, DeviceKind::kCpu, tokens, {600}, bf16);
     Pass gpu = RunPass(*model, DeviceKind::kCuda, tokens, {5, 300, 295}, bf16);
     EXPECT_LT(RelError(gpu.logits, cpu.logits), 2e-3);

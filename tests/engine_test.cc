@@ -37,7 +37,7 @@ struct PassResult {
 
 PassResult RunChunks(std::shared_ptr<const Model> model, const std::vector<int32_t>& tokens, std::vector<int> chunks,
               const std::string& plan = "",
-              kernels::IndexerPrecision precision = kernels::IndexerPrecision::kF32) {
+              kernels::Precision precision = kernels::Precision::kF32) {
   const ModelConfig& c = model->config;
   auto ctx = Context::Create(model, {.max_tokens = 4096, .plan = plan, .indexer_precision = precision});
   EXPECT_TRUE(ctx.ok()) << ctx.status();
@@ -150,11 +150,11 @@ TEST(EngineTest, SharedLayersReuseTheNearestFullLayersIndices) {
 // and its index sets differ from F32 only at positions whose F32 score is within twice that change of
 // the row's k-th score.
 // (Later layers see different inputs; on this random-weight model their logits move ~10%.)
-TEST(EngineTest, Bf16IndexerPrecisionChangesOnlyTheIndexerArithmetic) {
+TEST(EngineTest, Bf16PrecisionChangesOnlyTheIndexerArithmetic) {
   auto model = Synthetic(Architecture::kDeepseekV32, 4, 16);
   const auto tokens = RandomTokens(200, model->config.vocab_size, 5);
   PassResult f32 = RunChunks(model, tokens, {200});
-  PassResult bf16 = RunChunks(model, tokens, {120, 80}, "", kernels::IndexerPrecision::kBF16);
+  PassResult bf16 = RunChunks(model, tokens, {120, 80}, "", kernels::Precision::kBF16);
   const std::vector<float>& a = f32.scores.at(0);
   const std::vector<float>& b = bf16.scores.at(0);
   ASSERT_EQ(a.size(), b.size());

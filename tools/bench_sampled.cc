@@ -197,8 +197,16 @@ int CmdBenchSampled(int argc, char** argv) {
   for (const NamedPlan& p : plans) has_dsa |= p.pattern.find('S') == std::string::npos;
   std::vector<NamedPlan> all = plans;
   if (!has_dsa) all.insert(all.begin(), NamedPlan{"DSA", std::string(N, 'F')});  // ratios need DSA
-  const double ik_d = std::max(1, full.index_head_dim);
-  const double ik_factor = ik_fp8 ? (ik_d + 4.0) / (2.0 * ik_d) : ik_bf16 ? 1.0 : 2.0;
+  // Cache bytes per token as the engine stores them: F32 KV (twice sizing.h's BF16 figure) and the index-K
+  // cache in the indexer's precision (F32: twice the BF16 figure; BF16; FP8: sizing.h's E4M3 + scale).
+  auto stored_per_token = [&](const ModelConfig& cfg, const Plan& plan, const RankSizing& bf16) -> absl::StatusOr<double> {
+    double index_k = (ik_bf16 ? 1.0 : 2.0) * static_cast<double>(bf16.index_k_bytes_per_token);
+    if (ik_fp8) {
+      IC_ASSIGN_OR_RETURN(RankSizing fp8, ComputeRankSizing(cfg, {.index_k = IndexKDType::kFP8, .plan = &plan}));
+      index_k = static_cast<double>(fp8.index_k_bytes_per_token);
+    }
+    return 2.0 * static_cast<double>(bf16.kv_bytes_per_token) + index_k;
+  };
   for (const NamedPlan& p : all) {
     PlanRun r;
     r.plan = p;
@@ -210,7 +218,8 @@ int CmdBenchSampled(int argc, char** argv) {
                      .plan = &plan, .shared_experts_split_by_tp = false, .embedding_split_by_tp = false};
     CLI_ASSIGN_OR_FAIL(s, ComputeRankSizing(full, so), cmd);
     r.weights_f32 = 4.0 * static_cast<double>(s.weights().params);
-    r.per_token_f32 = 2.0 * static_cast<double>(s.kv_bytes_per_token) + ik_factor * static_cast<double>(s.index_k_bytes_per_token);
+    CLI_ASSIGN_OR_FAIL(stored, stored_per_token(full, plan, s), cmd);
+    r.per_token_f32 = stored;
     r.weights_bf16 = static_cast<double>(s.weight_bytes());
     r.per_token_bf16 = static_cast<double>(s.kv_bytes_per_token + s.index_k_bytes_per_token);
     runs.push_back(r);
@@ -268,7 +277,8 @@ int CmdBenchSampled(int argc, char** argv) {
     CLI_ASSIGN_OR_FAIL(slice_plan, ParsePlan(slice.plan, slice_config.num_hidden_layers), cmd);
     so.plan = &slice_plan;
     CLI_ASSIGN_OR_FAIL(s, ComputeRankSizing(slice_config, so), cmd);
-    slice_per_token = 2.0 * static_cast<double>(s.kv_bytes_per_token) + ik_factor * static_cast<double>(s.index_k_bytes_per_token);
+    CLI_ASSIGN_OR_FAIL(stored, stored_per_token(slice_config, slice_plan, s), cmd);
+    slice_per_token = stored;
   }
   const double slice_budget = static_cast<double>(before.free_bytes) -
                               (device == kernels::DeviceKind::kCuda ? slice_weight_bytes : 0.0) -

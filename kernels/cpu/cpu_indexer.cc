@@ -4,7 +4,7 @@
 // once, then per tile of T tokens
 //   S = Q_tile·Kᵀ  ([T·heads, L_tile], sgemm)  →  per token (thread pool):
 //   I[s] = Σ_j w[t, j] · ReLU(S[t, j, s]) for s ≤ pos  →  exact top-k (cpu_topk.cc).
-// IndexerPrecision::kBF16 rounds the gathered keys and the query tile to BF16 before the sgemm (the
+// Precision::kBF16 rounds the gathered keys and the query tile to BF16 before the sgemm (the
 // products are then exact in F32; only the order of the sums differs from a tensor-core kernel).
 // Rows with pos + 1 ≤ k are not scored (unless scores are requested): they select 0..pos then −1.
 #include <cblas.h>

@@ -185,7 +185,7 @@ float Bf16ByFrexp(float x) {
   return static_cast<float>(std::ldexp(std::nearbyint(m * 256.0), e - 8));
 }
 
-// IndexerPrecision::kBF16 is the F32 indexer on BF16-rounded q and k: the scores equal (bitwise) an F32
+// Precision::kBF16 is the F32 indexer on BF16-rounded q and k: the scores equal (bitwise) an F32
 // run on inputs rounded beforehand, match a double-precision loop on the rounded inputs, and differ
 // from the F32 scores of the raw inputs (the rounding is applied).
 TEST(CpuIndexer, Bf16PrecisionRoundsQueriesAndKeys) {
@@ -203,7 +203,7 @@ TEST(CpuIndexer, Bf16PrecisionRoundsQueriesAndKeys) {
   for (float& v : kc_r) v = Bf16ByFrexp(v);
   for (float& v : q_r) v = Bf16ByFrexp(v);
   const int stride = 300;
-  auto run = [&](const std::vector<float>& qq, const std::vector<float>& kk, IndexerPrecision precision,
+  auto run = [&](const std::vector<float>& qq, const std::vector<float>& kk, Precision precision,
                  std::vector<float>* scores, std::vector<int32_t>* idx) {
     scores->assign(static_cast<size_t>(T) * stride, 0.0f);
     idx->assign(static_cast<size_t>(T) * k, 0);
@@ -215,9 +215,9 @@ TEST(CpuIndexer, Bf16PrecisionRoundsQueriesAndKeys) {
   };
   std::vector<float> s_bf16, s_pre, s_f32;
   std::vector<int32_t> i_bf16, i_pre, i_f32;
-  run(q, kc, IndexerPrecision::kBF16, &s_bf16, &i_bf16);
-  run(q_r, kc_r, IndexerPrecision::kF32, &s_pre, &i_pre);
-  run(q, kc, IndexerPrecision::kF32, &s_f32, &i_f32);
+  run(q, kc, Precision::kBF16, &s_bf16, &i_bf16);
+  run(q_r, kc_r, Precision::kF32, &s_pre, &i_pre);
+  run(q, kc, Precision::kF32, &s_f32, &i_f32);
   EXPECT_EQ(s_bf16, s_pre);
   EXPECT_EQ(i_bf16, i_pre);
   double max_rel_change = 0.0;
@@ -234,7 +234,7 @@ TEST(CpuIndexer, Bf16PrecisionRoundsQueriesAndKeys) {
   // An out-of-range precision is rejected.
   IndexerArgs bad{.indices = i_bf16.data(), .q = q.data(), .w = w.data(), .k_cache = kc.data(),
                   .num_slots = p.num_slots, .heads = heads, .head_dim = dim, .k = k,
-                  .precision = static_cast<IndexerPrecision>(7), .layout = MakeLayout(p, tk)};
+                  .precision = static_cast<Precision>(7), .layout = MakeLayout(p, tk)};
   CpuBackend cpu;
   absl::Status st = cpu.IndexerTopk(bad);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);

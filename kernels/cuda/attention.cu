@@ -378,18 +378,7 @@ __global__ void __launch_bounds__(256) SparseMlaTcKernel(AttentionParams p, floa
       slots[threadIdx.x] = slot;
     }
     __syncthreads();
-    constexpr int D4 = kTcQk / 4;
-#pragma unroll 4
-    for (int i = threadIdx.x; i < kTcChunk * D4; i += 256) {
-      const int key = i / D4, d4 = i % D4;
-      const int64_t slot = slots[key];
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (slot >= 0) v = __ldg(reinterpret_cast<const float4*>(p.k_cache + slot * p.k_stride) + d4);
-      uint2 packed;
-      packed.x = PackBf16(v.x, v.y);
-      packed.y = PackBf16(v.z, v.w);
-      *reinterpret_cast<uint2*>(ks + key * kTcRow + 4 * d4) = packed;
-    }
+    StageRowsF32AsBf16<kTcChunk, kTcQk, 256>(ks, kTcRow, p.k_cache, p.k_stride, slots);
     __syncthreads();
 
     // S for heads 16·mt.. × keys 8·wq + {2c, 2c+1} (rows g, g + 8).

@@ -4,6 +4,8 @@
 #include <cstdint>
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_kernels.h"
@@ -113,6 +115,65 @@ __device__ inline void LdMatrixX4Trans(uint32_t* r, const void* smem) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
+}
+
+// c[0..3] += A·B, mma.sync m16n8k32 E4M3 → F32 (the same fragment pattern, 4 bytes per register: a0 row g,
+// k 4t..4t+3; a2 k 16+4t..; b0 k 4t..4t+3 of col g, b1 k 16+4t..).
+__device__ inline void MmaFp8(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four floats as E4M3 (round to nearest even, saturating), the first in the lowest byte.
+__device__ inline uint32_t PackFp8x4(float x0, float x1, float x2, float x3) {
+  const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(x0, x1), __NV_SATFINITE, __NV_E4M3);
+  const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(x2, x3), __NV_SATFINITE, __NV_E4M3);
+  return lo | (hi << 16);
+}
+
+// ---- Staging cache rows into shared memory (all NTHREADS threads of the block take part) -----------
+
+// dst[r·dst_stride + d] = BF16(src[slots[r]·src_stride + d]) for r < ROWS, d < D (D % 4 == 0; 16-byte
+// aligned source rows), zeros where slots[r] < 0. float4 loads, 8-byte stores.
+template <int ROWS, int D, int NTHREADS>
+__device__ inline void StageRowsF32AsBf16(__nv_bfloat16* dst, int dst_stride, const float* src, int64_t src_stride,
+                                          const int64_t* slots) {
+  constexpr int D4 = D / 4;
+#pragma unroll 4
+  for (int i = threadIdx.x; i < ROWS * D4; i += NTHREADS) {
+    const int row = i / D4, d4 = i % D4;
+    const int64_t slot = slots[row];
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (slot >= 0) v = __ldg(reinterpret_cast<const float4*>(src + slot * src_stride) + d4);
+    uint2 packed;
+    packed.x = PackBf16(v.x, v.y);
+    packed.y = PackBf16(v.z, v.w);
+    *reinterpret_cast<uint2*>(dst + row * dst_stride + 4 * d4) = packed;
+  }
+}
+
+// The first ROW_BYTES bytes (a multiple of 16) of rows slots[r] of `src` (row stride src_stride bytes) to
+// dst (row stride dst_stride bytes) with cp.async, zeros where slots[r] < 0; returns once they landed.
+template <int ROWS, int ROW_BYTES, int NTHREADS>
+__device__ inline void StageRowsAsync(void* dst, int dst_stride, const void* src, int64_t src_stride,
+                                      const int64_t* slots) {
+  constexpr int CHUNKS = ROW_BYTES / 16;
+#pragma unroll 4
+  for (int i = threadIdx.x; i < ROWS * CHUNKS; i += NTHREADS) {
+    const int row = i / CHUNKS, chunk = i % CHUNKS;
+    const int64_t slot = slots[row];
+    char* d = static_cast<char*>(dst) + row * dst_stride + 16 * chunk;
+    if (slot < 0) {
+      *reinterpret_cast<uint4*>(d) = make_uint4(0u, 0u, 0u, 0u);
+    } else {
+      __pipeline_memcpy_async(d, static_cast<const char*>(src) + slot * src_stride + 16 * chunk, 16);
+    }
+  }
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
 }
 
 inline unsigned Blocks(int64_t n, int threads) {

@@ -135,7 +135,7 @@ struct IndexerParams {
   int64_t num_slots;
   int heads, head_dim, k;
   DevLayout layout;
-  bool bf16;             // IndexerPrecision::kBF16: q and k rounded to BF16, tensor cores where supported
+  bool bf16;             // Precision::kBF16: q and k rounded to BF16, tensor cores where supported
   const uint16_t* k_bf16;  // a BF16 index-K cache instead of k_cache (nullptr: k_cache)
   const uint8_t* k_fp8;    // an FP8 E4M3 index-K cache (Precision::kFP8) …
   const float* k_scale;    // … and its per-slot scales

@@ -10,7 +10,7 @@
 //     [key, head_dim + 4] (the pad makes the per-thread float4 reads conflict-free), all H dot products
 //     accumulate in registers, q read as broadcast float4 → 4 FMAs per shared load;
 //   * IndexerScoresKernel (any shape): keys transposed [head_dim, kKeys + 1], 4 heads at a time.
-// BF16 (IndexerPrecision::kBF16; backend.h):
+// BF16 (Precision::kBF16; backend.h):
 //   * IndexerScoresTc<H, D, QPB> (H ∈ {8, 16, 32, 64}, D ∈ {64, 128}, 16-byte aligned key rows): tensor
 //     cores (mma.sync m16n8k16, BF16 in, F32 accumulate). See the kernel's comment.
 //   * any other shape: IndexerScoresKernel with q and k rounded to BF16 as they are staged.
@@ -19,6 +19,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 #include <cuda_pipeline.h>
+
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 
@@ -205,6 +207,22 @@ __device__ inline void LoadQueryRows(const IndexerParams& p, int t0, int rows, i
   __syncthreads();
 }
 
+// The sequence the block serves in round `first` of its query rows: q_seq[first], or −1 when that row is
+// not scored or its sequence was served in an earlier round; *seq_len = the most keys a row of it needs.
+// (A block's rows straddle two sequences only at a batch boundary.)
+template <int QPB>
+__device__ inline int BlockSequence(int first, const int* q_seq, const int* q_len, int* seq_len) {
+  const int seq = q_seq[first];
+  bool seen = seq < 0;
+  int len = 0;
+  for (int j = 0; j < QPB; ++j) {
+    if (j < first && q_seq[j] == seq) seen = true;
+    if (q_seq[j] == seq) len = max(len, q_len[j]);
+  }
+  *seq_len = len;
+  return seen ? -1 : seq;
+}
+
 // The scores of keys g and g + 8 of a 16-key accumulator tile ([8·NH heads] per key; the thread holds heads
 // 8n + 2t, 8n + 2t + 1): Σ_heads w · ReLU(logit), the thread's heads in ascending order, then its quad
 // (xor 1, xor 2) — a fixed order, so the scores are deterministic. Every lane gets the sums.
@@ -268,14 +286,9 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresTc(float* ws, Inde
   float* out_row = ws + static_cast<int64_t>(row) * max_len;
 
   for (int first = 0; first < QPB; ++first) {
-    const int seq = q_seq[first];
-    bool seen = seq < 0;
     int seq_len = 0;
-    for (int j = 0; j < QPB; ++j) {
-      if (j < first && q_seq[j] == seq) seen = true;
-      if (q_seq[j] == seq) seq_len = max(seq_len, q_len[j]);
-    }
-    if (seen) continue;  // block-uniform: every thread reads the same shared values
+    const int seq = BlockSequence<QPB>(first, q_seq, q_len, &seq_len);
+    if (seq < 0) continue;  // block-uniform: every thread reads the same shared values  // block-uniform: every thread reads the same shared values
     const bool mine = have_row && q_seq[qi] == seq;
     const int my_len = mine ? q_len[qi] : 0;
     const int stop = min(s_stop, seq_len);
@@ -288,33 +301,10 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresTc(float* ws, Inde
       }
       __syncthreads();
       if constexpr (KBF16) {
-        constexpr int D8 = D / 8;
-#pragma unroll 4
-        for (int i = threadIdx.x; i < kTcKeys * D8; i += kTcWarps * 32) {
-          const int key = i / D8, d8 = i % D8;
-          const int64_t slot = slots[key];
-          __nv_bfloat16* dst = ks + key * DS + 8 * d8;
-          if (slot < 0) {
-            *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
-          } else {
-            __pipeline_memcpy_async(dst, p.k_bf16 + slot * p.k_stride + 8 * d8, 16);
-          }
-        }
-        __pipeline_commit();
-        __pipeline_wait_prior(0);
+        StageRowsAsync<kTcKeys, 2 * D, kTcWarps * 32>(ks, 2 * DS, p.k_bf16, 2 * static_cast<int64_t>(p.k_stride),
+                                                      slots);
       } else {
-        constexpr int D4 = D / 4;
-#pragma unroll 4
-        for (int i = threadIdx.x; i < kTcKeys * D4; i += kTcWarps * 32) {
-          const int key = i / D4, d4 = i % D4;
-          const int64_t slot = slots[key];
-          float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-          if (slot >= 0) v = __ldg(reinterpret_cast<const float4*>(p.k_cache + slot * p.k_stride) + d4);
-          uint2 packed;
-          packed.x = PackBf16(v.x, v.y);
-          packed.y = PackBf16(v.z, v.w);
-          *reinterpret_cast<uint2*>(ks + key * DS + 4 * d4) = packed;
-        }
+        StageRowsF32AsBf16<kTcKeys, D, kTcWarps * 32>(ks, DS, p.k_cache, p.k_stride, slots);
       }
       __syncthreads();
       if (!mine || s0 >= my_len) continue;
@@ -348,20 +338,6 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresTc(float* ws, Inde
 // quantised per head (scale amax / 448; the four threads of a quad hold one head's dims) into mma B
 // fragments; C = K_tile·qᵀ with mma.sync m16n8k32 (A by ldmatrix on byte rows); the epilogue folds the
 // query scales into the head weights and multiplies each key's sum by its scale.
-__device__ inline void MmaFp8(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ inline uint32_t PackFp8x4(float x0, float x1, float x2, float x3) {
-  const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(x0, x1), __NV_SATFINITE, __NV_E4M3);
-  const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(x2, x3), __NV_SATFINITE, __NV_E4M3);
-  return lo | (hi << 16);
-}
-
 template <int H, int D, int QPB>
 __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresFp8(float* ws, IndexerParams p, int t0, int rows,
                                                                   int max_len, int keys_per_block, bool all_rows,
@@ -419,14 +395,9 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresFp8(float* ws, Ind
   float* out_row = ws + static_cast<int64_t>(row) * max_len;
 
   for (int first = 0; first < QPB; ++first) {
-    const int seq = q_seq[first];
-    bool seen = seq < 0;
     int seq_len = 0;
-    for (int j = 0; j < QPB; ++j) {
-      if (j < first && q_seq[j] == seq) seen = true;
-      if (q_seq[j] == seq) seq_len = max(seq_len, q_len[j]);
-    }
-    if (seen) continue;
+    const int seq = BlockSequence<QPB>(first, q_seq, q_len, &seq_len);
+    if (seq < 0) continue;  // block-uniform: every thread reads the same shared values
     const bool mine = have_row && q_seq[qi] == seq;
     const int my_len = mine ? q_len[qi] : 0;
     const int stop = min(s_stop, seq_len);
@@ -440,20 +411,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresFp8(float* ws, Ind
         kscale[threadIdx.x] = slot >= 0 ? p.k_scale[slot] : 0.f;
       }
       __syncthreads();
-      constexpr int D16 = D / 16;
-#pragma unroll 4
-      for (int i = threadIdx.x; i < kTcKeys * D16; i += kTcWarps * 32) {
-        const int key = i / D16, d16 = i % D16;
-        const int64_t slot = slots[key];
-        uint8_t* dst = ks + key * DS + 16 * d16;
-        if (slot < 0) {
-          *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
-        } else {
-          __pipeline_memcpy_async(dst, p.k_fp8 + slot * p.k_stride + 16 * d16, 16);
-        }
-      }
-      __pipeline_commit();
-      __pipeline_wait_prior(0);
+      StageRowsAsync<kTcKeys, D, kTcWarps * 32>(ks, DS, p.k_fp8, p.k_stride, slots);
       __syncthreads();
       if (!mine || s0 >= my_len) continue;
       for (int mt = warp / QPB; mt < kTcKeys / 16; mt += WPQ) {
@@ -481,64 +439,25 @@ __global__ void __launch_bounds__(kTcWarps * 32) IndexerScoresFp8(float* ws, Ind
   }
 }
 
-template <int H, int D>
-cudaError_t LaunchFp8(float* ws, const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
-                      DeviceError* err, cudaStream_t stream) {
-  if (rows >= 8) {
-    const int kpb = 8 * kTcKeys;
-    const dim3 grid((max_len + kpb - 1) / kpb, (rows + 7) / 8);
-    IndexerScoresFp8<H, D, 8><<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows, err);
-  } else {
-    const int kpb = 2 * kTcKeys;
-    const dim3 grid((max_len + kpb - 1) / kpb, rows);
-    IndexerScoresFp8<H, D, 1><<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows, err);
-  }
-  return cudaGetLastError();
-}
-
-template <int D>
-cudaError_t LaunchFp8Heads(float* ws, const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
-                           DeviceError* err, cudaStream_t stream) {
+// Calls launch(H, D, QPB, grid, keys_per_block) with the tensor-core kernels' compile-time shape (H ∈ {8, 16,
+// 32, 64} heads, D ∈ {64, 128}; as std::integral_constant) and grid: prefill tiles (rows ≥ 8) put 8 queries
+// in a block sharing each key tile, 8 tiles per block; decode rows one query per block, 2 tiles per block.
+template <int V>
+using Int = std::integral_constant<int, V>;
+template <class Launch>
+cudaError_t LaunchTcShape(const IndexerParams& p, int rows, int max_len, Launch launch) {
+  const bool prefill = rows >= 8;
+  const int kpb = (prefill ? 8 : 2) * kTcKeys;
+  const dim3 grid((max_len + kpb - 1) / kpb, prefill ? (rows + 7) / 8 : rows);
+  auto with_qpb = [&](auto h, auto d) {
+    return prefill ? launch(h, d, Int<8>{}, grid, kpb) : launch(h, d, Int<1>{}, grid, kpb);
+  };
+  auto with_d = [&](auto h) { return p.head_dim == 64 ? with_qpb(h, Int<64>{}) : with_qpb(h, Int<128>{}); };
   switch (p.heads) {
-    case 8: return LaunchFp8<8, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
-    case 16: return LaunchFp8<16, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
-    case 32: return LaunchFp8<32, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
-    default: return LaunchFp8<64, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
-  }
-}
-
-template <int H, int D, bool KBF16>
-cudaError_t LaunchTcCache(float* ws, const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
-                          DeviceError* err, cudaStream_t stream) {
-  if (rows >= 8) {  // prefill tiles: 8 queries share each key tile; 8 tiles per block
-    const int kpb = 8 * kTcKeys;
-    const dim3 grid((max_len + kpb - 1) / kpb, (rows + 7) / 8);
-    IndexerScoresTc<H, D, 8, KBF16><<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows,
-                                                                        err);
-  } else {  // decode rows: one query per block, 2 tiles per block
-    const int kpb = 2 * kTcKeys;
-    const dim3 grid((max_len + kpb - 1) / kpb, rows);
-    IndexerScoresTc<H, D, 1, KBF16><<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows,
-                                                                        err);
-  }
-  return cudaGetLastError();
-}
-
-template <int H, int D>
-cudaError_t LaunchTc(float* ws, const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
-                     DeviceError* err, cudaStream_t stream) {
-  return p.k_bf16 != nullptr ? LaunchTcCache<H, D, true>(ws, p, t0, rows, max_len, all_rows, err, stream)
-                             : LaunchTcCache<H, D, false>(ws, p, t0, rows, max_len, all_rows, err, stream);
-}
-
-template <int D>
-cudaError_t LaunchTcHeads(float* ws, const IndexerParams& p, int t0, int rows, int max_len, bool all_rows,
-                          DeviceError* err, cudaStream_t stream) {
-  switch (p.heads) {
-    case 8: return LaunchTc<8, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
-    case 16: return LaunchTc<16, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
-    case 32: return LaunchTc<32, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
-    default: return LaunchTc<64, D>(ws, p, t0, rows, max_len, all_rows, err, stream);
+    case 8: return with_d(Int<8>{});
+    case 16: return with_d(Int<16>{});
+    case 32: return with_d(Int<32>{});
+    default: return with_d(Int<64>{});
   }
 }
 
@@ -584,8 +503,11 @@ cudaError_t LaunchIndexerScores(float* ws, const IndexerParams& p, int t0, int r
                                 bool all_rows, DeviceError* err, cudaStream_t stream) {
   if (rows == 0 || max_len == 0) return cudaSuccess;
   if (p.k_fp8 != nullptr) {  // shapes checked by the backend (IndexerFp8Supported)
-    return p.head_dim == 64 ? LaunchFp8Heads<64>(ws, p, t0, rows, max_len, all_rows, err, stream)
-                            : LaunchFp8Heads<128>(ws, p, t0, rows, max_len, all_rows, err, stream);
+    return LaunchTcShape(p, rows, max_len, [&](auto h, auto d, auto qpb, dim3 grid, int kpb) {
+      IndexerScoresFp8<decltype(h)::value, decltype(d)::value, decltype(qpb)::value>
+          <<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows, err);
+      return cudaGetLastError();
+    });
   }
   if (p.bf16) {
     const bool aligned = p.k_bf16 != nullptr ? p.k_stride % 8 == 0 && Aligned16(p.k_bf16)
@@ -593,8 +515,16 @@ cudaError_t LaunchIndexerScores(float* ws, const IndexerParams& p, int t0, int r
     const bool tc_shape = (p.heads == 8 || p.heads == 16 || p.heads == 32 || p.heads == 64) &&
                           (p.head_dim == 64 || p.head_dim == 128) && aligned;
     if (tc_shape) {
-      return p.head_dim == 64 ? LaunchTcHeads<64>(ws, p, t0, rows, max_len, all_rows, err, stream)
-                              : LaunchTcHeads<128>(ws, p, t0, rows, max_len, all_rows, err, stream);
+      return LaunchTcShape(p, rows, max_len, [&](auto h, auto d, auto qpb, dim3 grid, int kpb) {
+        if (p.k_bf16 != nullptr) {
+          IndexerScoresTc<decltype(h)::value, decltype(d)::value, decltype(qpb)::value, true>
+              <<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows, err);
+        } else {
+          IndexerScoresTc<decltype(h)::value, decltype(d)::value, decltype(qpb)::value, false>
+              <<<grid, kTcWarps * 32, 0, stream>>>(ws, p, t0, rows, max_len, kpb, all_rows, err);
+        }
+        return cudaGetLastError();
+      });
     }
     const dim3 grid((max_len + kKeys - 1) / kKeys, rows);
     IndexerScoresKernel<<<grid, kKeys, IndexerSharedBytes(p.heads, p.head_dim), stream>>>(
