@@ -279,9 +279,11 @@ int CmdRun(int argc, char** argv) {
   for (size_t i = 0; i < out.size(); ++i) std::printf("%s%d", i ? "," : "", out[i]);
   std::printf("\n");
   std::fflush(stdout);
-  std::fprintf(stderr, "plan %s; prefill %zu tokens in %s; %zu tokens generated at %.1f tokens/s\n",
-               ctx->plan().ToString().c_str(), prompt.size(), FormatSeconds(t1 - t0).c_str(), out.size(),
-               out.size() > 1 ? (out.size() - 1) / (t2 - t1) : 0.0);
+  auto name = [](kernels::Precision p) { return p == kernels::Precision::kFP8 ? "fp8" : p == kernels::Precision::kBF16 ? "bf16" : "f32"; };
+  std::fprintf(stderr,
+               "plan %s; indexer %s, attention %s; prefill %zu tokens in %s; %zu tokens generated at %.1f tokens/s\n",
+               ctx->plan().ToString().c_str(), name(precision), name(attn_precision), prompt.size(),
+               FormatSeconds(t1 - t0).c_str(), out.size(), out.size() > 1 ? (out.size() - 1) / (t2 - t1) : 0.0);
   return 0;
 }
 
