@@ -51,6 +51,7 @@ ic_context_params_t DefaultContextParams() {
   p.dist_timeout_ms = 300000;
   p.indexer_precision = IC_PRECISION_F32;
   p.attention_precision = IC_PRECISION_F32;
+  p.weight_precision = IC_PRECISION_F32;
   return p;
 }
 
@@ -243,7 +244,7 @@ absl::Status CheckRanksAgree(parallel::Communicator& world, const parallel::Para
   struct Fingerprint {
     int64_t world, tp, ep;
     uint64_t model, plan;
-    int32_t indexer_precision, attention_precision;
+    int32_t indexer_precision, attention_precision, weight_precision;
   };
   const std::string plan = plan_param.empty() ? model.plan.ToString() : plan_param;
   // The model: its config and a sample of its weights (the first 4,096 values of the embedding, the final
@@ -265,6 +266,7 @@ absl::Status CheckRanksAgree(parallel::Communicator& world, const parallel::Para
   mine.plan = std::hash<std::string>{}(plan);
   mine.indexer_precision = static_cast<int32_t>(options.indexer_precision);
   mine.attention_precision = static_cast<int32_t>(options.attention_precision);
+  mine.weight_precision = static_cast<int32_t>(options.weight_precision);
   std::vector<Fingerprint> all(world.size());
   IC_RETURN_IF_ERROR(world.AllGather(&mine, all.data(), sizeof mine));
   for (int r = 0; r < world.size(); ++r) {
@@ -282,11 +284,13 @@ absl::Status CheckRanksAgree(parallel::Communicator& world, const parallel::Para
       return absl::InvalidArgumentError(absl::StrCat("rank ", r, " runs a different plan than rank ", world.rank(),
                                                      " (", plan, ")"));
     }
-    if (f.indexer_precision != mine.indexer_precision || f.attention_precision != mine.attention_precision) {
+    if (f.indexer_precision != mine.indexer_precision || f.attention_precision != mine.attention_precision ||
+        f.weight_precision != mine.weight_precision) {
       return absl::InvalidArgumentError(absl::StrCat(
           "the ranks disagree on the precision: rank ", r, " has indexer_precision ", f.indexer_precision,
-          ", attention_precision ", f.attention_precision, "; rank ", world.rank(), " has ",
-          mine.indexer_precision, ", ", mine.attention_precision));
+          ", attention_precision ", f.attention_precision, ", weight_precision ", f.weight_precision, "; rank ",
+          world.rank(), " has ", mine.indexer_precision, ", ", mine.attention_precision, ", ",
+          mine.weight_precision));
     }
   }
   return absl::OkStatus();
@@ -332,6 +336,7 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
     o.record_metrics = p.record_metrics != 0;
     IC_ASSIGN_OR_RETURN(o.indexer_precision, ReadPrecision(p.indexer_precision, "indexer_precision"));
     IC_ASSIGN_OR_RETURN(o.attention_precision, ReadPrecision(p.attention_precision, "attention_precision"));
+    IC_ASSIGN_OR_RETURN(o.weight_precision, ReadPrecision(p.weight_precision, "weight_precision"));
     if (p.plan != nullptr) o.plan = p.plan;
     auto handle = std::make_unique<ic_context_t>();
     handle->model = m->model;

@@ -37,10 +37,18 @@ enum class DeviceKind { kCpu, kCuda };
 //   B: b_transposed ? [n, k] (an HF Linear weight: y = x·Wᵀ) : [k, n]; row stride ldb.
 //   C: [m, n] with row stride ldc.
 // A zero stride (lda == 0 etc.) means "dense": k, k or n, n.
+//
+// BF16 weights: set b_bf16 instead of b. B then holds BF16 bit patterns (round to nearest even) in the
+// same layout, strides in elements; A stays F32 in memory and is rounded to BF16 (nearest even) before
+// the product; products accumulate in F32 and C stays F32 (the mixed-precision GEMM of every BF16 LLM
+// runtime: cuBLASLt with CUDA_R_16BF inputs and CUBLAS_COMPUTE_32F; the CPU reference rounds A, widens
+// B and runs its F32 sgemm, so the two differ only in summation order). Exactly one of b / b_bf16 is
+// set (both: InvalidArgument).
 struct GemmArgs {
   float* c = nullptr;
   const float* a = nullptr;
   const float* b = nullptr;
+  const uint16_t* b_bf16 = nullptr;
   int m = 0, n = 0, k = 0;
   int lda = 0, ldb = 0, ldc = 0;
   bool b_transposed = true;

@@ -44,6 +44,10 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
     return InvalidArgument("indexer_precision must be F32, BF16 or FP8, got ",
                            static_cast<int>(options.indexer_precision));
   }
+  if (options.weight_precision != kernels::Precision::kF32 && options.weight_precision != kernels::Precision::kBF16) {
+    return InvalidArgument("weight_precision must be F32 or BF16 (FP8 weights need a block-scaled GEMM, not "
+                           "written yet), got ", static_cast<int>(options.weight_precision));
+  }
   if (options.prefill_chunk < 1) {
     return InvalidArgument("prefill_chunk must be positive, got ", options.prefill_chunk);
   }
@@ -88,6 +92,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
   ctx->impl_ = std::make_unique<Impl>();
   Impl& im = *ctx->impl_;
   im.backend = ctx->backend_.get();
+  im.bf16_weights = options.weight_precision == kernels::Precision::kBF16;
   im.q_heads = c.num_attention_heads;
   im.kv_heads = c.mla ? 1 : c.num_key_value_heads;
   if (options.shard_group != nullptr) {
@@ -112,10 +117,10 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
   const ModelWeights& w = model->weights;
   IC_ASSIGN_OR_RETURN(im.embed, im.Upload(w.embed_tokens));
   IC_ASSIGN_OR_RETURN(im.final_norm, im.Upload(w.final_norm));
-  if (w.lm_head.empty()) {
-    im.lm_head = im.embed;
-  } else {
-    IC_ASSIGN_OR_RETURN(im.lm_head, im.Upload(w.lm_head));
+  if (w.lm_head.empty() && !im.bf16_weights) {
+    im.lm_head.f32 = im.embed;  // tied: the embedding table itself
+  } else {  // (tied with BF16 weights: a BF16 copy of the embedding table; the embedding stays F32)
+    IC_ASSIGN_OR_RETURN(im.lm_head, im.UploadWeight(w.output_embedding()));
   }
   im.layers.resize(c.num_hidden_layers);
   for (int i = 0; i < c.num_hidden_layers; ++i) {
@@ -123,43 +128,41 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
     Impl::Layer& L = im.layers[i];
     IC_ASSIGN_OR_RETURN(L.input_norm, im.Upload(lw.input_norm));
     IC_ASSIGN_OR_RETURN(L.post_norm, im.Upload(lw.post_attention_norm));
-    IC_ASSIGN_OR_RETURN(L.q_a_proj, im.Upload(lw.q_a_proj));
+    IC_ASSIGN_OR_RETURN(L.q_a_proj, im.UploadWeight(lw.q_a_proj));
     IC_ASSIGN_OR_RETURN(L.q_a_norm, im.Upload(lw.q_a_norm));
-    IC_ASSIGN_OR_RETURN(L.kv_a_proj, im.Upload(lw.kv_a_proj));
+    IC_ASSIGN_OR_RETURN(L.kv_a_proj, im.UploadWeight(lw.kv_a_proj));
     IC_ASSIGN_OR_RETURN(L.kv_a_norm, im.Upload(lw.kv_a_norm));
     if (im.tp == nullptr) {
-      IC_ASSIGN_OR_RETURN(L.q_proj, im.Upload(lw.q_proj));
-      IC_ASSIGN_OR_RETURN(L.k_proj, im.Upload(lw.k_proj));
-      IC_ASSIGN_OR_RETURN(L.v_proj, im.Upload(lw.v_proj));
-      IC_ASSIGN_OR_RETURN(L.q_b_proj, im.Upload(lw.q_b_proj));
-      IC_ASSIGN_OR_RETURN(L.kv_b_proj, im.Upload(lw.kv_b_proj));
-      IC_ASSIGN_OR_RETURN(L.o_proj, im.Upload(lw.o_proj));
+      IC_ASSIGN_OR_RETURN(L.q_proj, im.UploadWeight(lw.q_proj));
+      IC_ASSIGN_OR_RETURN(L.k_proj, im.UploadWeight(lw.k_proj));
+      IC_ASSIGN_OR_RETURN(L.v_proj, im.UploadWeight(lw.v_proj));
+      IC_ASSIGN_OR_RETURN(L.q_b_proj, im.UploadWeight(lw.q_b_proj));
+      IC_ASSIGN_OR_RETURN(L.kv_b_proj, im.UploadWeight(lw.kv_b_proj));
+      IC_ASSIGN_OR_RETURN(L.o_proj, im.UploadWeight(lw.o_proj));
     } else {
       // This rank's heads (tensor_parallel.h): MLA q_b / kv_b rows and o_proj columns; GQA q rows, the
       // rank's KV heads' k / v rows and o_proj columns. The latent projections stay replicated.
       const int h0 = tp_plan.q_heads.begin, nh = tp_plan.q_heads.count;
       if (c.mla) {
         const int qk = c.qk_nope_head_dim + c.qk_rope_head_dim, kvb = c.qk_nope_head_dim + c.v_head_dim;
-        L.q_proj = L.k_proj = L.v_proj = nullptr;
-        IC_ASSIGN_OR_RETURN(L.q_b_proj, im.UploadRows(lw.q_b_proj, int64_t{h0} * qk, int64_t{nh} * qk));
-        IC_ASSIGN_OR_RETURN(L.kv_b_proj, im.UploadRows(lw.kv_b_proj, int64_t{h0} * kvb, int64_t{nh} * kvb));
+        IC_ASSIGN_OR_RETURN(L.q_b_proj, im.UploadWeightRows(lw.q_b_proj, int64_t{h0} * qk, int64_t{nh} * qk));
+        IC_ASSIGN_OR_RETURN(L.kv_b_proj, im.UploadWeightRows(lw.kv_b_proj, int64_t{h0} * kvb, int64_t{nh} * kvb));
         IC_ASSIGN_OR_RETURN(L.o_proj,
-                            im.UploadCols(lw.o_proj, int64_t{h0} * c.v_head_dim, int64_t{nh} * c.v_head_dim, &L.o_ld));
+                            im.UploadWeightCols(lw.o_proj, int64_t{h0} * c.v_head_dim, int64_t{nh} * c.v_head_dim));
       } else {
         const int D = c.head_dim, kv0 = tp_plan.kv_heads.begin, nkv = tp_plan.kv_heads.count;
-        L.q_b_proj = L.kv_b_proj = nullptr;
-        IC_ASSIGN_OR_RETURN(L.q_proj, im.UploadRows(lw.q_proj, int64_t{h0} * D, int64_t{nh} * D));
-        IC_ASSIGN_OR_RETURN(L.k_proj, im.UploadRows(lw.k_proj, int64_t{kv0} * D, int64_t{nkv} * D));
-        IC_ASSIGN_OR_RETURN(L.v_proj, im.UploadRows(lw.v_proj, int64_t{kv0} * D, int64_t{nkv} * D));
-        IC_ASSIGN_OR_RETURN(L.o_proj, im.UploadCols(lw.o_proj, int64_t{h0} * D, int64_t{nh} * D, &L.o_ld));
+        IC_ASSIGN_OR_RETURN(L.q_proj, im.UploadWeightRows(lw.q_proj, int64_t{h0} * D, int64_t{nh} * D));
+        IC_ASSIGN_OR_RETURN(L.k_proj, im.UploadWeightRows(lw.k_proj, int64_t{kv0} * D, int64_t{nkv} * D));
+        IC_ASSIGN_OR_RETURN(L.v_proj, im.UploadWeightRows(lw.v_proj, int64_t{kv0} * D, int64_t{nkv} * D));
+        IC_ASSIGN_OR_RETURN(L.o_proj, im.UploadWeightCols(lw.o_proj, int64_t{h0} * D, int64_t{nh} * D));
       }
     }
     if (c.has_indexer && ctx->plan_.IsFull(i)) {  // Shared layers: no indexer weights uploaded
-      IC_ASSIGN_OR_RETURN(L.ix_wq, im.Upload(lw.indexer.wq));
-      IC_ASSIGN_OR_RETURN(L.ix_wk, im.Upload(lw.indexer.wk));
+      IC_ASSIGN_OR_RETURN(L.ix_wq, im.UploadWeight(lw.indexer.wq));
+      IC_ASSIGN_OR_RETURN(L.ix_wk, im.UploadWeight(lw.indexer.wk));
       IC_ASSIGN_OR_RETURN(L.ix_norm_w, im.Upload(lw.indexer.k_norm_weight));
       IC_ASSIGN_OR_RETURN(L.ix_norm_b, im.Upload(lw.indexer.k_norm_bias));
-      IC_ASSIGN_OR_RETURN(L.ix_weights, im.Upload(lw.indexer.weights_proj));
+      IC_ASSIGN_OR_RETURN(L.ix_weights, im.UploadWeight(lw.indexer.weights_proj));
     }
     L.is_moe = lw.is_moe;
     if (lw.is_moe) {

@@ -87,6 +87,12 @@ struct ContextOptions {
   // attention on BF16 tensor cores on CUDA (q, k, v and probabilities at BF16, F32 accumulation); the KV
   // cache stays F32 in this version.
   kernels::Precision attention_precision = kernels::Precision::kF32;
+  // The Linear weights' storage and GEMM arithmetic (kernels/backend.h GemmArgs::b_bf16): kF32 (the
+  // reference) or kBF16 — every projection (attention, indexer wq / wk / weights_proj, dense and expert
+  // MLPs, LM head) held as BF16 (half the bytes; a checkpoint's BF16 tensors come back bit-exact) and
+  // multiplied on BF16 tensor cores with F32 accumulation, activations rounded to BF16 at each GEMM's
+  // input. Norms, the embedding table and the MoE router stay F32. FP8 is InvalidArgument.
+  kernels::Precision weight_precision = kernels::Precision::kF32;
 };
 
 // One contiguous run of new tokens of one sequence inside a forward pass.

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "sdk/engine.h"
+#include "sdk/safetensors.h"
 #include "sdk/status.h"
 #include "sdk/tensor_parallel.h"
 
@@ -52,27 +53,42 @@ class DeviceBuffer {
   size_t capacity_ = 0;
 };
 
+// A Linear weight [out, in] in backend memory: F32 (`f32`; on the CPU a pointer into the Model's host
+// tensor, no copy) or BF16 bit patterns (`bf16`, ContextOptions::weight_precision kBF16; a converted
+// copy). ld: row stride in elements (0 = dense; a tensor-parallel column slice keeps the full row stride
+// on the CPU, zero-copy).
+struct LinearWeight {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+  int ld = 0;
+  bool empty() const { return f32 == nullptr && bf16 == nullptr; }
+  // The same weight starting `elements` further (a row block of kv_b, say).
+  LinearWeight Offset(int64_t elements) const {
+    return LinearWeight{f32 != nullptr ? f32 + elements : nullptr, bf16 != nullptr ? bf16 + elements : nullptr, ld};
+  }
+};
+
 struct Context::Impl {
-  // Weights in backend memory (CPU: pointers into the Model's host tensors, no copy).
-  // down_ld: row stride of `down` in elements (0 = inter; a tensor-parallel column slice keeps the full
-  // row stride on the CPU, zero-copy).
-  struct Mlp { const float *gate = nullptr, *up = nullptr, *down = nullptr; int inter = 0; int down_ld = 0; };
+  using Weight = LinearWeight;
+  struct Mlp { Weight gate, up, down; int inter = 0; };
   struct Layer {
     const float *input_norm, *post_norm;
-    const float *q_proj, *k_proj, *v_proj;
-    const float *q_a_proj, *q_a_norm, *q_b_proj, *kv_a_proj, *kv_a_norm, *kv_b_proj, *o_proj;
-    int o_ld = 0;  // row stride of o_proj in elements (0 = dense; see Mlp::down_ld)
-    const float *ix_wq = nullptr, *ix_wk = nullptr, *ix_norm_w = nullptr, *ix_norm_b = nullptr,
-                *ix_weights = nullptr;
+    const float *q_a_norm, *kv_a_norm;
+    Weight q_proj, k_proj, v_proj;
+    Weight q_a_proj, q_b_proj, kv_a_proj, kv_b_proj, o_proj;
+    Weight ix_wq, ix_wk, ix_weights;
+    const float *ix_norm_w = nullptr, *ix_norm_b = nullptr;
     bool is_moe = false;
     Mlp mlp;
+    // The router stays F32 whatever weight_precision says: expert choice is a discrete decision that
+    // rounding its logits would change.
     const float *router = nullptr, *router_bias = nullptr;
     std::vector<Mlp> experts;  // routed experts this rank holds: all, or [expert_begin, + experts.size())
     std::optional<Mlp> shared;
   };
   const float* embed = nullptr;
   const float* final_norm = nullptr;
-  const float* lm_head = nullptr;
+  Weight lm_head;
   std::vector<Layer> layers;
   std::vector<void*> owned;  // device allocations made for weights (CUDA)
 
@@ -193,20 +209,69 @@ struct Context::Impl {
   }
   std::vector<std::vector<float>> host_keep;
 
+  // Linear weights in the context's precision (bf16_weights): F32 exactly as Upload / UploadRows /
+  // UploadCols place them, or a BF16 copy (round to nearest even) of the same slice.
+  bool bf16_weights = false;
+  std::vector<std::vector<uint16_t>> host_keep_bf16;
+
+  absl::StatusOr<Weight> UploadWeight(const HostTensor& t) {
+    return UploadWeightSlice(t, 0, t.rows(), 0, t.empty() ? 0 : static_cast<int64_t>(t.data.size()) / t.rows());
+  }
+  absl::StatusOr<Weight> UploadWeightRows(const HostTensor& t, int64_t begin, int64_t count) {
+    return UploadWeightSlice(t, begin, count, 0, t.empty() ? 0 : static_cast<int64_t>(t.data.size()) / t.rows());
+  }
+  absl::StatusOr<Weight> UploadWeightCols(const HostTensor& t, int64_t begin, int64_t count) {
+    return UploadWeightSlice(t, 0, t.rows(), begin, count);
+  }
+  // Rows [r0, r0 + nr) × columns [c0, c0 + nc) of a 2-D tensor.
+  absl::StatusOr<Weight> UploadWeightSlice(const HostTensor& t, int64_t r0, int64_t nr, int64_t c0, int64_t nc) {
+    Weight w;
+    if (t.empty()) return w;
+    const int64_t rows = t.rows(), cols = static_cast<int64_t>(t.data.size()) / rows;
+    if (!bf16_weights) {
+      if (c0 == 0 && nc == cols) {
+        IC_ASSIGN_OR_RETURN(w.f32, UploadRows(t, r0, nr));
+      } else {
+        IC_ASSIGN_OR_RETURN(w.f32, UploadCols(t, c0, nc, &w.ld));
+      }
+      return w;
+    }
+    if (r0 < 0 || nr < 0 || r0 + nr > rows || c0 < 0 || nc < 0 || c0 + nc > cols) {
+      return absl::InternalError(absl::StrCat("slice [", r0, ", ", r0 + nr, ") × [", c0, ", ", c0 + nc,
+                                              ") of a ", rows, " × ", cols, " tensor"));
+    }
+    std::vector<uint16_t> bits(static_cast<size_t>(nr * nc));
+    for (int64_t r = 0; r < nr; ++r) {
+      const float* src = t.data.data() + (r0 + r) * cols + c0;
+      for (int64_t j = 0; j < nc; ++j) bits[static_cast<size_t>(r * nc + j)] = FloatToBf16(src[j]);
+    }
+    if (backend->kind() == DeviceKind::kCpu) {
+      host_keep_bf16.push_back(std::move(bits));
+      w.bf16 = host_keep_bf16.back().data();
+      return w;
+    }
+    const size_t bytes = bits.size() * sizeof(uint16_t);
+    IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(bytes));
+    owned.push_back(p);
+    IC_RETURN_IF_ERROR(backend->CopyToDevice(p, bits.data(), bytes));
+    w.bf16 = static_cast<const uint16_t*>(p);
+    return w;
+  }
+
   absl::StatusOr<Mlp> UploadMlp(const MlpWeights& w) {
     Mlp m;
-    IC_ASSIGN_OR_RETURN(m.gate, Upload(w.gate));
-    IC_ASSIGN_OR_RETURN(m.up, Upload(w.up));
-    IC_ASSIGN_OR_RETURN(m.down, Upload(w.down));
+    IC_ASSIGN_OR_RETURN(m.gate, UploadWeight(w.gate));
+    IC_ASSIGN_OR_RETURN(m.up, UploadWeight(w.up));
+    IC_ASSIGN_OR_RETURN(m.down, UploadWeight(w.down));
     m.inter = static_cast<int>(w.gate.rows());
     return m;
   }
   // The tensor-parallel part of a dense MLP: intermediate [begin, end) (gate/up rows, down columns).
   absl::StatusOr<Mlp> UploadMlpSlice(const MlpWeights& w, parallel::RowRange range) {
     Mlp m;
-    IC_ASSIGN_OR_RETURN(m.gate, UploadRows(w.gate, range.begin, range.size()));
-    IC_ASSIGN_OR_RETURN(m.up, UploadRows(w.up, range.begin, range.size()));
-    IC_ASSIGN_OR_RETURN(m.down, UploadCols(w.down, range.begin, range.size(), &m.down_ld));
+    IC_ASSIGN_OR_RETURN(m.gate, UploadWeightRows(w.gate, range.begin, range.size()));
+    IC_ASSIGN_OR_RETURN(m.up, UploadWeightRows(w.up, range.begin, range.size()));
+    IC_ASSIGN_OR_RETURN(m.down, UploadWeightCols(w.down, range.begin, range.size()));
     m.inter = static_cast<int>(range.size());
     return m;
   }

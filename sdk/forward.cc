@@ -20,19 +20,26 @@ using kernels::RopeStyle;
 using kernels::RowsArgs;
 using kernels::TokenLayout;
 
+using Weight = LinearWeight;
+
+// Points a Gemm's B operand at `w` (F32 or BF16, GemmArgs::b_bf16) with w's row stride.
+void SetB(GemmArgs& g, const Weight& w) {
+  g.b = w.f32;
+  g.b_bf16 = w.bf16;
+  g.ldb = w.ld;
+}
+
 // out[T, out_dim] = alpha · in[T, in_dim] · W[out_dim, in_dim]ᵀ  (an HF Linear without bias).
-// ld_w: row stride of W (0 = in_dim; a tensor-parallel column slice of a wider weight).
-absl::Status Linear(Backend& b, float* out, const float* in, const float* w, int tokens, int out_dim,
-                    int in_dim, float alpha = 1.0f, int ld_in = 0, int ld_out = 0, int ld_w = 0) {
+absl::Status Linear(Backend& b, float* out, const float* in, const Weight& w, int tokens, int out_dim,
+                    int in_dim, float alpha = 1.0f, int ld_in = 0, int ld_out = 0) {
   GemmArgs g;
   g.c = out;
   g.a = in;
-  g.b = w;
+  SetB(g, w);
   g.m = tokens;
   g.n = out_dim;
   g.k = in_dim;
   g.lda = ld_in;
-  g.ldb = ld_w;
   g.ldc = ld_out;
   g.alpha = alpha;
   return b.Gemm(g);
@@ -92,7 +99,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     IC_RETURN_IF_ERROR(Linear(be, gate, in, m.gate, rows, m.inter, H));
     IC_RETURN_IF_ERROR(Linear(be, up, in, m.up, rows, m.inter, H));
     IC_RETURN_IF_ERROR(be.SiluMul({.out = gate, .gate = gate, .up = up, .tokens = rows, .dim = m.inter}));
-    return Linear(be, out, gate, m.down, rows, H, m.inter, 1.0f, 0, 0, m.down_ld);
+    return Linear(be, out, gate, m.down, rows, H, m.inter);
   };
   // Expert parallel (ContextOptions::expert_group): out[T, H] += Σ_j w[t, j] · expert_{e[t, j]}(h[t]) with
   // the experts spread over the group. Per layer, on every rank of the group (T may be 0: IdleStep):
@@ -509,12 +516,12 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         GemmArgs ab;
         ab.c = qabs;
         ab.a = q;
-        ab.b = L.kv_b_proj;
+        SetB(ab, L.kv_b_proj);
         ab.m = T;
         ab.n = R;
         ab.k = dn;
         ab.lda = NH * qk;
-        ab.ldb = R;
+        ab.ldb = R;  // kv_b is never a column slice
         ab.ldc = NH * (R + dr);
         ab.b_transposed = false;
         ab.batch = NH;
@@ -688,7 +695,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         GemmArgs uv;
         uv.c = o_heads;
         uv.a = at.out;
-        uv.b = L.kv_b_proj + static_cast<size_t>(dn) * R;
+        SetB(uv, L.kv_b_proj.Offset(static_cast<int64_t>(dn) * R));
         uv.m = T;
         uv.n = dv;
         uv.k = R;
@@ -700,9 +707,9 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         uv.stride_b = static_cast<int64_t>(dn + dv) * R;
         uv.stride_c = dv;
         IC_RETURN_IF_ERROR(be.Gemm(uv));
-        IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, NH * dv, 1.0f, 0, 0, L.o_ld));
+        IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, NH * dv));
       } else {
-        IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, im.q_heads * c.head_dim, 1.0f, 0, 0, L.o_ld));
+        IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, im.q_heads * c.head_dim));
       }
       IC_RETURN_IF_ERROR(all_reduce(attn));
       IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
@@ -719,7 +726,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       IC_ASSIGN_OR_RETURN(float* logits, im.Scratch<float>("router_logits", static_cast<size_t>(T) * E));
       IC_ASSIGN_OR_RETURN(int32_t* eid, im.Scratch<int32_t>("expert_ids", static_cast<size_t>(T) * TK));
       IC_ASSIGN_OR_RETURN(float* ew, im.Scratch<float>("expert_w", static_cast<size_t>(T) * TK));
-      IC_RETURN_IF_ERROR(Linear(be, logits, h, L.router, T, E, H));
+      IC_RETURN_IF_ERROR(Linear(be, logits, h, Weight{.f32 = L.router}, T, E, H));
       IC_RETURN_IF_ERROR(be.MoeRoute({.expert_ids = eid, .expert_weights = ew, .logits = logits,
                                       .bias = L.router_bias, .tokens = T, .experts = E, .top_k = TK,
                                       .n_group = c.n_group, .topk_group = c.topk_group,

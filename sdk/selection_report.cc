@@ -12,8 +12,7 @@ namespace ic {
 absl::StatusOr<SelectionReport> MeasureSelection(std::shared_ptr<const Model> model,
                                                  std::span<const std::vector<int32_t>> windows,
                                                  const std::string& plan, kernels::DeviceKind device,
-                                                 kernels::Precision indexer_precision,
-                                                 kernels::Precision attention_precision) {
+                                                 const ContextOptions& precisions) {
   if (model == nullptr) return InvalidArgument("MeasureSelection: null model");
   const ModelConfig& c = model->config;
   if (!c.has_indexer) return InvalidArgument("the model has no indexer (dense mode): there is no selection to measure");
@@ -31,8 +30,9 @@ absl::StatusOr<SelectionReport> MeasureSelection(std::shared_ptr<const Model> mo
   o.prefill_chunk = static_cast<int>(longest);
   o.record_metrics = false;
   o.plan = plan;
-  o.indexer_precision = indexer_precision;
-  o.attention_precision = attention_precision;
+  o.indexer_precision = precisions.indexer_precision;
+  o.attention_precision = precisions.attention_precision;
+  o.weight_precision = precisions.weight_precision;
   IC_ASSIGN_OR_RETURN(std::unique_ptr<Context> ctx, Context::Create(model, o));
   const int L = c.num_hidden_layers, K = c.index_topk;
   SelectionReport r;

@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "sdk/engine.h"
 #include "sdk/weights.h"
 
 namespace ic {
@@ -32,12 +33,12 @@ struct SelectionReport {
 };
 
 // InvalidArgument: a model without an indexer, no windows, a window shorter than 2 tokens, a token outside
-// the vocabulary, a plan the model cannot run. The precisions are those of the context that runs the windows
-// (ContextOptions), so that the report measures the selection the evaluated configuration makes. Memory: layers × T² × 4 bytes for a window of T tokens.
+// the vocabulary, a plan the model cannot run. `precisions`: the indexer / attention / weight precision of the
+// context that runs the windows (its other fields are ignored), so that the report measures the selection the
+// evaluated configuration makes. Memory: layers × T² × 4 bytes for a window of T tokens.
 absl::StatusOr<SelectionReport> MeasureSelection(std::shared_ptr<const Model> model,
                                                  std::span<const std::vector<int32_t>> windows,
                                                  const std::string& plan, kernels::DeviceKind device,
-                                                 kernels::Precision indexer_precision = kernels::Precision::kF32,
-                                                 kernels::Precision attention_precision = kernels::Precision::kF32);
+                                                 const ContextOptions& precisions = {});
 
 }  // namespace ic

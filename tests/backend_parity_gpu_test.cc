@@ -163,23 +163,44 @@ TEST_F(BackendParityTest, Gemm) {
       {17, 23, 19, 0, 0, 0, 3, true, 1.0f, 0.25f},   {17, 23, 19, 21, 25, 27, 4, false, 2.0f, 0.0f},
       {13, 11, 0, 0, 0, 0, 1, true, 1.0f, 0.5f},
   };
-  for (const Case& cs : cases) {
-    const int lda = cs.lda ? cs.lda : cs.k, ldb = cs.ldb ? cs.ldb : (cs.bt ? cs.k : cs.n),
-              ldc = cs.ldc ? cs.ldc : cs.n;
-    const int64_t sa = static_cast<int64_t>(cs.m) * lda + 3, sb = static_cast<int64_t>(cs.bt ? cs.n : cs.k) * ldb + 5,
-                  sc = static_cast<int64_t>(cs.m) * ldc + 1;
-    auto a = Put(Randn(sa * cs.batch + 8)), b = Put(Randn(sb * cs.batch + 8)), c = Put(Randn(sc * cs.batch + 8));
-    GemmArgs g{.m = cs.m, .n = cs.n, .k = cs.k, .lda = cs.lda, .ldb = cs.ldb, .ldc = cs.ldc,
-               .b_transposed = cs.bt, .alpha = cs.alpha, .beta = cs.beta, .batch = cs.batch,
-               .stride_a = cs.batch > 1 ? sa : 0, .stride_b = cs.batch > 1 ? sb : 0, .stride_c = cs.batch > 1 ? sc : 0};
-    GemmArgs gc = g, gg = g;
-    gc.a = a.c, gc.b = b.c, gc.c = c.c;
-    gg.a = a.g, gg.b = b.g, gg.c = c.g;
-    ASSERT_TRUE(cpu_->Gemm(gc).ok());
-    const absl::Status s = gpu_->Gemm(gg);
-    ASSERT_TRUE(s.ok()) << s;
-    ExpectClose(c, 1e-5, "gemm_" + std::to_string(cs.m) + "x" + std::to_string(cs.n) + "x" + std::to_string(cs.k) +
-                             (cs.bt ? "_bt" : "_bn") + "_b" + std::to_string(cs.batch));
+  // F32, then BF16 weights (b_bf16: both backends round A the same way; only summation order differs,
+  // so the bound is F32's, loosened for the longer BF16-rounded sums).
+  for (const bool bf16 : {false, true}) {
+    for (const Case& cs : cases) {
+      const int lda = cs.lda ? cs.lda : cs.k, ldb = cs.ldb ? cs.ldb : (cs.bt ? cs.k : cs.n),
+                ldc = cs.ldc ? cs.ldc : cs.n;
+      const int64_t sa = static_cast<int64_t>(cs.m) * lda + 3,
+                    sb = static_cast<int64_t>(cs.bt ? cs.n : cs.k) * ldb + 5,
+                    sc = static_cast<int64_t>(cs.m) * ldc + 1;
+      auto a = Put(Randn(sa * cs.batch + 8)), c = Put(Randn(sc * cs.batch + 8));
+      const std::vector<float> b_host = Randn(sb * cs.batch + 8);
+      std::vector<uint16_t> b_bits(b_host.size());
+      for (size_t i = 0; i < b_host.size(); ++i) {  // truncation: any bit pattern is a valid BF16 operand
+        uint32_t u;
+        std::memcpy(&u, &b_host[i], sizeof u);
+        b_bits[i] = static_cast<uint16_t>(u >> 16);
+      }
+      auto b = Put(b_host);
+      auto b16 = Put(b_bits);
+      GemmArgs g{.m = cs.m, .n = cs.n, .k = cs.k, .lda = cs.lda, .ldb = cs.ldb, .ldc = cs.ldc,
+                 .b_transposed = cs.bt, .alpha = cs.alpha, .beta = cs.beta, .batch = cs.batch,
+                 .stride_a = cs.batch > 1 ? sa : 0, .stride_b = cs.batch > 1 ? sb : 0,
+                 .stride_c = cs.batch > 1 ? sc : 0};
+      GemmArgs gc = g, gg = g;
+      gc.a = a.c, gc.c = c.c;
+      gg.a = a.g, gg.c = c.g;
+      if (bf16) {
+        gc.b_bf16 = b16.c, gg.b_bf16 = b16.g;
+      } else {
+        gc.b = b.c, gg.b = b.g;
+      }
+      ASSERT_TRUE(cpu_->Gemm(gc).ok());
+      const absl::Status s = gpu_->Gemm(gg);
+      ASSERT_TRUE(s.ok()) << s;
+      ExpectClose(c, bf16 ? 2e-5 : 1e-5,
+                  std::string(bf16 ? "gemm_bf16_" : "gemm_") + std::to_string(cs.m) + "x" + std::to_string(cs.n) +
+                      "x" + std::to_string(cs.k) + (cs.bt ? "_bt" : "_bn") + "_b" + std::to_string(cs.batch));
+    }
   }
   // A bad leading dimension is InvalidArgument on both.
   auto a = Put(Randn(100)), c = Put(Randn(100));

@@ -218,7 +218,8 @@ static void TestContextParamErrors(ic_model_t* model) {
   ic_context_t* ctx = NULL;
 
   ic_context_default_params(&cp);
-  CHECK(cp.indexer_precision == IC_PRECISION_F32 && cp.attention_precision == IC_PRECISION_F32);
+  CHECK(cp.indexer_precision == IC_PRECISION_F32 && cp.attention_precision == IC_PRECISION_F32 &&
+        cp.weight_precision == IC_PRECISION_F32);
   cp.device = IC_DEVICE_CPU;
   cp.indexer_precision = 7;
   CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
@@ -230,6 +231,14 @@ static void TestContextParamErrors(ic_model_t* model) {
   CHECK_MESSAGE_HAS("attention_precision");
   CHECK(ctx == NULL);
   cp.attention_precision = IC_PRECISION_BF16;
+  cp.weight_precision = IC_PRECISION_FP8; /* FP8 weights are not written: a clear error */
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("weight_precision");
+  CHECK(ctx == NULL);
+  cp.weight_precision = 9;
+  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("weight_precision");
+  cp.weight_precision = IC_PRECISION_BF16;
   cp.max_tokens = 64;
   CHECK_OK(ic_context_create(model, &cp, &ctx));
   CHECK_OK(ic_context_free(ctx));

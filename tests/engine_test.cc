@@ -209,6 +209,45 @@ TEST(EngineTest, Bf16AttentionPrecisionChangesLayerZerosOutputByRoundingOnly) {
   EXPECT_LT(err, 1e-2);
 }
 
+// ContextOptions::weight_precision kBF16 moves results by BF16 rounding of the weights and of the GEMM
+// inputs: more than F32 noise, within DESIGN.md §3's BF16 tolerance. Measured where no discrete decision
+// (a top-k selection, an expert choice) can amplify a rounding: layer 0's output with a prompt no longer
+// than top-k (every architecture: MLA / GQA projections, indexer, dense MLP), and the logits of a dense
+// model (every layer, the LM head). FP8 weights are refused at creation, naming the field.
+TEST(EngineTest, Bf16WeightsMoveResultsByRoundingOnly) {
+  for (Architecture arch : {Architecture::kDeepseekV32, Architecture::kGlmMoeDsa, Architecture::kLlamaDsa,
+                            Architecture::kLlama}) {
+    SCOPED_TRACE(std::string(ArchitectureName(arch)));
+    auto model = Synthetic(arch, 4, 16);
+    const bool dense = !model->config.has_indexer;
+    const auto tokens = RandomTokens(dense ? 96 : 16, model->config.vocab_size, 12);
+    std::vector<float> logits[2];
+    std::map<int, std::vector<float>> hidden[2];
+    for (int i = 0; i < 2; ++i) {
+      auto ctx = Context::Create(model, {.max_tokens = 512,
+                                         .weight_precision = i ? kernels::Precision::kBF16 : kernels::Precision::kF32});
+      ASSERT_TRUE(ctx.ok()) << ctx.status();
+      const int seq = *(*ctx)->AddSequence();
+      logits[i].resize(model->config.vocab_size);
+      Segment seg{seq, tokens};
+      ASSERT_TRUE((*ctx)->Forward({&seg, 1}, {.last_logits = logits[i].data(), .hidden_by_layer = &hidden[i]}).ok());
+    }
+    const double err = MaxRelError(hidden[1].at(1), hidden[0].at(1));
+    EXPECT_GT(err, 1e-5);
+    EXPECT_LT(err, 1e-2);
+    if (dense) {
+      const double logit_err = MaxRelError(logits[1], logits[0]);
+      EXPECT_GT(logit_err, 1e-5);
+      EXPECT_LT(logit_err, 2e-2);
+    }
+  }
+  auto model = Synthetic(Architecture::kDeepseekV32, 2, 16);
+  auto fp8 = Context::Create(model, {.weight_precision = kernels::Precision::kFP8});
+  ASSERT_FALSE(fp8.ok());
+  EXPECT_EQ(fp8.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(fp8.status().message()), HasSubstr("weight_precision"));
+}
+
 // ContextOptions::indexer_precision kFP8: the index-K cache is d_I + 4 bytes per token (E4M3 + scale), and
 // layer 0's sets (its inputs do not depend on the indexer) keep most of the F32 sets. A model with
 // index_head_dim 48 (not a power of two: no Hadamard rotation) is refused with the reason.

@@ -80,6 +80,19 @@ class IndexCacheCtypesTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             self.context(attention_precision=1)
 
+    def test_weight_precision(self):
+        toks = _tokens(40, 128, seed=4)
+        with self.context() as f32, self.context(weight_precision="bf16") as bf16:
+            a = f32.prefill(f32.add_sequence(), toks)
+            b = bf16.prefill(bf16.add_sequence(), toks)
+            self.assertEqual(len(a), len(b))
+            # The option reaches the engine (the logits move); how far they move is engine_test's
+            # Bf16WeightsMoveResultsByRoundingOnly (a top-k or expert choice can amplify a rounding here).
+            self.assertTrue(all(math.isfinite(x) for x in b))
+            self.assertNotEqual(a, b)
+        with self.assertRaises(ValueError):
+            self.context(weight_precision="fp8")
+
     def test_decode_matches_prefill(self):
         toks = _tokens(40, 128)
         with self.context() as ctx:

@@ -73,6 +73,7 @@ options:
   --device D             auto | cpu | cuda                                               [auto]
   --indexer-precision P  f32 | bf16 | fp8 (tensor cores with a BF16 / FP8 index-K cache)   [f32]
   --attention-precision P f32 | bf16 (sparse MLA attention on BF16 tensor cores on CUDA)   [f32]
+  --weight-precision P   f32 | bf16 (Linear weights in BF16, cuBLASLt BF16 GEMMs on CUDA)     [f32]
 )";
 
 // The paper's Table 1 (IndexCache, arXiv 2603.12201; 30B DSA model, SGLang dp 8 on 8×H100), from
@@ -92,7 +93,7 @@ constexpr double kPaperShare[2][4] = {{0.27, 0.50, 0.68, 0.81}, {0.27, 0.31, 0.3
 struct PlanRun {
   NamedPlan plan;
   LayerCounts counts;
-  double weights_f32 = 0, per_token_f32 = 0;    // full model, the engine's storage
+  double weights_stored = 0, per_token_stored = 0;    // full model, the engine's storage
   double weights_bf16 = 0, per_token_bf16 = 0;  // what-if
 };
 
@@ -100,8 +101,8 @@ struct PlanRun {
 struct ContextResult {
   int64_t context = 0;
   std::vector<ComposedTime> prefill, decode;
-  std::vector<int64_t> batch_f32, batch_bf16;      // full-cache B (after caps)
-  std::vector<double> full_f32, full_bf16;         // full-cache tokens/s (0 = not run)
+  std::vector<int64_t> batch_stored, batch_bf16;      // full-cache B (after caps)
+  std::vector<double> full_stored, full_bf16;         // full-cache tokens/s (0 = not run)
 };
 
 std::string ContextName(int64_t n) {
@@ -124,7 +125,8 @@ int CmdBenchSampled(int argc, char** argv) {
   CLI_ASSIGN_OR_FAIL(args,
                      Args::Parse(argc, argv,
                                  {"preset", "plans", "contexts", "decode-steps", "max-batch", "prefill-chunk", "warmup",
-                                  "threads", "seed", "device", "layers", "model", "plan-file", "indexer-precision", "attention-precision"},
+                                  "threads", "seed", "device", "layers", "model", "plan-file", "indexer-precision",
+                                  "attention-precision", "weight-precision"},
                                  {"sample-layers"}),
                      cmd);
   if (args.Has("model")) {
@@ -145,8 +147,10 @@ int CmdBenchSampled(int argc, char** argv) {
     return v;
   };
   CLI_ASSIGN_OR_FAIL(steps, int_in("decode-steps", 8, 1, 4096), cmd);
-  CLI_ASSIGN_OR_FAIL(precision, SelectPrecision(args, "indexer-precision"), cmd);
-  CLI_ASSIGN_OR_FAIL(attn_precision, SelectPrecision(args, "attention-precision"), cmd);
+  ContextOptions precisions;
+  if (absl::Status s = SelectPrecisions(args, &precisions); !s.ok()) return Fail(cmd, s);
+  const kernels::Precision precision = precisions.indexer_precision, attn_precision = precisions.attention_precision;
+  const bool w_bf16 = precisions.weight_precision == kernels::Precision::kBF16;
   const bool ik_bf16 = precision == kernels::Precision::kBF16, ik_fp8 = precision == kernels::Precision::kFP8;
   // The index-K cache per token relative to sizing.h's BF16 figure (2·d): F32 ×2, BF16 ×1, FP8 (d + 4) / 2d.
   CLI_ASSIGN_OR_FAIL(max_batch, int_in("max-batch", 256, 0, 65536), cmd);
@@ -213,13 +217,15 @@ int CmdBenchSampled(int argc, char** argv) {
     CLI_ASSIGN_OR_FAIL(plan, ParsePlan(p.pattern, N), cmd);
     CLI_ASSIGN_OR_FAIL(counts, CountLayers(full, plan), cmd);
     r.counts = counts;
-    // The engine today: every weight and cache value F32, embedding and experts replicated (one rank).
+    // The engine today: KV cache F32, embedding and experts replicated (one rank); weights F32, or with
+    // --weight-precision bf16 the Linear weights BF16 and the embedding table (half of `embedding`) F32.
     SizingOptions so{.weights = WeightDType::kBF16, .index_k = IndexKDType::kBF16, .kv = KvDType::kBF16,
                      .plan = &plan, .shared_experts_split_by_tp = false, .embedding_split_by_tp = false};
     CLI_ASSIGN_OR_FAIL(s, ComputeRankSizing(full, so), cmd);
-    r.weights_f32 = 4.0 * static_cast<double>(s.weights().params);
+    r.weights_stored = w_bf16 ? 2.0 * static_cast<double>(s.weights().params) + static_cast<double>(s.embedding.params)
+                           : 4.0 * static_cast<double>(s.weights().params);
     CLI_ASSIGN_OR_FAIL(stored, stored_per_token(full, plan, s), cmd);
-    r.per_token_f32 = stored;
+    r.per_token_stored = stored;
     r.weights_bf16 = static_cast<double>(s.weight_bytes());
     r.per_token_bf16 = static_cast<double>(s.kv_bytes_per_token + s.index_k_bytes_per_token);
     runs.push_back(r);
@@ -296,7 +302,7 @@ int CmdBenchSampled(int argc, char** argv) {
     slice_cap[ci] = std::min<int64_t>(max_batch, slice_budget > per_seq ? static_cast<int64_t>(slice_budget / per_seq) : 1);
     std::set<int64_t> bs;
     for (const PlanRun& r : runs) {
-      for (int64_t b : {full_batch(r.weights_f32, r.per_token_f32, ctx), full_batch(r.weights_bf16, r.per_token_bf16, ctx)}) {
+      for (int64_t b : {full_batch(r.weights_stored, r.per_token_stored, ctx), full_batch(r.weights_bf16, r.per_token_bf16, ctx)}) {
         if (b > 0 && max_batch > 0) bs.insert(std::min(b, slice_cap[ci]));
       }
     }
@@ -305,12 +311,19 @@ int CmdBenchSampled(int argc, char** argv) {
     max_tokens = std::max(max_tokens, seqs * ((ctx + margin + block - 1) / block * block));
   }
 
-  ContextOptions co{.device = device, .max_tokens = max_tokens, .block_size = block,
-                    .prefill_chunk = static_cast<int>(chunk), .plan = slice.plan, .record_metrics = false,
-                    .profile_layers = true, .indexer_precision = precision,
-                    .attention_precision = attn_precision};
+  ContextOptions co = precisions;
+  co.device = device;
+  co.max_tokens = max_tokens;
+  co.block_size = block;
+  co.prefill_chunk = static_cast<int>(chunk);
+  co.plan = slice.plan;
+  co.record_metrics = false;
+  co.profile_layers = true;
   CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), cmd);
-  std::printf("indexer: %s (index-K cache %s); sparse attention: %s\n",
+  std::printf("weights: %s; indexer: %s (index-K cache %s); sparse attention: %s\n",
+              !w_bf16                                ? "F32 (F32 GEMMs)"
+              : device == kernels::DeviceKind::kCuda ? "BF16 (cuBLASLt BF16 GEMMs, F32 accumulation)"
+                                                     : "BF16 (BF16-rounded operands, F32 sgemm on the CPU)",
               device != kernels::DeviceKind::kCuda ? (ik_fp8 || ik_bf16 ? "quantised q and k, F32 sgemm (CPU)" : "F32")
               : ik_fp8 ? "FP8 E4M3 tensor cores" : ik_bf16 ? "BF16 tensor cores" : "F32",
               ik_fp8 ? "FP8 + F32 scale per token" : ik_bf16 ? "BF16" : "F32",
@@ -391,7 +404,7 @@ int CmdBenchSampled(int argc, char** argv) {
       res.prefill.push_back(p);
       res.decode.push_back(d);
       for (int dtype = 0; dtype < 2; ++dtype) {
-        const int64_t want = dtype == 0 ? full_batch(r.weights_f32, r.per_token_f32, L)
+        const int64_t want = dtype == 0 ? full_batch(r.weights_stored, r.per_token_stored, L)
                                         : full_batch(r.weights_bf16, r.per_token_bf16, L);
         const int64_t b = want > 0 && max_batch > 0 ? std::min(want, slice_cap[ci]) : 0;
         double tps = 0;
@@ -399,11 +412,11 @@ int CmdBenchSampled(int argc, char** argv) {
           CLI_ASSIGN_OR_FAIL(step, Compose(full_t[b], r.counts), cmd);
           tps = static_cast<double>(b) / step.seconds;
         }
-        (dtype == 0 ? res.batch_f32 : res.batch_bf16).push_back(want);
-        (dtype == 0 ? res.full_f32 : res.full_bf16).push_back(tps);
+        (dtype == 0 ? res.batch_stored : res.batch_bf16).push_back(want);
+        (dtype == 0 ? res.full_stored : res.full_bf16).push_back(tps);
         if (b > 0 && b < want) {
           std::printf("  note: %s at %s, %s: full-cache batch %lld capped to %lld (--max-batch %lld / slice memory)\n",
-                      r.plan.name.c_str(), ContextName(L).c_str(), dtype == 0 ? "F32" : "BF16",
+                      r.plan.name.c_str(), ContextName(L).c_str(), dtype == 0 ? "as stored" : "all-BF16",
                       static_cast<long long>(want), static_cast<long long>(b), static_cast<long long>(max_batch));
         }
       }
@@ -423,9 +436,9 @@ int CmdBenchSampled(int argc, char** argv) {
                 Gib(std::max(used, 0.0)), device == kernels::DeviceKind::kCuda ? "device" : "host",
                 Gib(static_cast<double>(ru.ru_maxrss) * 1024.0));
     const PlanRun& d0 = runs[dsa_index];
-    std::printf("  full model at this context (estimate, sizing.h): F32 %.2f GiB weights + %.2f GiB cache per sequence; "
-                "BF16 %.2f + %.2f GiB\n",
-                Gib(d0.weights_f32), Gib(d0.per_token_f32 * L), Gib(d0.weights_bf16), Gib(d0.per_token_bf16 * L));
+    std::printf("  full model at this context (estimate, sizing.h): as stored %.2f GiB weights + %.2f GiB cache per "
+                "sequence; all-BF16 %.2f + %.2f GiB\n",
+                Gib(d0.weights_stored), Gib(d0.per_token_stored * L), Gib(d0.weights_bf16), Gib(d0.per_token_bf16 * L));
     std::printf("  %-13s %10s %6s %11s %6s %8s %8s  %-28s %-28s\n", "plan", "prefill s", "xDSA", "decode tok/s",
                 "xDSA", "ix share", "ix share", "saved prefill s", "saved decode ms");
     std::printf("  %-13s %10s %6s %11s %6s %8s %8s  %-28s %-28s\n", "", "", "", "per request", "", "prefill",
@@ -450,7 +463,7 @@ int CmdBenchSampled(int argc, char** argv) {
     }
     std::printf("  KV cache full (one device of %.1f GiB; B = sequences of %lld + %lld tokens beside the full model):\n",
                 Gib(before.total_bytes), static_cast<long long>(L), static_cast<long long>(steps));
-    // "as stored": F32 weights and KV cache, the index-K cache in the chosen indexer precision.
+    // "as stored": the weights in --weight-precision, an F32 KV cache, the index-K cache in the indexer's precision.
     std::printf("  %-13s %18s %10s %6s   %-s\n", "plan", "as stored: B (timed)", "tok/s", "xDSA",
                 "BF16 what-if: B (timed), tok/s, xDSA");
     for (size_t i = 0; i < runs.size(); ++i) {
@@ -462,11 +475,11 @@ int CmdBenchSampled(int argc, char** argv) {
         return b == want ? absl::StrCat(want) : absl::StrCat(want, " (", b, ")");
       };
       std::printf("  %-13s %18s %10.1f %6s   %s, %.1f, %s\n", runs[i].plan.name.c_str(),
-                  batch(res.batch_f32[i]).c_str(), res.full_f32[i], ratio(res.full_f32).c_str(),
+                  batch(res.batch_stored[i]).c_str(), res.full_stored[i], ratio(res.full_stored).c_str(),
                   batch(res.batch_bf16[i]).c_str(), res.full_bf16[i], ratio(res.full_bf16).c_str());
     }
-    if (res.batch_f32[dsa_index] == 0) {
-      std::printf("  (B = 0: the full model's F32 weights leave no room for one sequence of this length)\n");
+    if (res.batch_stored[dsa_index] == 0) {
+      std::printf("  (B = 0: the full model's weights as stored leave no room for one sequence of this length)\n");
     }
     std::fflush(stdout);
     results.push_back(std::move(res));
@@ -486,8 +499,8 @@ int CmdBenchSampled(int argc, char** argv) {
     return 0;
   }
   std::printf("\nAgainst the paper's Table 1 (30B DSA model; SGLang, dp 8 on 8xH100, BF16/FP8 — another system: "
-              "compare ratios, with care;\nours: one device, F32 weights and GEMMs, layer-sampled composition). Paper at 200K: prefill "
-              "19.5 -> 10.7 s (1.82x), decode 58 -> 86 tok/s (1.48x).\n");
+              "compare ratios, with care;\nours: one device, %s weights and GEMMs, layer-sampled composition). Paper at 200K: prefill "
+              "19.5 -> 10.7 s (1.82x), decode 58 -> 86 tok/s (1.48x).\n", w_bf16 ? "BF16" : "F32");
   std::printf("%-24s %-12s %8s %12s %7s %12s %7s\n", "metric", "plan", "context", "ours", "xDSA", "paper", "xDSA");
   for (const ContextResult& res : results) {
     int k = -1;
@@ -497,9 +510,9 @@ int CmdBenchSampled(int argc, char** argv) {
       const PaperRow* paper = nullptr;
       for (const PaperRow& r : kPaper) if (runs[i].plan.name == r.plan) paper = &r;
       if (paper == nullptr) continue;
-      const double ours[3] = {res.prefill[i].seconds, 1.0 / res.decode[i].seconds, res.full_f32[i]};
+      const double ours[3] = {res.prefill[i].seconds, 1.0 / res.decode[i].seconds, res.full_stored[i]};
       const double ours_dsa[3] = {res.prefill[dsa_index].seconds, 1.0 / res.decode[dsa_index].seconds,
-                                  res.full_f32[dsa_index]};
+                                  res.full_stored[dsa_index]};
       const double theirs[3] = {paper->prefill[k], paper->decode[k], paper->full_cache[k]};
       const double theirs_dsa[3] = {kPaper[0].prefill[k], kPaper[0].decode[k], kPaper[0].full_cache[k]};
       const char* metric[3] = {"prefill s", "decode tok/s/request", "full-cache tok/s (*)"};
@@ -516,7 +529,8 @@ int CmdBenchSampled(int argc, char** argv) {
     std::printf("%-24s %-12s %8s %11.0f%% %7s %11.0f%%\n", "indexer share decode", "DSA", ContextName(res.context).c_str(),
                 100 * res.decode[dsa_index].indexer_seconds / res.decode[dsa_index].seconds, "", 100 * kPaperShare[1][k]);
   }
-  std::printf("(*) full-cache tokens/s: ours on one device with F32 weights and caches; the paper's over 8 GPUs.\n");
+  std::printf("(*) full-cache tokens/s: ours on one device with %s weights and an F32 KV cache; the paper's over 8 "
+              "GPUs.\n", w_bf16 ? "BF16" : "F32");
   return 0;
 }
 

@@ -108,6 +108,9 @@ absl::StatusOr<kernels::DeviceKind> SelectDevice(const Args& args) {
   return InvalidArgument("--device must be auto, cpu or cuda; got '", d, "'");
 }
 
+const std::vector<std::string> kPrecisionKeys = {"indexer-precision", "attention-precision", "weight-precision"};
+
+namespace {
 absl::StatusOr<kernels::Precision> SelectPrecision(const Args& args, const std::string& key) {
   const std::string p = args.Get(key, "f32");
   const bool indexer = key == "indexer-precision";
@@ -115,6 +118,23 @@ absl::StatusOr<kernels::Precision> SelectPrecision(const Args& args, const std::
   if (p == "bf16") return kernels::Precision::kBF16;
   if (p == "fp8" && indexer) return kernels::Precision::kFP8;
   return InvalidArgument("--", key, " must be ", indexer ? "f32, bf16 or fp8" : "f32 or bf16", "; got '", p, "'");
+}
+
+const char* PrecisionName(kernels::Precision p) {
+  return p == kernels::Precision::kFP8 ? "fp8" : p == kernels::Precision::kBF16 ? "bf16" : "f32";
+}
+}  // namespace
+
+absl::Status SelectPrecisions(const Args& args, ContextOptions* options) {
+  IC_ASSIGN_OR_RETURN(options->indexer_precision, SelectPrecision(args, "indexer-precision"));
+  IC_ASSIGN_OR_RETURN(options->attention_precision, SelectPrecision(args, "attention-precision"));
+  IC_ASSIGN_OR_RETURN(options->weight_precision, SelectPrecision(args, "weight-precision"));
+  return absl::OkStatus();
+}
+
+std::string DescribePrecisions(const ContextOptions& o) {
+  return absl::StrCat("indexer ", PrecisionName(o.indexer_precision), ", attention ",
+                      PrecisionName(o.attention_precision), ", weights ", PrecisionName(o.weight_precision));
 }
 
 absl::StatusOr<std::vector<NamedPlan>> ParsePlans(const std::string& list, const Model& model) {

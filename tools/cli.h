@@ -36,8 +36,12 @@ absl::StatusOr<std::shared_ptr<const Model>> SelectModel(const Args& args);
 
 // --device auto|cpu|cuda.
 absl::StatusOr<kernels::DeviceKind> SelectDevice(const Args& args);
-// --indexer-precision (`key`): f32 | bf16 | fp8; --attention-precision: f32 | bf16 (default f32).
-absl::StatusOr<kernels::Precision> SelectPrecision(const Args& args, const std::string& key);
+// --indexer-precision f32|bf16|fp8, --attention-precision f32|bf16, --weight-precision f32|bf16 (each
+// default f32) into the matching ContextOptions fields; InvalidArgument naming the option otherwise.
+extern const std::vector<std::string> kPrecisionKeys;
+absl::Status SelectPrecisions(const Args& args, ContextOptions* options);
+// "indexer bf16, attention f32, weights bf16".
+std::string DescribePrecisions(const ContextOptions& options);
 
 // Plans from a comma-separated list: "dsa" (all Full), "1/2", "1/4" (uniform), F/S strings, or
 // "file:PATH". Each gets a display name.

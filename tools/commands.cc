@@ -49,7 +49,8 @@ const std::vector<std::string> kModelKeys = {"model", "plan-file", "device", "se
 constexpr const char* kPrecisionOption =
     "  --indexer-precision P  f32 | bf16 | fp8: the indexer's arithmetic (tensor cores on CUDA; fp8: E4M3\n"
     "                         with per-token scales, DeepSeek-V3.2's)                                [f32]\n"
-    "  --attention-precision P f32 | bf16: attention's arithmetic (bf16: sparse MLA on tensor cores)  [f32]\n";
+    "  --attention-precision P f32 | bf16: attention's arithmetic (bf16: sparse MLA on tensor cores)  [f32]\n"
+    "  --weight-precision P   f32 | bf16: Linear weights held in BF16, GEMMs on BF16 tensor cores      [f32]\n";
 
 // Token counts: at most 2^30, so that sums such as prompt + max-new + 64 (cache slots, int32 positions)
 // cannot overflow; the context then fails with a clear out-of-memory error when they do not fit.
@@ -233,7 +234,7 @@ int CmdRun(int argc, char** argv) {
       "  --plan P               IndexCache plan (dsa, 1/2, 1/4, FSSS…, file:PATH)          [checkpoint]\n"
       "  --stop-at-eos          stop at the model's eos_token_id\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"tokens", "token-file", "max-new", "plan", "indexer-precision", "attention-precision", "attention-precision"}),
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(With(kModelKeys, kPrecisionKeys), {"tokens", "token-file", "max-new", "plan"}),
                                        {"stop-at-eos"}), "run");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "run");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "run");
@@ -254,10 +255,8 @@ int CmdRun(int argc, char** argv) {
     CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plan"), *model), "run");
     pattern = plans[0].pattern;
   }
-  CLI_ASSIGN_OR_FAIL(precision, SelectPrecision(args, "indexer-precision"), "run");
-  CLI_ASSIGN_OR_FAIL(attn_precision, SelectPrecision(args, "attention-precision"), "run");
-  ContextOptions co{.device = device, .max_tokens = static_cast<int64_t>(prompt.size()) + max_new + 64, .plan = pattern,
-                    .indexer_precision = precision, .attention_precision = attn_precision};
+  ContextOptions co{.device = device, .max_tokens = static_cast<int64_t>(prompt.size()) + max_new + 64, .plan = pattern};
+  if (absl::Status s = SelectPrecisions(args, &co); !s.ok()) return Fail("run", s);
   CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), "run");
   CLI_ASSIGN_OR_FAIL(seq, ctx->AddSequence(), "run");
   std::vector<float> logits(c.vocab_size);
@@ -279,10 +278,9 @@ int CmdRun(int argc, char** argv) {
   for (size_t i = 0; i < out.size(); ++i) std::printf("%s%d", i ? "," : "", out[i]);
   std::printf("\n");
   std::fflush(stdout);
-  auto name = [](kernels::Precision p) { return p == kernels::Precision::kFP8 ? "fp8" : p == kernels::Precision::kBF16 ? "bf16" : "f32"; };
   std::fprintf(stderr,
-               "plan %s; indexer %s, attention %s; prefill %zu tokens in %s; %zu tokens generated at %.1f tokens/s\n",
-               ctx->plan().ToString().c_str(), name(precision), name(attn_precision), prompt.size(),
+               "plan %s; %s; prefill %zu tokens in %s; %zu tokens generated at %.1f tokens/s\n",
+               ctx->plan().ToString().c_str(), DescribePrecisions(co).c_str(), prompt.size(),
                FormatSeconds(t1 - t0).c_str(), out.size(), out.size() > 1 ? (out.size() - 1) / (t2 - t1) : 0.0);
   return 0;
 }
@@ -290,16 +288,14 @@ int CmdRun(int argc, char** argv) {
 // eval --report: recall per layer and plan, overlap of the first plan; tables to stdout and DIR.
 absl::Status WriteSelectionReport(std::shared_ptr<const Model> model, const std::vector<std::vector<int32_t>>& windows,
                                   const std::vector<NamedPlan>& plans, kernels::DeviceKind device,
-                                  kernels::Precision indexer_precision, kernels::Precision attention_precision,
-                                  const std::string& dir) {
+                                  const ContextOptions& precisions, const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::PermissionDeniedError(absl::StrCat(dir, ": cannot create: ", ec.message()));
   const int L = model->config.num_hidden_layers;
   std::vector<SelectionReport> reports;
   for (const NamedPlan& p : plans) {
-    IC_ASSIGN_OR_RETURN(SelectionReport r, MeasureSelection(model, windows, p.pattern, device, indexer_precision,
-                                                                        attention_precision));
+    IC_ASSIGN_OR_RETURN(SelectionReport r, MeasureSelection(model, windows, p.pattern, device, precisions));
     reports.push_back(std::move(r));
   }
   std::string recall = "layer";
@@ -357,15 +353,15 @@ int CmdEval(int argc, char** argv) {
       "                         DIR/overlap.png (sdk/selection_report.h)\n"
       "  --report-windows N     windows used by --report                                   [2]\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"token-file", "plans", "context", "max-tokens", "indexer-precision", "attention-precision",
-                                                                     "report", "report-windows"}), {}),
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(With(kModelKeys, kPrecisionKeys), {"token-file", "plans", "context", "max-tokens",
+                                                                                          "report", "report-windows"}), {}),
                      "eval");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "eval");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "eval");
   if (!args.Has("token-file")) return Fail("eval", InvalidArgument("--token-file is required"));
   CLI_ASSIGN_OR_FAIL(tokens, ReadTokenFile(args.Get("token-file"), model->config.vocab_size), "eval");
-  CLI_ASSIGN_OR_FAIL(precision, SelectPrecision(args, "indexer-precision"), "eval");
-  CLI_ASSIGN_OR_FAIL(attn_precision, SelectPrecision(args, "attention-precision"), "eval");
+  ContextOptions precisions;
+  if (absl::Status s = SelectPrecisions(args, &precisions); !s.ok()) return Fail("eval", s);
   CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plans", "dsa,1/2,1/4"), *model), "eval");
   CLI_ASSIGN_OR_FAIL(context, GetIntIn(args, "context", 1024, 2, kMaxTokens), "eval");
   CLI_ASSIGN_OR_FAIL(max_tokens, GetIntIn(args, "max-tokens", 0, 0, std::numeric_limits<int64_t>::max()), "eval");
@@ -404,10 +400,11 @@ int CmdEval(int argc, char** argv) {
   std::printf("%-22s %-*s %10s %12s %10s\n", "plan", model->config.num_hidden_layers, "pattern", "loss", "perplexity",
               "tokens");
   for (const NamedPlan& p : plans) {
-    CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, {.device = device, .max_tokens = context + 64, .plan = p.pattern,
-                                                    .indexer_precision = precision,
-                                                    .attention_precision = attn_precision}),
-                       "eval");
+    ContextOptions co = precisions;
+    co.device = device;
+    co.max_tokens = context + 64;
+    co.plan = p.pattern;
+    CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), "eval");
     double sum = 0;
     int64_t n = 0;
     Progress progress("eval " + p.name, static_cast<int64_t>(windows.size()));
@@ -429,7 +426,7 @@ int CmdEval(int argc, char** argv) {
     for (size_t w = 0; w < windows.size() && static_cast<int64_t>(sample.size()) < report_windows; ++w) {
       sample.emplace_back(windows[w].begin(), windows[w].end());
     }
-    if (absl::Status s = WriteSelectionReport(model, sample, plans, device, precision, attn_precision,
+    if (absl::Status s = WriteSelectionReport(model, sample, plans, device, precisions,
                                                   args.Get("report")); !s.ok()) {
       return Fail("eval", s);
     }
@@ -455,7 +452,7 @@ int CmdBench(int argc, char** argv) {
       "                         glm-5, tiny-dsa) with synthetic weights: `indexcache bench --preset X --help`\n"
       "  --sample-layers        the same for the embedded synthetic model\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(kModelKeys, {"plans", "contexts", "decode-steps", "batch", "warmup", "indexer-precision", "attention-precision", "attention-precision"}), {}),
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(With(kModelKeys, kPrecisionKeys), {"plans", "contexts", "decode-steps", "batch", "warmup"}), {}),
                      "bench");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "bench");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "bench");
@@ -463,8 +460,8 @@ int CmdBench(int argc, char** argv) {
   CLI_ASSIGN_OR_FAIL(steps, GetIntIn(args, "decode-steps", 16, 0, kMaxTokens), "bench");
   CLI_ASSIGN_OR_FAIL(batch, GetIntIn(args, "batch", 1, 1, 4096), "bench");
   CLI_ASSIGN_OR_FAIL(warmup, GetIntIn(args, "warmup", 1, 0, 10), "bench");
-  CLI_ASSIGN_OR_FAIL(precision, SelectPrecision(args, "indexer-precision"), "bench");
-  CLI_ASSIGN_OR_FAIL(attn_precision, SelectPrecision(args, "attention-precision"), "bench");
+  ContextOptions precisions;
+  if (absl::Status s = SelectPrecisions(args, &precisions); !s.ok()) return Fail("bench", s);
   std::vector<int64_t> contexts;
   for (absl::string_view piece : absl::StrSplit(args.Get("contexts", "1024,4096"), ',', absl::SkipEmpty())) {
     int64_t v = 0;
@@ -488,11 +485,10 @@ int CmdBench(int argc, char** argv) {
   for (int64_t ctx_len : contexts) {
     std::vector<int32_t> prompt;
     for (const NamedPlan& p : plans) {
-      ContextOptions co{.device = device,
-                        .max_tokens = (ctx_len + steps + 64) * batch + (warmup > 0 ? ctx_len + 64 : 0),
-                        .plan = p.pattern,
-                        .indexer_precision = precision,
-                        .attention_precision = attn_precision};
+      ContextOptions co = precisions;
+      co.device = device;
+      co.max_tokens = (ctx_len + steps + 64) * batch + (warmup > 0 ? ctx_len + 64 : 0);
+      co.plan = p.pattern;
       CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), "bench");
       if (prompt.empty()) {  // after the context: a length that cannot fit fails above, not in this allocation
         prompt.resize(ctx_len);

@@ -143,6 +143,7 @@ class _ContextParams(ctypes.Structure):
         ("dist_timeout_ms", ctypes.c_int32),
         ("indexer_precision", ctypes.c_int32),
         ("attention_precision", ctypes.c_int32),
+        ("weight_precision", ctypes.c_int32),
     ]
 
 
@@ -578,7 +579,8 @@ class Context:
     world_size (= dp × tp_size), tp_size, ep_size and the dist_id from dist_unique_id() on every rank;
     creation returns once every rank has joined (threads: ctypes releases the GIL while it waits).
     indexer_precision: "f32" (default), "bf16" or "fp8" (DeepSeek-V3.2's E4M3 indexer with per-token
-    scales); attention_precision: "f32" or "bf16" (tensor cores on CUDA; ic_precision_t). ValueError for
+    scales); attention_precision: "f32" or "bf16" (tensor cores on CUDA; ic_precision_t); weight_precision:
+    "f32" or "bf16" (Linear weights held in BF16, BF16 GEMMs with F32 accumulation). ValueError for
     anything else."""
 
     def __init__(self, model: Model, *, device: Device = Device.AUTO, device_ordinal: int = 0,
@@ -587,7 +589,8 @@ class Context:
                  metrics_address: Optional[str] = None, record_metrics: bool = True,
                  rank: int = 0, world_size: int = 1, tp_size: int = 1, ep_size: int = 1,
                  dist_id: Optional[bytes] = None, dist_timeout_ms: Optional[int] = None,
-                 indexer_precision: str = "f32", attention_precision: str = "f32"):
+                 indexer_precision: str = "f32", attention_precision: str = "f32",
+                 weight_precision: str = "f32"):
         self._handle: Optional[int] = None
         if not isinstance(model, Model):
             raise TypeError(f"model must be an indexcache.Model, got {type(model).__name__}")
@@ -611,7 +614,8 @@ class Context:
             params.dist_timeout_ms = _int(dist_timeout_ms, ctypes.c_int32, "dist_timeout_ms")
         precisions = {"f32": 0, "bf16": 1, "fp8": 2}
         for name, value, allowed in (("indexer_precision", indexer_precision, ("f32", "bf16", "fp8")),
-                                     ("attention_precision", attention_precision, ("f32", "bf16"))):
+                                     ("attention_precision", attention_precision, ("f32", "bf16")),
+                                     ("weight_precision", weight_precision, ("f32", "bf16"))):
             if not isinstance(value, str) or value not in allowed:  # (a list is not hashable: check str first)
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
             setattr(params, name, precisions[value])

@@ -76,10 +76,10 @@ extern "C" {
 
 /* The version of this header (kept equal to the CMake project version; the build checks it). */
 #define IC_VERSION_MAJOR 0
-#define IC_VERSION_MINOR 3
+#define IC_VERSION_MINOR 4
 #define IC_VERSION_PATCH 0
 #define IC_VERSION (IC_VERSION_MAJOR * 10000 + IC_VERSION_MINOR * 100 + IC_VERSION_PATCH)
-#define IC_VERSION_STRING "0.3.0"
+#define IC_VERSION_STRING "0.4.0"
 
 /* The version of the loaded library, encoded like IC_VERSION (compare it with IC_VERSION to detect a
  * header/library mismatch). Never fails; thread-safe. */
@@ -216,8 +216,8 @@ IC_API ic_status_t ic_model_plan(const ic_model_t* model, char* buf, size_t buf_
 
 /* ---- Contexts ------------------------------------------------------------------------------------ */
 
-/* Arithmetic of the indexer and of attention (ic_context_params_t.indexer_precision and
- * .attention_precision; kernels/backend.h Precision).
+/* Arithmetic of the indexer, of attention and of the weights (ic_context_params_t.indexer_precision,
+ * .attention_precision and .weight_precision; kernels/backend.h Precision).
  *   IC_PRECISION_F32:  F32 everywhere (the reference).
  *   IC_PRECISION_BF16: inputs rounded to BF16 (round to nearest even), F32 accumulation, on tensor cores on
  *                      CUDA. Indexer: q and the index keys (index-K cache stored in BF16, half the bytes);
@@ -233,7 +233,12 @@ IC_API ic_status_t ic_model_plan(const ic_model_t* model, char* buf, size_t buf_
  *                      (amax / 448 rounded up to a power of two; 132 bytes per token at d = 128), q is
  *                      quantised per (token, head) the same way; mma.sync m16n8k32 on CUDA (8/16/32/64 index heads of dimension 64 or 128;
  *                      other shapes are IC_ERR_INVALID_ARGUMENT on CUDA at the first forward pass). Its
- *                      top-k recalls ≥ 0.99 of the BF16 path's on random inputs at DSA's k = 2048. */
+ *                      top-k recalls ≥ 0.99 of the BF16 path's on random inputs at DSA's k = 2048.
+ * Weights (weight_precision): IC_PRECISION_BF16 holds every Linear weight (attention and indexer
+ *                      projections, dense and expert MLPs, LM head) in BF16 — half the bytes — and runs
+ *                      their GEMMs on BF16 tensor cores (cuBLASLt) with F32 accumulation, activations
+ *                      rounded to BF16 at each GEMM's input; norms, the embedding table and the MoE router
+ *                      stay F32. FP8 weights are IC_ERR_INVALID_ARGUMENT (not written yet). */
 typedef enum ic_precision_t { IC_PRECISION_F32 = 0, IC_PRECISION_BF16 = 1, IC_PRECISION_FP8 = 2 } ic_precision_t;
 
 typedef struct ic_context_params_t {
@@ -268,6 +273,8 @@ typedef struct ic_context_params_t {
   int32_t indexer_precision;   /* ic_precision_t: the lightning indexer's q·k arithmetic; default
                                   IC_PRECISION_F32. Since 0.3. */
   int32_t attention_precision; /* ic_precision_t: attention's arithmetic; default IC_PRECISION_F32. Since 0.3. */
+  int32_t weight_precision;    /* ic_precision_t: the Linear weights' storage and GEMMs (F32 or BF16); default
+                                  IC_PRECISION_F32. Since 0.4. */
 } ic_context_params_t;
 
 /* Fills `params` with the defaults above. Errors: IC_ERR_INVALID_ARGUMENT (params NULL). */

@@ -1,7 +1,10 @@
 // CPU backend: Gemm through OpenBLAS cblas_sgemm (row-major, strides, batches).
 #include <cblas.h>
 
+#include <vector>
+
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_internal.h"
 #include "sdk/status.h"
 
 namespace ic::kernels::cpu {
@@ -30,9 +33,14 @@ absl::Status CpuBackend::Gemm(const GemmArgs& g) {
   if (ldc < g.n) return InvalidArgument("Gemm: ldc = ", ldc, " is smaller than n = ", g.n);
   if (g.batch > 1 && g.stride_c == 0) return InvalidArgument("Gemm: stride_c = 0 with batch = ", g.batch);
   if (g.c == nullptr) return InvalidArgument("Gemm: c is null");
-  if (g.k > 0 && (g.a == nullptr || g.b == nullptr)) {
-    return InvalidArgument("Gemm: ", g.a == nullptr ? "a" : "b", " is null");
+  if (g.b != nullptr && g.b_bf16 != nullptr) return InvalidArgument("Gemm: both b and b_bf16 are set");
+  const bool bf16 = g.b_bf16 != nullptr;
+  if (g.k > 0 && (g.a == nullptr || (g.b == nullptr && !bf16))) {
+    return InvalidArgument("Gemm: ", g.a == nullptr ? "a is null" : "b is null (set b or b_bf16)");
   }
+  // BF16 operands: A rounded to BF16 and B widened, per batch entry, then the same F32 sgemm.
+  std::vector<float> a_round, b_wide;
+  const int b_rows = g.b_transposed ? g.n : g.k, b_cols = g.b_transposed ? g.k : g.n;
   for (int b = 0; b < g.batch; ++b) {
     float* c = g.c + b * g.stride_c;
     if (g.k == 0) {  // C = beta · C (BLAS would read A/B otherwise; beta = 0 clears NaNs as BLAS does)
@@ -42,8 +50,32 @@ absl::Status CpuBackend::Gemm(const GemmArgs& g) {
       }
       continue;
     }
+    const float* a = g.a + b * g.stride_a;
+    const float* w = bf16 ? nullptr : g.b + b * g.stride_b;
+    int lda_used = lda, ldb_used = ldb;
+    if (bf16) {
+      a_round.resize(static_cast<size_t>(g.m) * g.k);
+      for (int i = 0; i < g.m; ++i) {
+        for (int j = 0; j < g.k; ++j) {
+          a_round[static_cast<size_t>(i) * g.k + j] = internal::Bf16ToFloat(internal::FloatToBf16(a[static_cast<int64_t>(i) * lda + j]));
+        }
+      }
+      if (b == 0 || g.stride_b != 0) {  // a broadcast B (stride 0) is widened once
+        const uint16_t* src = g.b_bf16 + b * g.stride_b;
+        b_wide.resize(static_cast<size_t>(b_rows) * b_cols);
+        for (int i = 0; i < b_rows; ++i) {
+          for (int j = 0; j < b_cols; ++j) {
+            b_wide[static_cast<size_t>(i) * b_cols + j] = internal::Bf16ToFloat(src[static_cast<int64_t>(i) * ldb + j]);
+          }
+        }
+      }
+      a = a_round.data();
+      w = b_wide.data();
+      lda_used = g.k;
+      ldb_used = b_cols;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, g.b_transposed ? CblasTrans : CblasNoTrans, g.m, g.n, g.k, g.alpha,
-                g.a + b * g.stride_a, lda, g.b + b * g.stride_b, ldb, g.beta, c, ldc);
+                a, lda_used, w, ldb_used, g.beta, c, ldc);
   }
   return absl::OkStatus();
 }

@@ -1,6 +1,8 @@
 // Tests of the CPU Gemm op against a double-precision loop: odd shapes, both B layouts, leading
-// dimensions, batches (including a broadcast B), alpha/beta, k = 0, and argument validation.
+// dimensions, batches (including a broadcast B), alpha/beta, k = 0, BF16 weights (b_bf16) and argument
+// validation.
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -11,6 +13,21 @@
 namespace ic::kernels::cpu {
 namespace {
 
+// The BF16 value nearest to x (ties to even), computed independently of the backend's bit trick: the
+// significand rounded to 8 bits by nearbyint (the default rounding mode is to-nearest-even).
+double RoundBf16(float x) {
+  int e = 0;
+  const double m = std::frexp(static_cast<double>(x), &e);  // x = m · 2^e, |m| in [0.5, 1)
+  return std::ldexp(std::nearbyint(std::ldexp(m, 8)), e - 8);
+}
+
+uint16_t Bf16Bits(double rounded) {  // the bit pattern of a value RoundBf16 produced
+  const float f = static_cast<float>(rounded);
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
 struct Case {
   int m, n, k, lda, ldb, ldc, batch;
   bool bt;
@@ -18,7 +35,7 @@ struct Case {
   int64_t sa, sb, sc;  // batch strides (sb may be 0: broadcast)
 };
 
-void RunCase(const Case& c, uint32_t seed) {
+void RunCase(const Case& c, uint32_t seed, bool bf16 = false) {
   std::mt19937 rng(seed);
   const int lda = c.lda ? c.lda : c.k, ldb = c.ldb ? c.ldb : (c.bt ? c.k : c.n), ldc = c.ldc ? c.ldc : c.n;
   const int64_t a_size = c.sa * (c.batch - 1) + static_cast<int64_t>(c.m) * lda;
@@ -28,10 +45,21 @@ void RunCase(const Case& c, uint32_t seed) {
   std::vector<float> a = testutil::RandomVector(a_size, rng), b = testutil::RandomVector(b_size, rng);
   std::vector<float> out = testutil::RandomVector(c_size, rng);
   const std::vector<float> before = out;
+  std::vector<uint16_t> b_bits;
+  if (bf16) {  // the reference below then reads the rounded operands
+    for (float& v : b) {
+      v = static_cast<float>(RoundBf16(v));
+      b_bits.push_back(Bf16Bits(v));
+    }
+  }
   CpuBackend cpu;
   GemmArgs g{.c = out.data(), .a = a.data(), .b = b.data(), .m = c.m, .n = c.n, .k = c.k, .lda = c.lda, .ldb = c.ldb,
              .ldc = c.ldc, .b_transposed = c.bt, .alpha = c.alpha, .beta = c.beta, .batch = c.batch,
              .stride_a = c.sa, .stride_b = c.sb, .stride_c = c.sc};
+  if (bf16) {
+    g.b = nullptr;
+    g.b_bf16 = b_bits.data();
+  }
   ASSERT_TRUE(cpu.Gemm(g).ok());
   std::vector<bool> touched(c_size, false);
   for (int bi = 0; bi < c.batch; ++bi) {
@@ -39,7 +67,8 @@ void RunCase(const Case& c, uint32_t seed) {
       for (int j = 0; j < c.n; ++j) {
         double acc = 0.0;
         for (int p = 0; p < c.k; ++p) {
-          const double av = a[bi * c.sa + static_cast<int64_t>(i) * lda + p];
+          const float a_raw = a[bi * c.sa + static_cast<int64_t>(i) * lda + p];
+          const double av = bf16 ? RoundBf16(a_raw) : a_raw;
           const double bv = c.bt ? b[bi * c.sb + static_cast<int64_t>(j) * ldb + p] : b[bi * c.sb + static_cast<int64_t>(p) * ldb + j];
           acc += av * bv;
         }
@@ -61,6 +90,26 @@ TEST(CpuGemm, StridesAlphaBeta) { RunCase({9, 11, 6, 10, 15, 14, 1, true, 0.5f, 
 TEST(CpuGemm, StridesNotTransposed) { RunCase({4, 11, 6, 8, 12, 13, 1, false, 2.0f, 1.0f, 0, 0, 0}, 4); }
 TEST(CpuGemm, Batched) { RunCase({5, 7, 3, 0, 0, 9, 3, true, 1.0f, 0.5f, 20, 25, 50}, 5); }
 TEST(CpuGemm, BatchedBroadcastB) { RunCase({6, 4, 8, 0, 0, 0, 4, false, 1.0f, 0.0f, 48, 0, 24}, 6); }
+
+TEST(CpuGemm, Bf16WeightsDenseTransposed) { RunCase({7, 13, 29, 0, 0, 0, 1, true, 1.0f, 0.0f, 0, 0, 0}, 11, true); }
+TEST(CpuGemm, Bf16WeightsStridesAlphaBeta) { RunCase({9, 11, 6, 10, 15, 14, 1, true, 0.5f, -2.0f, 0, 0, 0}, 12, true); }
+TEST(CpuGemm, Bf16WeightsBatchedNotTransposed) {
+  RunCase({5, 7, 3, 9, 11, 9, 3, false, 1.0f, 0.5f, 20, 40, 50}, 13, true);
+}
+TEST(CpuGemm, Bf16WeightsBatchedBroadcastB) { RunCase({6, 4, 8, 0, 0, 0, 4, false, 1.0f, 0.0f, 48, 0, 24}, 14, true); }
+
+// The rounding differs from F32: a product the F32 path computes exactly comes out rounded.
+TEST(CpuGemm, Bf16RoundsTheActivations) {
+  CpuBackend cpu;
+  const float a = 1.0f + 1.0f / 256 + 1.0f / 1024;  // BF16 neighbours 1 and 1 + 1/128; above their midpoint
+  const uint16_t one = 0x3f80;                       // 1.0 in BF16
+  float c = 0.0f;
+  GemmArgs g{.c = &c, .a = &a, .b_bf16 = &one, .m = 1, .n = 1, .k = 1};
+  ASSERT_TRUE(cpu.Gemm(g).ok());
+  EXPECT_EQ(c, 1.0f + 1.0f / 128);
+  g.b = &a;
+  EXPECT_EQ(cpu.Gemm(g).code(), absl::StatusCode::kInvalidArgument);  // both b and b_bf16
+}
 
 TEST(CpuGemm, ZeroInnerDimensionScalesC) {
   CpuBackend cpu;

@@ -75,11 +75,47 @@ struct GemmKey {
   int64_t sa, sb, sc;
   bool bt, beta_zero;
   int align_a, align_b, align_c;
+  bool bf16;  // BF16 A and B (GemmArgs::b_bf16), F32 C
   auto Tie() const {
     return std::tie(m, n, k, lda, ldb, ldc, batch, sa, sb, sc, bt, beta_zero, align_a, align_b,
-                    align_c);
+                    align_c, bf16);
   }
   bool operator<(const GemmKey& o) const { return Tie() < o.Tie(); }
+};
+
+// A device buffer that grows on demand and is reused across ops (stream-ordered). Growing waits for the
+// stream first: work in flight may still read the old buffer.
+class GrowingBuffer {
+ public:
+  GrowingBuffer() = default;
+  GrowingBuffer(const GrowingBuffer&) = delete;
+  GrowingBuffer& operator=(const GrowingBuffer&) = delete;
+  ~GrowingBuffer() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+  }
+
+  absl::StatusOr<void*> Get(size_t bytes, cudaStream_t stream, int device) {
+    if (bytes <= bytes_) return ptr_;
+    IC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    if (ptr_ != nullptr) IC_CUDA_RETURN_IF_ERROR(cudaFree(ptr_));
+    const size_t want = std::max(bytes, bytes_ * 2);
+    ptr_ = nullptr;
+    bytes_ = 0;
+    const cudaError_t e = cudaMalloc(&ptr_, want);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      ptr_ = nullptr;
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cuda:", device, ": workspace of ", want, " bytes: out of memory"));
+    }
+    IC_CUDA_RETURN_IF_ERROR(e);
+    bytes_ = want;
+    return ptr_;
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
 };
 
 struct GemmPlan {
@@ -103,7 +139,6 @@ class CudaBackend final : public Backend {
     }
     if (lt_ != nullptr) cublasLtDestroy(lt_);
     if (cublas_ws_ != nullptr) cudaFree(cublas_ws_);
-    if (scratch_ != nullptr) cudaFree(scratch_);
     if (dev_err_ != nullptr) cudaFree(dev_err_);
     if (host_err_ != nullptr) cudaFreeHost(host_err_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -235,24 +270,8 @@ class CudaBackend final : public Backend {
   absl::StatusOr<GemmPlan*> GetGemmPlan(const GemmKey& key);
   absl::Status CheckLayout(const TokenLayout& l, const char* op);
 
-  // Grows the scratch buffer to at least `bytes` (synchronising first: work in flight may use it).
-  absl::StatusOr<void*> Scratch(size_t bytes) {
-    if (bytes <= scratch_bytes_) return scratch_;
-    IC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-    if (scratch_ != nullptr) IC_CUDA_RETURN_IF_ERROR(cudaFree(scratch_));
-    const size_t want = std::max(bytes, scratch_bytes_ * 2);
-    scratch_ = nullptr;
-    scratch_bytes_ = 0;
-    const cudaError_t e = cudaMalloc(&scratch_, want);
-    if (e == cudaErrorMemoryAllocation) {
-      cudaGetLastError();
-      return absl::ResourceExhaustedError(
-          absl::StrCat("cuda:", device_, ": workspace of ", want, " bytes: out of memory"));
-    }
-    IC_CUDA_RETURN_IF_ERROR(e);
-    scratch_bytes_ = want;
-    return scratch_;
-  }
+  // The ops' shared workspace, at least `bytes` (Indexer tiles, top-k partials, attention split-K).
+  absl::StatusOr<void*> Scratch(size_t bytes) { return scratch_.Get(bytes, stream_, device_); }
 
   // Waits for the stream and reports the synchronous error slot (Embedding, CrossEntropy).
   absl::Status CheckSyncError(const char* op) {
@@ -309,8 +328,8 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   void* cublas_ws_ = nullptr;
-  void* scratch_ = nullptr;
-  size_t scratch_bytes_ = 0;
+  GrowingBuffer scratch_;
+  GrowingBuffer gemm_a_;   // the BF16 copy of a BF16-weight Gemm's A operand
   DeviceError* dev_err_ = nullptr;   // [0]: checked by the op itself; [1]: reported at Synchronize()
   DeviceError* host_err_ = nullptr;  // pinned mirror
   std::map<GemmKey, GemmPlan> gemm_plans_;
@@ -321,7 +340,8 @@ class CudaBackend final : public Backend {
 // (B, A) swapped: its "A" is our B (transposed iff B is [k,n]… see below), its "B" our A.
 //   b_transposed (B is [n,k], ld ldb): column-major view is [k,n]; we need [n,k] → op T.
 //   otherwise    (B is [k,n], ld ldb): column-major view is [n,k] → op N.
-// F32 compute (CUBLAS_COMPUTE_32F, no TF32) so that results match the CPU reference closely.
+// F32 compute (CUBLAS_COMPUTE_32F, no TF32) so that results match the CPU reference closely; with BF16
+// weights A and B are CUDA_R_16BF (A cast by the backend first) and C stays CUDA_R_32F.
 absl::StatusOr<GemmPlan*> CudaBackend::GetGemmPlan(const GemmKey& key) {
   auto it = gemm_plans_.find(key);
   if (it != gemm_plans_.end()) return &it->second;
@@ -333,9 +353,10 @@ absl::StatusOr<GemmPlan*> CudaBackend::GetGemmPlan(const GemmKey& key) {
   IC_CUBLAS_RETURN_IF_ERROR(
       cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
   // Our B as cuBLASLt's A: rows × cols (column-major) = bt ? k × n : n × k.
-  IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_32F, key.bt ? key.k : key.n,
+  const cudaDataType_t in_type = key.bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan.a, in_type, key.bt ? key.k : key.n,
                                                        key.bt ? key.n : key.k, key.ldb));
-  IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_32F, key.k, key.m, key.lda));
+  IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan.b, in_type, key.k, key.m, key.lda));
   IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan.c, CUDA_R_32F, key.n, key.m, key.ldc));
   if (key.batch > 1) {
     const int32_t batch = key.batch;
@@ -401,21 +422,41 @@ absl::Status CudaBackend::Gemm(const GemmArgs& g) {
     IC_CUDA_RETURN_IF_ERROR(LaunchScale2D(g.c, g.m, g.n, ldc, g.batch, g.stride_c, g.beta, stream_));
     return absl::OkStatus();
   }
-  IC_ARG_CHECK(g.a != nullptr && g.b != nullptr, op, "a or b is null");
-  GemmKey key{g.m, g.n, g.k, lda, ldb, ldc, g.batch,
-              g.batch > 1 ? g.stride_a : 0, g.batch > 1 ? g.stride_b : 0, g.batch > 1 ? g.stride_c : 0,
+  IC_ARG_CHECK(g.b == nullptr || g.b_bf16 == nullptr, op, "both b and b_bf16 are set");
+  IC_ARG_CHECK(g.a != nullptr, op, "a is null");
+  IC_ARG_CHECK(g.b != nullptr || g.b_bf16 != nullptr, op, "b is null (set b or b_bf16)");
+  const bool bf16 = g.b_bf16 != nullptr;
+  // BF16: A is cast into a dense [batch, m, k] BF16 buffer first (stream-ordered; the buffer is reused).
+  const void* a = g.a;
+  const void* b = bf16 ? static_cast<const void*>(g.b_bf16) : g.b;
+  int lda_used = lda;
+  int64_t stride_a = g.stride_a;
+  if (bf16) {
+    const int64_t a_elems = static_cast<int64_t>(g.m) * g.k;
+    auto a16_or = gemm_a_.Get(static_cast<size_t>(a_elems * g.batch) * 2, stream_, device_);
+    if (!a16_or.ok()) return a16_or.status();
+    void* a16 = *a16_or;
+    IC_CUDA_RETURN_IF_ERROR(LaunchCastToBf16(static_cast<uint16_t*>(a16), g.a, g.m, g.k, lda, g.batch,
+                                             g.stride_a, stream_));
+    a = a16;
+    lda_used = g.k;
+    stride_a = a_elems;
+  }
+  const int64_t elem = bf16 ? 2 : 4;
+  GemmKey key{g.m, g.n, g.k, lda_used, ldb, ldc, g.batch,
+              g.batch > 1 ? stride_a : 0, g.batch > 1 ? g.stride_b : 0, g.batch > 1 ? g.stride_c : 0,
               g.b_transposed, g.beta == 0.0f,
-              PointerAlignment(g.a), PointerAlignment(g.b), PointerAlignment(g.c)};
+              PointerAlignment(a), PointerAlignment(b), PointerAlignment(g.c), bf16};
   // Strides enter the alignment too (every batch entry's pointer must meet it).
   if (g.batch > 1) {
-    key.align_a = std::min(key.align_a, BytesAlignment(g.stride_a * 4));
-    key.align_b = std::min(key.align_b, BytesAlignment(g.stride_b * 4));
+    key.align_a = std::min(key.align_a, BytesAlignment(stride_a * elem));
+    key.align_b = std::min(key.align_b, BytesAlignment(g.stride_b * elem));
     key.align_c = std::min(key.align_c, BytesAlignment(g.stride_c * 4));
   }
   auto plan_or = GetGemmPlan(key);
   if (!plan_or.ok()) return plan_or.status();
   GemmPlan* plan = *plan_or;
-  IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(lt_, plan->op, &g.alpha, g.b, plan->a, g.a, plan->b, &g.beta,
+  IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(lt_, plan->op, &g.alpha, b, plan->a, a, plan->b, &g.beta,
                                            g.c, plan->c, g.c, plan->c, &plan->algo, cublas_ws_,
                                            kCublasWorkspaceBytes, stream_));
   return absl::OkStatus();

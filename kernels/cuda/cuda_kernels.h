@@ -53,6 +53,10 @@ cudaError_t LaunchCopy2D(float* dst, const float* src, int rows, int cols, int d
 // c[b][r, 0:cols] *= beta (beta == 0 writes zeros) for `batch` matrices `stride` elements apart.
 cudaError_t LaunchScale2D(float* c, int rows, int cols, int ld, int batch, int64_t stride, float beta,
                           cudaStream_t stream);
+// dst[b][r, c] = BF16(src[b·stride + r·ld + c]) (round to nearest even) into a dense [batch, rows, cols]
+// buffer: the A operand of a BF16-weight Gemm.
+cudaError_t LaunchCastToBf16(uint16_t* dst, const float* src, int rows, int cols, int ld, int batch,
+                             int64_t stride, cudaStream_t stream);
 // out[t, :] = table[ids[t], :]; a bad id is recorded in *err (kErrEmbeddingId) and its row zeroed.
 cudaError_t LaunchEmbedding(float* out, const float* table, const int32_t* ids, int tokens, int dim,
                             int vocab, DeviceError* err, cudaStream_t stream);

@@ -47,6 +47,17 @@ __global__ void Scale2DKernel(float* c, int rows, int cols, int ld, int batch, i
   }
 }
 
+// dst[b][r, c] = bf16(src[b·stride + r·ld + c]) into a dense [batch, rows, cols] buffer.
+__global__ void CastToBf16Kernel(__nv_bfloat16* dst, const float* src, int rows, int cols, int ld,
+                                 int batch, int64_t stride) {
+  const int64_t per = static_cast<int64_t>(rows) * cols, n = per * batch;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = i / per, r = (i % per) / cols, col = i % cols;
+    dst[i] = __float2bfloat16_rn(src[b * stride + r * ld + col]);
+  }
+}
+
 __global__ void EmbeddingKernel(float* out, const float* table, const int32_t* ids, int tokens,
                                 int dim, int vocab, DeviceError* err) {
   const int64_t n = static_cast<int64_t>(tokens) * dim;
@@ -153,6 +164,15 @@ cudaError_t LaunchScale2D(float* c, int rows, int cols, int ld, int batch, int64
   const int64_t n = static_cast<int64_t>(rows) * cols * batch;
   if (n == 0 || beta == 1.0f) return cudaSuccess;
   Scale2DKernel<<<GridFor(n), kThreads, 0, stream>>>(c, rows, cols, ld, batch, stride, beta);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchCastToBf16(uint16_t* dst, const float* src, int rows, int cols, int ld, int batch,
+                             int64_t stride, cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(rows) * cols * batch;
+  if (n == 0) return cudaSuccess;
+  CastToBf16Kernel<<<GridFor(n), kThreads, 0, stream>>>(reinterpret_cast<__nv_bfloat16*>(dst), src, rows,
+                                                         cols, ld, batch, stride);
   return cudaGetLastError();
 }
 
