@@ -66,7 +66,7 @@ options:
   --contexts LIST        context lengths in tokens     [presets: 10000,60000,120000,200000; else 1024,4096]
   --decode-steps N       decode steps timed per batch size                               [8]
   --max-batch N          cap on the full-cache batch (0: skip the full-cache decode)     [256]
-  --prefill-chunk N      tokens per prefill forward pass                                 [512]
+  --prefill-chunk N      tokens per prefill forward pass (chunked prefill; SGLang's usual size)  [8192]
   --warmup N             untimed prefill (≤ 2 chunks) + decode passes before timing      [1]
   --threads N            threads building the synthetic weights (0 = all cores)          [0]
   --seed N               weight seed                                                      [20260312]
@@ -154,7 +154,7 @@ int CmdBenchSampled(int argc, char** argv) {
   const bool ik_bf16 = precision == kernels::Precision::kBF16, ik_fp8 = precision == kernels::Precision::kFP8;
   // The index-K cache per token relative to sizing.h's BF16 figure (2·d): F32 ×2, BF16 ×1, FP8 (d + 4) / 2d.
   CLI_ASSIGN_OR_FAIL(max_batch, int_in("max-batch", 256, 0, 65536), cmd);
-  CLI_ASSIGN_OR_FAIL(chunk, int_in("prefill-chunk", 512, 1, 1 << 20), cmd);
+  CLI_ASSIGN_OR_FAIL(chunk, int_in("prefill-chunk", 8192, 1, 1 << 20), cmd);
   CLI_ASSIGN_OR_FAIL(warmup, int_in("warmup", 1, 0, 10), cmd);
   CLI_ASSIGN_OR_FAIL(threads, int_in("threads", 0, 0, 1024), cmd);
   CLI_ASSIGN_OR_FAIL(seed, int_in("seed", 20260312, 0, std::numeric_limits<int64_t>::max()), cmd);

@@ -118,10 +118,22 @@ class GrowingBuffer {
   size_t bytes_ = 0;
 };
 
+// The rows (m) a Gemm plan is made for: m itself up to 32 (decode batches), else the next power of two.
+// MoE expert GEMMs see a different m at almost every call (the tokens routed to the expert); planning
+// per bucket keeps the cuBLASLt heuristic query (tens of µs) out of the steady state and bounds the cache.
+// The plan's layouts are then set to the call's m before each matmul.
+int GemmRowBucket(int m) {
+  if (m <= 32) return m;
+  int b = 64;
+  while (b < m && b < (1 << 30)) b <<= 1;
+  return b;
+}
+
 struct GemmPlan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  int m = 0;  // the rows b and c are currently laid out for
 };
 
 class CudaBackend final : public Backend {
@@ -398,6 +410,7 @@ absl::StatusOr<GemmPlan*> CudaBackend::GetGemmPlan(const GemmKey& key) {
         " (status ", static_cast<int>(hs), ")"));
   }
   plan.algo = result.algo;
+  plan.m = key.m;
   return &gemm_plans_.emplace(key, plan).first->second;
 }
 
@@ -453,12 +466,32 @@ absl::Status CudaBackend::Gemm(const GemmArgs& g) {
     key.align_b = std::min(key.align_b, BytesAlignment(g.stride_b * elem));
     key.align_c = std::min(key.align_c, BytesAlignment(g.stride_c * 4));
   }
+  // The plan of m's bucket (GemmRowBucket), laid out for this m; should cuBLASLt refuse the bucket's
+  // algorithm for this m, a plan made for exactly this m.
+  key.m = GemmRowBucket(g.m);
+  auto run = [&](GemmPlan* plan) -> cublasStatus_t {
+    if (plan->m != g.m) {
+      const uint64_t cols = static_cast<uint64_t>(g.m);
+      for (cublasLtMatrixLayout_t layout : {plan->b, plan->c}) {
+        const cublasStatus_t st =
+            cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof(cols));
+        if (st != CUBLAS_STATUS_SUCCESS) return st;
+      }
+      plan->m = g.m;
+    }
+    return cublasLtMatmul(lt_, plan->op, &g.alpha, b, plan->a, a, plan->b, &g.beta, g.c, plan->c, g.c, plan->c,
+                          &plan->algo, cublas_ws_, kCublasWorkspaceBytes, stream_);
+  };
   auto plan_or = GetGemmPlan(key);
   if (!plan_or.ok()) return plan_or.status();
-  GemmPlan* plan = *plan_or;
-  IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(lt_, plan->op, &g.alpha, b, plan->a, a, plan->b, &g.beta,
-                                           g.c, plan->c, g.c, plan->c, &plan->algo, cublas_ws_,
-                                           kCublasWorkspaceBytes, stream_));
+  cublasStatus_t st = run(*plan_or);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED && key.m != g.m) {
+    key.m = g.m;
+    plan_or = GetGemmPlan(key);
+    if (!plan_or.ok()) return plan_or.status();
+    st = run(*plan_or);
+  }
+  IC_CUBLAS_RETURN_IF_ERROR(st);
   return absl::OkStatus();
 }
 
