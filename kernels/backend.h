@@ -27,6 +27,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 
 namespace ic::kernels {
 
@@ -248,6 +249,47 @@ struct MoeRouteArgs {
   float routed_scaling_factor = 1.0f;
 };
 
+// The routed experts of a few tokens (decode), fused: for every token t
+//   out[t, :] += Σ_j expert_weights[t, j] · down_e(SiLU(gate_e · x[t]) ⊙ (up_e · x[t])),  e = expert_ids[t, j],
+// j in [0, top_k) summed in that order (deterministic). Expert e's weights (HF Linear layout, dense rows):
+// weights[e] = gate [inter, hidden], weights[experts + e] = up [inter, hidden], weights[2·experts + e] =
+// down [hidden, inter]; `weights` is an array of 3·experts pointers in backend memory. bf16: the weights
+// are BF16 bit patterns and the inputs of both products (x and the SiLU product) are rounded to BF16
+// first, as Gemm with b_bf16 does; F32 accumulation either way. Reads each chosen expert's weights once
+// per (token, j): for a handful of tokens it replaces a gather / GEMM / scatter per expert and the host
+// round trip of the expert ids (the engine uses it for tokens · top_k ≤ kMoeFusedMaxPairs).
+// x, out [tokens, hidden]; expert_ids int32 / expert_weights F32 [tokens, top_k]. An id outside
+// [0, experts) is InvalidArgument (CUDA: reported at the next Synchronize, that token's output unchanged).
+struct MoeExpertsArgs {
+  float* out = nullptr;
+  const float* x = nullptr;
+  const int32_t* expert_ids = nullptr;
+  const float* expert_weights = nullptr;
+  const void* const* weights = nullptr;
+  bool bf16 = false;
+  int tokens = 0, hidden = 0, inter = 0, top_k = 0, experts = 0;
+};
+constexpr int kMoeFusedMaxPairs = 32;
+
+// The argument checks both backends run for MoeExperts (InvalidArgument naming the field).
+inline absl::Status ValidateMoeExperts(const MoeExpertsArgs& a) {
+  if (a.tokens < 0 || a.hidden < 0 || a.inter < 0 || a.top_k < 0 || a.experts < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("MoeExperts: negative size tokens = ", a.tokens, ", hidden = ",
+                                                   a.hidden, ", inter = ", a.inter, ", top_k = ", a.top_k,
+                                                   ", experts = ", a.experts));
+  }
+  if (a.tokens == 0 || a.hidden == 0 || a.top_k == 0) return absl::OkStatus();
+  if (a.experts == 0 || a.inter == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("MoeExperts: experts = ", a.experts, " and inter = ", a.inter,
+                                                   " must be positive"));
+  }
+  if (a.out == nullptr || a.x == nullptr || a.expert_ids == nullptr || a.expert_weights == nullptr ||
+      a.weights == nullptr) {
+    return absl::InvalidArgumentError("MoeExperts: out, x, expert_ids, expert_weights or weights is null");
+  }
+  return absl::OkStatus();
+}
+
 // out[i, :] = in[rows[i], :]  (gather)            in [*, dim], out [count, dim]
 // out[rows[i], :] += scale[i] · in[i, :]  (scatter-add; scale may be nullptr = 1)
 struct RowsArgs {
@@ -314,6 +356,7 @@ class Backend {
   virtual absl::Status IndexerTopk(const IndexerArgs& args) = 0;
   virtual absl::Status Topk(const TopkArgs& args) = 0;
   virtual absl::Status MoeRoute(const MoeRouteArgs& args) = 0;
+  virtual absl::Status MoeExperts(const MoeExpertsArgs& args) = 0;
   virtual absl::Status GatherRows(const RowsArgs& args) = 0;
   virtual absl::Status ScatterAddRows(const RowsArgs& args) = 0;
   virtual absl::Status CrossEntropy(const CrossEntropyArgs& args) = 0;

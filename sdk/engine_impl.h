@@ -84,6 +84,9 @@ struct Context::Impl {
     // rounding its logits would change.
     const float *router = nullptr, *router_bias = nullptr;
     std::vector<Mlp> experts;  // routed experts this rank holds: all, or [expert_begin, + experts.size())
+    // Backend-memory array of the 3 · E expert weight pointers (gate, then up, then down) that
+    // Backend::MoeExperts reads; set when every routed expert is local (no expert group).
+    const void* const* expert_table = nullptr;
     std::optional<Mlp> shared;
   };
   const float* embed = nullptr;
@@ -213,6 +216,28 @@ struct Context::Impl {
   // UploadCols place them, or a BF16 copy (round to nearest even) of the same slice.
   bool bf16_weights = false;
   std::vector<std::vector<uint16_t>> host_keep_bf16;
+  std::vector<std::vector<const void*>> host_keep_tables;
+
+  // The MoeExperts pointer table of `experts` in backend memory (MoeExpertsArgs::weights).
+  absl::StatusOr<const void* const*> UploadExpertTable(const std::vector<Mlp>& experts) {
+    std::vector<const void*> table(3 * experts.size());
+    const size_t E = experts.size();
+    for (size_t e = 0; e < E; ++e) {
+      const Weight* mats[3] = {&experts[e].gate, &experts[e].up, &experts[e].down};
+      for (int m = 0; m < 3; ++m) {
+        table[m * E + e] = mats[m]->bf16 != nullptr ? static_cast<const void*>(mats[m]->bf16) : mats[m]->f32;
+      }
+    }
+    if (backend->kind() == DeviceKind::kCpu) {
+      host_keep_tables.push_back(std::move(table));
+      return host_keep_tables.back().data();
+    }
+    const size_t bytes = table.size() * sizeof(void*);
+    IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(bytes));
+    owned.push_back(p);
+    IC_RETURN_IF_ERROR(backend->CopyToDevice(p, table.data(), bytes));
+    return static_cast<const void* const*>(p);
+  }
 
   absl::StatusOr<Weight> UploadWeight(const HostTensor& t) {
     return UploadWeightSlice(t, 0, t.rows(), 0, t.empty() ? 0 : static_cast<int64_t>(t.data.size()) / t.rows());

@@ -738,6 +738,14 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       } else {
         IC_RETURN_IF_ERROR(be.Memset(attn, 0, static_cast<size_t>(T) * H * sizeof(float)));
       }
+      // A few tokens (decode): the fused routed-expert op, with no host round trip of the expert ids.
+      if (L.expert_table != nullptr && static_cast<int64_t>(T) * TK <= kernels::kMoeFusedMaxPairs) {
+        IC_RETURN_IF_ERROR(be.MoeExperts({.out = attn, .x = h, .expert_ids = eid, .expert_weights = ew,
+                                          .weights = L.expert_table, .bf16 = im.bf16_weights, .tokens = T,
+                                          .hidden = H, .inter = L.experts[0].inter, .top_k = TK, .experts = E}));
+        IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
+        continue;
+      }
       std::vector<int32_t> h_eid(static_cast<size_t>(T) * TK);
       std::vector<float> h_ew(h_eid.size());
       IC_RETURN_IF_ERROR(be.CopyToHost(h_eid.data(), eid, h_eid.size() * sizeof(int32_t)));

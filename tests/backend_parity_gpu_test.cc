@@ -721,6 +721,73 @@ TEST_F(BackendParityTest, GatherScatterRows) {
   }
 }
 
+// Fused routed experts (decode): F32 and BF16 weights, a row length that takes the scalar path (200) and
+// ones that take the 16-byte path (256, 136), random routing with repeats; then a bad expert id.
+TEST_F(BackendParityTest, MoeExperts) {
+  struct Case {
+    int tokens, top_k, experts, hidden, inter;
+  };
+  for (const bool bf16 : {false, true}) {
+    for (const Case& cs : {Case{3, 2, 5, 200, 72}, Case{4, 4, 8, 256, 136}, Case{1, 8, 16, 128, 64}}) {
+      std::vector<Dual<float>> f32_w;
+      std::vector<Dual<uint16_t>> bf16_w;
+      std::vector<const void*> cpu_table, gpu_table;
+      for (int m = 0; m < 3 * cs.experts; ++m) {
+        const std::vector<float> w = Randn(static_cast<size_t>(cs.hidden) * cs.inter, 0.1f);
+        if (bf16) {
+          std::vector<uint16_t> bits(w.size());
+          for (size_t i = 0; i < w.size(); ++i) {
+            uint32_t u;
+            std::memcpy(&u, &w[i], sizeof u);
+            bits[i] = static_cast<uint16_t>(u >> 16);
+          }
+          bf16_w.push_back(Put(bits));
+          cpu_table.push_back(bf16_w.back().c);
+          gpu_table.push_back(bf16_w.back().g);
+        } else {
+          f32_w.push_back(Put(w));
+          cpu_table.push_back(f32_w.back().c);
+          gpu_table.push_back(f32_w.back().g);
+        }
+      }
+      auto ct = Put(cpu_table), gt = Put(gpu_table);
+      std::vector<int32_t> ids(static_cast<size_t>(cs.tokens) * cs.top_k);
+      for (int32_t& e : ids) e = Uniform(0, cs.experts - 1);
+      auto id = Put(ids);
+      auto wts = Put(Randn(ids.size()));
+      auto x = Put(Randn(static_cast<size_t>(cs.tokens) * cs.hidden));
+      auto out = Put(Randn(static_cast<size_t>(cs.tokens) * cs.hidden));
+      MoeExpertsArgs a{.bf16 = bf16, .tokens = cs.tokens, .hidden = cs.hidden, .inter = cs.inter,
+                       .top_k = cs.top_k, .experts = cs.experts};
+      MoeExpertsArgs ac = a, ag = a;
+      ac.out = out.c, ac.x = x.c, ac.expert_ids = id.c, ac.expert_weights = wts.c, ac.weights = ct.c;
+      ag.out = out.g, ag.x = x.g, ag.expert_ids = id.g, ag.expert_weights = wts.g, ag.weights = gt.g;
+      ASSERT_TRUE(cpu_->MoeExperts(ac).ok());
+      const absl::Status st = gpu_->MoeExperts(ag);
+      ASSERT_TRUE(st.ok()) << st;
+      ExpectClose(out, bf16 ? 5e-4 : 1e-5,
+                  std::string(bf16 ? "moe_experts_bf16_h" : "moe_experts_h") + std::to_string(cs.hidden));
+    }
+  }
+  // A bad expert id: InvalidArgument on both (CUDA at the next Synchronize), naming the id.
+  std::vector<float> w = Randn(64);
+  auto m = Put(w);
+  auto ct = Put(std::vector<const void*>(3, m.c)), gt = Put(std::vector<const void*>(3, m.g));
+  auto id = Put(std::vector<int32_t>{3});
+  auto wts = Put(std::vector<float>{1.0f});
+  auto x = Put(Randn(8)), out = Put(Randn(8));
+  MoeExpertsArgs bad{.tokens = 1, .hidden = 8, .inter = 8, .top_k = 1, .experts = 1};
+  MoeExpertsArgs bc = bad, bg = bad;
+  bc.out = out.c, bc.x = x.c, bc.expert_ids = id.c, bc.expert_weights = wts.c, bc.weights = ct.c;
+  bg.out = out.g, bg.x = x.g, bg.expert_ids = id.g, bg.expert_weights = wts.g, bg.weights = gt.g;
+  EXPECT_EQ(cpu_->MoeExperts(bc).code(), absl::StatusCode::kInvalidArgument);
+  absl::Status sync = gpu_->MoeExperts(bg);
+  if (sync.ok()) sync = gpu_->Synchronize();
+  EXPECT_EQ(sync.code(), absl::StatusCode::kInvalidArgument) << sync;
+  EXPECT_NE(sync.message().find("= 3"), std::string::npos) << sync;
+  EXPECT_EQ(Cpu(out), Gpu(out));  // both left the token's output as it was
+}
+
 TEST_F(BackendParityTest, CrossEntropy) {
   const int tokens = 17, vocab = 5003, stride = 5010;
   std::vector<int32_t> targets(tokens);

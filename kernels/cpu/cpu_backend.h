@@ -10,7 +10,7 @@
 //   cpu_attention.cc  dense causal and sparse top-k attention (query tiles × gathered paged K/V, sgemm)
 //   cpu_indexer.cc    lightning indexer scores + top-k (tiled sgemm, ReLU, weighted head sum)
 //   cpu_topk.cc       Topk with the DESIGN.md §3 total order (full-candidate selection)
-//   cpu_moe.cc        MoeRoute (DeepSeek-V3 grouped sigmoid router)
+//   cpu_moe.cc        MoeRoute (DeepSeek-V3 grouped sigmoid router), MoeExperts (fused routed experts)
 //   cpu_loss.cc       CrossEntropy
 //   cpu_layout.cc     paged-cache validation, grouping of query tokens by sequence, row gathers
 //   cpu_parallel.cc   the small thread pool used by the non-BLAS loops (IC_CPU_THREADS overrides its size)
@@ -64,6 +64,7 @@ class CpuBackend final : public Backend {
   absl::Status IndexerTopk(const IndexerArgs& args) override;
   absl::Status Topk(const TopkArgs& args) override;
   absl::Status MoeRoute(const MoeRouteArgs& args) override;
+  absl::Status MoeExperts(const MoeExpertsArgs& args) override;
   absl::Status GatherRows(const RowsArgs& args) override;
   absl::Status ScatterAddRows(const RowsArgs& args) override;
   absl::Status CrossEntropy(const CrossEntropyArgs& args) override;

@@ -85,4 +85,62 @@ absl::Status CpuBackend::MoeRoute(const MoeRouteArgs& a) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Σ_k x[k] · w[k] in F32, w F32 or BF16 bit patterns (widened exactly).
+float Dot(const float* x, const float* w, int n) {
+  float s = 0.0f;
+  for (int k = 0; k < n; ++k) s += x[k] * w[k];
+  return s;
+}
+float Dot(const float* x, const uint16_t* w, int n) {
+  float s = 0.0f;
+  for (int k = 0; k < n; ++k) s += x[k] * internal::Bf16ToFloat(w[k]);
+  return s;
+}
+
+// One token's routed experts (MoeExpertsArgs), weights of type W.
+template <typename W>
+absl::Status TokenExperts(const MoeExpertsArgs& a, int t, std::vector<float>& xin, std::vector<float>& act,
+                          std::vector<float>& acc) {
+  const int H = a.hidden, I = a.inter, E = a.experts;
+  const auto* w = reinterpret_cast<const W* const*>(a.weights);
+  xin.assign(a.x + static_cast<int64_t>(t) * H, a.x + static_cast<int64_t>(t + 1) * H);
+  if (a.bf16) internal::RoundAllToBf16(xin.data(), xin.size());
+  acc.assign(H, 0.0f);
+  for (int j = 0; j < a.top_k; ++j) {
+    const int e = a.expert_ids[static_cast<int64_t>(t) * a.top_k + j];
+    if (e < 0 || e >= E) {
+      return InvalidArgument("MoeExperts: expert_ids[", t, ", ", j, "] = ", e, " is outside [0, experts = ", E, ")");
+    }
+    const W *gate = w[e], *up = w[E + e], *down = w[2 * E + e];
+    act.resize(I);
+    for (int i = 0; i < I; ++i) {
+      const float g = Dot(xin.data(), gate + static_cast<int64_t>(i) * H, H);
+      const float u = Dot(xin.data(), up + static_cast<int64_t>(i) * H, H);
+      act[i] = g / (1.0f + std::exp(-g)) * u;
+    }
+    if (a.bf16) internal::RoundAllToBf16(act.data(), act.size());
+    const float wt = a.expert_weights[static_cast<int64_t>(t) * a.top_k + j];
+    for (int c = 0; c < H; ++c) acc[c] += wt * Dot(act.data(), down + static_cast<int64_t>(c) * I, I);
+  }
+  float* out = a.out + static_cast<int64_t>(t) * H;
+  for (int c = 0; c < H; ++c) out[c] += acc[c];
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// Token by token: the chosen experts' gate / up rows against x, SiLU product, down rows, weighted sum in
+// j order, then one add into out (a bad id leaves that token's output unchanged).
+absl::Status CpuBackend::MoeExperts(const MoeExpertsArgs& a) {
+  IC_RETURN_IF_ERROR(ValidateMoeExperts(a));
+  if (a.tokens == 0 || a.hidden == 0 || a.top_k == 0) return absl::OkStatus();
+  std::vector<float> xin, act, acc;
+  for (int t = 0; t < a.tokens; ++t) {
+    IC_RETURN_IF_ERROR(a.bf16 ? TokenExperts<uint16_t>(a, t, xin, act, acc) : TokenExperts<float>(a, t, xin, act, acc));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace ic::kernels::cpu

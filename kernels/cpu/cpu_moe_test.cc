@@ -8,6 +8,8 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/cpu_test_util.h"
 
 namespace ic::kernels::cpu {
 namespace {
@@ -133,6 +135,93 @@ TEST(CpuMoeRoute, RejectsBadArguments) {
   a = ok;
   a.logits = nullptr;
   EXPECT_EQ(cpu.MoeRoute(a).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// MoeExperts by hand: hidden 2, inter 1, one expert. g = x·gate = 1, u = x·up = 2, act = SiLU(1)·2,
+// y = down·act = [act, 3·act], added to out with weight 0.5.
+TEST(CpuMoeExperts, HandChecked) {
+  CpuBackend cpu;
+  const std::vector<float> x = {1, 2}, gate = {1, 0}, up = {0, 1}, down = {1, 3}, w = {0.5f};
+  const std::vector<int32_t> ids = {0};
+  std::vector<float> out = {10, 20};
+  const void* weights[3] = {gate.data(), up.data(), down.data()};
+  MoeExpertsArgs a{.out = out.data(), .x = x.data(), .expert_ids = ids.data(), .expert_weights = w.data(),
+                   .weights = weights, .tokens = 1, .hidden = 2, .inter = 1, .top_k = 1, .experts = 1};
+  ASSERT_TRUE(cpu.MoeExperts(a).ok());
+  const double act = 2.0 / (1.0 + std::exp(-1.0));
+  EXPECT_NEAR(out[0], 10 + 0.5 * act, 1e-5);
+  EXPECT_NEAR(out[1], 20 + 0.5 * 3 * act, 1e-5);
+}
+
+// Against the unfused path the engine runs for many tokens (Gemm per expert, SiluMul, weighted sum), F32
+// and BF16 weights: the same roundings, so only the summation order differs.
+TEST(CpuMoeExperts, MatchesGemmPerExpert) {
+  for (const bool bf16 : {false, true}) {
+    SCOPED_TRACE(bf16 ? "bf16" : "f32");
+    CpuBackend cpu;
+    std::mt19937 rng(5);
+    const int T = 3, H = 24, I = 10, E = 5, K = 2;
+    std::vector<std::vector<float>> mats(3 * E);
+    std::vector<std::vector<uint16_t>> bits(3 * E);
+    std::vector<const void*> ptrs(3 * E);
+    for (int m = 0; m < 3 * E; ++m) {
+      mats[m] = testutil::RandomVector(static_cast<size_t>(H) * I, rng);
+      for (float& v : mats[m]) {
+        bits[m].push_back(internal::FloatToBf16(v));
+        if (bf16) v = internal::Bf16ToFloat(bits[m].back());
+      }
+      ptrs[m] = bf16 ? static_cast<const void*>(bits[m].data()) : mats[m].data();
+    }
+    const std::vector<float> x = testutil::RandomVector(static_cast<size_t>(T) * H, rng);
+    const std::vector<int32_t> ids = {4, 1, 0, 4, 2, 3};
+    const std::vector<float> w = {0.7f, 0.3f, 1.5f, -0.5f, 0.25f, 0.75f};
+    std::vector<float> fused = testutil::RandomVector(static_cast<size_t>(T) * H, rng), want = fused;
+    MoeExpertsArgs a{.out = fused.data(), .x = x.data(), .expert_ids = ids.data(), .expert_weights = w.data(),
+                     .weights = ptrs.data(), .bf16 = bf16, .tokens = T, .hidden = H, .inter = I, .top_k = K,
+                     .experts = E};
+    ASSERT_TRUE(cpu.MoeExperts(a).ok());
+    for (int t = 0; t < T; ++t) {
+      for (int j = 0; j < K; ++j) {
+        const int e = ids[t * K + j];
+        std::vector<float> g(I), u(I), y(H);
+        auto gemm = [&](float* c, const float* in, int m, int n, int k) {
+          GemmArgs ga{.c = c, .a = in, .m = 1, .n = n, .k = k};
+          if (bf16) {
+            ga.b_bf16 = bits[m].data();
+          } else {
+            ga.b = mats[m].data();
+          }
+          ASSERT_TRUE(cpu.Gemm(ga).ok());
+        };
+        gemm(g.data(), &x[t * H], e, I, H);
+        gemm(u.data(), &x[t * H], E + e, I, H);
+        ASSERT_TRUE(cpu.SiluMul({.out = g.data(), .gate = g.data(), .up = u.data(), .tokens = 1, .dim = I}).ok());
+        gemm(y.data(), g.data(), 2 * E + e, H, I);
+        for (int c = 0; c < H; ++c) want[t * H + c] += w[t * K + j] * y[c];
+      }
+    }
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(fused[i], want[i], 1e-5 * (1 + std::fabs(want[i]))) << i;
+  }
+}
+
+TEST(CpuMoeExperts, RejectsBadArguments) {
+  CpuBackend cpu;
+  const std::vector<float> x = {1, 2}, m = {1, 0}, w = {1.0f};
+  std::vector<float> out = {5, 6};
+  const void* weights[3] = {m.data(), m.data(), m.data()};
+  std::vector<int32_t> ids = {1};  // only expert 0 exists
+  MoeExpertsArgs a{.out = out.data(), .x = x.data(), .expert_ids = ids.data(), .expert_weights = w.data(),
+                   .weights = weights, .tokens = 1, .hidden = 2, .inter = 1, .top_k = 1, .experts = 1};
+  absl::Status st = cpu.MoeExperts(a);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("expert_ids[0, 0] = 1"), std::string::npos) << st;
+  EXPECT_EQ(out, (std::vector<float>{5, 6}));  // left as it was
+  ids[0] = 0;
+  a.weights = nullptr;
+  EXPECT_EQ(cpu.MoeExperts(a).code(), absl::StatusCode::kInvalidArgument);
+  a.weights = weights;
+  a.inter = -1;
+  EXPECT_EQ(cpu.MoeExperts(a).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

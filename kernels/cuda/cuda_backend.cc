@@ -272,6 +272,7 @@ class CudaBackend final : public Backend {
   absl::Status IndexerTopk(const IndexerArgs& a) override;
   absl::Status Topk(const TopkArgs& a) override;
   absl::Status MoeRoute(const MoeRouteArgs& a) override;
+  absl::Status MoeExperts(const MoeExpertsArgs& a) override;
   absl::Status GatherRows(const RowsArgs& a) override;
   absl::Status ScatterAddRows(const RowsArgs& a) override;
   absl::Status CrossEntropy(const CrossEntropyArgs& a) override;
@@ -320,6 +321,9 @@ class CudaBackend final : public Backend {
       case kErrRow:
         return absl::InvalidArgumentError(absl::StrCat(op, ": GatherRows/ScatterAddRows: rows[", e.index,
                                                        "] = ", e.value, " is negative"));
+      case kErrExpert:
+        return absl::InvalidArgumentError(absl::StrCat(op, ": MoeExperts: expert_ids[", e.index, "] = ", e.value,
+                                                       " is outside [0, experts = ", e.limit, ")"));
       case kErrLength:
         return absl::InvalidArgumentError(absl::StrCat(op, ": Topk: lengths[", e.index, "] = ", e.value,
                                                        " out of range [0, stride = ", e.limit, "]"));
@@ -765,6 +769,19 @@ absl::Status CudaBackend::MoeRoute(const MoeRouteArgs& a) {
   IC_CUDA_RETURN_IF_ERROR(LaunchMoeRoute(a.expert_ids, a.expert_weights, a.logits, a.bias, a.tokens,
                                          a.experts, a.top_k, a.n_group, a.topk_group, a.norm_topk_prob,
                                          a.routed_scaling_factor, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::MoeExperts(const MoeExpertsArgs& a) {
+  IC_RETURN_IF_ERROR_(ValidateMoeExperts(a));
+  if (a.tokens == 0 || a.hidden == 0 || a.top_k == 0) return absl::OkStatus();
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  const size_t act_bytes = static_cast<size_t>(a.tokens) * a.top_k * a.inter * sizeof(float);
+  auto act = Scratch(act_bytes);
+  if (!act.ok()) return act.status();
+  IC_CUDA_RETURN_IF_ERROR(LaunchMoeExperts(a.out, static_cast<float*>(*act), a.x, a.expert_ids, a.expert_weights,
+                                           a.weights, a.bf16, a.tokens, a.hidden, a.inter, a.top_k, a.experts,
+                                           &dev_err_[1], stream_));
   return absl::OkStatus();
 }
 

@@ -1,6 +1,8 @@
 // DeepSeek-V3 MoE router (sigmoid scores, bias-corrected choice, group-limited top-k): one thread per
 // token. Selection is repeated arg-max in the total order (value desc, index asc), so ties go to the
 // smaller expert / group index and no per-expert scratch is needed. Experts come out in choice order.
+#include <cuda_bf16.h>
+
 #include "kernels/cuda/common.cuh"
 
 namespace ic::kernels::cuda {
@@ -95,6 +97,117 @@ cudaError_t LaunchMoeRoute(int32_t* expert_ids, float* expert_weights, const flo
   MoeRouteKernel<<<(tokens + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
       expert_ids, expert_weights, logits, bias, tokens, experts, top_k, n_group, topk_group,
       norm_topk_prob, routed_scaling_factor);
+  return cudaGetLastError();
+}
+
+namespace {
+
+// ---- MoeExperts: a few tokens' routed experts as GEMVs over the chosen experts' weights ----
+// Memory-bound (each chosen expert's rows read once per (token, j)); one warp per output row, lanes
+// striding the reduction dimension (16-byte loads of 8 BF16 weights when rows are 16-byte aligned),
+// a warp-shuffle sum. Kernel 1: act[pair, i] = SiLU(gate_e[i]·x) · (up_e[i]·x); kernel 2:
+// out[t, c] += Σ_j w[t, j] · down_e[c]·act[pair] in j order (one writer per element: deterministic).
+
+constexpr int kMoeWarps = 8, kMoeRowsPerWarp = 2;
+constexpr int kMoeRowsPerBlock = kMoeWarps * kMoeRowsPerWarp;
+
+__device__ __forceinline__ float Widen(float v) { return v; }
+__device__ __forceinline__ float Widen(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
+__device__ __forceinline__ float RoundBf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+
+// Σ_k in[k] · w[k] over n for one warp (lane-strided; `round`: in rounded to BF16 first).
+template <typename W>
+__device__ __forceinline__ float WarpDot(const float* in, const W* w, int n, bool round, bool vec) {
+  float s = 0.0f;
+  if constexpr (sizeof(W) == 2) {
+    // 8 weights (16 bytes) per lane per step, when n is a multiple of 8 and both rows 16-byte aligned.
+    if (vec && ((reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(in)) & 15) == 0) {
+      const int lane = threadIdx.x % 32;
+      for (int k = lane * 8; k < n; k += 32 * 8) {
+        const uint4 packed = *reinterpret_cast<const uint4*>(w + k);
+        const uint16_t* wv = reinterpret_cast<const uint16_t*>(&packed);
+        const float4 a = *reinterpret_cast<const float4*>(in + k);
+        const float4 b = *reinterpret_cast<const float4*>(in + k + 4);
+        const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int q = 0; q < 8; ++q) s += (round ? RoundBf16(xs[q]) : xs[q]) * Widen(wv[q]);
+      }
+      return WarpSum(s);
+    }
+  }
+  for (int k = threadIdx.x % 32; k < n; k += 32) {
+    const float v = in[k];
+    s += (round ? RoundBf16(v) : v) * Widen(w[k]);
+  }
+  return WarpSum(s);
+}
+
+template <typename W>
+__global__ void MoeGateUpKernel(float* act, const float* x, const int32_t* ids, const void* const* weights,
+                                int hidden, int inter, int top_k, int experts, bool round, bool vec,
+                                DeviceError* err) {
+  const int pair = blockIdx.x, t = pair / top_k;
+  const int e = ids[pair];
+  if (e < 0 || e >= experts) {
+    if (blockIdx.y == 0 && threadIdx.x == 0) RecordError(err, kErrExpert, pair, e, experts);
+    return;
+  }
+  const W* gate = static_cast<const W*>(weights[e]);
+  const W* up = static_cast<const W*>(weights[experts + e]);
+  const float* xt = x + static_cast<int64_t>(t) * hidden;
+  const int row0 = blockIdx.y * kMoeRowsPerBlock + (threadIdx.x / 32) * kMoeRowsPerWarp;
+  for (int r = row0; r < min(row0 + kMoeRowsPerWarp, inter); ++r) {
+    const float g = WarpDot(xt, gate + static_cast<int64_t>(r) * hidden, hidden, round, vec);
+    const float u = WarpDot(xt, up + static_cast<int64_t>(r) * hidden, hidden, round, vec);
+    if (threadIdx.x % 32 == 0) act[static_cast<int64_t>(pair) * inter + r] = g / (1.0f + expf(-g)) * u;
+  }
+}
+
+template <typename W>
+__global__ void MoeDownKernel(float* out, const float* act, const int32_t* ids, const float* wts,
+                              const void* const* weights, int hidden, int inter, int top_k, int experts,
+                              bool round, bool vec) {
+  const int t = blockIdx.x;
+  for (int j = 0; j < top_k; ++j) {  // a bad id (recorded by MoeGateUpKernel): the token stays unchanged
+    const int e = ids[t * top_k + j];
+    if (e < 0 || e >= experts) return;
+  }
+  const int c0 = blockIdx.y * kMoeRowsPerBlock + (threadIdx.x / 32) * kMoeRowsPerWarp;
+  for (int c = c0; c < min(c0 + kMoeRowsPerWarp, hidden); ++c) {
+    float acc = 0.0f;
+    for (int j = 0; j < top_k; ++j) {
+      const int pair = t * top_k + j;
+      const W* down = static_cast<const W*>(weights[2 * experts + ids[pair]]);
+      acc += wts[pair] * WarpDot(act + static_cast<int64_t>(pair) * inter, down + static_cast<int64_t>(c) * inter,
+                                 inter, round, vec);
+    }
+    if (threadIdx.x % 32 == 0) out[static_cast<int64_t>(t) * hidden + c] += acc;
+  }
+}
+
+}  // namespace
+
+cudaError_t LaunchMoeExperts(float* out, float* act, const float* x, const int32_t* expert_ids,
+                             const float* expert_weights, const void* const* weights, bool bf16, int tokens,
+                             int hidden, int inter, int top_k, int experts, DeviceError* err,
+                             cudaStream_t stream) {
+  if (tokens == 0 || hidden == 0 || top_k == 0) return cudaSuccess;
+  const dim3 block(kMoeWarps * 32);
+  const dim3 g1(tokens * top_k, (inter + kMoeRowsPerBlock - 1) / kMoeRowsPerBlock);
+  const dim3 g2(tokens, (hidden + kMoeRowsPerBlock - 1) / kMoeRowsPerBlock);
+  // 16-byte loads need rows of a multiple of 8 elements (and aligned rows, checked in WarpDot).
+  const bool vec1 = hidden % 8 == 0, vec2 = inter % 8 == 0;
+  if (bf16) {
+    MoeGateUpKernel<uint16_t><<<g1, block, 0, stream>>>(act, x, expert_ids, weights, hidden, inter, top_k, experts,
+                                                        true, vec1, err);
+    MoeDownKernel<uint16_t><<<g2, block, 0, stream>>>(out, act, expert_ids, expert_weights, weights, hidden, inter,
+                                                      top_k, experts, true, vec2);
+  } else {
+    MoeGateUpKernel<float><<<g1, block, 0, stream>>>(act, x, expert_ids, weights, hidden, inter, top_k, experts,
+                                                     false, false, err);
+    MoeDownKernel<float><<<g2, block, 0, stream>>>(out, act, expert_ids, expert_weights, weights, hidden, inter,
+                                                   top_k, experts, false, false);
+  }
   return cudaGetLastError();
 }
 
