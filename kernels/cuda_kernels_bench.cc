@@ -188,6 +188,52 @@ void BM_Gemm(benchmark::State& state) {
 BENCHMARK(BM_Gemm)->Args({4096, 4096, 4096})->Args({1, 2048, 2048})->Args({8192, 2048, 768})
     ->UseRealTime()->Unit(benchmark::kMillisecond);
 
+// BF16 weights (GemmArgs::b_bf16): F32 activations cast to BF16 by the backend, cuBLASLt BF16 tensor cores
+// with F32 accumulation; the time includes the cast. Bytes: F32 A and C, BF16 B.
+void BM_GemmBf16(benchmark::State& state) {
+  const int m = state.range(0), n = state.range(1), k = state.range(2);
+  float* a = Upload(Random(static_cast<size_t>(m) * k, 8));
+  std::vector<uint16_t> bits(static_cast<size_t>(n) * k);
+  std::mt19937 rng(9);
+  for (uint16_t& v : bits) v = static_cast<uint16_t>(0x3c00 + rng() % 0x0400);  // BF16 values in [2^-7, 2^-6)
+  uint16_t* b = Upload(bits);
+  float* c = static_cast<float*>(*Gpu().Allocate(sizeof(float) * m * n));
+  GemmArgs g{.c = c, .a = a, .b_bf16 = b, .m = m, .n = n, .k = k};
+  for (auto _ : state) {
+    if (!Gpu().Gemm(g).ok() || !Gpu().Synchronize().ok()) state.SkipWithError("Gemm failed");
+  }
+  Report(state, 2.0 * m * n * k,
+         4.0 * static_cast<double>(m) * k + 2.0 * static_cast<double>(n) * k + 4.0 * static_cast<double>(m) * n);
+}
+BENCHMARK(BM_GemmBf16)->Args({4096, 4096, 4096})->Args({1, 2048, 2048})->Args({8192, 2048, 768})
+    ->Args({8192, 1536, 2048})->Args({617, 1536, 2048})->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// MoeExperts at the 30B model's decode shape (hidden 2048, expert intermediate 1536, 64 experts, top-4,
+// BF16 weights): `tokens` tokens, each reading its 4 experts' gate, up and down rows once.
+void BM_MoeExperts(benchmark::State& state) {
+  const int tokens = state.range(0), H = 2048, I = 1536, E = 64, K = 4;
+  std::vector<const void*> table(3 * E);
+  std::vector<uint16_t> bits(static_cast<size_t>(H) * I);
+  std::mt19937 rng(11);
+  for (uint16_t& v : bits) v = static_cast<uint16_t>(0x3c00 + rng() % 0x0400);
+  for (auto& p : table) p = Upload(bits);  // 3·64 distinct buffers: no cache reuse between experts
+  const void* const* d_table = reinterpret_cast<const void* const*>(Upload(table));
+  std::vector<int32_t> ids(static_cast<size_t>(tokens) * K);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 17 + 3) % E);
+  int32_t* d_ids = Upload(ids);
+  float* w = Upload(Random(ids.size(), 12));
+  float* x = Upload(Random(static_cast<size_t>(tokens) * H, 13));
+  float* out = Upload(Random(static_cast<size_t>(tokens) * H, 14));
+  MoeExpertsArgs a{.out = out, .x = x, .expert_ids = d_ids, .expert_weights = w, .weights = d_table, .bf16 = true,
+                   .tokens = tokens, .hidden = H, .inter = I, .top_k = K, .experts = E};
+  for (auto _ : state) {
+    if (!Gpu().MoeExperts(a).ok() || !Gpu().Synchronize().ok()) state.SkipWithError("MoeExperts failed");
+  }
+  const double weights = 3.0 * H * I * K * tokens;  // weights read (and multiply-adds) per call
+  Report(state, 2.0 * weights, 2.0 * weights);        // 2 FLOPs and 2 bytes (BF16) per weight
+}
+BENCHMARK(BM_MoeExperts)->Arg(1)->Arg(4)->Arg(8)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 }  // namespace ic::kernels
 

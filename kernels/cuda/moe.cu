@@ -108,7 +108,7 @@ namespace {
 // a warp-shuffle sum. Kernel 1: act[pair, i] = SiLU(gate_e[i]·x) · (up_e[i]·x); kernel 2:
 // out[t, c] += Σ_j w[t, j] · down_e[c]·act[pair] in j order (one writer per element: deterministic).
 
-constexpr int kMoeWarps = 8, kMoeRowsPerWarp = 2;
+constexpr int kMoeWarps = 8, kMoeRowsPerWarp = 1;  // one row per warp: many blocks in flight for 1 token
 constexpr int kMoeRowsPerBlock = kMoeWarps * kMoeRowsPerWarp;
 
 __device__ __forceinline__ float Widen(float v) { return v; }
@@ -123,6 +123,7 @@ __device__ __forceinline__ float WarpDot(const float* in, const W* w, int n, boo
     // 8 weights (16 bytes) per lane per step, when n is a multiple of 8 and both rows 16-byte aligned.
     if (vec && ((reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(in)) & 15) == 0) {
       const int lane = threadIdx.x % 32;
+#pragma unroll 4
       for (int k = lane * 8; k < n; k += 32 * 8) {
         const uint4 packed = *reinterpret_cast<const uint4*>(w + k);
         const uint16_t* wv = reinterpret_cast<const uint16_t*>(&packed);
