@@ -343,6 +343,15 @@ class Backend {
   virtual absl::Status Synchronize() = 0;
   virtual absl::StatusOr<MemoryInfo> GetMemoryInfo() = 0;
 
+  // Timing a stretch of the queued work without synchronising (the engine's indexer metrics).
+  // TimeMark() queues a timestamp behind everything queued so far and returns its id (0, 1, … since the
+  // last ResetTimeMarks()); SecondsBetween(from, to) waits for mark `to` and returns the seconds between
+  // the two marks (CUDA: cudaEvent elapsed time, ~0.5 µs resolution; CPU, whose ops run synchronously:
+  // the host clock at each call). An id not issued since the last reset is InvalidArgument.
+  virtual absl::StatusOr<int> TimeMark() = 0;
+  virtual absl::StatusOr<double> SecondsBetween(int from, int to) = 0;
+  virtual void ResetTimeMarks() = 0;
+
   // Ops (see the args structs above).
   virtual absl::Status Gemm(const GemmArgs& args) = 0;
   virtual absl::Status Embedding(const EmbeddingArgs& args) = 0;

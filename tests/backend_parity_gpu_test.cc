@@ -8,6 +8,7 @@
 //     the next Synchronize(), see kernels/cuda/cuda_backend.h).
 // Without a visible GPU every test is skipped (GTEST_SKIP), never failed.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -786,6 +787,33 @@ TEST_F(BackendParityTest, MoeExperts) {
   EXPECT_EQ(sync.code(), absl::StatusCode::kInvalidArgument) << sync;
   EXPECT_NE(sync.message().find("= 3"), std::string::npos) << sync;
   EXPECT_EQ(Cpu(out), Gpu(out));  // both left the token's output as it was
+}
+
+// Time marks around queued work: a 1024³ F32 GEMM between two marks takes more than zero device time and
+// no more than the host's wall time around it (queue + Synchronize); marks are reusable after a reset.
+TEST_F(BackendParityTest, TimeMarks) {
+  const int n = 1024;
+  auto a = Put(Randn(static_cast<size_t>(n) * n)), c = Out(static_cast<size_t>(n) * n);
+  GemmArgs g{.c = c.g, .a = a.g, .b = a.g, .m = n, .n = n, .k = n};
+  ASSERT_TRUE(gpu_->Gemm(g).ok());  // plan the shape first
+  ASSERT_TRUE(gpu_->Synchronize().ok());
+  for (int round = 0; round < 2; ++round) {
+    gpu_->ResetTimeMarks();
+    const auto t0 = std::chrono::steady_clock::now();
+    auto m0 = gpu_->TimeMark();
+    ASSERT_TRUE(gpu_->Gemm(g).ok());
+    auto m1 = gpu_->TimeMark();
+    ASSERT_TRUE(m0.ok() && m1.ok());
+    EXPECT_EQ(*m0, 0);
+    EXPECT_EQ(*m1, 1);
+    auto dt = gpu_->SecondsBetween(*m0, *m1);
+    ASSERT_TRUE(gpu_->Synchronize().ok());
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_TRUE(dt.ok()) << dt.status();
+    EXPECT_GT(*dt, 0.0);
+    EXPECT_LE(*dt, wall + 1e-4);
+  }
+  EXPECT_EQ(gpu_->SecondsBetween(0, 5).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(BackendParityTest, CrossEntropy) {

@@ -2,6 +2,7 @@
 #include "kernels/cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -73,6 +74,20 @@ absl::StatusOr<void*> CpuBackend::Allocate(size_t bytes) {
 }
 
 void CpuBackend::Free(void* ptr) { std::free(ptr); }
+
+absl::StatusOr<int> CpuBackend::TimeMark() {
+  marks_.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count());
+  return static_cast<int>(marks_.size()) - 1;
+}
+
+absl::StatusOr<double> CpuBackend::SecondsBetween(int from, int to) {
+  const int n = static_cast<int>(marks_.size());
+  if (from < 0 || from >= n || to < 0 || to >= n) {
+    return InvalidArgument("SecondsBetween: marks ", from, " and ", to, " are not both issued (", n,
+                           " since the last reset)");
+  }
+  return marks_[to] - marks_[from];
+}
 
 absl::StatusOr<MemoryInfo> CpuBackend::GetMemoryInfo() {
   // MemAvailable (what can be allocated without swapping) rather than MemFree (which omits reclaimable

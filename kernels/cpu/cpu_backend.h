@@ -30,6 +30,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "kernels/backend.h"
 
@@ -50,6 +51,9 @@ class CpuBackend final : public Backend {
   absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) override;
   absl::Status Memset(void* dst, int value, size_t bytes) override;
   absl::Status Synchronize() override { return absl::OkStatus(); }
+  absl::StatusOr<int> TimeMark() override;
+  absl::StatusOr<double> SecondsBetween(int from, int to) override;
+  void ResetTimeMarks() override { marks_.clear(); }
   absl::StatusOr<MemoryInfo> GetMemoryInfo() override;  // the host's (/proc/meminfo)
 
   absl::Status Gemm(const GemmArgs& args) override;
@@ -69,6 +73,9 @@ class CpuBackend final : public Backend {
   absl::Status ScatterAddRows(const RowsArgs& args) override;
   absl::Status CrossEntropy(const CrossEntropyArgs& args) override;
   absl::Status Hadamard(const HadamardArgs& args) override;
+
+ private:
+  std::vector<double> marks_;  // TimeMark: host seconds
 };
 
 }  // namespace ic::kernels::cpu

@@ -8,6 +8,8 @@
 #include <random>
 #include <vector>
 
+#include <chrono>
+#include <thread>
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_test_util.h"
 
@@ -231,6 +233,27 @@ TEST(CpuBackend, GatherAndScatterAddRows) {
   absl::Status st = cpu.GatherRows({.out = out.data(), .in = in.data(), .rows = rows.data(), .count = 3, .dim = 2});
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("rows[1] = -3"), std::string::npos) << st;
+}
+
+// Time marks: ids count up from 0 after each reset, the seconds between two marks are the host time
+// between the calls (non-negative, and at least a 20 ms sleep placed between them), and an id not issued
+// since the reset is InvalidArgument.
+TEST(CpuBackend, TimeMarks) {
+  CpuBackend cpu;
+  auto m0 = cpu.TimeMark();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  auto m1 = cpu.TimeMark();
+  ASSERT_TRUE(m0.ok() && m1.ok());
+  EXPECT_EQ(*m0, 0);
+  EXPECT_EQ(*m1, 1);
+  auto dt = cpu.SecondsBetween(*m0, *m1);
+  ASSERT_TRUE(dt.ok()) << dt.status();
+  EXPECT_GE(*dt, 0.020);
+  EXPECT_LT(*dt, 10.0);
+  EXPECT_EQ(cpu.SecondsBetween(0, 2).status().code(), absl::StatusCode::kInvalidArgument);
+  cpu.ResetTimeMarks();
+  EXPECT_EQ(cpu.SecondsBetween(0, 1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(*cpu.TimeMark(), 0);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <map>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -149,6 +150,7 @@ class CudaBackend final : public Backend {
       cublasLtMatrixLayoutDestroy(plan.c);
       cublasLtMatmulDescDestroy(plan.op);
     }
+    for (cudaEvent_t ev : marks_) cudaEventDestroy(ev);
     if (lt_ != nullptr) cublasLtDestroy(lt_);
     if (cublas_ws_ != nullptr) cudaFree(cublas_ws_);
     if (dev_err_ != nullptr) cudaFree(dev_err_);
@@ -252,6 +254,30 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  absl::StatusOr<int> TimeMark() override {
+    IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    if (marks_used_ == marks_.size()) {
+      cudaEvent_t ev = nullptr;
+      IC_CUDA_RETURN_IF_ERROR(cudaEventCreate(&ev));
+      marks_.push_back(ev);
+    }
+    IC_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks_[marks_used_], stream_));
+    return static_cast<int>(marks_used_++);
+  }
+
+  absl::StatusOr<double> SecondsBetween(int from, int to) override {
+    const int n = static_cast<int>(marks_used_);
+    IC_ARG_CHECK(from >= 0 && from < n && to >= 0 && to < n, "SecondsBetween", "marks ", from, " and ", to,
+                 " are not both issued (", n, " since the last reset)");
+    IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    IC_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(marks_[to]));
+    float ms = 0.0f;
+    IC_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, marks_[from], marks_[to]));
+    return static_cast<double>(ms) * 1e-3;
+  }
+
+  void ResetTimeMarks() override { marks_used_ = 0; }
+
   absl::StatusOr<MemoryInfo> GetMemoryInfo() override {
     IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
     size_t free_bytes = 0, total_bytes = 0;
@@ -345,6 +371,8 @@ class CudaBackend final : public Backend {
   cublasLtHandle_t lt_ = nullptr;
   void* cublas_ws_ = nullptr;
   GrowingBuffer scratch_;
+  std::vector<cudaEvent_t> marks_;  // TimeMark events, reused after ResetTimeMarks
+  size_t marks_used_ = 0;
   GrowingBuffer gemm_a_;   // the BF16 copy of a BF16-weight Gemm's A operand
   DeviceError* dev_err_ = nullptr;   // [0]: checked by the op itself; [1]: reported at Synchronize()
   DeviceError* host_err_ = nullptr;  // pinned mirror
