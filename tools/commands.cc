@@ -397,6 +397,7 @@ int CmdEval(int argc, char** argv) {
       return Fail("eval", absl::PermissionDeniedError(absl::StrCat("--report ", dir, ": cannot create or write")));
     }
   }
+  std::fprintf(stderr, "eval: %s\n", DescribePrecisions(precisions).c_str());
   std::printf("%-22s %-*s %10s %12s %10s\n", "plan", model->config.num_hidden_layers, "pattern", "loss", "perplexity",
               "tokens");
   for (const NamedPlan& p : plans) {
@@ -478,6 +479,7 @@ int CmdBench(int argc, char** argv) {
   const ModelConfig& c = model->config;
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> dist(0, c.vocab_size - 1);
+  std::fprintf(stderr, "bench: %s\n", DescribePrecisions(precisions).c_str());
   std::printf("%-14s %8s %12s %10s %14s %12s %12s\n", "plan", "context", "prefill", "prefill", "decode tok/s",
               "indexer", "saved");
   std::printf("%-14s %8s %12s %10s %14s %12s %12s\n", "", "", "", "tok/s", "per sequence", "share", "(est.)");
