@@ -260,12 +260,15 @@ struct MoeRouteArgs {
 // round trip of the expert ids (the engine uses it for tokens · top_k ≤ kMoeFusedMaxPairs).
 // x, out [tokens, hidden]; expert_ids int32 / expert_weights F32 [tokens, top_k]. An id outside
 // [0, experts) is InvalidArgument (CUDA: reported at the next Synchronize, that token's output unchanged).
+// Optionally a shared expert of the same intermediate size (shared_gate / shared_up / shared_down, backend
+// memory, all three or none): added with weight 1 after the routed ones, into the same sum.
 struct MoeExpertsArgs {
   float* out = nullptr;
   const float* x = nullptr;
   const int32_t* expert_ids = nullptr;
   const float* expert_weights = nullptr;
   const void* const* weights = nullptr;
+  const void *shared_gate = nullptr, *shared_up = nullptr, *shared_down = nullptr;
   bool bf16 = false;
   int tokens = 0, hidden = 0, inter = 0, top_k = 0, experts = 0;
 };
@@ -286,6 +289,10 @@ inline absl::Status ValidateMoeExperts(const MoeExpertsArgs& a) {
   if (a.out == nullptr || a.x == nullptr || a.expert_ids == nullptr || a.expert_weights == nullptr ||
       a.weights == nullptr) {
     return absl::InvalidArgumentError("MoeExperts: out, x, expert_ids, expert_weights or weights is null");
+  }
+  const int shared = (a.shared_gate != nullptr) + (a.shared_up != nullptr) + (a.shared_down != nullptr);
+  if (shared != 0 && shared != 3) {
+    return absl::InvalidArgumentError("MoeExperts: shared_gate, shared_up and shared_down go together (all or none)");
   }
   return absl::OkStatus();
 }

@@ -62,6 +62,7 @@ struct LinearWeight {
   const uint16_t* bf16 = nullptr;
   int ld = 0;
   bool empty() const { return f32 == nullptr && bf16 == nullptr; }
+  const void* data() const { return bf16 != nullptr ? static_cast<const void*>(bf16) : f32; }
   // The same weight starting `elements` further (a row block of kv_b, say).
   LinearWeight Offset(int64_t elements) const {
     return LinearWeight{f32 != nullptr ? f32 + elements : nullptr, bf16 != nullptr ? bf16 + elements : nullptr, ld};
@@ -225,7 +226,7 @@ struct Context::Impl {
     for (size_t e = 0; e < E; ++e) {
       const Weight* mats[3] = {&experts[e].gate, &experts[e].up, &experts[e].down};
       for (int m = 0; m < 3; ++m) {
-        table[m * E + e] = mats[m]->bf16 != nullptr ? static_cast<const void*>(mats[m]->bf16) : mats[m]->f32;
+        table[m * E + e] = mats[m]->data();
       }
     }
     if (backend->kind() == DeviceKind::kCpu) {

@@ -746,19 +746,29 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
                                       .n_group = c.n_group, .topk_group = c.topk_group,
                                       .norm_topk_prob = c.norm_topk_prob,
                                       .routed_scaling_factor = static_cast<float>(c.routed_scaling_factor)}));
+      // A few tokens (decode): the fused routed-expert op straight into the residual, with no host round
+      // trip of the expert ids; a shared expert of the same size rides along in the same op.
+      if (L.expert_table != nullptr && static_cast<int64_t>(T) * TK <= kernels::kMoeFusedMaxPairs) {
+        const int inter = L.experts[0].inter;
+        const bool fold = L.shared && L.shared->inter == inter;
+        if (L.shared && !fold) {
+          IC_RETURN_IF_ERROR(run_mlp(*L.shared, h, attn, T));
+          IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
+        }
+        IC_RETURN_IF_ERROR(be.MoeExperts({.out = x, .x = h, .expert_ids = eid, .expert_weights = ew,
+                                          .weights = L.expert_table,
+                                          .shared_gate = fold ? L.shared->gate.data() : nullptr,
+                                          .shared_up = fold ? L.shared->up.data() : nullptr,
+                                          .shared_down = fold ? L.shared->down.data() : nullptr,
+                                          .bf16 = im.bf16_weights, .tokens = T, .hidden = H, .inter = inter,
+                                          .top_k = TK, .experts = E}));
+        continue;
+      }
       // Shared experts first (into attn), then routed experts scatter-added.
       if (L.shared) {
         IC_RETURN_IF_ERROR(run_mlp(*L.shared, h, attn, T));
       } else {
         IC_RETURN_IF_ERROR(be.Memset(attn, 0, static_cast<size_t>(T) * H * sizeof(float)));
-      }
-      // A few tokens (decode): the fused routed-expert op, with no host round trip of the expert ids.
-      if (L.expert_table != nullptr && static_cast<int64_t>(T) * TK <= kernels::kMoeFusedMaxPairs) {
-        IC_RETURN_IF_ERROR(be.MoeExperts({.out = attn, .x = h, .expert_ids = eid, .expert_weights = ew,
-                                          .weights = L.expert_table, .bf16 = im.bf16_weights, .tokens = T,
-                                          .hidden = H, .inter = L.experts[0].inter, .top_k = TK, .experts = E}));
-        IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
-        continue;
       }
       std::vector<int32_t> h_eid(static_cast<size_t>(T) * TK);
       std::vector<float> h_ew(h_eid.size());

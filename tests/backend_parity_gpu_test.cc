@@ -723,7 +723,8 @@ TEST_F(BackendParityTest, GatherScatterRows) {
 }
 
 // Fused routed experts (decode): F32 and BF16 weights, a row length that takes the scalar path (200) and
-// ones that take the 16-byte path (256, 136), random routing with repeats; then a bad expert id.
+// ones that take the 16-byte path (256, 136), random routing with repeats, a shared expert in the second
+// case; then a bad expert id.
 TEST_F(BackendParityTest, MoeExperts) {
   struct Case {
     int tokens, top_k, experts, hidden, inter;
@@ -733,7 +734,8 @@ TEST_F(BackendParityTest, MoeExperts) {
       std::vector<Dual<float>> f32_w;
       std::vector<Dual<uint16_t>> bf16_w;
       std::vector<const void*> cpu_table, gpu_table;
-      for (int m = 0; m < 3 * cs.experts; ++m) {
+      const bool with_shared = cs.hidden == 256;
+      for (int m = 0; m < 3 * cs.experts + (with_shared ? 3 : 0); ++m) {  // the last three: the shared expert
         const std::vector<float> w = Randn(static_cast<size_t>(cs.hidden) * cs.inter, 0.1f);
         if (bf16) {
           std::vector<uint16_t> bits(w.size());
@@ -763,6 +765,11 @@ TEST_F(BackendParityTest, MoeExperts) {
       MoeExpertsArgs ac = a, ag = a;
       ac.out = out.c, ac.x = x.c, ac.expert_ids = id.c, ac.expert_weights = wts.c, ac.weights = ct.c;
       ag.out = out.g, ag.x = x.g, ag.expert_ids = id.g, ag.expert_weights = wts.g, ag.weights = gt.g;
+      if (with_shared) {
+        const int s0 = 3 * cs.experts;
+        ac.shared_gate = cpu_table[s0], ac.shared_up = cpu_table[s0 + 1], ac.shared_down = cpu_table[s0 + 2];
+        ag.shared_gate = gpu_table[s0], ag.shared_up = gpu_table[s0 + 1], ag.shared_down = gpu_table[s0 + 2];
+      }
       ASSERT_TRUE(cpu_->MoeExperts(ac).ok());
       const absl::Status st = gpu_->MoeExperts(ag);
       ASSERT_TRUE(st.ok()) << st;

@@ -110,19 +110,26 @@ TEST_F(EngineGpuTest, GoldenCheckpointsMatchTransformersOnTheGpu) {
   }
 }
 
+// The small synthetic models the parity tests run: 4 layers, hidden 128, vocabulary 300, top-k 48, plan
+// FSFS (dense Llama: no plan).
+SyntheticModelOptions SmallModel(Architecture arch) {
+  SyntheticModelOptions o;
+  o.arch = arch;
+  o.num_layers = 4;
+  o.hidden_size = 128;
+  o.vocab_size = 300;
+  o.index_topk = 48;
+  o.plan = arch == Architecture::kLlama ? "" : "FSFS";
+  return o;
+}
+
 TEST_F(EngineGpuTest, SyntheticModelsMatchTheCpuReference) {
   for (Architecture arch : {Architecture::kDeepseekV32, Architecture::kGlmMoeDsa, Architecture::kLlamaDsa,
                             Architecture::kLlama}) {
     SCOPED_TRACE(std::string(ArchitectureName(arch)));
-    SyntheticModelOptions o;
-    o.arch = arch;
-    o.num_layers = 4;
-    o.hidden_size = 128;
-    o.vocab_size = 300;
-    o.index_topk = 48;
+    SyntheticModelOptions o = SmallModel(arch);
     o.index_n_heads = 4;
     o.index_head_dim = 32;
-    o.plan = arch == Architecture::kLlama ? "" : "FSFS";
     auto model = BuildSyntheticModel(o);
     ASSERT_TRUE(model.ok()) << model.status();
     std::mt19937 rng(17);
@@ -155,15 +162,9 @@ TEST_F(EngineGpuTest, Bf16IndexerMatchesTheCpuBf16Reference) {
   };
   for (const Shape& sh : {Shape{Architecture::kDeepseekV32, 16, 64}, Shape{Architecture::kGlmMoeDsa, 8, 128}}) {
     SCOPED_TRACE(std::string(ArchitectureName(sh.arch)));
-    SyntheticModelOptions o;
-    o.arch = sh.arch;
-    o.num_layers = 4;
-    o.hidden_size = 128;
-    o.vocab_size = 300;
-    o.index_topk = 48;
+    SyntheticModelOptions o = SmallModel(sh.arch);
     o.index_n_heads = sh.heads;
     o.index_head_dim = sh.dim;
-    o.plan = "FSFS";
     auto model = BuildSyntheticModel(o);
     ASSERT_TRUE(model.ok()) << model.status();
     std::mt19937 rng(23);
@@ -217,13 +218,7 @@ TEST_F(EngineGpuTest, Bf16WeightsMatchTheCpuBf16Reference) {
   for (Architecture arch : {Architecture::kDeepseekV32, Architecture::kGlmMoeDsa, Architecture::kLlamaDsa,
                             Architecture::kLlama}) {
     SCOPED_TRACE(std::string(ArchitectureName(arch)));
-    SyntheticModelOptions o;
-    o.arch = arch;
-    o.num_layers = 4;
-    o.hidden_size = 128;
-    o.vocab_size = 300;
-    o.index_topk = 48;
-    o.plan = arch == Architecture::kLlama ? "" : "FSFS";
+    const SyntheticModelOptions o = SmallModel(arch);
     auto model = BuildSyntheticModel(o);
     ASSERT_TRUE(model.ok()) << model.status();
     const bool dense = !(*model)->config.has_indexer;

@@ -108,12 +108,21 @@ absl::Status TokenExperts(const MoeExpertsArgs& a, int t, std::vector<float>& xi
   xin.assign(a.x + static_cast<int64_t>(t) * H, a.x + static_cast<int64_t>(t + 1) * H);
   if (a.bf16) internal::RoundAllToBf16(xin.data(), xin.size());
   acc.assign(H, 0.0f);
-  for (int j = 0; j < a.top_k; ++j) {
-    const int e = a.expert_ids[static_cast<int64_t>(t) * a.top_k + j];
-    if (e < 0 || e >= E) {
-      return InvalidArgument("MoeExperts: expert_ids[", t, ", ", j, "] = ", e, " is outside [0, experts = ", E, ")");
+  const bool shared = a.shared_gate != nullptr;
+  for (int j = 0; j < a.top_k + (shared ? 1 : 0); ++j) {  // routed experts in j order, then the shared one
+    const W *gate, *up, *down;
+    float wt = 1.0f;
+    if (j < a.top_k) {
+      const int e = a.expert_ids[static_cast<int64_t>(t) * a.top_k + j];
+      if (e < 0 || e >= E) {
+        return InvalidArgument("MoeExperts: expert_ids[", t, ", ", j, "] = ", e, " is outside [0, experts = ", E, ")");
+      }
+      gate = w[e], up = w[E + e], down = w[2 * E + e];
+      wt = a.expert_weights[static_cast<int64_t>(t) * a.top_k + j];
+    } else {
+      gate = static_cast<const W*>(a.shared_gate), up = static_cast<const W*>(a.shared_up);
+      down = static_cast<const W*>(a.shared_down);
     }
-    const W *gate = w[e], *up = w[E + e], *down = w[2 * E + e];
     act.resize(I);
     for (int i = 0; i < I; ++i) {
       const float g = Dot(xin.data(), gate + static_cast<int64_t>(i) * H, H);
@@ -121,7 +130,6 @@ absl::Status TokenExperts(const MoeExpertsArgs& a, int t, std::vector<float>& xi
       act[i] = g / (1.0f + std::exp(-g)) * u;
     }
     if (a.bf16) internal::RoundAllToBf16(act.data(), act.size());
-    const float wt = a.expert_weights[static_cast<int64_t>(t) * a.top_k + j];
     for (int c = 0; c < H; ++c) acc[c] += wt * Dot(act.data(), down + static_cast<int64_t>(c) * I, I);
   }
   float* out = a.out + static_cast<int64_t>(t) * H;

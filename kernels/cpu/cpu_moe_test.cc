@@ -154,17 +154,19 @@ TEST(CpuMoeExperts, HandChecked) {
 }
 
 // Against the unfused path the engine runs for many tokens (Gemm per expert, SiluMul, weighted sum), F32
-// and BF16 weights: the same roundings, so only the summation order differs.
+// and BF16 weights, with and without a shared expert: the same roundings, so only the summation order
+// differs.
 TEST(CpuMoeExperts, MatchesGemmPerExpert) {
-  for (const bool bf16 : {false, true}) {
-    SCOPED_TRACE(bf16 ? "bf16" : "f32");
+  for (const int variant : {0, 1, 2, 3}) {
+    const bool bf16 = variant & 1, with_shared = variant & 2;
+    SCOPED_TRACE(std::string(bf16 ? "bf16" : "f32") + (with_shared ? " + shared" : ""));
     CpuBackend cpu;
     std::mt19937 rng(5);
     const int T = 3, H = 24, I = 10, E = 5, K = 2;
-    std::vector<std::vector<float>> mats(3 * E);
-    std::vector<std::vector<uint16_t>> bits(3 * E);
-    std::vector<const void*> ptrs(3 * E);
-    for (int m = 0; m < 3 * E; ++m) {
+    std::vector<std::vector<float>> mats(3 * E + 3);  // the last three: the shared expert
+    std::vector<std::vector<uint16_t>> bits(3 * E + 3);
+    std::vector<const void*> ptrs(3 * E + 3);
+    for (int m = 0; m < 3 * E + 3; ++m) {
       mats[m] = testutil::RandomVector(static_cast<size_t>(H) * I, rng);
       for (float& v : mats[m]) {
         bits[m].push_back(internal::FloatToBf16(v));
@@ -179,10 +181,12 @@ TEST(CpuMoeExperts, MatchesGemmPerExpert) {
     MoeExpertsArgs a{.out = fused.data(), .x = x.data(), .expert_ids = ids.data(), .expert_weights = w.data(),
                      .weights = ptrs.data(), .bf16 = bf16, .tokens = T, .hidden = H, .inter = I, .top_k = K,
                      .experts = E};
+    if (with_shared) a.shared_gate = ptrs[3 * E], a.shared_up = ptrs[3 * E + 1], a.shared_down = ptrs[3 * E + 2];
     ASSERT_TRUE(cpu.MoeExperts(a).ok());
     for (int t = 0; t < T; ++t) {
-      for (int j = 0; j < K; ++j) {
-        const int e = ids[t * K + j];
+      for (int j = 0; j < K + (with_shared ? 1 : 0); ++j) {
+        const bool sh = j == K;  // the shared expert: matrices 3E, 3E + 1, 3E + 2, weight 1
+        const int e = sh ? 0 : ids[t * K + j];
         std::vector<float> g(I), u(I), y(H);
         auto gemm = [&](float* c, const float* in, int m, int n, int k) {
           GemmArgs ga{.c = c, .a = in, .m = 1, .n = n, .k = k};
@@ -193,11 +197,11 @@ TEST(CpuMoeExperts, MatchesGemmPerExpert) {
           }
           ASSERT_TRUE(cpu.Gemm(ga).ok());
         };
-        gemm(g.data(), &x[t * H], e, I, H);
-        gemm(u.data(), &x[t * H], E + e, I, H);
+        gemm(g.data(), &x[t * H], sh ? 3 * E : e, I, H);
+        gemm(u.data(), &x[t * H], sh ? 3 * E + 1 : E + e, I, H);
         ASSERT_TRUE(cpu.SiluMul({.out = g.data(), .gate = g.data(), .up = u.data(), .tokens = 1, .dim = I}).ok());
-        gemm(y.data(), g.data(), 2 * E + e, H, I);
-        for (int c = 0; c < H; ++c) want[t * H + c] += w[t * K + j] * y[c];
+        gemm(y.data(), g.data(), sh ? 3 * E + 2 : 2 * E + e, H, I);
+        for (int c = 0; c < H; ++c) want[t * H + c] += (sh ? 1.0f : w[t * K + j]) * y[c];
       }
     }
     for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(fused[i], want[i], 1e-5 * (1 + std::fabs(want[i]))) << i;
@@ -220,6 +224,9 @@ TEST(CpuMoeExperts, RejectsBadArguments) {
   a.weights = nullptr;
   EXPECT_EQ(cpu.MoeExperts(a).code(), absl::StatusCode::kInvalidArgument);
   a.weights = weights;
+  a.shared_gate = m.data();  // without shared_up / shared_down
+  EXPECT_EQ(cpu.MoeExperts(a).code(), absl::StatusCode::kInvalidArgument);
+  a.shared_gate = nullptr;
   a.inter = -1;
   EXPECT_EQ(cpu.MoeExperts(a).code(), absl::StatusCode::kInvalidArgument);
 }

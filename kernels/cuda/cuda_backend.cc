@@ -804,12 +804,12 @@ absl::Status CudaBackend::MoeExperts(const MoeExpertsArgs& a) {
   IC_RETURN_IF_ERROR_(ValidateMoeExperts(a));
   if (a.tokens == 0 || a.hidden == 0 || a.top_k == 0) return absl::OkStatus();
   IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
-  const size_t act_bytes = static_cast<size_t>(a.tokens) * a.top_k * a.inter * sizeof(float);
+  const size_t act_bytes = static_cast<size_t>(a.tokens) * (a.top_k + 1) * a.inter * sizeof(float);
   auto act = Scratch(act_bytes);
   if (!act.ok()) return act.status();
   IC_CUDA_RETURN_IF_ERROR(LaunchMoeExperts(a.out, static_cast<float*>(*act), a.x, a.expert_ids, a.expert_weights,
-                                           a.weights, a.bf16, a.tokens, a.hidden, a.inter, a.top_k, a.experts,
-                                           &dev_err_[1], stream_));
+                                           a.weights, a.shared_gate, a.shared_up, a.shared_down, a.bf16, a.tokens,
+                                           a.hidden, a.inter, a.top_k, a.experts, &dev_err_[1], stream_));
   return absl::OkStatus();
 }
 

@@ -168,12 +168,12 @@ cudaError_t LaunchMoeRoute(int32_t* expert_ids, float* expert_weights, const flo
                            const float* bias, int tokens, int experts, int top_k, int n_group,
                            int topk_group, bool norm_topk_prob, float routed_scaling_factor,
                            cudaStream_t stream);
-// MoeExpertsArgs (backend.h), `act` a [tokens · top_k, inter] F32 workspace. A bad expert id is recorded
-// in *err (kErrExpert) and that token's output left unchanged.
+// MoeExpertsArgs (backend.h), `act` a [tokens · (top_k + 1), inter] F32 workspace (the + 1: a shared
+// expert). A bad expert id is recorded in *err (kErrExpert) and that token's output left unchanged.
 cudaError_t LaunchMoeExperts(float* out, float* act, const float* x, const int32_t* expert_ids,
-                             const float* expert_weights, const void* const* weights, bool bf16, int tokens,
-                             int hidden, int inter, int top_k, int experts, DeviceError* err,
-                             cudaStream_t stream);
+                             const float* expert_weights, const void* const* weights, const void* shared_gate,
+                             const void* shared_up, const void* shared_down, bool bf16, int tokens, int hidden,
+                             int inter, int top_k, int experts, DeviceError* err, cudaStream_t stream);
 
 // ---- cross_entropy.cu ----
 cudaError_t LaunchCrossEntropy(float* loss, const float* logits, const int32_t* targets, int tokens,

@@ -106,7 +106,9 @@ namespace {
 // Memory-bound (each chosen expert's rows read once per (token, j)); one warp per output row, lanes
 // striding the reduction dimension (16-byte loads of 8 BF16 weights when rows are 16-byte aligned),
 // a warp-shuffle sum. Kernel 1: act[pair, i] = SiLU(gate_e[i]·x) · (up_e[i]·x); kernel 2:
-// out[t, c] += Σ_j w[t, j] · down_e[c]·act[pair] in j order (one writer per element: deterministic).
+// out[t, c] += Σ_j w[t, j] · down_e[c]·act[pair] in j order, then the shared expert's down_s[c]·act (one
+// writer per element: deterministic). Pairs: tokens · top_k routed (t · top_k + j), then one shared pair
+// per token (tokens · top_k + t) when there is a shared expert.
 
 constexpr int kMoeWarps = 8, kMoeRowsPerWarp = 1;  // one row per warp: many blocks in flight for 1 token
 constexpr int kMoeRowsPerBlock = kMoeWarps * kMoeRowsPerWarp;
@@ -143,18 +145,31 @@ __device__ __forceinline__ float WarpDot(const float* in, const W* w, int n, boo
   return WarpSum(s);
 }
 
+struct SharedExpert {
+  const void *gate, *up, *down;  // all nullptr: none
+};
+
 template <typename W>
 __global__ void MoeGateUpKernel(float* act, const float* x, const int32_t* ids, const void* const* weights,
-                                int hidden, int inter, int top_k, int experts, bool round, bool vec,
-                                DeviceError* err) {
-  const int pair = blockIdx.x, t = pair / top_k;
-  const int e = ids[pair];
-  if (e < 0 || e >= experts) {
-    if (blockIdx.y == 0 && threadIdx.x == 0) RecordError(err, kErrExpert, pair, e, experts);
-    return;
+                                SharedExpert shared, int tokens, int hidden, int inter, int top_k, int experts,
+                                bool round, bool vec, DeviceError* err) {
+  const int pair = blockIdx.x;
+  const W *gate, *up;
+  int t;
+  if (pair < tokens * top_k) {
+    t = pair / top_k;
+    const int e = ids[pair];
+    if (e < 0 || e >= experts) {
+      if (blockIdx.y == 0 && threadIdx.x == 0) RecordError(err, kErrExpert, pair, e, experts);
+      return;
+    }
+    gate = static_cast<const W*>(weights[e]);
+    up = static_cast<const W*>(weights[experts + e]);
+  } else {
+    t = pair - tokens * top_k;
+    gate = static_cast<const W*>(shared.gate);
+    up = static_cast<const W*>(shared.up);
   }
-  const W* gate = static_cast<const W*>(weights[e]);
-  const W* up = static_cast<const W*>(weights[experts + e]);
   const float* xt = x + static_cast<int64_t>(t) * hidden;
   const int row0 = blockIdx.y * kMoeRowsPerBlock + (threadIdx.x / 32) * kMoeRowsPerWarp;
   for (int r = row0; r < min(row0 + kMoeRowsPerWarp, inter); ++r) {
@@ -166,8 +181,8 @@ __global__ void MoeGateUpKernel(float* act, const float* x, const int32_t* ids, 
 
 template <typename W>
 __global__ void MoeDownKernel(float* out, const float* act, const int32_t* ids, const float* wts,
-                              const void* const* weights, int hidden, int inter, int top_k, int experts,
-                              bool round, bool vec) {
+                              const void* const* weights, SharedExpert shared, int tokens, int hidden, int inter,
+                              int top_k, int experts, bool round, bool vec) {
   const int t = blockIdx.x;
   for (int j = 0; j < top_k; ++j) {  // a bad id (recorded by MoeGateUpKernel): the token stays unchanged
     const int e = ids[t * top_k + j];
@@ -182,6 +197,11 @@ __global__ void MoeDownKernel(float* out, const float* act, const int32_t* ids, 
       acc += wts[pair] * WarpDot(act + static_cast<int64_t>(pair) * inter, down + static_cast<int64_t>(c) * inter,
                                  inter, round, vec);
     }
+    if (shared.down != nullptr) {
+      const W* down = static_cast<const W*>(shared.down);
+      acc += WarpDot(act + static_cast<int64_t>(tokens * top_k + t) * inter, down + static_cast<int64_t>(c) * inter,
+                     inter, round, vec);
+    }
     if (threadIdx.x % 32 == 0) out[static_cast<int64_t>(t) * hidden + c] += acc;
   }
 }
@@ -189,25 +209,27 @@ __global__ void MoeDownKernel(float* out, const float* act, const int32_t* ids, 
 }  // namespace
 
 cudaError_t LaunchMoeExperts(float* out, float* act, const float* x, const int32_t* expert_ids,
-                             const float* expert_weights, const void* const* weights, bool bf16, int tokens,
-                             int hidden, int inter, int top_k, int experts, DeviceError* err,
-                             cudaStream_t stream) {
+                             const float* expert_weights, const void* const* weights, const void* shared_gate,
+                             const void* shared_up, const void* shared_down, bool bf16, int tokens, int hidden,
+                             int inter, int top_k, int experts, DeviceError* err, cudaStream_t stream) {
   if (tokens == 0 || hidden == 0 || top_k == 0) return cudaSuccess;
+  const SharedExpert shared{shared_gate, shared_up, shared_down};
+  const int pairs = tokens * top_k + (shared_gate != nullptr ? tokens : 0);
   const dim3 block(kMoeWarps * 32);
-  const dim3 g1(tokens * top_k, (inter + kMoeRowsPerBlock - 1) / kMoeRowsPerBlock);
+  const dim3 g1(pairs, (inter + kMoeRowsPerBlock - 1) / kMoeRowsPerBlock);
   const dim3 g2(tokens, (hidden + kMoeRowsPerBlock - 1) / kMoeRowsPerBlock);
   // 16-byte loads need rows of a multiple of 8 elements (and aligned rows, checked in WarpDot).
   const bool vec1 = hidden % 8 == 0, vec2 = inter % 8 == 0;
   if (bf16) {
-    MoeGateUpKernel<uint16_t><<<g1, block, 0, stream>>>(act, x, expert_ids, weights, hidden, inter, top_k, experts,
-                                                        true, vec1, err);
-    MoeDownKernel<uint16_t><<<g2, block, 0, stream>>>(out, act, expert_ids, expert_weights, weights, hidden, inter,
-                                                      top_k, experts, true, vec2);
+    MoeGateUpKernel<uint16_t><<<g1, block, 0, stream>>>(act, x, expert_ids, weights, shared, tokens, hidden, inter,
+                                                        top_k, experts, true, vec1, err);
+    MoeDownKernel<uint16_t><<<g2, block, 0, stream>>>(out, act, expert_ids, expert_weights, weights, shared, tokens,
+                                                      hidden, inter, top_k, experts, true, vec2);
   } else {
-    MoeGateUpKernel<float><<<g1, block, 0, stream>>>(act, x, expert_ids, weights, hidden, inter, top_k, experts,
-                                                     false, false, err);
-    MoeDownKernel<float><<<g2, block, 0, stream>>>(out, act, expert_ids, expert_weights, weights, hidden, inter,
-                                                   top_k, experts, false, false);
+    MoeGateUpKernel<float><<<g1, block, 0, stream>>>(act, x, expert_ids, weights, shared, tokens, hidden, inter,
+                                                     top_k, experts, false, false, err);
+    MoeDownKernel<float><<<g2, block, 0, stream>>>(out, act, expert_ids, expert_weights, weights, shared, tokens,
+                                                   hidden, inter, top_k, experts, false, false);
   }
   return cudaGetLastError();
 }
