@@ -212,6 +212,27 @@ absl::StatusOr<std::unique_ptr<parallel::Communicator>> JoinWorld(const ic_dist_
   return absl::InvalidArgumentError(absl::StrCat("dist_id has an unknown backend ", static_cast<int>(backend)));
 }
 
+// A rank that cannot even try to join (a bad field of its params) breaks its in-process group, so that the
+// ranks already waiting return IC_ERR_ABORTED naming it instead of waiting for the timeout. (NCCL ranks:
+// nothing to break before ncclCommInitRank; they wait for dist_timeout_ms.)
+void AbandonWorld(const ic_dist_id_t& id, int rank, const absl::Status& why) {
+  if (std::memcmp(id.bytes, kDistMagic, sizeof kDistMagic) != 0 || id.bytes[8] != kDistInProcess) return;
+  uint64_t pid = 0, key = 0;
+  std::memcpy(&pid, id.bytes + kDistPid, 8);
+  std::memcpy(&key, id.bytes + kDistKey, 8);
+  if (pid != static_cast<uint64_t>(getpid())) return;
+  std::lock_guard<std::mutex> lock(g_pending_mu);
+  PendingGroup& g = PendingGroups()[key];
+  if (!g.broken.empty()) return;
+  g.broken = absl::StrCat("rank ", rank, " could not create its context: ", why.message());
+  for (auto& c : g.comms) {
+    if (c != nullptr) {
+      c->Abort();
+      break;
+    }
+  }
+}
+
 // Cache slots and positions are int32 inside the engine: max_tokens rounded up to whole blocks must fit.
 // (Larger values also overflowed the block arithmetic and surfaced as IC_ERR_INTERNAL "vector::_M_default_append".)
 absl::Status CheckMaxTokens(const ic_context_params_t& p) {
@@ -322,22 +343,31 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
     }
     if (p.struct_size < sizeof(ic_context_params_t)) p.dist_id = nullptr;  // a 0.1 caller's struct
     IC_ASSIGN_OR_RETURN(ic::parallel::ParallelSizes sizes, CheckParallelFields(p));
-    IC_RETURN_IF_ERROR(CheckMaxTokens(p));
-    if (p.device_ordinal < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("ic_context_params_t.device_ordinal must be >= 0, got ", p.device_ordinal));
+    auto read_options = [&]() -> absl::StatusOr<ic::ContextOptions> {
+      IC_RETURN_IF_ERROR(CheckMaxTokens(p));
+      if (p.device_ordinal < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("ic_context_params_t.device_ordinal must be >= 0, got ", p.device_ordinal));
+      }
+      ic::ContextOptions o;
+      IC_ASSIGN_OR_RETURN(o.device, ResolveDevice(EnumFieldValue(p.device), "ic_context_params_t.device"));
+      o.device_ordinal = p.device_ordinal;
+      o.max_tokens = p.max_tokens;
+      o.block_size = p.block_size;
+      o.prefill_chunk = p.prefill_chunk;
+      o.record_metrics = p.record_metrics != 0;
+      IC_ASSIGN_OR_RETURN(o.indexer_precision, ReadPrecision(p.indexer_precision, "indexer_precision"));
+      IC_ASSIGN_OR_RETURN(o.attention_precision, ReadPrecision(p.attention_precision, "attention_precision"));
+      IC_ASSIGN_OR_RETURN(o.weight_precision, ReadPrecision(p.weight_precision, "weight_precision"));
+      if (p.plan != nullptr) o.plan = p.plan;
+      return o;
+    };
+    absl::StatusOr<ic::ContextOptions> o_or = read_options();
+    if (!o_or.ok()) {
+      if (sizes.world_size > 1 && p.dist_id != nullptr) AbandonWorld(*p.dist_id, p.rank, o_or.status());
+      return o_or.status();
     }
-    ic::ContextOptions o;
-    IC_ASSIGN_OR_RETURN(o.device, ResolveDevice(EnumFieldValue(p.device), "ic_context_params_t.device"));
-    o.device_ordinal = p.device_ordinal;
-    o.max_tokens = p.max_tokens;
-    o.block_size = p.block_size;
-    o.prefill_chunk = p.prefill_chunk;
-    o.record_metrics = p.record_metrics != 0;
-    IC_ASSIGN_OR_RETURN(o.indexer_precision, ReadPrecision(p.indexer_precision, "indexer_precision"));
-    IC_ASSIGN_OR_RETURN(o.attention_precision, ReadPrecision(p.attention_precision, "attention_precision"));
-    IC_ASSIGN_OR_RETURN(o.weight_precision, ReadPrecision(p.weight_precision, "weight_precision"));
-    if (p.plan != nullptr) o.plan = p.plan;
+    ic::ContextOptions o = *std::move(o_or);
     auto handle = std::make_unique<ic_context_t>();
     handle->model = m->model;
     if (sizes.world_size > 1) {

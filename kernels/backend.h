@@ -259,7 +259,8 @@ struct MoeRouteArgs {
 // per (token, j): for a handful of tokens it replaces a gather / GEMM / scatter per expert and the host
 // round trip of the expert ids (the engine uses it for tokens · top_k ≤ kMoeFusedMaxPairs).
 // x, out [tokens, hidden]; expert_ids int32 / expert_weights F32 [tokens, top_k]. An id outside
-// [0, experts) is InvalidArgument (CUDA: reported at the next Synchronize, that token's output unchanged).
+// [0, experts), or a chosen expert with a null weight pointer, is InvalidArgument (CUDA: reported at the
+// next Synchronize, that token's output unchanged).
 // Optionally a shared expert of the same intermediate size (shared_gate / shared_up / shared_down, backend
 // memory, all three or none): added with weight 1 after the routed ones, into the same sum.
 struct MoeExpertsArgs {

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,6 +241,14 @@ static void TestContextParamErrors(ic_model_t* model) {
   CHECK_MESSAGE_HAS("weight_precision");
   cp.weight_precision = IC_PRECISION_BF16;
   cp.max_tokens = 64;
+  CHECK_OK(ic_context_create(model, &cp, &ctx));
+  CHECK_OK(ic_context_free(ctx));
+  ctx = NULL;
+  /* A 0.3 caller: its struct ends where weight_precision starts, and its padding (here 0x01 bytes) sits
+   * in reserved0, which is never read; weight_precision beyond its struct_size takes the default. */
+  cp.weight_precision = 9;
+  memset(&cp.reserved0, 1, sizeof cp.reserved0);
+  cp.struct_size = offsetof(ic_context_params_t, weight_precision);
   CHECK_OK(ic_context_create(model, &cp, &ctx));
   CHECK_OK(ic_context_free(ctx));
   ctx = NULL;
@@ -1027,7 +1036,7 @@ static void* RankBody(void* p) {
 typedef struct {
   ic_model_t* model;
   const ic_dist_id_t* id;
-  int rank, world, tp, indexer_precision;
+  int rank, world, tp, indexer_precision, weight_precision;
   ic_status_t status;
   char message[512];
 } JoinArgs;
@@ -1045,6 +1054,7 @@ static void* JoinBody(void* p) {
   cp.dist_id = a->id;
   cp.dist_timeout_ms = 60000;
   cp.indexer_precision = a->indexer_precision;
+  cp.weight_precision = a->weight_precision;
   a->status = ic_context_create(a->model, &cp, &ctx);
   snprintf(a->message, sizeof a->message, "%s", ic_last_error_message());
   ic_context_free(ctx);
@@ -1052,13 +1062,15 @@ static void* JoinBody(void* p) {
 }
 
 static void TestMultiRankMismatch(ic_model_t* model) {
-  /* 0: world sizes differ; 1: tp sizes differ; 2: the same rank joins twice; 3: indexer precisions differ. */
-  struct { int world[2], tp[2], rank[2], ip[2]; } cases[4] = {
-      {{2, 3}, {1, 1}, {0, 1}, {0, 0}}, {{2, 2}, {2, 1}, {0, 1}, {0, 0}}, {{2, 2}, {1, 1}, {0, 0}, {0, 0}},
-      {{2, 2}, {2, 2}, {0, 1}, {IC_PRECISION_FP8, IC_PRECISION_F32}}};
-  const char* expect[4] = {"world_size", "disagree", "already joined", "precision"};
+  /* 0: world sizes differ; 1: tp sizes differ; 2: the same rank joins twice; 3: indexer precisions differ;
+   * 4: rank 0's weight_precision is invalid, so it never joins: rank 1 must not wait for the timeout. */
+  struct { int world[2], tp[2], rank[2], ip[2], wp[2]; } cases[5] = {
+      {{2, 3}, {1, 1}, {0, 1}, {0, 0}, {0, 0}}, {{2, 2}, {2, 1}, {0, 1}, {0, 0}, {0, 0}},
+      {{2, 2}, {1, 1}, {0, 0}, {0, 0}, {0, 0}}, {{2, 2}, {2, 2}, {0, 1}, {IC_PRECISION_FP8, IC_PRECISION_F32}, {0, 0}},
+      {{2, 2}, {2, 2}, {0, 1}, {0, 0}, {7, IC_PRECISION_F32}}};
+  const char* expect[5] = {"world_size", "disagree", "already joined", "precision", "weight_precision"};
   int c, i;
-  for (c = 0; c < 4; ++c) {
+  for (c = 0; c < 5; ++c) {
     ic_dist_id_t id;
     pthread_t threads[2];
     JoinArgs args[2];
@@ -1072,6 +1084,7 @@ static void TestMultiRankMismatch(ic_model_t* model) {
       args[i].world = cases[c].world[i];
       args[i].tp = cases[c].tp[i];
       args[i].indexer_precision = cases[c].ip[i];
+      args[i].weight_precision = cases[c].wp[i];
       pthread_create(&threads[i], NULL, JoinBody, &args[i]);
     }
     for (i = 0; i < 2; ++i) pthread_join(threads[i], NULL);
@@ -1087,6 +1100,11 @@ static void TestMultiRankMismatch(ic_model_t* model) {
             args[i].status == IC_ERR_FAILED_PRECONDITION);
     }
     CHECK(strstr(args[0].message, expect[c]) != NULL || strstr(args[1].message, expect[c]) != NULL);
+    if (c == 4) { /* the waiting rank names the one that could not create its context, and why */
+      if (strstr(args[1].message, "rank 0 could not create its context") == NULL) printf("rank 1: %s\n", args[1].message);
+      CHECK(strstr(args[1].message, "rank 0 could not create its context") != NULL);
+      CHECK(strstr(args[1].message, "weight_precision") != NULL);
+    }
     if (c == 2) { /* both ranks name the duplicate: the one refused, and the one that was waiting */
       for (i = 0; i < 2; ++i) {
         if (strstr(args[i].message, "already joined") == NULL) printf("rank %d: %s\n", i, args[i].message);

@@ -143,6 +143,7 @@ class _ContextParams(ctypes.Structure):
         ("dist_timeout_ms", ctypes.c_int32),
         ("indexer_precision", ctypes.c_int32),
         ("attention_precision", ctypes.c_int32),
+        ("reserved0", ctypes.c_int32),
         ("weight_precision", ctypes.c_int32),
     ]
 

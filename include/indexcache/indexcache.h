@@ -273,6 +273,8 @@ typedef struct ic_context_params_t {
   int32_t indexer_precision;   /* ic_precision_t: the lightning indexer's q·k arithmetic; default
                                   IC_PRECISION_F32. Since 0.3. */
   int32_t attention_precision; /* ic_precision_t: attention's arithmetic; default IC_PRECISION_F32. Since 0.3. */
+  int32_t reserved0;           /* ignored: where 0.3's struct had padding (so that weight_precision lies past
+                                  0.3's struct_size and a 0.3 caller's padding is never read as it) */
   int32_t weight_precision;    /* ic_precision_t: the Linear weights' storage and GEMMs (F32 or BF16); default
                                   IC_PRECISION_F32. Since 0.4. */
 } ic_context_params_t;

@@ -23,6 +23,7 @@ absl::Status CpuBackend::Gemm(const GemmArgs& g) {
     return InvalidArgument("Gemm: negative batch stride stride_a = ", g.stride_a, ", stride_b = ", g.stride_b,
                            ", stride_c = ", g.stride_c);
   }
+  if (g.b != nullptr && g.b_bf16 != nullptr) return InvalidArgument("Gemm: both b and b_bf16 are set");
   if (g.m == 0 || g.n == 0 || g.batch == 0) return absl::OkStatus();
   const int lda = g.lda == 0 ? g.k : g.lda;
   const int ldb = g.ldb == 0 ? (g.b_transposed ? g.k : g.n) : g.ldb;
@@ -33,7 +34,6 @@ absl::Status CpuBackend::Gemm(const GemmArgs& g) {
   if (ldc < g.n) return InvalidArgument("Gemm: ldc = ", ldc, " is smaller than n = ", g.n);
   if (g.batch > 1 && g.stride_c == 0) return InvalidArgument("Gemm: stride_c = 0 with batch = ", g.batch);
   if (g.c == nullptr) return InvalidArgument("Gemm: c is null");
-  if (g.b != nullptr && g.b_bf16 != nullptr) return InvalidArgument("Gemm: both b and b_bf16 are set");
   const bool bf16 = g.b_bf16 != nullptr;
   if (g.k > 0 && (g.a == nullptr || (g.b == nullptr && !bf16))) {
     return InvalidArgument("Gemm: ", g.a == nullptr ? "a is null" : "b is null (set b or b_bf16)");

@@ -109,6 +109,8 @@ TEST(CpuGemm, Bf16RoundsTheActivations) {
   EXPECT_EQ(c, 1.0f + 1.0f / 128);
   g.b = &a;
   EXPECT_EQ(cpu.Gemm(g).code(), absl::StatusCode::kInvalidArgument);  // both b and b_bf16
+  g.m = 0;
+  EXPECT_EQ(cpu.Gemm(g).code(), absl::StatusCode::kInvalidArgument);  // even with nothing to compute
 }
 
 TEST(CpuGemm, ZeroInnerDimensionScalesC) {

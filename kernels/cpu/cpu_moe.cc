@@ -118,6 +118,9 @@ absl::Status TokenExperts(const MoeExpertsArgs& a, int t, std::vector<float>& xi
         return InvalidArgument("MoeExperts: expert_ids[", t, ", ", j, "] = ", e, " is outside [0, experts = ", E, ")");
       }
       gate = w[e], up = w[E + e], down = w[2 * E + e];
+      if (gate == nullptr || up == nullptr || down == nullptr) {
+        return InvalidArgument("MoeExperts: expert ", e, " (expert_ids[", t, ", ", j, "]) has a null weight pointer");
+      }
       wt = a.expert_weights[static_cast<int64_t>(t) * a.top_k + j];
     } else {
       gate = static_cast<const W*>(a.shared_gate), up = static_cast<const W*>(a.shared_up);

@@ -223,6 +223,11 @@ TEST(CpuMoeExperts, RejectsBadArguments) {
   ids[0] = 0;
   a.weights = nullptr;
   EXPECT_EQ(cpu.MoeExperts(a).code(), absl::StatusCode::kInvalidArgument);
+  const void* holes[3] = {m.data(), nullptr, m.data()};  // expert 0's up is missing
+  a.weights = holes;
+  st = cpu.MoeExperts(a);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("null weight pointer"), std::string::npos) << st;
   a.weights = weights;
   a.shared_gate = m.data();  // without shared_up / shared_down
   EXPECT_EQ(cpu.MoeExperts(a).code(), absl::StatusCode::kInvalidArgument);

@@ -350,6 +350,9 @@ class CudaBackend final : public Backend {
       case kErrExpert:
         return absl::InvalidArgumentError(absl::StrCat(op, ": MoeExperts: expert_ids[", e.index, "] = ", e.value,
                                                        " is outside [0, experts = ", e.limit, ")"));
+      case kErrExpertWeights:
+        return absl::InvalidArgumentError(absl::StrCat(op, ": MoeExperts: expert ", e.value, " (pair ", e.index,
+                                                       ") has a null weight pointer"));
       case kErrLength:
         return absl::InvalidArgumentError(absl::StrCat(op, ": Topk: lengths[", e.index, "] = ", e.value,
                                                        " out of range [0, stride = ", e.limit, "]"));
@@ -453,6 +456,7 @@ absl::Status CudaBackend::Gemm(const GemmArgs& g) {
   IC_ARG_CHECK(g.lda >= 0 && g.ldb >= 0 && g.ldc >= 0, op, "negative leading dimension lda = ", g.lda,
                ", ldb = ", g.ldb, ", ldc = ", g.ldc);
   IC_ARG_CHECK(g.stride_a >= 0 && g.stride_b >= 0 && g.stride_c >= 0, op, "negative batch stride");
+  IC_ARG_CHECK(g.b == nullptr || g.b_bf16 == nullptr, op, "both b and b_bf16 are set");
   if (g.m == 0 || g.n == 0 || g.batch == 0) return absl::OkStatus();
   const int lda = g.lda != 0 ? g.lda : g.k;
   const int ldb = g.ldb != 0 ? g.ldb : (g.b_transposed ? g.k : g.n);
@@ -467,7 +471,6 @@ absl::Status CudaBackend::Gemm(const GemmArgs& g) {
     IC_CUDA_RETURN_IF_ERROR(LaunchScale2D(g.c, g.m, g.n, ldc, g.batch, g.stride_c, g.beta, stream_));
     return absl::OkStatus();
   }
-  IC_ARG_CHECK(g.b == nullptr || g.b_bf16 == nullptr, op, "both b and b_bf16 are set");
   IC_ARG_CHECK(g.a != nullptr, op, "a is null");
   IC_ARG_CHECK(g.b != nullptr || g.b_bf16 != nullptr, op, "b is null (set b or b_bf16)");
   const bool bf16 = g.b_bf16 != nullptr;

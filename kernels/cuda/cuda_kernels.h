@@ -33,6 +33,7 @@ enum DeviceErrorCode : int {
   kErrRow = 6,
   kErrLength = 7,
   kErrExpert = 8,
+  kErrExpertWeights = 9,
 };
 
 // Where each query token lives (device pointers; see TokenLayout in kernels/backend.h).

@@ -165,6 +165,10 @@ __global__ void MoeGateUpKernel(float* act, const float* x, const int32_t* ids, 
     }
     gate = static_cast<const W*>(weights[e]);
     up = static_cast<const W*>(weights[experts + e]);
+    if (gate == nullptr || up == nullptr || weights[2 * experts + e] == nullptr) {
+      if (blockIdx.y == 0 && threadIdx.x == 0) RecordError(err, kErrExpertWeights, pair, e, experts);
+      return;
+    }
   } else {
     t = pair - tokens * top_k;
     gate = static_cast<const W*>(shared.gate);
@@ -187,6 +191,7 @@ __global__ void MoeDownKernel(float* out, const float* act, const int32_t* ids, 
   for (int j = 0; j < top_k; ++j) {  // a bad id (recorded by MoeGateUpKernel): the token stays unchanged
     const int e = ids[t * top_k + j];
     if (e < 0 || e >= experts) return;
+    if (weights[e] == nullptr || weights[experts + e] == nullptr || weights[2 * experts + e] == nullptr) return;
   }
   const int c0 = blockIdx.y * kMoeRowsPerBlock + (threadIdx.x / 32) * kMoeRowsPerWarp;
   for (int c = c0; c < min(c0 + kMoeRowsPerWarp, hidden); ++c) {
