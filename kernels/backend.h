@@ -179,6 +179,9 @@ struct TokenLayout {
 //   v_dim 512 aliasing the latent, any number of query heads) on tensor cores; every other case is F32.
 //   The CPU reference rounds q, k and v and keeps the probabilities in F32; outputs agree with kF32 to
 //   about 2^-8 relative (DESIGN.md §3's BF16 tolerance, 1e-2). kFP8 is the indexer's only: an error here.
+// BF16 KV cache (precision kBF16 only): k_cache_bf16 / v_cache_bf16 instead of k_cache / v_cache, BF16 bit
+//   patterns in the same layout (strides in elements; v may alias k as above). The values are the ones the
+//   kBF16 arithmetic rounds to anyway, so results equal those over an F32 cache of the same values.
 struct AttentionArgs {
   float* out = nullptr;
   float* lse = nullptr;
@@ -186,6 +189,8 @@ struct AttentionArgs {
   const float* q = nullptr;
   const float* k_cache = nullptr;
   const float* v_cache = nullptr;
+  const uint16_t* k_cache_bf16 = nullptr;
+  const uint16_t* v_cache_bf16 = nullptr;
   int q_stride = 0, k_stride = 0, v_stride = 0;
   int q_heads = 0, kv_heads = 0, qk_dim = 0, v_dim = 0;
   int64_t num_slots = 0;

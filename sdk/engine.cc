@@ -212,24 +212,25 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
     im.kv_entry = im.kv_heads * c.head_dim;  // this rank's KV heads (all of them on a single rank)
     im.v_entry = im.kv_entry;
   }
-  auto alloc_cache = [&](int entry) -> absl::StatusOr<float*> {
-    const size_t bytes = static_cast<size_t>(im.num_slots) * entry * sizeof(float);
+  im.kv_bf16 = options.attention_precision == kernels::Precision::kBF16;
+  auto alloc_cache = [&](size_t bytes_per_slot) -> absl::StatusOr<void*> {
+    const size_t bytes = static_cast<size_t>(im.num_slots) * bytes_per_slot;
     absl::StatusOr<void*> p = im.backend->Allocate(bytes);
     if (!p.ok()) {
       return absl::ResourceExhaustedError(absl::StrCat("cannot allocate the cache for max_tokens=",
                                                        options.max_tokens, " (", bytes, " bytes per layer): ",
                                                        p.status().message()));
     }
-    return static_cast<float*>(*p);
+    return *p;
   };
   im.k_cache.assign(c.num_hidden_layers, nullptr);
   im.v_cache.assign(c.num_hidden_layers, nullptr);
   im.index_k_cache.assign(c.num_hidden_layers, nullptr);
   im.index_k_scale.assign(c.num_hidden_layers, nullptr);
   for (int i = 0; i < c.num_hidden_layers; ++i) {
-    IC_ASSIGN_OR_RETURN(im.k_cache[i], alloc_cache(im.kv_entry));
+    IC_ASSIGN_OR_RETURN(im.k_cache[i], alloc_cache(im.kv_entry * im.kv_elem_bytes()));
     if (!c.mla) {
-      IC_ASSIGN_OR_RETURN(im.v_cache[i], alloc_cache(im.v_entry));
+      IC_ASSIGN_OR_RETURN(im.v_cache[i], alloc_cache(im.v_entry * im.kv_elem_bytes()));
     }
     if (c.has_indexer && ctx->plan_.IsFull(i)) {  // index-K cache for Full layers only
       // BF16: index_head_dim uint16 per slot (the room of ⌈d/2⌉ floats); FP8: d bytes (⌈d/4⌉ floats) plus
@@ -238,9 +239,10 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
       const int floats = ip == kernels::Precision::kBF16  ? (c.index_head_dim + 1) / 2
                          : ip == kernels::Precision::kFP8 ? (c.index_head_dim + 3) / 4
                                                           : c.index_head_dim;
-      IC_ASSIGN_OR_RETURN(im.index_k_cache[i], alloc_cache(floats));
+      IC_ASSIGN_OR_RETURN(im.index_k_cache[i], alloc_cache(floats * sizeof(float)));
       if (ip == kernels::Precision::kFP8) {
-        IC_ASSIGN_OR_RETURN(im.index_k_scale[i], alloc_cache(1));
+        IC_ASSIGN_OR_RETURN(void* scale, alloc_cache(sizeof(float)));
+        im.index_k_scale[i] = static_cast<float*>(scale);
       }
     }
   }
@@ -311,8 +313,8 @@ absl::StatusOr<int> Context::ForkSequence(int src_seq_id) {
   const kernels::Precision ip = options_.indexer_precision;
   const size_t ik_elem = ip == kernels::Precision::kFP8 ? 1 : ip == kernels::Precision::kBF16 ? 2 : 4;
   for (int l = 0; l < c.num_hidden_layers && status.ok(); ++l) {
-    status = copy_blocks(im.k_cache[l], sizeof(float) * im.kv_entry);
-    if (status.ok()) status = copy_blocks(im.v_cache[l], sizeof(float) * im.v_entry);
+    status = copy_blocks(im.k_cache[l], im.kv_elem_bytes() * im.kv_entry);
+    if (status.ok()) status = copy_blocks(im.v_cache[l], im.kv_elem_bytes() * im.v_entry);
     if (status.ok()) status = copy_blocks(im.index_k_cache[l], ik_elem * c.index_head_dim);
     if (status.ok()) status = copy_blocks(im.index_k_scale[l], sizeof(float));
   }
@@ -344,7 +346,8 @@ Context::CacheBytes Context::cache_bytes() const {
   CacheBytes b;
   const ModelConfig& c = model_->config;
   for (int i = 0; i < c.num_hidden_layers; ++i) {
-    b.kv += impl_->num_slots * (impl_->kv_entry + (c.mla ? 0 : impl_->v_entry)) * 4;
+    b.kv += impl_->num_slots * (impl_->kv_entry + (c.mla ? 0 : impl_->v_entry)) *
+            static_cast<int64_t>(impl_->kv_elem_bytes());
     const kernels::Precision ip = options_.indexer_precision;
     const int64_t ik_bytes = ip == kernels::Precision::kFP8    ? c.index_head_dim + 4  // + the scale
                              : ip == kernels::Precision::kBF16 ? 2 * c.index_head_dim

@@ -84,8 +84,8 @@ struct ContextOptions {
   // the first forward pass).
   kernels::Precision indexer_precision = kernels::Precision::kF32;
   // Attention's arithmetic (kernels/backend.h AttentionArgs::precision): kBF16 runs sparse absorbed-MLA
-  // attention on BF16 tensor cores on CUDA (q, k, v and probabilities at BF16, F32 accumulation); the KV
-  // cache stays F32 in this version.
+  // attention on BF16 tensor cores on CUDA (q, k, v and probabilities at BF16, F32 accumulation) and keeps
+  // the KV cache in BF16 (half the bytes; the values BF16 attention rounds k and v to anyway).
   kernels::Precision attention_precision = kernels::Precision::kF32;
   // The Linear weights' storage and GEMM arithmetic (kernels/backend.h GemmArgs::b_bf16): kF32 (the
   // reference) or kBF16 — every projection (attention, indexer wq / wk / weights_proj, dense and expert

@@ -116,7 +116,11 @@ struct Context::Impl {
   int64_t num_blocks = 0;
   int64_t num_slots = 0;
   int kv_entry = 0, v_entry = 0;             // MLA: kv_entry = kv_lora + rope, v unused; GQA: K / V entries
-  std::vector<float*> k_cache, v_cache;
+  // F32, or BF16 bit patterns when kv_bf16 (ContextOptions::attention_precision kBF16: the values BF16
+  // attention rounds to anyway, in half the bytes).
+  std::vector<void*> k_cache, v_cache;
+  bool kv_bf16 = false;
+  size_t kv_elem_bytes() const { return kv_bf16 ? 2 : 4; }
   // Per Full layer: F32 (indexer_precision kF32), BF16 bit patterns (kBF16) or E4M3 bytes (kFP8, with one
   // F32 scale per slot in index_k_scale); nullptr for Shared layers.
   std::vector<void*> index_k_cache;
@@ -137,8 +141,8 @@ struct Context::Impl {
 
   ~Impl() {
     for (void* p : owned) backend->Free(p);
-    for (float* p : k_cache) if (p) backend->Free(p);
-    for (float* p : v_cache) if (p) backend->Free(p);
+    for (void* p : k_cache) if (p) backend->Free(p);
+    for (void* p : v_cache) if (p) backend->Free(p);
     for (void* p : index_k_cache) if (p) backend->Free(p);
     for (float* p : index_k_scale) if (p) backend->Free(p);
   }

@@ -398,6 +398,27 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
             ? 1 + *std::max_element(h_pos.begin(), h_pos.end())
             : 0;
     int32_t* all_keys = nullptr;
+    // The KV cache of a layer, F32 or BF16 (Impl::kv_bf16): writes of `dim` values per token, and the
+    // attention arguments that read it.
+    auto kv_write = [&](void* cache, const float* src, int dim) -> absl::Status {
+      CacheWriteArgs w{.src = src, .slots = d_slots, .tokens = T, .dim = dim, .cache_stride = dim, .src_stride = dim,
+                       .num_slots = im.num_slots};
+      if (im.kv_bf16) {
+        w.cache_bf16 = static_cast<uint16_t*>(cache);
+      } else {
+        w.cache = static_cast<float*>(cache);
+      }
+      return be.CacheWrite(w);
+    };
+    auto set_kv = [&](kernels::AttentionArgs& at, void* k, void* v) {
+      if (im.kv_bf16) {
+        at.k_cache_bf16 = static_cast<const uint16_t*>(k);
+        at.v_cache_bf16 = static_cast<const uint16_t*>(v);
+      } else {
+        at.k_cache = static_cast<const float*>(k);
+        at.v_cache = static_cast<const float*>(v);
+      }
+    };
     auto capture_attention = [&](int layer, const kernels::AttentionArgs& at, bool force_dense,
                                  std::map<int, std::vector<float>>* into) -> absl::Status {
       const bool dense = at.topk == nullptr || force_dense;
@@ -514,9 +535,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         rk.head_stride = R + dr;
         rk.rot_offset = R;
         IC_RETURN_IF_ERROR(be.Rope(rk));
-        IC_RETURN_IF_ERROR(be.CacheWrite({.cache = im.k_cache[l], .src = kva, .slots = d_slots, .tokens = T,
-                                          .dim = R + dr, .cache_stride = R + dr, .src_stride = R + dr,
-                                          .num_slots = im.num_slots}));
+        IC_RETURN_IF_ERROR(kv_write(im.k_cache[l], kva, R + dr));
         // Absorbed MLA: q_abs[t, h, :R] = q_nope[t, h] · W_UK[h] (W_UK[h]: rows h·(dn+dv)… of kv_b, [dn, R]).
         GemmArgs ab;
         ab.c = qabs;
@@ -538,8 +557,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
                                       .dst_stride = R + dr, .src_stride = qk}));
         at.out = olat;
         at.q = qabs;
-        at.k_cache = im.k_cache[l];
-        at.v_cache = im.k_cache[l];
+        set_kv(at, im.k_cache[l], im.k_cache[l]);
         at.k_stride = at.v_stride = R + dr;
         at.q_heads = NH;
         at.kv_heads = 1;
@@ -563,16 +581,11 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         rk.heads = NKV;
         rk.token_stride = NKV * D;
         IC_RETURN_IF_ERROR(be.Rope(rk));
-        IC_RETURN_IF_ERROR(be.CacheWrite({.cache = im.k_cache[l], .src = k, .slots = d_slots, .tokens = T,
-                                          .dim = NKV * D, .cache_stride = NKV * D, .src_stride = NKV * D,
-                                          .num_slots = im.num_slots}));
-        IC_RETURN_IF_ERROR(be.CacheWrite({.cache = im.v_cache[l], .src = v, .slots = d_slots, .tokens = T,
-                                          .dim = NKV * D, .cache_stride = NKV * D, .src_stride = NKV * D,
-                                          .num_slots = im.num_slots}));
+        IC_RETURN_IF_ERROR(kv_write(im.k_cache[l], k, NKV * D));
+        IC_RETURN_IF_ERROR(kv_write(im.v_cache[l], v, NKV * D));
         at.out = o_heads;
         at.q = q;
-        at.k_cache = im.k_cache[l];
-        at.v_cache = im.v_cache[l];
+        set_kv(at, im.k_cache[l], im.v_cache[l]);
         at.k_stride = at.v_stride = NKV * D;
         at.q_heads = NH;
         at.kv_heads = NKV;

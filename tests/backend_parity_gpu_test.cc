@@ -458,8 +458,22 @@ TEST_F(BackendParityTest, Attention) {
     const int tokens = static_cast<int>(qs.seq.size());
     const int k_stride = cs.kv_heads * cs.qk_dim + cs.pad;
     const int v_stride = cs.alias_v ? k_stride : cs.kv_heads * cs.v_dim + 1;
-    auto kc = Put(Randn(pg.num_slots * k_stride));
-    auto vc = cs.alias_v ? kc : Put(Randn(pg.num_slots * v_stride));
+    const std::vector<float> kh = Randn(pg.num_slots * k_stride);
+    const std::vector<float> vh = cs.alias_v ? kh : Randn(pg.num_slots * v_stride);
+    auto kc = Put(kh);
+    auto vc = cs.alias_v ? kc : Put(vh);
+    // The same caches in BF16 (round to nearest even), for the BF16-cache variant below.
+    auto to_bits = [](const std::vector<float>& v) {
+      std::vector<uint16_t> bits(v.size());
+      for (size_t i = 0; i < v.size(); ++i) {
+        uint32_t u;
+        std::memcpy(&u, &v[i], sizeof u);
+        bits[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);  // finite inputs
+      }
+      return bits;
+    };
+    auto k16 = Put(to_bits(kh));
+    auto v16 = cs.alias_v ? k16 : Put(to_bits(vh));
     auto q = Put(Randn(static_cast<size_t>(tokens) * cs.q_heads * cs.qk_dim));
     auto tseq = Put(qs.seq), tpos = Put(qs.pos), bt = Put(pg.block_tables);
     std::vector<int32_t> topk;
@@ -505,7 +519,35 @@ TEST_F(BackendParityTest, Attention) {
     ExpectClose(out, bf16 ? 1e-2 : 1e-5, name + "_out");
     ExpectClose(lse, bf16 ? 1e-3 : 1e-5, name + "_lse");  // shapes off the tensor-core path stay F32
     if (cs.topk_k > 0) ExpectClose(probs, bf16 ? 1e-3 : 1e-5, name + "_probs");
+    if (!bf16) continue;
+    // A BF16 KV cache holds exactly the values the BF16 arithmetic rounds the F32 cache to: the CPU gives
+    // bitwise the same outputs, and the GPU (tensor cores or the F32 kernels widening it) matches the CPU.
+    const std::vector<float> cpu_out = Cpu(out), cpu_lse = Cpu(lse), cpu_probs = Cpu(probs);
+    ac.k_cache = ac.v_cache = ag.k_cache = ag.v_cache = nullptr;
+    ac.k_cache_bf16 = k16.c, ac.v_cache_bf16 = v16.c;
+    ag.k_cache_bf16 = k16.g, ag.v_cache_bf16 = v16.g;
+    ASSERT_TRUE(cpu_->Attention(ac).ok());
+    const absl::Status s16 = gpu_->Attention(ag);
+    ASSERT_TRUE(s16.ok()) << s16;
+    EXPECT_EQ(Cpu(out), cpu_out) << name;
+    EXPECT_EQ(Cpu(lse), cpu_lse) << name;
+    if (cs.topk_k > 0) EXPECT_EQ(Cpu(probs), cpu_probs) << name;
+    ExpectClose(out, 1e-2, name + "_cache16_out");
+    ExpectClose(lse, 1e-3, name + "_cache16_lse");
+    if (cs.topk_k > 0) ExpectClose(probs, 1e-3, name + "_cache16_probs");
     }
+  }
+  // A BF16 cache with F32 arithmetic, or half a pair of caches: InvalidArgument on both.
+  auto c16 = Put(std::vector<uint16_t>(64));
+  AttentionArgs bad{.q_heads = 1, .kv_heads = 1, .qk_dim = 8, .v_dim = 8, .num_slots = 4};
+  bad.layout.tokens = 0;
+  for (Backend* be : {cpu_.get(), gpu_.get()}) {
+    AttentionArgs b = bad;
+    b.k_cache_bf16 = b.v_cache_bf16 = be == cpu_.get() ? c16.c : c16.g;
+    EXPECT_EQ(be->Attention(b).code(), absl::StatusCode::kInvalidArgument);  // precision kF32
+    b.precision = Precision::kBF16;
+    b.v_cache_bf16 = nullptr;
+    EXPECT_EQ(be->Attention(b).code(), absl::StatusCode::kInvalidArgument);
   }
 }
 

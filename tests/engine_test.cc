@@ -209,6 +209,31 @@ TEST(EngineTest, Bf16AttentionPrecisionChangesLayerZerosOutputByRoundingOnly) {
   EXPECT_LT(err, 1e-2);
 }
 
+// ContextOptions::attention_precision kBF16 stores the KV cache in BF16 (the values BF16 attention rounds
+// to): half the KV bytes of an F32 context, MLA (one latent cache) and GQA (K and V caches) alike; a forked
+// sequence copies its BF16 blocks, so the fork and the original decode the same logits.
+TEST(EngineTest, Bf16AttentionKeepsAHalfSizeKvCache) {
+  for (Architecture arch : {Architecture::kDeepseekV32, Architecture::kLlama}) {
+    SCOPED_TRACE(std::string(ArchitectureName(arch)));
+    auto model = Synthetic(arch, 4, 16);
+    auto f32 = Context::Create(model, {.max_tokens = 512});
+    auto bf16 = Context::Create(model, {.max_tokens = 512, .attention_precision = kernels::Precision::kBF16});
+    ASSERT_TRUE(f32.ok() && bf16.ok());
+    EXPECT_EQ((*f32)->cache_bytes().kv, 2 * (*bf16)->cache_bytes().kv);
+    Context& ctx = **bf16;
+    const auto tokens = RandomTokens(40, model->config.vocab_size, 8);
+    const int seq = *ctx.AddSequence();
+    ASSERT_TRUE(ctx.Prefill(seq, tokens, nullptr).ok());
+    auto fork = ctx.ForkSequence(seq);
+    ASSERT_TRUE(fork.ok()) << fork.status();
+    std::vector<float> a(model->config.vocab_size), b(model->config.vocab_size);
+    const int32_t next = 5;
+    ASSERT_TRUE(ctx.Decode({&seq, 1}, {&next, 1}, a.data()).ok());
+    ASSERT_TRUE(ctx.Decode({&*fork, 1}, {&next, 1}, b.data()).ok());
+    EXPECT_EQ(a, b);
+  }
+}
+
 // ContextOptions::weight_precision kBF16 moves results by BF16 rounding of the weights and of the GEMM
 // inputs: more than F32 noise, within DESIGN.md §3's BF16 tolerance. Measured where no discrete decision
 // (a top-k selection, an expert choice) can amplify a rounding: layer 0's output with a prompt no longer

@@ -151,6 +151,7 @@ int CmdBenchSampled(int argc, char** argv) {
   if (absl::Status s = SelectPrecisions(args, &precisions); !s.ok()) return Fail(cmd, s);
   const kernels::Precision precision = precisions.indexer_precision, attn_precision = precisions.attention_precision;
   const bool w_bf16 = precisions.weight_precision == kernels::Precision::kBF16;
+  const bool kv_bf16 = precisions.attention_precision == kernels::Precision::kBF16;  // the engine's KV cache
   const bool ik_bf16 = precision == kernels::Precision::kBF16, ik_fp8 = precision == kernels::Precision::kFP8;
   // The index-K cache per token relative to sizing.h's BF16 figure (2·d): F32 ×2, BF16 ×1, FP8 (d + 4) / 2d.
   CLI_ASSIGN_OR_FAIL(max_batch, int_in("max-batch", 256, 0, 65536), cmd);
@@ -201,7 +202,8 @@ int CmdBenchSampled(int argc, char** argv) {
   for (const NamedPlan& p : plans) has_dsa |= p.pattern.find('S') == std::string::npos;
   std::vector<NamedPlan> all = plans;
   if (!has_dsa) all.insert(all.begin(), NamedPlan{"DSA", std::string(N, 'F')});  // ratios need DSA
-  // Cache bytes per token as the engine stores them: F32 KV (twice sizing.h's BF16 figure) and the index-K
+  // Cache bytes per token as the engine stores them: the KV cache in F32 (twice sizing.h's BF16 figure) or, with
+  // --attention-precision bf16, in BF16 (sizing.h's figure), and the index-K
   // cache in the indexer's precision (F32: twice the BF16 figure; BF16; FP8: sizing.h's E4M3 + scale).
   auto stored_per_token = [&](const ModelConfig& cfg, const Plan& plan, const RankSizing& bf16) -> absl::StatusOr<double> {
     double index_k = (ik_bf16 ? 1.0 : 2.0) * static_cast<double>(bf16.index_k_bytes_per_token);
@@ -209,7 +211,7 @@ int CmdBenchSampled(int argc, char** argv) {
       IC_ASSIGN_OR_RETURN(RankSizing fp8, ComputeRankSizing(cfg, {.index_k = IndexKDType::kFP8, .plan = &plan}));
       index_k = static_cast<double>(fp8.index_k_bytes_per_token);
     }
-    return 2.0 * static_cast<double>(bf16.kv_bytes_per_token) + index_k;
+    return (kv_bf16 ? 1.0 : 2.0) * static_cast<double>(bf16.kv_bytes_per_token) + index_k;
   };
   for (const NamedPlan& p : all) {
     PlanRun r;
@@ -463,7 +465,8 @@ int CmdBenchSampled(int argc, char** argv) {
     }
     std::printf("  KV cache full (one device of %.1f GiB; B = sequences of %lld + %lld tokens beside the full model):\n",
                 Gib(before.total_bytes), static_cast<long long>(L), static_cast<long long>(steps));
-    // "as stored": the weights in --weight-precision, an F32 KV cache, the index-K cache in the indexer's precision.
+    // "as stored": the weights in --weight-precision, the KV cache in --attention-precision, the index-K cache in
+    // the indexer's precision.
     std::printf("  %-13s %18s %10s %6s   %-s\n", "plan", "as stored: B (timed)", "tok/s", "xDSA",
                 "BF16 what-if: B (timed), tok/s, xDSA");
     for (size_t i = 0; i < runs.size(); ++i) {
@@ -529,8 +532,8 @@ int CmdBenchSampled(int argc, char** argv) {
     std::printf("%-24s %-12s %8s %11.0f%% %7s %11.0f%%\n", "indexer share decode", "DSA", ContextName(res.context).c_str(),
                 100 * res.decode[dsa_index].indexer_seconds / res.decode[dsa_index].seconds, "", 100 * kPaperShare[1][k]);
   }
-  std::printf("(*) full-cache tokens/s: ours on one device with %s weights and an F32 KV cache; the paper's over 8 "
-              "GPUs.\n", w_bf16 ? "BF16" : "F32");
+  std::printf("(*) full-cache tokens/s: ours on one device with %s weights and a %s KV cache; the paper's over 8 "
+              "GPUs.\n", w_bf16 ? "BF16" : "F32", kv_bf16 ? "BF16" : "F32");
   return 0;
 }
 

@@ -225,8 +225,8 @@ IC_API ic_status_t ic_model_plan(const ic_model_t* model, char* buf, size_t buf_
  *                      the same way on CUDA cores. Top-k may differ from F32 where two scores are within
  *                      BF16 rounding of each other. Attention: sparse absorbed-MLA attention (latent 512 +
  *                      64, any number of heads: DeepSeek-V3.2, GLM-5, GLM-4.7-Flash shapes) on tensor cores with
- *                      q, k, v and the probabilities at BF16; other shapes compute in F32. Outputs agree
- *                      with F32 to about 1e-2 relative.
+ *                      q, k, v and the probabilities at BF16; other shapes compute in F32. The KV cache is
+ *                      then stored in BF16 (half the bytes). Outputs agree with F32 to about 1e-2 relative.
  *   IC_PRECISION_FP8:  indexer only (IC_ERR_INVALID_ARGUMENT for attention): DeepSeek-V3.2's FP8 E4M3
  *                      indexer — q and k rotated by an orthonormal Hadamard transform (index_head_dim a
  *                      power of two), the index-K cache stores E4M3 keys with one F32 scale per token

@@ -68,11 +68,19 @@ absl::Status ValidateAttention(const AttentionArgs& a, Dims* d) {
   if (a.topk == nullptr && a.probs != nullptr) {
     return InvalidArgument("Attention: probs is only produced by sparse attention (topk is null)");
   }
+  const bool cache16 = a.k_cache_bf16 != nullptr || a.v_cache_bf16 != nullptr;
+  if (cache16 && (a.k_cache_bf16 == nullptr || a.v_cache_bf16 == nullptr || a.k_cache != nullptr ||
+                  a.v_cache != nullptr)) {
+    return InvalidArgument("Attention: give k_cache and v_cache, or k_cache_bf16 and v_cache_bf16");
+  }
+  if (cache16 && a.precision != Precision::kBF16) {
+    return InvalidArgument("Attention: a BF16 KV cache needs precision kBF16");
+  }
   if (l.tokens == 0) return absl::OkStatus();
   if (a.out == nullptr) return InvalidArgument("Attention: out is null");
   if (a.q == nullptr) return InvalidArgument("Attention: q is null");
-  if (a.k_cache == nullptr) return InvalidArgument("Attention: k_cache is null");
-  if (a.v_cache == nullptr) return InvalidArgument("Attention: v_cache is null");
+  if (!cache16 && a.k_cache == nullptr) return InvalidArgument("Attention: k_cache is null");
+  if (!cache16 && a.v_cache == nullptr) return InvalidArgument("Attention: v_cache is null");
   return internal::ValidateLayout(l, a.num_slots, "Attention");
 }
 
@@ -109,8 +117,13 @@ void DenseAttention(const AttentionArgs& a, const Dims& d) {
     kg.resize(static_cast<size_t>(lk) * a.qk_dim);
     vg.resize(static_cast<size_t>(lk) * a.v_dim);
     for (int g = 0; g < a.kv_heads; ++g) {
-      internal::GatherSequenceRows(l, seq.seq, lk, a.k_cache, d.k_stride, g * a.qk_dim, a.qk_dim, kg.data());
-      internal::GatherSequenceRows(l, seq.seq, lk, a.v_cache, d.v_stride, g * a.v_dim, a.v_dim, vg.data());
+      if (a.k_cache_bf16 != nullptr) {
+        internal::GatherSequenceRows(l, seq.seq, lk, a.k_cache_bf16, d.k_stride, g * a.qk_dim, a.qk_dim, kg.data());
+        internal::GatherSequenceRows(l, seq.seq, lk, a.v_cache_bf16, d.v_stride, g * a.v_dim, a.v_dim, vg.data());
+      } else {
+        internal::GatherSequenceRows(l, seq.seq, lk, a.k_cache, d.k_stride, g * a.qk_dim, a.qk_dim, kg.data());
+        internal::GatherSequenceRows(l, seq.seq, lk, a.v_cache, d.v_stride, g * a.v_dim, a.v_dim, vg.data());
+      }
       if (bf16) {
         internal::RoundAllToBf16(kg.data(), kg.size());
         internal::RoundAllToBf16(vg.data(), vg.size());
@@ -151,6 +164,15 @@ void DenseAttention(const AttentionArgs& a, const Dims& d) {
 // union U of their selected keys (adjacent queries share most of them), S = scale·Q·K_Uᵀ by sgemm, then
 // each row keeps only its own selected entries (softmax over those, written back as probabilities),
 // and O = P·V_U by sgemm. U ⊆ 0..last position of the tile, so a tile never costs more than dense.
+// n values of a cache row from element `at` as F32: from the F32 cache, or widened from the BF16 one.
+void ReadCacheRow(const float* f32, const uint16_t* bf16, int64_t at, int n, float* dst) {
+  if (bf16 != nullptr) {
+    for (int i = 0; i < n; ++i) dst[i] = internal::Bf16ToFloat(bf16[at + i]);
+  } else {
+    std::memcpy(dst, f32 + at, sizeof(float) * n);
+  }
+}
+
 void SparseAttention(const AttentionArgs& a, const Dims& d) {
   const bool bf16 = a.precision == Precision::kBF16;
   const TokenLayout& l = a.layout;
@@ -190,10 +212,10 @@ void SparseAttention(const AttentionArgs& a, const Dims& d) {
       for (int g = 0; g < a.kv_heads; ++g) {
         for (int i = 0; i < nu; ++i) {
           const int64_t slot = SlotOf(l, seq.seq, upos[i]);
-          std::memcpy(kg.data() + static_cast<size_t>(i) * a.qk_dim,
-                      a.k_cache + slot * d.k_stride + static_cast<int64_t>(g) * a.qk_dim, sizeof(float) * a.qk_dim);
-          std::memcpy(vg.data() + static_cast<size_t>(i) * a.v_dim,
-                      a.v_cache + slot * d.v_stride + static_cast<int64_t>(g) * a.v_dim, sizeof(float) * a.v_dim);
+          ReadCacheRow(a.k_cache, a.k_cache_bf16, slot * d.k_stride + static_cast<int64_t>(g) * a.qk_dim, a.qk_dim,
+                       kg.data() + static_cast<size_t>(i) * a.qk_dim);
+          ReadCacheRow(a.v_cache, a.v_cache_bf16, slot * d.v_stride + static_cast<int64_t>(g) * a.v_dim, a.v_dim,
+                       vg.data() + static_cast<size_t>(i) * a.v_dim);
         }
         for (int i = 0; i < nt; ++i) {
           const float* src = a.q + static_cast<int64_t>(seq.tokens[t0 + i]) * d.q_stride + static_cast<int64_t>(g) * G * a.qk_dim;

@@ -11,7 +11,9 @@
 // does not depend on atomics.
 // BF16 (AttentionArgs::precision kBF16): sparse absorbed-MLA attention (one latent KV head of 576 = 512 +
 // 64 rope, V = its first 512 values, any number of query heads) runs on tensor cores: SparseMlaTcKernel.
-// Other shapes and dense attention run the F32 kernels in either precision.
+// Other shapes and dense attention run the F32 kernels in either precision. A BF16 KV cache
+// (AttentionArgs::k_cache_bf16) is read by every kernel: widened to F32 when staged by the F32 kernels,
+// copied as it is by the tensor-core kernel.
 // Next steps: tile several query tokens per block for prefill (a flash-attention tiling).
 #include <cuda_bf16.h>
 #include <cuda_pipeline.h>
@@ -39,6 +41,39 @@ int HeadsPerBlock(int group) {
   return 1;
 }
 
+// Stages the K and V rows of KV head g for cache slots slots[0..cn) (−1: skipped, never read) into shared
+// memory as F32: cp.async from an F32 cache (every thread keeps all its loads in flight), widening loads
+// from a BF16 cache.
+__device__ __forceinline__ void StageKvRows(const AttentionParams& p, int g, const int64_t* slots, int cn,
+                                            float* ks, float* vs) {
+  const int D = p.qk_dim, V = p.v_dim;
+  if (p.k16 != nullptr) {
+    const uint16_t* kbase = p.k16 + static_cast<int64_t>(g) * D;
+    const uint16_t* vbase = p.v16 + static_cast<int64_t>(g) * V;
+    for (int r = 0; r < cn; ++r) {
+      const int64_t slot = slots[r];
+      if (slot < 0) continue;
+      const uint16_t* kr = kbase + slot * p.k_stride;
+      const uint16_t* vr = vbase + slot * p.v_stride;
+      for (int d = threadIdx.x; d < D; d += blockDim.x) ks[r * D + d] = __uint_as_float(static_cast<uint32_t>(kr[d]) << 16);
+      for (int d = threadIdx.x; d < V; d += blockDim.x) vs[r * V + d] = __uint_as_float(static_cast<uint32_t>(vr[d]) << 16);
+    }
+    return;
+  }
+  const float* kbase = p.k_cache + static_cast<int64_t>(g) * D;
+  const float* vbase = p.v_cache + static_cast<int64_t>(g) * V;
+  for (int r = 0; r < cn; ++r) {
+    const int64_t slot = slots[r];
+    if (slot < 0) continue;
+    const float* kr = kbase + slot * p.k_stride;
+    const float* vr = vbase + slot * p.v_stride;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) __pipeline_memcpy_async(ks + r * D + d, kr + d, 4);
+    for (int d = threadIdx.x; d < V; d += blockDim.x) __pipeline_memcpy_async(vs + r * V + d, vr + d, 4);
+  }
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
+}
+
 // part == nullptr: writes out/lse. Otherwise (split-K, gridDim.z splits of the key list): writes the
 // partial state [acc(v_dim), m, l] of (token, head, split) to part, merged by AttentionCombineKernel.
 __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(AttentionParams p, float* lse_out,
@@ -61,8 +96,6 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(AttentionParams p
   const float* qrow = p.q + static_cast<int64_t>(t) * p.q_stride + static_cast<int64_t>(h0) * D;
   for (int i = threadIdx.x; i < hb * D; i += blockDim.x) qs[i] = qrow[i];
   for (int i = threadIdx.x; i < hb * V; i += blockDim.x) acc[i] = 0.0f;
-  const float* kbase = p.k_cache + static_cast<int64_t>(g) * D;
-  const float* vbase = p.v_cache + static_cast<int64_t>(g) * V;
   float* my_acc = acc + warp * V;
   const float* my_q = qs + warp * D;
 
@@ -82,16 +115,7 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(AttentionParams p
     }
     __syncthreads();
     // Asynchronous copies (cp.async): every thread keeps all its loads in flight at once.
-    for (int r = 0; r < cn; ++r) {
-      const int64_t slot = slots[r];
-      if (slot < 0) continue;  // never read: the warps skip invalid rows
-      const float* kr = kbase + slot * p.k_stride;
-      const float* vr = vbase + slot * p.v_stride;
-      for (int d = threadIdx.x; d < D; d += blockDim.x) __pipeline_memcpy_async(ks + r * D + d, kr + d, 4);
-      for (int d = threadIdx.x; d < V; d += blockDim.x) __pipeline_memcpy_async(vs + r * V + d, vr + d, 4);
-    }
-    __pipeline_commit();
-    __pipeline_wait_prior(0);
+    StageKvRows(p, g, slots, cn, ks, vs);
     __syncthreads();
     for (int r = 0; r < cn; ++r) {
       if (slots[r] < 0) continue;  // uniform over the block
@@ -153,9 +177,6 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionRegKernel(AttentionParam
   for (int i = 0; i < QPL; ++i) q[i] = i * 32 + lane < D ? qh[i * 32 + lane] : 0.0f;
 #pragma unroll
   for (int i = 0; i < VPL; ++i) acc[i] = 0.0f;
-  const float* kbase = p.k_cache + static_cast<int64_t>(g) * D;
-  const float* vbase = p.v_cache + static_cast<int64_t>(g) * V;
-
   const int n_all = p.topk == nullptr ? pos + 1 : p.topk_k;
   const int per = (n_all + gridDim.z - 1) / gridDim.z;
   const int begin = blockIdx.z * per;
@@ -173,16 +194,7 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionRegKernel(AttentionParam
       slots[threadIdx.x] = slot;
     }
     __syncthreads();
-    for (int r = 0; r < cn; ++r) {
-      const int64_t slot = slots[r];
-      if (slot < 0) continue;
-      const float* kr = kbase + slot * p.k_stride;
-      const float* vr = vbase + slot * p.v_stride;
-      for (int d = threadIdx.x; d < D; d += blockDim.x) __pipeline_memcpy_async(ks + r * D + d, kr + d, 4);
-      for (int d = threadIdx.x; d < V; d += blockDim.x) __pipeline_memcpy_async(vs + r * V + d, vr + d, 4);
-    }
-    __pipeline_commit();
-    __pipeline_wait_prior(0);
+    StageKvRows(p, g, slots, cn, ks, vs);
     __syncthreads();
     for (int r = 0; r < cn; r += 4) {
       bool valid[4];
@@ -288,9 +300,15 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionProbsKernel(AttentionPar
       const int group = p.q_heads / p.kv_heads;
       for (int h = 0; h < p.q_heads; ++h) {
         const float* qh = p.q + static_cast<int64_t>(t) * p.q_stride + static_cast<int64_t>(h) * p.qk_dim;
-        const float* kr = p.k_cache + slot * p.k_stride + static_cast<int64_t>(h / group) * p.qk_dim;
+        const int64_t k_off = slot * p.k_stride + static_cast<int64_t>(h / group) * p.qk_dim;
+        const float* kr = p.k_cache + k_off;
         float dot = 0.0f;
-        if (p.bf16) {  // the same rounded inputs as the BF16 kernels
+        if (p.k16 != nullptr) {  // a BF16 cache: the values the BF16 kernels use
+          for (int d = lane; d < p.qk_dim; d += 32) {
+            dot = fmaf(__bfloat162float(__float2bfloat16_rn(qh[d])),
+                       __uint_as_float(static_cast<uint32_t>(p.k16[k_off + d]) << 16), dot);
+          }
+        } else if (p.bf16) {  // the same rounded inputs as the BF16 kernels
           for (int d = lane; d < p.qk_dim; d += 32) {
             dot = fmaf(__bfloat162float(__float2bfloat16_rn(qh[d])), __bfloat162float(__float2bfloat16_rn(kr[d])), dot);
           }
@@ -378,7 +396,11 @@ __global__ void __launch_bounds__(256) SparseMlaTcKernel(AttentionParams p, floa
       slots[threadIdx.x] = slot;
     }
     __syncthreads();
-    StageRowsF32AsBf16<kTcChunk, kTcQk, 256>(ks, kTcRow, p.k_cache, p.k_stride, slots);
+    if (p.k16 != nullptr) {  // BF16 cache: rows copied as they are (cp.async)
+      StageRowsAsync<kTcChunk, kTcQk * 2, 256>(ks, kTcRow * 2, p.k16, static_cast<int64_t>(p.k_stride) * 2, slots);
+    } else {
+      StageRowsF32AsBf16<kTcChunk, kTcQk, 256>(ks, kTcRow, p.k_cache, p.k_stride, slots);
+    }
     __syncthreads();
 
     // S for heads 16·mt.. × keys 8·wq + {2c, 2c+1} (rows g, g + 8).
@@ -508,8 +530,10 @@ size_t AttentionSharedBytes(int qk_dim, int v_dim) { return SharedBytesFor(kWarp
 
 bool AttentionUsesTensorCores(const AttentionParams& p) {
   return p.bf16 && p.topk != nullptr && p.kv_heads == 1 && p.q_heads <= 1024 && p.qk_dim == kTcQk &&
-         p.v_dim == kTcV && p.v_cache == p.k_cache && p.v_stride == p.k_stride && p.k_stride % 4 == 0 &&
-         reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 && p.q_stride % 2 == 0 &&
+         p.v_dim == kTcV && p.v_cache == p.k_cache && p.v16 == p.k16 && p.v_stride == p.k_stride &&
+         p.k_stride % (p.k16 != nullptr ? 8 : 4) == 0 &&
+         reinterpret_cast<uintptr_t>(p.k16 != nullptr ? static_cast<const void*>(p.k16) : p.k_cache) % 16 == 0 &&
+         p.q_stride % 2 == 0 &&
          reinterpret_cast<uintptr_t>(p.q) % 8 == 0 && reinterpret_cast<uintptr_t>(p.out) % 8 == 0 &&
          SparseMlaTcSharedBytes() <= g_attention_max_shared;
 }

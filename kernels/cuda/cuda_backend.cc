@@ -670,13 +670,19 @@ absl::Status CudaBackend::Attention(const AttentionArgs& a) {
   const size_t shared = AttentionSharedBytes(a.qk_dim, a.v_dim);
   IC_ARG_CHECK(shared <= max_shared_, op, "qk_dim = ", a.qk_dim, " / v_dim = ", a.v_dim,
                " need ", shared, " bytes of shared memory (device limit ", max_shared_, ")");
+  const bool cache16 = a.k_cache_bf16 != nullptr || a.v_cache_bf16 != nullptr;
+  IC_ARG_CHECK(!cache16 || (a.k_cache_bf16 != nullptr && a.v_cache_bf16 != nullptr && a.k_cache == nullptr &&
+                            a.v_cache == nullptr),
+               op, "give k_cache and v_cache, or k_cache_bf16 and v_cache_bf16");
+  IC_ARG_CHECK(!cache16 || a.precision == Precision::kBF16, op, "a BF16 KV cache needs precision kBF16");
   if (a.layout.tokens == 0) return absl::OkStatus();
-  IC_ARG_CHECK(a.out != nullptr && a.q != nullptr && a.k_cache != nullptr && a.v_cache != nullptr, op,
-               "null pointer");
+  IC_ARG_CHECK(a.out != nullptr && a.q != nullptr && (cache16 || (a.k_cache != nullptr && a.v_cache != nullptr)),
+               op, "null pointer");
   IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   // Scratch: [lse (when probs is wanted without lse) | split-K partial states].
   const int max_keys = a.topk != nullptr ? a.topk_k : a.layout.max_blocks_per_seq * a.layout.block_size;
-  AttentionParams p{a.out, a.lse, a.probs, a.q, a.k_cache, a.v_cache, q_stride, k_stride, v_stride,
+  AttentionParams p{a.out, a.lse, a.probs, a.q, a.k_cache, a.v_cache, a.k_cache_bf16, a.v_cache_bf16,
+                    q_stride, k_stride, v_stride,
                     a.q_heads, a.kv_heads, a.qk_dim, a.v_dim, a.num_slots, a.scale, Dev(a.layout),
                     a.topk, a.topk_k, a.precision == Precision::kBF16};
   const int splits = AttentionUsesTensorCores(p) ? AttentionSplitsTc(a.layout.tokens * ((a.q_heads + 31) / 32), a.topk_k)

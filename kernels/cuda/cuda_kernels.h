@@ -97,6 +97,8 @@ struct AttentionParams {
   const float* q;
   const float* k_cache;
   const float* v_cache;
+  const uint16_t* k16;  // BF16 caches instead of k_cache / v_cache (AttentionArgs::k_cache_bf16); else null
+  const uint16_t* v16;
   int q_stride, k_stride, v_stride;
   int q_heads, kv_heads, qk_dim, v_dim;
   int64_t num_slots;
