@@ -127,14 +127,26 @@ BENCHMARK(BM_IndexerTopk)
     ->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Sparse MLA attention over the top-2048 (absorbed: one latent KV head of 512 + 64 rope, 20 query heads).
-// Args: context, query rows, precision (0 = F32 CUDA cores, 1 = BF16 tensor cores), query heads (20: the
-// 30B model; 128: DeepSeek-V3.2).
+// Args: context, query rows, precision (0 = F32 CUDA cores, 1 = BF16 tensor cores over an F32 cache, 2 = BF16
+// tensor cores over a BF16 KV cache, as the engine runs it), query heads (20: the 30B model; 128: DeepSeek-V3.2).
 void BM_SparseAttention(benchmark::State& state) {
   const int context = state.range(0), queries = state.range(1), latent = 576, v_dim = 512, k = 2048;
   const int heads = state.range(3);
   const Precision precision = state.range(2) ? Precision::kBF16 : Precision::kF32;
+  const bool cache16 = state.range(2) == 2;
   Scene s(context, queries);
-  float* cache = Upload(Random(static_cast<size_t>(s.num_slots) * latent, 4));
+  const std::vector<float> cache_host = Random(static_cast<size_t>(s.num_slots) * latent, 4);
+  float* cache = cache16 ? nullptr : Upload(cache_host);
+  uint16_t* cache_bf16 = nullptr;
+  if (cache16) {
+    std::vector<uint16_t> bits(cache_host.size());
+    for (size_t i = 0; i < bits.size(); ++i) {
+      uint32_t u;
+      std::memcpy(&u, &cache_host[i], sizeof u);
+      bits[i] = static_cast<uint16_t>(u >> 16);
+    }
+    cache_bf16 = Upload(bits);
+  }
   float* q = Upload(Random(static_cast<size_t>(queries) * heads * latent, 5));
   std::vector<int32_t> topk;
   std::mt19937 rng(6);
@@ -146,16 +158,17 @@ void BM_SparseAttention(benchmark::State& state) {
   AttentionArgs a{.out = out, .q = q, .k_cache = cache, .v_cache = cache, .k_stride = latent, .v_stride = latent,
                   .q_heads = heads, .kv_heads = 1, .qk_dim = latent, .v_dim = v_dim, .num_slots = s.num_slots,
                   .scale = 0.07f, .layout = s.layout, .topk = d_topk, .topk_k = k, .precision = precision};
+  a.k_cache_bf16 = a.v_cache_bf16 = cache_bf16;
   for (auto _ : state) {
     if (!Gpu().Attention(a).ok() || !Gpu().Synchronize().ok()) state.SkipWithError("Attention failed");
   }
   double keys = 0;
   for (int p : s.pos) keys += std::min(p + 1, k);
-  Report(state, 2.0 * keys * heads * (latent + v_dim), 4.0 * keys * latent);
+  Report(state, 2.0 * keys * heads * (latent + v_dim), (cache16 ? 2.0 : 4.0) * keys * latent);
 }
 BENCHMARK(BM_SparseAttention)
-    ->ArgsProduct({{200000}, {1, 64}, {0, 1}, {20}})->ArgsProduct({{16384}, {1024}, {0, 1}, {20}})
-    ->Args({200000, 512, 1, 20})->ArgsProduct({{16384}, {1024}, {1}, {128}})
+    ->ArgsProduct({{200000}, {1, 64}, {0, 1, 2}, {20}})->ArgsProduct({{16384}, {1024}, {0, 1, 2}, {20}})
+    ->ArgsProduct({{200000}, {512}, {1, 2}, {20}})->ArgsProduct({{16384}, {1024}, {1, 2}, {128}})
     ->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Top-k alone over precomputed scores (the bound: reading the scores once).
