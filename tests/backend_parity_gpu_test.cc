@@ -517,8 +517,11 @@ TEST_F(BackendParityTest, Attention) {
     // BF16: the CPU rounds q, k, v and keeps the probabilities in F32, the tensor-core kernel also rounds
     // the probabilities (DESIGN.md §3's BF16 tolerance); the softmax statistics stay F32 on both.
     ExpectClose(out, bf16 ? 1e-2 : 1e-5, name + "_out");
-    ExpectClose(lse, bf16 ? 1e-3 : 1e-5, name + "_lse");  // shapes off the tensor-core path stay F32
-    if (cs.topk_k > 0) ExpectClose(probs, bf16 ? 1e-3 : 1e-5, name + "_probs");
+    // BF16 lse and probs: DESIGN.md §3's BF16 tolerance too. Off the tensor-core path the GPU computes the
+    // attention (and so lse) in F32 but the probabilities from BF16-rounded q and k, as the CPU does both:
+    // on fresh random inputs that mismatch reaches ~2e-3 (1e-3 failed about one run in ten).
+    ExpectClose(lse, bf16 ? 1e-2 : 1e-5, name + "_lse");
+    if (cs.topk_k > 0) ExpectClose(probs, bf16 ? 1e-2 : 1e-5, name + "_probs");
     if (!bf16) continue;
     // A BF16 KV cache holds exactly the values the BF16 arithmetic rounds the F32 cache to: the CPU gives
     // bitwise the same outputs, and the GPU (tensor cores or the F32 kernels widening it) matches the CPU.
@@ -533,8 +536,8 @@ TEST_F(BackendParityTest, Attention) {
     EXPECT_EQ(Cpu(lse), cpu_lse) << name;
     if (cs.topk_k > 0) EXPECT_EQ(Cpu(probs), cpu_probs) << name;
     ExpectClose(out, 1e-2, name + "_cache16_out");
-    ExpectClose(lse, 1e-3, name + "_cache16_lse");
-    if (cs.topk_k > 0) ExpectClose(probs, 1e-3, name + "_cache16_probs");
+    ExpectClose(lse, 1e-2, name + "_cache16_lse");
+    if (cs.topk_k > 0) ExpectClose(probs, 1e-2, name + "_cache16_probs");
     }
   }
   // A BF16 cache with F32 arithmetic, or half a pair of caches: InvalidArgument on both.

@@ -350,6 +350,10 @@ size_t SparseMlaTcSharedBytes() {
          sizeof(float) * 2 * 8 * 16 + sizeof(int64_t) * kTcChunk;
 }
 
+// kCache16: the KV cache is BF16 (AttentionParams::k16), rows copied with cp.async; else F32 rows converted
+// while staged. Two instantiations, so that neither carries the other's staging registers (one kernel with a
+// runtime branch needed 164 registers: one block per SM instead of two).
+template <bool kCache16>
 __global__ void __launch_bounds__(256) SparseMlaTcKernel(AttentionParams p, float* lse_out, float* part,
                                                          DeviceError* err) {
   extern __shared__ int64_t smem_i64[];
@@ -396,7 +400,7 @@ __global__ void __launch_bounds__(256) SparseMlaTcKernel(AttentionParams p, floa
       slots[threadIdx.x] = slot;
     }
     __syncthreads();
-    if (p.k16 != nullptr) {  // BF16 cache: rows copied as they are (cp.async)
+    if constexpr (kCache16) {  // BF16 cache: rows copied as they are (cp.async)
       StageRowsAsync<kTcChunk, kTcQk * 2, 256>(ks, kTcRow * 2, p.k16, static_cast<int64_t>(p.k_stride) * 2, slots);
     } else {
       StageRowsF32AsBf16<kTcChunk, kTcQk, 256>(ks, kTcRow, p.k_cache, p.k_stride, slots);
@@ -561,7 +565,10 @@ cudaError_t ConfigureAttentionKernels(size_t bytes) {
   g_attention_max_shared = bytes;
   cudaError_t e = cudaFuncSetAttribute(AttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
   if (e == cudaSuccess) {
-    e = cudaFuncSetAttribute(SparseMlaTcKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+    e = cudaFuncSetAttribute(SparseMlaTcKernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
+  }
+  if (e == cudaSuccess) {
+    e = cudaFuncSetAttribute(SparseMlaTcKernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
   }
   if (e == cudaSuccess) {
     e = cudaFuncSetAttribute(AttentionRegKernel<4, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, b);
@@ -579,8 +586,12 @@ cudaError_t LaunchAttention(const AttentionParams& p, float* lse_ws, float* part
   const int hb = HeadsPerBlock(p.q_heads / p.kv_heads);
   if (splits < 1 || part_ws == nullptr) splits = 1;
   if (AttentionUsesTensorCores(p)) {
-    SparseMlaTcKernel<<<dim3(p.layout.tokens, (p.q_heads + 31) / 32, splits), 256, SparseMlaTcSharedBytes(), stream>>>(
-        p, lse, splits > 1 ? part_ws : nullptr, err);
+    const dim3 grid(p.layout.tokens, (p.q_heads + 31) / 32, splits);
+    if (p.k16 != nullptr) {
+      SparseMlaTcKernel<true><<<grid, 256, SparseMlaTcSharedBytes(), stream>>>(p, lse, splits > 1 ? part_ws : nullptr, err);
+    } else {
+      SparseMlaTcKernel<false><<<grid, 256, SparseMlaTcSharedBytes(), stream>>>(p, lse, splits > 1 ? part_ws : nullptr, err);
+    }
     cudaError_t e = cudaGetLastError();
     if (e == cudaSuccess && splits > 1) {
       AttentionCombineKernel<<<dim3(p.layout.tokens, p.q_heads), 128, 0, stream>>>(p, part_ws, splits, lse);
