@@ -329,9 +329,9 @@ int CmdBenchSampled(int argc, char** argv) {
               device != kernels::DeviceKind::kCuda ? (ik_fp8 || ik_bf16 ? "quantised q and k, F32 sgemm (CPU)" : "F32")
               : ik_fp8 ? "FP8 E4M3 tensor cores" : ik_bf16 ? "BF16 tensor cores" : "F32",
               ik_fp8 ? "FP8 + F32 scale per token" : ik_bf16 ? "BF16" : "F32",
-              attn_precision != kernels::Precision::kBF16 ? "F32"
-              : device == kernels::DeviceKind::kCuda      ? "BF16 tensor cores"
-                                                           : "BF16-rounded q, k, v (CPU)");
+              attn_precision != kernels::Precision::kBF16 ? "F32 (KV cache F32)"
+              : device == kernels::DeviceKind::kCuda      ? "BF16 tensor cores (KV cache BF16)"
+                                                           : "BF16-rounded q, k, v (CPU; KV cache BF16)");
   std::printf("slice context: %lld cache tokens (%.2f GiB of KV + index-K cache)\n",
               static_cast<long long>(max_tokens), Gib(slice_per_token * static_cast<double>(max_tokens)));
   std::mt19937_64 rng(static_cast<uint64_t>(seed));
