@@ -51,7 +51,9 @@ struct ContextOptions {
   int block_size = 64;
   int prefill_chunk = 512;     // tokens per prefill forward pass
   std::string plan;            // F/S string overriding the model's plan ("" = the model's)
-  bool record_metrics = true;  // time the indexer at Full layers (synchronises the device around it)
+  // Record this context's metrics (metrics.h), the indexer at Full layers timed with backend time marks
+  // (no synchronisation inside a pass; profile_layers times it by synchronising instead); false: none.
+  bool record_metrics = true;
   // Per-layer wall time (Context::layer_profile): synchronises the backend after every layer and around
   // each Full layer's indexer + top-k, and accumulates seconds per layer. For benchmarks (`indexcache
   // bench --preset`, layer-sampled composition); off = no synchronisation and no timing at all.

@@ -45,11 +45,13 @@ synchronised after each layer) and the full depth of each plan is composed as
   T(plan) = T_other + n_dense_full·T_dense_full + n_moe_full·T_moe_full + n_moe_shared·T_moe_shared (+ …)
 with T_other = embedding + final norm + LM head, and the counts from the plan over the full depth. All
 layers of a class run the same kernels on the same shapes, so this is exact up to timing noise.
-Presets always run layer-sampled (the 47-layer model in F32, the engine's weight format, is 120 GB).
+Presets always run layer-sampled (the 47-layer model is 120 GB in F32, 57 GB with BF16 weights, and its
+synthetic weights are generated on the host).
 
 Per context: one prefill of random tokens, --decode-steps decode steps at batch 1, then decode with the
-KV cache full: B = the sequences of that length the device holds next to the FULL model's weights (F32
-weights and caches, as the engine stores them; BF16 as a labelled what-if), from sdk/sizing.h, decoded as
+KV cache full: B = the sequences of that length the device holds next to the FULL model's weights (the
+weights as --weight-precision, the KV cache as --attention-precision and the index-K cache as
+--indexer-precision store them; all-BF16 as a labelled what-if), from sdk/sizing.h, decoded as
 B − 1 forks of the prefilled sequence (capped by --max-batch and by the slice's memory: said when capped).
 Reported: prefill s, decode tokens/s per request, ratios vs DSA, the indexer + top-k share, the measured
 saving against the mechanism estimate (share of Shared layers × DSA indexer + top-k time; target: within
@@ -219,8 +221,9 @@ int CmdBenchSampled(int argc, char** argv) {
     CLI_ASSIGN_OR_FAIL(plan, ParsePlan(p.pattern, N), cmd);
     CLI_ASSIGN_OR_FAIL(counts, CountLayers(full, plan), cmd);
     r.counts = counts;
-    // The engine today: KV cache F32, embedding and experts replicated (one rank); weights F32, or with
-    // --weight-precision bf16 the Linear weights BF16 and the embedding table (half of `embedding`) F32.
+    // The engine today: embedding and experts replicated (one rank); weights F32, or with
+    // --weight-precision bf16 the Linear weights BF16 and the embedding table (half of `embedding`) F32;
+    // the KV cache as stored_per_token says.
     SizingOptions so{.weights = WeightDType::kBF16, .index_k = IndexKDType::kBF16, .kv = KvDType::kBF16,
                      .plan = &plan, .shared_experts_split_by_tp = false, .embedding_split_by_tp = false};
     CLI_ASSIGN_OR_FAIL(s, ComputeRankSizing(full, so), cmd);

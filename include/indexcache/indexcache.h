@@ -254,8 +254,9 @@ typedef struct ic_context_params_t {
   const char* metrics_address; /* NULL: no HTTP exposer; else start the process-wide Prometheus exposer
                                   on it ("127.0.0.1:9464", "[::1]:9464", ":9464"; see
                                   ic_metrics_start_exposer). Copied. */
-  int32_t record_metrics;      /* 1 (default): time the indexer at Full layers (synchronises the device
-                                  around it); 0: do not */
+  int32_t record_metrics;      /* 1 (default): record this context's metrics (ic_metrics_text), timing the
+                                  indexer at Full layers with device time marks (no synchronisation inside
+                                  a pass); 0: record none */
   /* Several ranks (DESIGN.md §5; ic_dist_unique_id). world_size = dp × tp_size: ranks
    * [g·tp_size, (g+1)·tp_size) form shard group g (attention tensor parallel, one top-k per group);
    * routed experts are split over expert groups of ep_size consecutive ranks. Every rank creates its
