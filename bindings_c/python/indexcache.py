@@ -580,7 +580,8 @@ class Context:
     world_size (= dp × tp_size), tp_size, ep_size and the dist_id from dist_unique_id() on every rank;
     creation returns once every rank has joined (threads: ctypes releases the GIL while it waits).
     indexer_precision: "f32" (default), "bf16" or "fp8" (DeepSeek-V3.2's E4M3 indexer with per-token
-    scales); attention_precision: "f32" or "bf16" (tensor cores on CUDA; ic_precision_t); weight_precision:
+    scales); attention_precision: "f32" or "bf16" (tensor cores on CUDA, and the KV cache kept in BF16;
+    ic_precision_t); weight_precision:
     "f32" or "bf16" (Linear weights held in BF16, BF16 GEMMs with F32 accumulation). ValueError for
     anything else."""
 
