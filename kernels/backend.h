@@ -43,8 +43,9 @@ enum class DeviceKind { kCpu, kCuda };
 // same layout, strides in elements; A stays F32 in memory and is rounded to BF16 (nearest even) before
 // the product; products accumulate in F32 and C stays F32 (the mixed-precision GEMM of every BF16 LLM
 // runtime: cuBLASLt with CUDA_R_16BF inputs and CUBLAS_COMPUTE_32F; the CPU reference rounds A, widens
-// B and runs its F32 sgemm, so the two differ only in summation order). Exactly one of b / b_bf16 is
-// set (both: InvalidArgument).
+// B and runs its F32 sgemm, so the two differ only in summation order; for decode-sized m ≤ 8 with one
+// [n, k] matrix the CUDA backend runs its own memory-bound GEMV with the same roundings). Exactly one of
+// b / b_bf16 is set (both: InvalidArgument).
 struct GemmArgs {
   float* c = nullptr;
   const float* a = nullptr;

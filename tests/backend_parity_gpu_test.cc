@@ -163,6 +163,9 @@ TEST_F(BackendParityTest, Gemm) {
       {1, 257, 129, 0, 0, 0, 1, true, 1.0f, 0.0f},   {257, 129, 511, 0, 0, 0, 1, true, 1.0f, 0.0f},
       {17, 23, 19, 0, 0, 0, 3, true, 1.0f, 0.25f},   {17, 23, 19, 21, 25, 27, 4, false, 2.0f, 0.0f},
       {13, 11, 0, 0, 0, 0, 1, true, 1.0f, 0.5f},
+      // Decode-sized m (the CUDA backend's BF16 GEMV path): aligned rows (k % 8 == 0), odd k, strides.
+      {3, 300, 256, 0, 0, 0, 1, true, 1.0f, 0.0f},   {8, 77, 2048, 0, 0, 0, 1, true, 1.0f, 0.0f},
+      {5, 64, 45, 50, 47, 70, 1, true, 0.5f, 0.7f},  {1, 513, 96, 100, 104, 0, 1, true, 1.0f, 1.0f},
   };
   // F32, then BF16 weights (b_bf16: both backends round A the same way; only summation order differs,
   // so the bound is F32's, loosened for the longer BF16-rounded sums).

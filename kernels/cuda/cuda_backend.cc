@@ -474,6 +474,13 @@ absl::Status CudaBackend::Gemm(const GemmArgs& g) {
   IC_ARG_CHECK(g.a != nullptr, op, "a is null");
   IC_ARG_CHECK(g.b != nullptr || g.b_bf16 != nullptr, op, "b is null (set b or b_bf16)");
   const bool bf16 = g.b_bf16 != nullptr;
+  // Decode-sized BF16 Linear (one matrix, B = [n, k], m ≤ 8): one memory-bound GEMV launch that rounds A
+  // as it reads it, instead of a cast and a cuBLASLt call tuned for larger m.
+  if (bf16 && g.batch == 1 && g.b_transposed && g.m <= kGemvBf16MaxRows) {
+    IC_CUDA_RETURN_IF_ERROR(
+        LaunchGemvBf16(g.c, g.a, g.b_bf16, g.m, g.n, g.k, lda, ldb, ldc, g.alpha, g.beta, stream_));
+    return absl::OkStatus();
+  }
   // BF16: A is cast into a dense [batch, m, k] BF16 buffer first (stream-ordered; the buffer is reused).
   const void* a = g.a;
   const void* b = bf16 ? static_cast<const void*>(g.b_bf16) : g.b;

@@ -166,6 +166,13 @@ cudaError_t LaunchIndexerScores(float* ws, const IndexerParams& p, int t0, int r
 cudaError_t LaunchIndexerCopyScores(float* scores, int scores_stride, const float* ws, int max_len,
                                     const int32_t* token_pos, int t0, int rows, cudaStream_t stream);
 
+// ---- gemv.cu ----
+// C[m, n] = alpha · bf16(A)[m, k] · Bᵀ + beta · C (beta 0: C not read) for m ≤ kGemvBf16MaxRows, B an
+// [n, k] BF16 weight with row stride ldb: GemmArgs::b_bf16's arithmetic for decode-sized m in one launch.
+constexpr int kGemvBf16MaxRows = 8;
+cudaError_t LaunchGemvBf16(float* c, const float* a, const uint16_t* b, int m, int n, int k, int lda, int ldb,
+                           int ldc, float alpha, float beta, cudaStream_t stream);
+
 // ---- moe.cu ----
 cudaError_t LaunchMoeRoute(int32_t* expert_ids, float* expert_weights, const float* logits,
                            const float* bias, int tokens, int experts, int top_k, int n_group,
