@@ -132,8 +132,8 @@ absl::Status SelectPrecisions(const Args& args, ContextOptions* options) {
   return absl::OkStatus();
 }
 
-std::string DescribePrecisions(const ContextOptions& o) {
-  return absl::StrCat("indexer ", PrecisionName(o.indexer_precision), ", attention ",
+std::string DescribePrecisions(const ContextOptions& o, bool has_indexer) {
+  return absl::StrCat("indexer ", has_indexer ? PrecisionName(o.indexer_precision) : "none", ", attention ",
                       PrecisionName(o.attention_precision), ", weights ", PrecisionName(o.weight_precision));
 }
 

@@ -40,8 +40,8 @@ absl::StatusOr<kernels::DeviceKind> SelectDevice(const Args& args);
 // default f32) into the matching ContextOptions fields; InvalidArgument naming the option otherwise.
 extern const std::vector<std::string> kPrecisionKeys;
 absl::Status SelectPrecisions(const Args& args, ContextOptions* options);
-// "indexer bf16, attention f32, weights bf16".
-std::string DescribePrecisions(const ContextOptions& options);
+// "indexer bf16, attention f32, weights bf16" ("indexer none" for a model without one).
+std::string DescribePrecisions(const ContextOptions& options, bool has_indexer = true);
 
 // Plans from a comma-separated list: "dsa" (all Full), "1/2", "1/4" (uniform), F/S strings, or
 // "file:PATH". Each gets a display name.

@@ -280,7 +280,7 @@ int CmdRun(int argc, char** argv) {
   std::fflush(stdout);
   std::fprintf(stderr,
                "plan %s; %s; prefill %zu tokens in %s; %zu tokens generated at %.1f tokens/s\n",
-               ctx->plan().ToString().c_str(), DescribePrecisions(co).c_str(), prompt.size(),
+               ctx->plan().ToString().c_str(), DescribePrecisions(co, c.has_indexer).c_str(), prompt.size(),
                FormatSeconds(t1 - t0).c_str(), out.size(), out.size() > 1 ? (out.size() - 1) / (t2 - t1) : 0.0);
   return 0;
 }
@@ -397,7 +397,7 @@ int CmdEval(int argc, char** argv) {
       return Fail("eval", absl::PermissionDeniedError(absl::StrCat("--report ", dir, ": cannot create or write")));
     }
   }
-  std::fprintf(stderr, "eval: %s\n", DescribePrecisions(precisions).c_str());
+  std::fprintf(stderr, "eval: %s\n", DescribePrecisions(precisions, model->config.has_indexer).c_str());
   std::printf("%-22s %-*s %10s %12s %10s\n", "plan", model->config.num_hidden_layers, "pattern", "loss", "perplexity",
               "tokens");
   for (const NamedPlan& p : plans) {
@@ -418,7 +418,7 @@ int CmdEval(int argc, char** argv) {
     }
     progress.Finish();
     const double loss = n ? sum / n : 0;
-    std::printf("%-22s %s %10.5f %12.4f %10lld\n", p.name.c_str(), p.pattern.c_str(), loss, std::exp(loss),
+    std::printf("%-22s %s %10.5f %12.6g %10lld\n", p.name.c_str(), p.pattern.c_str(), loss, std::exp(loss),
                 static_cast<long long>(n));
     std::fflush(stdout);
   }
@@ -479,7 +479,7 @@ int CmdBench(int argc, char** argv) {
   const ModelConfig& c = model->config;
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> dist(0, c.vocab_size - 1);
-  std::fprintf(stderr, "bench: %s\n", DescribePrecisions(precisions).c_str());
+  std::fprintf(stderr, "bench: %s\n", DescribePrecisions(precisions, model->config.has_indexer).c_str());
   std::printf("%-14s %8s %12s %10s %14s %12s %12s\n", "plan", "context", "prefill", "prefill", "decode tok/s",
               "indexer", "saved");
   std::printf("%-14s %8s %12s %10s %14s %12s %12s\n", "", "", "", "tok/s", "per sequence", "share", "(est.)");
