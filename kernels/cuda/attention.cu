@@ -55,8 +55,8 @@ __device__ __forceinline__ void StageKvRows(const AttentionParams& p, int g, con
       if (slot < 0) continue;
       const uint16_t* kr = kbase + slot * p.k_stride;
       const uint16_t* vr = vbase + slot * p.v_stride;
-      for (int d = threadIdx.x; d < D; d += blockDim.x) ks[r * D + d] = __uint_as_float(static_cast<uint32_t>(kr[d]) << 16);
-      for (int d = threadIdx.x; d < V; d += blockDim.x) vs[r * V + d] = __uint_as_float(static_cast<uint32_t>(vr[d]) << 16);
+      for (int d = threadIdx.x; d < D; d += blockDim.x) ks[r * D + d] = Bf16BitsToFloat(kr[d]);
+      for (int d = threadIdx.x; d < V; d += blockDim.x) vs[r * V + d] = Bf16BitsToFloat(vr[d]);
     }
     return;
   }
@@ -305,12 +305,11 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionProbsKernel(AttentionPar
         float dot = 0.0f;
         if (p.k16 != nullptr) {  // a BF16 cache: the values the BF16 kernels use
           for (int d = lane; d < p.qk_dim; d += 32) {
-            dot = fmaf(__bfloat162float(__float2bfloat16_rn(qh[d])),
-                       __uint_as_float(static_cast<uint32_t>(p.k16[k_off + d]) << 16), dot);
+            dot = fmaf(RoundBf16(qh[d]), Bf16BitsToFloat(p.k16[k_off + d]), dot);
           }
         } else if (p.bf16) {  // the same rounded inputs as the BF16 kernels
           for (int d = lane; d < p.qk_dim; d += 32) {
-            dot = fmaf(__bfloat162float(__float2bfloat16_rn(qh[d])), __bfloat162float(__float2bfloat16_rn(kr[d])), dot);
+            dot = fmaf(RoundBf16(qh[d]), RoundBf16(kr[d]), dot);
           }
         } else {
           for (int d = lane; d < p.qk_dim; d += 32) dot = fmaf(qh[d], kr[d], dot);

@@ -83,6 +83,12 @@ __device__ inline float Fp8Scale(float amax) {
 
 // ---- Tensor-core building blocks (sm_80+; the indexer and sparse attention kernels) ----------------
 
+// x rounded to the nearest BF16 value (ties to even), kept in F32: the rounding every BF16 path applies.
+__device__ __forceinline__ float RoundBf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+// The F32 value of a BF16 bit pattern (exact).
+__device__ __forceinline__ float Bf16BitsToFloat(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
+
 // Two floats as a BF16 pair (round to nearest even), the lower index in the low half.
 __device__ inline uint32_t PackBf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);

@@ -12,9 +12,6 @@ namespace {
 
 constexpr int kWarps = 8;
 
-__device__ __forceinline__ float RoundToBf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
-__device__ __forceinline__ float WidenBf16(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
-
 template <int M>
 __global__ void __launch_bounds__(kWarps * 32) GemvBf16Kernel(float* c, const float* a, const uint16_t* b, int m,
                                                               int n, int k, int lda, int ldb, int ldc, float alpha,
@@ -32,7 +29,7 @@ __global__ void __launch_bounds__(kWarps * 32) GemvBf16Kernel(float* c, const fl
       const uint16_t* wv = reinterpret_cast<const uint16_t*>(&packed);
       float wf[8];
 #pragma unroll
-      for (int q = 0; q < 8; ++q) wf[q] = WidenBf16(wv[q]);
+      for (int q = 0; q < 8; ++q) wf[q] = Bf16BitsToFloat(wv[q]);
 #pragma unroll
       for (int i = 0; i < M; ++i) {
         if (i < m) {
@@ -41,16 +38,16 @@ __global__ void __launch_bounds__(kWarps * 32) GemvBf16Kernel(float* c, const fl
           const float4 x1 = *reinterpret_cast<const float4*>(ar + 4);
           const float xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
-          for (int q = 0; q < 8; ++q) acc[i] = fmaf(RoundToBf16(xs[q]), wf[q], acc[i]);
+          for (int q = 0; q < 8; ++q) acc[i] = fmaf(RoundBf16(xs[q]), wf[q], acc[i]);
         }
       }
     }
   } else {
     for (int kk = lane; kk < k; kk += 32) {
-      const float wf = WidenBf16(w[kk]);
+      const float wf = Bf16BitsToFloat(w[kk]);
 #pragma unroll
       for (int i = 0; i < M; ++i) {
-        if (i < m) acc[i] = fmaf(RoundToBf16(a[static_cast<int64_t>(i) * lda + kk]), wf, acc[i]);
+        if (i < m) acc[i] = fmaf(RoundBf16(a[static_cast<int64_t>(i) * lda + kk]), wf, acc[i]);
       }
     }
   }

@@ -29,8 +29,6 @@ namespace {
 
 constexpr int kKeys = 128;
 
-__device__ inline float RoundBf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
-
 __global__ void __launch_bounds__(kKeys) IndexerScoresKernel(float* ws, IndexerParams p, int t0,
                                                              int max_len, bool all_rows,
                                                              DeviceError* err) {

@@ -114,8 +114,7 @@ constexpr int kMoeWarps = 8, kMoeRowsPerWarp = 1;  // one row per warp: many blo
 constexpr int kMoeRowsPerBlock = kMoeWarps * kMoeRowsPerWarp;
 
 __device__ __forceinline__ float Widen(float v) { return v; }
-__device__ __forceinline__ float Widen(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
-__device__ __forceinline__ float RoundBf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+__device__ __forceinline__ float Widen(uint16_t b) { return Bf16BitsToFloat(b); }
 
 // Σ_k in[k] · w[k] over n for one warp (lane-strided; `round`: in rounded to BF16 first).
 template <typename W>
