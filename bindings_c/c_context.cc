@@ -7,6 +7,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <memory>
 #include <span>
@@ -131,14 +132,36 @@ std::map<uint64_t, PendingGroup>& PendingGroups() {
   return *groups;
 }
 
+// The key of an in-process (CPU) id made by this process; nullopt for other ids.
+std::optional<uint64_t> InProcessKey(const ic_dist_id_t& id) {
+  if (std::memcmp(id.bytes, kDistMagic, sizeof kDistMagic) != 0 || id.bytes[8] != kDistInProcess) return std::nullopt;
+  uint64_t pid = 0, key = 0;
+  std::memcpy(&pid, id.bytes + kDistPid, 8);
+  std::memcpy(&key, id.bytes + kDistKey, 8);
+  if (pid != static_cast<uint64_t>(getpid())) return std::nullopt;
+  return key;
+}
+
+// Marks a pending group broken (the first reason stays) and aborts it: the ranks already waiting return
+// at once (IC_ERR_ABORTED) instead of after the timeout. Caller holds g_pending_mu.
+void BreakGroup(PendingGroup& g, std::string why) {
+  if (!g.broken.empty()) return;
+  g.broken = std::move(why);
+  for (auto& c : g.comms) {
+    if (c != nullptr) {
+      c->Abort();
+      break;
+    }
+  }
+}
+
 // Why the in-process group of `id` broke ("" when it did not, or for other backends): a rank already
 // waiting in a collective only sees its communicator aborted; this names the rank that could not join.
 std::string BrokenGroupReason(const ic_dist_id_t& id) {
-  if (std::memcmp(id.bytes, kDistMagic, sizeof kDistMagic) != 0 || id.bytes[8] != kDistInProcess) return "";
-  uint64_t key = 0;
-  std::memcpy(&key, id.bytes + kDistKey, 8);
+  const std::optional<uint64_t> key = InProcessKey(id);
+  if (!key) return "";
   std::lock_guard<std::mutex> lock(g_pending_mu);
-  auto it = PendingGroups().find(key);
+  auto it = PendingGroups().find(*key);
   return it == PendingGroups().end() ? "" : it->second.broken;
 }
 
@@ -170,16 +193,9 @@ absl::StatusOr<std::unique_ptr<parallel::Communicator>> JoinWorld(const ic_dist_
       IC_ASSIGN_OR_RETURN(g.comms, parallel::InProcessGroup::Create(world, options));
       g.world_size = world;
     }
-    // A rank that cannot join breaks the group for everyone: the ranks already waiting return at once
-    // (IC_ERR_ABORTED) instead of after the timeout.
+    // A rank that cannot join breaks the group for everyone.
     auto break_group = [&](std::string why) -> absl::Status {
-      g.broken = why;
-      for (auto& c : g.comms) {
-        if (c != nullptr) {
-          c->Abort();
-          break;
-        }
-      }
+      BreakGroup(g, why);
       return absl::InvalidArgumentError(why);
     };
     if (g.world_size != world) {
@@ -216,21 +232,10 @@ absl::StatusOr<std::unique_ptr<parallel::Communicator>> JoinWorld(const ic_dist_
 // ranks already waiting return IC_ERR_ABORTED naming it instead of waiting for the timeout. (NCCL ranks:
 // nothing to break before ncclCommInitRank; they wait for dist_timeout_ms.)
 void AbandonWorld(const ic_dist_id_t& id, int rank, const absl::Status& why) {
-  if (std::memcmp(id.bytes, kDistMagic, sizeof kDistMagic) != 0 || id.bytes[8] != kDistInProcess) return;
-  uint64_t pid = 0, key = 0;
-  std::memcpy(&pid, id.bytes + kDistPid, 8);
-  std::memcpy(&key, id.bytes + kDistKey, 8);
-  if (pid != static_cast<uint64_t>(getpid())) return;
+  const std::optional<uint64_t> key = InProcessKey(id);
+  if (!key) return;
   std::lock_guard<std::mutex> lock(g_pending_mu);
-  PendingGroup& g = PendingGroups()[key];
-  if (!g.broken.empty()) return;
-  g.broken = absl::StrCat("rank ", rank, " could not create its context: ", why.message());
-  for (auto& c : g.comms) {
-    if (c != nullptr) {
-      c->Abort();
-      break;
-    }
-  }
+  BreakGroup(PendingGroups()[*key], absl::StrCat("rank ", rank, " could not create its context: ", why.message()));
 }
 
 // Cache slots and positions are int32 inside the engine: max_tokens rounded up to whole blocks must fit.
