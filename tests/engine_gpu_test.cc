@@ -110,6 +110,19 @@ TEST_F(EngineGpuTest, GoldenCheckpointsMatchTransformersOnTheGpu) {
   }
 }
 
+// Every layer's GPU top-k margin-equal (DESIGN.md §3, relative ε) to the CPU's, on the CPU scores of the
+// layer's source Full layer, for one sequence of n tokens prefilled from position 0.
+void ExpectTopkMarginEqual(const Pass& gpu, const Pass& cpu, const Model& model, int n, float eps) {
+  std::vector<int32_t> valid(n);
+  std::iota(valid.begin(), valid.end(), 1);
+  for (const auto& [l, idx] : gpu.topk) {
+    const int src = model.plan.SourceLayer(l);
+    EXPECT_TRUE(test::IndexSetsMarginEqual(idx.data(), cpu.topk.at(l).data(), n, model.config.index_topk,
+                                           cpu.scores.at(src).data(), n, valid.data(), eps))
+        << "layer " << l;
+  }
+}
+
 // The small synthetic models the parity tests run: 4 layers, hidden 128, vocabulary 300, top-k 48, plan
 // FSFS (dense Llama: no plan).
 SyntheticModelOptions SmallModel(Architecture arch) {
@@ -132,21 +145,11 @@ TEST_F(EngineGpuTest, SyntheticModelsMatchTheCpuReference) {
     o.index_head_dim = 32;
     auto model = BuildSyntheticModel(o);
     ASSERT_TRUE(model.ok()) << model.status();
-    std::mt19937 rng(17);
-    std::uniform_int_distribution<int32_t> d(0, o.vocab_size - 1);
-    std::vector<int32_t> tokens(700);
-    for (auto& t : tokens) t = d(rng);
+    const std::vector<int32_t> tokens = test::RandomTokens(700, o.vocab_size, 17);
     Pass cpu = RunPass(*model, DeviceKind::kCpu, tokens, {700});
     Pass gpu = RunPass(*model, DeviceKind::kCuda, tokens, {1, 255, 64, 380});  // chunked on the GPU
     EXPECT_LT(RelError(gpu.logits, cpu.logits), 1e-4);
-    std::vector<int32_t> valid(700);
-    std::iota(valid.begin(), valid.end(), 1);
-    for (auto& [l, idx] : gpu.topk) {
-      const int src = (*model)->plan.SourceLayer(l);
-      EXPECT_TRUE(test::IndexSetsMarginEqual(idx.data(), cpu.topk[l].data(), 700, o.index_topk,
-                                             cpu.scores[src].data(), 700, valid.data(), 1e-5f))
-          << "layer " << l;
-    }
+    ExpectTopkMarginEqual(gpu, cpu, **model, 700, 1e-5f);
   }
 }
 
@@ -167,22 +170,12 @@ TEST_F(EngineGpuTest, Bf16IndexerMatchesTheCpuBf16Reference) {
     o.index_head_dim = sh.dim;
     auto model = BuildSyntheticModel(o);
     ASSERT_TRUE(model.ok()) << model.status();
-    std::mt19937 rng(23);
-    std::uniform_int_distribution<int32_t> d(0, o.vocab_size - 1);
-    std::vector<int32_t> tokens(600);
-    for (auto& t : tokens) t = d(rng);
+    const std::vector<int32_t> tokens = test::RandomTokens(600, o.vocab_size, 23);
     const auto bf16 = kernels::Precision::kBF16;
     Pass cpu = RunPass(*model, DeviceKind::kCpu, tokens, {600}, bf16);
     Pass gpu = RunPass(*model, DeviceKind::kCuda, tokens, {5, 300, 295}, bf16);
     EXPECT_LT(RelError(gpu.logits, cpu.logits), 2e-3);
-    std::vector<int32_t> valid(600);
-    std::iota(valid.begin(), valid.end(), 1);
-    for (auto& [l, idx] : gpu.topk) {
-      const int src = (*model)->plan.SourceLayer(l);
-      EXPECT_TRUE(test::IndexSetsMarginEqual(idx.data(), cpu.topk[l].data(), 600, o.index_topk,
-                                             cpu.scores[src].data(), 600, valid.data(), 1e-2f))
-          << "layer " << l;
-    }
+    ExpectTopkMarginEqual(gpu, cpu, **model, 600, 1e-2f);
   }
 }
 
@@ -222,10 +215,7 @@ TEST_F(EngineGpuTest, Bf16WeightsMatchTheCpuBf16Reference) {
     auto model = BuildSyntheticModel(o);
     ASSERT_TRUE(model.ok()) << model.status();
     const bool dense = !(*model)->config.has_indexer;
-    std::mt19937 rng(29);
-    std::uniform_int_distribution<int32_t> d(0, o.vocab_size - 1);
-    std::vector<int32_t> tokens(dense ? 400 : 40);
-    for (auto& t : tokens) t = d(rng);
+    const std::vector<int32_t> tokens = test::RandomTokens(dense ? 400 : 40, o.vocab_size, 29);
     const int n = static_cast<int>(tokens.size());
     const Run cpu = run(*model, DeviceKind::kCpu, tokens, {n}, bf16);
     const Run gpu = run(*model, DeviceKind::kCuda, tokens, {7, n - 7}, bf16);
