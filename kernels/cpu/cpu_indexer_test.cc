@@ -73,12 +73,26 @@ std::vector<int32_t> ValidSorted(const int32_t* row, int k, int expected_valid) 
   return v;
 }
 
-struct Setup {
-  Paged paged;
-  Tokens tokens;
-  std::vector<float> q, w, kc;
-  int k_stride = 0;
+// Random indexer inputs: sequences of `lens` tokens in 64-slot blocks whose rows first..len−1 are queries,
+// an F32 index-K cache of `dim` (k_stride = dim), q [T, heads, dim] in [−1, 1) and w [T, heads] in
+// [w_lo, w_hi), drawn from rng in that order.
+struct Scene {
+  Paged p;
+  Tokens tk;
+  int T = 0;
+  std::vector<float> kc, q, w;
 };
+Scene MakeScene(std::mt19937& rng, const std::vector<int>& lens, const std::vector<int>& first, int heads, int dim,
+                float w_lo, float w_hi) {
+  Scene sc;
+  sc.p = MakePaged(lens, 64, rng);
+  sc.tk = MakeTokens(first, lens, rng);
+  sc.T = static_cast<int>(sc.tk.seq.size());
+  sc.kc = MakeCache(sc.p, dim, rng);
+  sc.q = testutil::RandomVector(sc.T * heads * dim, rng);
+  sc.w = testutil::RandomVector(sc.T * heads, rng, w_lo, w_hi);
+  return sc;
+}
 
 // Integer-valued q and k and w in quarters: every score is exact in float, so sets must match exactly
 // (with many ties, exercising the tie rule end to end).
@@ -137,12 +151,7 @@ TEST(CpuIndexer, RandomFloatsScoresAndSelfConsistentTopk) {
   const std::vector<int> lens = {700, 129, 64};
   const std::vector<int> first = {0, 100, 63};
   const int heads = 8, dim = 32, k = 48;
-  Paged p = MakePaged(lens, 64, rng);
-  Tokens tk = MakeTokens(first, lens, rng);
-  const int T = static_cast<int>(tk.seq.size());
-  std::vector<float> kc = MakeCache(p, dim, rng);
-  std::vector<float> q = testutil::RandomVector(T * heads * dim, rng);
-  std::vector<float> w = testutil::RandomVector(T * heads, rng, -0.5f, 1.0f);
+  auto [p, tk, T, kc, q, w] = MakeScene(rng, lens, first, heads, dim, -0.5f, 1.0f);
   const int stride = 700;
   std::vector<float> scores(T * stride);
   std::vector<int32_t> idx(T * k);
@@ -193,12 +202,7 @@ TEST(CpuIndexer, Bf16PrecisionRoundsQueriesAndKeys) {
   const std::vector<int> lens = {300, 90};
   const std::vector<int> first = {0, 40};
   const int heads = 8, dim = 64, k = 32;
-  Paged p = MakePaged(lens, 64, rng);
-  Tokens tk = MakeTokens(first, lens, rng);
-  const int T = static_cast<int>(tk.seq.size());
-  std::vector<float> kc = MakeCache(p, dim, rng);
-  std::vector<float> q = testutil::RandomVector(T * heads * dim, rng);
-  std::vector<float> w = testutil::RandomVector(T * heads, rng, 0.1f, 1.0f);
+  auto [p, tk, T, kc, q, w] = MakeScene(rng, lens, first, heads, dim, 0.1f, 1.0f);
   std::vector<float> kc_r = kc, q_r = q;
   for (float& v : kc_r) v = Bf16ByFrexp(v);
   for (float& v : q_r) v = Bf16ByFrexp(v);
@@ -272,12 +276,7 @@ TEST(CpuIndexer, Fp8PrecisionRecallsTheBf16Sets) {
   const std::vector<int> lens = {4000, 2600};
   const std::vector<int> first = {3900, 2400};  // the last rows: contexts of 2.4K–4K, k = 2048 as in DSA
   const int heads = 32, dim = 128, k = 2048;
-  Paged p = MakePaged(lens, 64, rng);
-  Tokens tk = MakeTokens(first, lens, rng);
-  const int T = static_cast<int>(tk.seq.size());
-  std::vector<float> kc = MakeCache(p, dim, rng);
-  std::vector<float> q = testutil::RandomVector(T * heads * dim, rng);
-  std::vector<float> w = testutil::RandomVector(T * heads, rng, 0.1f, 1.0f);
+  auto [p, tk, T, kc, q, w] = MakeScene(rng, lens, first, heads, dim, 0.1f, 1.0f);
   CpuBackend cpu;
   // The FP8 cache through CacheWrite (slot = row of kc).
   std::vector<int32_t> slots(p.num_slots);
