@@ -323,6 +323,58 @@ struct CrossEntropyArgs {
   int tokens = 0, vocab = 0, stride = 0;
 };
 
+// Indexer distillation with a dense target, the O(T²·H·d) part of sdk/distill.h (DESIGN.md §3, "Multi-layer
+// distillation"; the KL of DeepSeek-V3.2's indexer warm-up, averaged over served layers by IndexCache,
+// arXiv 2603.12201 §3.2). For rows t and keys s ≤ t (one sequence, row index = position):
+//   I[t, s]   = Σ_j w[t, j] · ReLU(q[t, j] · k[s])                         (the indexer's scores)
+//   p̂[t, s]  = p[t, s] / Σ_{s' ≤ t} p[t, s']                             (rows with zero mass are skipped)
+//   kl[t]     = Σ_{s ≤ t, p̂ > 0} p̂ · (log p̂ − I[t, s] + logsumexp_{s' ≤ t} I[t, s'])   (0 when skipped)
+//   G[t, s]   = softmax_{s ≤ t}(I[t])_s − p̂[t, s]                         (= ∂kl[t] / ∂I[t, s])
+// and, when the gradients are asked for, those of Σ_t kl[t] (the sum, not the mean; ReLU's gradient is 0 at
+// and below 0):
+//   grad_w[t, j]    = Σ_{s ≤ t} G[t, s] · ReLU(q[t, j] · k[s])
+//   grad_q[t, j, :] = Σ_{s ≤ t} G[t, s] · w[t, j] · [q[t, j] · k[s] > 0] · k[s]
+//   grad_k[s, :]    = Σ_{t ≥ s} Σ_j G[t, s] · w[t, j] · [q[t, j] · k[s] > 0] · q[t, j]
+// q [tokens, heads, head_dim], k [tokens, head_dim], w [tokens, heads], p [tokens, tokens] (entries s > t
+// are ignored), kl [tokens]; grad_q / grad_k / grad_w have the shapes of q / k / w, all three or none.
+// All F32; the CPU reference accumulates in double, the CUDA kernels the per-row sums (softmax, KL) in
+// double and the products in F32. p must be finite and ≥ 0 (checked by the caller, sdk/distill.cc).
+// head_dim in [1, kIndexerDistillMaxHeadDim].
+struct IndexerDistillArgs {
+  float* kl = nullptr;
+  float* grad_q = nullptr;
+  float* grad_k = nullptr;
+  float* grad_w = nullptr;
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* w = nullptr;
+  const float* p = nullptr;
+  int tokens = 0, heads = 0, head_dim = 0;
+};
+constexpr int kIndexerDistillMaxHeadDim = 512;
+
+// The argument checks both backends run for IndexerDistill (InvalidArgument naming the field).
+inline absl::Status ValidateIndexerDistill(const IndexerDistillArgs& a) {
+  if (a.tokens < 0 || a.heads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("IndexerDistill: negative size tokens = ", a.tokens, ", heads = ", a.heads));
+  }
+  if (a.head_dim < 1 || a.head_dim > kIndexerDistillMaxHeadDim) {
+    return absl::InvalidArgumentError(absl::StrCat("IndexerDistill: head_dim = ", a.head_dim, " must be in [1, ",
+                                                   kIndexerDistillMaxHeadDim, "]"));
+  }
+  if (a.tokens == 0) return absl::OkStatus();
+  if (a.heads == 0) return absl::InvalidArgumentError("IndexerDistill: heads must be positive");
+  if (a.kl == nullptr || a.q == nullptr || a.k == nullptr || a.w == nullptr || a.p == nullptr) {
+    return absl::InvalidArgumentError("IndexerDistill: kl, q, k, w or p is null");
+  }
+  const int grads = (a.grad_q != nullptr) + (a.grad_k != nullptr) + (a.grad_w != nullptr);
+  if (grads != 0 && grads != 3) {
+    return absl::InvalidArgumentError("IndexerDistill: grad_q, grad_k and grad_w go together (all or none)");
+  }
+  return absl::OkStatus();
+}
+
 // Memory of the backend's device: the GPU's (cudaMemGetInfo) or, for the CPU backend, the host's
 // (MemAvailable and MemTotal of /proc/meminfo). Process-wide, not per backend: what every user of the
 // device holds counts as used.
@@ -384,6 +436,7 @@ class Backend {
   virtual absl::Status ScatterAddRows(const RowsArgs& args) = 0;
   virtual absl::Status CrossEntropy(const CrossEntropyArgs& args) = 0;
   virtual absl::Status Hadamard(const HadamardArgs& args) = 0;
+  virtual absl::Status IndexerDistill(const IndexerDistillArgs& args) = 0;
 };
 
 // Creates a backend. kCuda returns Unavailable when the build has no CUDA or no GPU is visible.

@@ -1,6 +1,7 @@
 // Google Benchmark suite for the CUDA kernels, through the Backend interface as the engine calls them:
 // index scores + top-k (decode and prefill rows), sparse attention over top-k (MLA absorbed, decode and
-// prefill), top-k alone, GEMM (cuBLASLt). Each iteration runs the op and synchronises (wall time; every
+// prefill), top-k alone, GEMM (cuBLASLt), the fused MoE experts, the distillation loss (IndexerDistill).
+// Each iteration runs the op and synchronises (wall time; every
 // case is long enough for the launch overhead not to matter, said per case). Counters:
 //   TFLOP/s and pct_bf16_peak   against the H200's 989 dense BF16 TFLOP/s (our kernels are F32 today)
 //   GB/s and pct_hbm_peak       the op's minimal traffic against 4.8 TB/s
@@ -246,6 +247,34 @@ void BM_MoeExperts(benchmark::State& state) {
   Report(state, 2.0 * weights, 2.0 * weights);        // 2 FLOPs and 2 bytes (BF16) per weight
 }
 BENCHMARK(BM_MoeExperts)->Arg(1)->Arg(4)->Arg(8)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// IndexerDistill (the distillation loss's O(T²) part with gradients): T tokens, H indexer heads × d. Args
+// {1024, 4, 64}: the Llama-DSA indexers distilled for SmolLM2 (README); {2048, 64, 128}: DeepSeek-V3.2's
+// indexer. FLOPs: q·k three times (scores, grad_q/grad_w, grad_k) and the two gradient products, 5·T²·H·d
+// over the causal half. F32 CUDA cores (67 TFLOP/s peak on the H200), not tensor cores.
+void BM_IndexerDistill(benchmark::State& state) {
+  const int T = state.range(0), H = state.range(1), d = state.range(2);
+  std::vector<float> p(static_cast<size_t>(T) * T, 0.0f);
+  for (int t = 0; t < T; ++t) {
+    for (int s = 0; s <= t; ++s) p[static_cast<size_t>(t) * T + s] = 1.0f / static_cast<float>(t + 1);
+  }
+  float* q = Upload(Random(static_cast<size_t>(T) * H * d, 21));
+  float* k = Upload(Random(static_cast<size_t>(T) * d, 22));
+  float* w = Upload(Random(static_cast<size_t>(T) * H, 23));
+  float* dp = Upload(p);
+  float* kl = Upload(std::vector<float>(T));
+  float* gq = Upload(std::vector<float>(static_cast<size_t>(T) * H * d));
+  float* gk = Upload(std::vector<float>(static_cast<size_t>(T) * d));
+  float* gw = Upload(std::vector<float>(static_cast<size_t>(T) * H));
+  IndexerDistillArgs a{.kl = kl, .grad_q = gq, .grad_k = gk, .grad_w = gw, .q = q, .k = k, .w = w, .p = dp,
+                       .tokens = T, .heads = H, .head_dim = d};
+  for (auto _ : state) {
+    if (!Gpu().IndexerDistill(a).ok() || !Gpu().Synchronize().ok()) state.SkipWithError("IndexerDistill failed");
+  }
+  const double pairs = 0.5 * T * (T + 1.0) * H;
+  Report(state, 5.0 * 2.0 * pairs * d, 4.0 * (2.0 * T * T + 2.0 * T * (H * d + d + H)));
+}
+BENCHMARK(BM_IndexerDistill)->Args({1024, 4, 64})->Args({2048, 64, 128})->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace ic::kernels

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "sdk/device_buffer.h"
 #include "sdk/status.h"
 
 namespace ic {
@@ -326,6 +327,57 @@ void DenseRows(const Forward& f, const IndexerBatch& batch, bool want_grad, std:
   }
 }
 
+// DenseRows through Backend::IndexerDistill: q, k, w and p go to the backend as F32; kl and the gradients
+// w.r.t. q, k and w come back and are widened to double.
+absl::Status BackendDenseRows(const Forward& f, const IndexerBatch& batch, bool want_grad, kernels::Backend* backend,
+                              std::vector<double>* gq, std::vector<double>* gk, std::vector<double>* gw, double* total,
+                              int64_t* rows) {
+  const int T = f.dm.T, H = f.dm.H, d = f.dm.d;
+  const size_t nq = static_cast<size_t>(T) * H * d, nk = static_cast<size_t>(T) * d, nw = static_cast<size_t>(T) * H;
+  const size_t np = static_cast<size_t>(T) * T;
+  DeviceBuffer q, k, w, p, kl, grad_q, grad_k, grad_w;
+  auto upload = [&](DeviceBuffer& buf, const float* host, size_t n) -> absl::Status {
+    IC_RETURN_IF_ERROR(buf.Reserve(backend, n * sizeof(float)));
+    return backend->CopyToDevice(buf.as<float>(), host, n * sizeof(float));
+  };
+  auto to_float = [](const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); };
+  IC_RETURN_IF_ERROR(upload(q, to_float(f.q).data(), nq));
+  IC_RETURN_IF_ERROR(upload(k, to_float(f.k).data(), nk));
+  IC_RETURN_IF_ERROR(upload(w, to_float(f.wv).data(), nw));
+  IC_RETURN_IF_ERROR(upload(p, batch.p_dense.data(), np));
+  IC_RETURN_IF_ERROR(kl.Reserve(backend, T * sizeof(float)));
+  kernels::IndexerDistillArgs a{.kl = kl.as<float>(), .q = q.as<float>(), .k = k.as<float>(), .w = w.as<float>(),
+                                .p = p.as<float>(), .tokens = T, .heads = H, .head_dim = d};
+  if (want_grad) {
+    IC_RETURN_IF_ERROR(grad_q.Reserve(backend, nq * sizeof(float)));
+    IC_RETURN_IF_ERROR(grad_k.Reserve(backend, nk * sizeof(float)));
+    IC_RETURN_IF_ERROR(grad_w.Reserve(backend, nw * sizeof(float)));
+    a.grad_q = grad_q.as<float>();
+    a.grad_k = grad_k.as<float>();
+    a.grad_w = grad_w.as<float>();
+  }
+  IC_RETURN_IF_ERROR(backend->IndexerDistill(a));
+  IC_RETURN_IF_ERROR(backend->Synchronize());
+  std::vector<float> host(std::max({static_cast<size_t>(T), nq, nk, nw}));
+  auto download = [&](const DeviceBuffer& buf, size_t n, std::vector<double>* out) -> absl::Status {
+    IC_RETURN_IF_ERROR(backend->CopyToHost(host.data(), buf.as<float>(), n * sizeof(float)));
+    out->assign(host.begin(), host.begin() + static_cast<std::ptrdiff_t>(n));
+    return absl::OkStatus();
+  };
+  std::vector<double> row_kl;
+  IC_RETURN_IF_ERROR(download(kl, T, &row_kl));
+  for (int t = 0; t < T; ++t) {
+    const float* prow = &batch.p_dense[static_cast<size_t>(t) * T];
+    if (std::none_of(prow, prow + t + 1, [](float x) { return x != 0; })) continue;  // skipped, as DenseRows
+    ++*rows;
+    *total += row_kl[t];
+  }
+  if (!want_grad) return absl::OkStatus();
+  IC_RETURN_IF_ERROR(download(grad_q, nq, gq));
+  IC_RETURN_IF_ERROR(download(grad_k, nk, gk));
+  return download(grad_w, nw, gw);
+}
+
 }  // namespace
 
 void IndexerGrads::Add(const IndexerGrads& o, double scale) {
@@ -366,7 +418,7 @@ absl::StatusOr<std::vector<double>> IndexerScores(const ModelConfig& config, con
 }
 
 absl::StatusOr<double> IndexerDistillLoss(const ModelConfig& config, const IndexerWeights& weights,
-                                          const IndexerBatch& batch, IndexerGrads* grads) {
+                                          const IndexerBatch& batch, IndexerGrads* grads, kernels::Backend* backend) {
   IC_ASSIGN_OR_RETURN(Dims dm, Validate(config, weights, batch, /*need_target=*/true));
   Forward f = RunForward(config, weights, batch, dm);
   const int T = dm.T, H = dm.H, d = dm.d, R = dm.R;
@@ -382,7 +434,9 @@ absl::StatusOr<double> IndexerDistillLoss(const ModelConfig& config, const Index
 
   double total = 0;
   int64_t rows = 0;
-  if (!batch.sparse()) {
+  if (!batch.sparse() && backend != nullptr) {
+    IC_RETURN_IF_ERROR(BackendDenseRows(f, batch, want_grad, backend, &gq, &gk, &gw, &total, &rows));
+  } else if (!batch.sparse()) {
     DenseRows(f, batch, want_grad, &gq, &gk, &gw, &total, &rows);
   } else {
     std::vector<int32_t> dom;     // D_t

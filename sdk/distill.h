@@ -29,7 +29,7 @@
 // the paper's minus that constant (it is ≥ 0 and 0 exactly when q_t = p_t). m = 0 is DeepSeek's indexer loss.
 //
 // Precision: weights and inputs are F32 (as the engine stores them); every intermediate, the loss and the
-// gradients are double. Cost: projections O(T·(H_I·d_I·in_q + (d_I + H_I)·hidden)) through cblas_dgemm;
+// gradients are double (a backend, below, runs the score part in F32). Cost: projections O(T·(H_I·d_I·in_q + (d_I + H_I)·hidden)) through cblas_dgemm;
 // scores and their backward O(Σ_t |D_t| · H_I · d_I) in plain loops (T² · H_I · d_I / 2 dense); memory
 // O(T·(H_I·d_I + in_q + hidden)) — no T×T buffer is held.
 //
@@ -44,6 +44,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/backend.h"
 #include "sdk/config.h"
 #include "sdk/weights.h"
 
@@ -83,10 +84,17 @@ struct IndexerGrads {
 };
 
 // The loss above; when `grads` != nullptr also its gradients w.r.t. every indexer parameter.
+// `backend` (optional, not owned): with a dense target, the O(T²·H_I·d_I) part (scores, softmax, KL and the
+// backward from I to q, k and w) runs as Backend::IndexerDistill on it, in F32 products with double row
+// sums (kernels/backend.h); the projections, LayerNorm, RoPE and their backward stay on the host in double.
+// The loss and gradients then match the all-double path to about 1e-5 relative. nullptr, or a sparse
+// target: everything on the host in double. The backend's memory holds q, k, w, p and a [T, T] F32 scratch.
 // InvalidArgument naming the field on a shape or value error (config indexer fields, weight shapes, x_q, x,
-// positions, p_dense / p_offsets / p_index / p_prob, non-finite inputs, bad row sums).
+// positions, p_dense / p_offsets / p_index / p_prob, non-finite inputs, bad row sums); ResourceExhausted
+// when the backend's memory runs out.
 absl::StatusOr<double> IndexerDistillLoss(const ModelConfig& config, const IndexerWeights& weights,
-                                          const IndexerBatch& batch, IndexerGrads* grads);
+                                          const IndexerBatch& batch, IndexerGrads* grads,
+                                          kernels::Backend* backend = nullptr);
 
 // Indexer scores I[t, s] for s ≤ t (double, [T, T], entries s > t are -inf): the forward above, exposed for
 // tests and evaluation (recall of the target mass inside the top-k).

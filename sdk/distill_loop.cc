@@ -177,9 +177,10 @@ class SingleThreadedBlas {
   int saved_;
 };
 
-// Loss (and gradients when `grads`) of every Full layer on one captured window, layers spread over threads.
+// Loss (and gradients when `grads`) of every Full layer on one captured window, layers spread over threads;
+// with a `backend` (the CUDA teacher's), one layer after another, each through Backend::IndexerDistill.
 absl::Status WindowLosses(const IndexerTrainingState& st, const Capture& cap, int T, int threads,
-                          std::vector<double>* loss, std::vector<IndexerGrads>* grads) {
+                          kernels::Backend* backend, std::vector<double>* loss, std::vector<IndexerGrads>* grads) {
   const ModelConfig& c = st.config;
   std::vector<int> full;
   for (int l = 0; l < c.num_hidden_layers; ++l) {
@@ -208,7 +209,7 @@ absl::Status WindowLosses(const IndexerTrainingState& st, const Capture& cap, in
           for (size_t k = 0; k < b.p_dense.size(); ++k) b.p_dense[k] += inv * a[k];
         }
         absl::StatusOr<double> v =
-            IndexerDistillLoss(c, st.indexers[l], b, grads != nullptr ? &(*grads)[l] : nullptr);
+            IndexerDistillLoss(c, st.indexers[l], b, grads != nullptr ? &(*grads)[l] : nullptr, backend);
         if (!v.ok()) {
           status[l] = absl::Status(v.status().code(), absl::StrCat("layer ", l, ": ", v.status().message()));
         } else {
@@ -223,7 +224,7 @@ absl::Status WindowLosses(const IndexerTrainingState& st, const Capture& cap, in
       }
     }
   };
-  const int n = std::max(1, std::min<int>(threads, static_cast<int>(full.size())));
+  const int n = backend != nullptr ? 1 : std::max(1, std::min<int>(threads, static_cast<int>(full.size())));
   SingleThreadedBlas blas(n > 1);
   std::vector<std::thread> pool;
   for (int i = 1; i < n; ++i) pool.emplace_back(work);
@@ -231,6 +232,11 @@ absl::Status WindowLosses(const IndexerTrainingState& st, const Capture& cap, in
   for (std::thread& t : pool) t.join();
   for (const absl::Status& s : status) IC_RETURN_IF_ERROR(s);
   return absl::OkStatus();
+}
+
+// Where the loss's score part runs: the teacher's GPU, or nullptr for the host's double path (sdk/distill.h).
+kernels::Backend* GradientBackend(Context& teacher) {
+  return teacher.backend().kind() == kernels::DeviceKind::kCuda ? &teacher.backend() : nullptr;
 }
 
 int ResolveThreads(int threads) {
@@ -383,7 +389,7 @@ absl::Status TrainIndexers(std::shared_ptr<const Model> dense, std::span<const s
       const double c1 = Now();
       std::vector<double> loss(N, 0.0);
       std::vector<IndexerGrads> grads(N);
-      IC_RETURN_IF_ERROR(WindowLosses(*st, cap, static_cast<int>(w.size()), threads, &loss, &grads));
+      IC_RETURN_IF_ERROR(WindowLosses(*st, cap, static_cast<int>(w.size()), threads, GradientBackend(*ctx), &loss, &grads));
       teacher_seconds += c1 - c0;
       gradient_seconds += Now() - c1;
       for (int l = 0; l < N; ++l) {
@@ -457,7 +463,8 @@ absl::StatusOr<std::vector<double>> EvaluateIndexers(std::shared_ptr<const Model
     Capture cap;
     IC_RETURN_IF_ERROR(CaptureWindow(*ctx, w, &cap));
     std::vector<double> loss(N, 0.0);
-    IC_RETURN_IF_ERROR(WindowLosses(st, cap, static_cast<int>(w.size()), ResolveThreads(threads), &loss, nullptr));
+    IC_RETURN_IF_ERROR(
+        WindowLosses(st, cap, static_cast<int>(w.size()), ResolveThreads(threads), GradientBackend(*ctx), &loss, nullptr));
     for (int l = 0; l < N; ++l) mean[l] += loss[l] / static_cast<double>(windows.size());
   }
   return mean;

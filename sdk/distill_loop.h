@@ -6,15 +6,18 @@
 //   1. the frozen dense model runs one forward pass (CPU or CUDA) capturing, per layer, the indexer's
 //      input (the normed hidden state) and the head-averaged dense attention A^(i) [T, T];
 //   2. each Full layer ℓ serving Shared layers ℓ+1..ℓ+m gets the target p = 1/(m+1) · Σ_j A^(ℓ+j) and
-//      the loss mean_t KL(p_t ‖ softmax(I_t^(ℓ))) with its gradients (sdk/distill.h; double precision);
-//      Full layers are independent problems and run on `threads` threads;
+//      the loss mean_t KL(p_t ‖ softmax(I_t^(ℓ))) with its gradients (sdk/distill.h). On the CPU, in double
+//      precision, Full layers (independent problems) on `threads` threads; with device kCuda, the O(T²)
+//      score part of each layer on the GPU (Backend::IndexerDistill, F32 products, double row sums) and the
+//      projections' backward on the host in double;
 //   3. gradients are averaged over the step's windows; Adam with linear warm-up + cosine decay.
 // Only indexer parameters train; the model is never modified. The window order is a seeded shuffle per
 // epoch, a pure function of (seed, step), so a run resumed from a checkpoint takes exactly the steps
 // the uninterrupted run would have (bitwise: the weights and Adam moments are saved exactly).
 //
 // Memory: the captures of one window, layers × T² × 4 B (30 layers at T = 1024: 120 MiB) plus
-// layers × T × hidden × 4 B. Time: dominated by the gradient, O(Full layers × T² × H_I × d_I) per window.
+// layers × T × hidden × 4 B (with kCuda also about 2·T² × 4 B of GPU memory). Time: on the CPU dominated by
+// the gradient, O(Full layers × T² × H_I × d_I) per window.
 //
 //   IC_ASSIGN_OR_RETURN(auto state, InitIndexerTraining(dense->config, {.n_heads = 4, .head_dim = 64,
 //                                                                      .topk = 256}, plan, /*seed=*/0));
@@ -84,8 +87,8 @@ struct DistillOptions {
   int windows_per_step = 1;       // calibration windows averaged per step
   double learning_rate = 1e-3;    // peak (after warm-up)
   int64_t warmup_steps = 10;
-  kernels::DeviceKind device = kernels::DeviceKind::kCpu;  // the teacher's forward pass
-  int threads = 0;                // gradient threads over Full layers; 0 = hardware concurrency
+  kernels::DeviceKind device = kernels::DeviceKind::kCpu;  // the teacher's forward pass and, kCuda, the loss's scores
+  int threads = 0;                // CPU gradient threads over Full layers; 0 = hardware concurrency
   std::string checkpoint_path;    // "" = no checkpoints
   int64_t checkpoint_every = 0;   // steps between checkpoints (0 = only after the last step)
   std::function<void(const DistillProgress&)> on_step;

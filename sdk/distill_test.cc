@@ -70,6 +70,16 @@ std::vector<float> RandomVec(size_t n, std::mt19937& rng) {
 }
 
 // Inputs plus a dense target: row t = softmax of random logits over s ≤ t.
+// ‖x − y‖ / ‖y‖ (y the reference).
+double RelErr(const std::vector<double>& x, const std::vector<double>& y) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    num += (x[i] - y[i]) * (x[i] - y[i]);
+    den += y[i] * y[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
 IndexerBatch RandomBatch(const ModelConfig& c, int T, std::mt19937& rng, int pos_offset = 3) {
   const int in_q = c.mla ? c.q_lora_rank : c.hidden_size;
   IndexerBatch b;
@@ -329,19 +339,48 @@ TEST(IndexerDistill, DenseTilesMatchTheRowPath) {
   auto b = IndexerDistillLoss(c, W, sparse, &gb);
   ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
   EXPECT_NEAR(*a, *b, 1e-6 * std::max(1.0, *a));
-  auto rel = [](const std::vector<double>& x, const std::vector<double>& y) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < x.size(); ++i) {
-      num += (x[i] - y[i]) * (x[i] - y[i]);
-      den += y[i] * y[i];
+  EXPECT_LT(RelErr(ga.wq, gb.wq), 1e-5);
+  EXPECT_LT(RelErr(ga.wk, gb.wk), 1e-5);
+  EXPECT_LT(RelErr(ga.k_norm_weight, gb.k_norm_weight), 1e-5);
+  EXPECT_LT(RelErr(ga.k_norm_bias, gb.k_norm_bias), 1e-5);
+  EXPECT_LT(RelErr(ga.weights_proj, gb.weights_proj), 1e-5);
+}
+
+// The dense target's score part through Backend::IndexerDistill (F32 products) against the all-double path,
+// with a row skipped and a row that sums to a little less than 1. The CUDA backend, when a GPU is visible.
+TEST(IndexerDistill, BackendPathMatchesDoublePath) {
+  std::mt19937 rng(29);
+  for (bool interleave : {false, true}) {
+    const ModelConfig c = MakeConfig(3, 16, 8, interleave, 24, 12);
+    const IndexerWeights W = RandomWeights(c, rng);
+    IndexerBatch b = RandomBatch(c, 150, rng);
+    const int T = b.tokens;
+    std::fill_n(&b.p_dense[7 * static_cast<size_t>(T)], T, 0.0f);
+    for (int s = 0; s <= 20; ++s) b.p_dense[20 * static_cast<size_t>(T) + s] *= 0.9995f;
+    IndexerGrads want;
+    auto want_loss = IndexerDistillLoss(c, W, b, &want);
+    ASSERT_TRUE(want_loss.ok()) << want_loss.status();
+    std::vector<DeviceKind> kinds = {DeviceKind::kCpu};
+    if (kernels::CudaDeviceCount() > 0) kinds.push_back(DeviceKind::kCuda);
+    for (DeviceKind kind : kinds) {
+      auto backend = CreateBackend(kind);
+      ASSERT_TRUE(backend.ok()) << backend.status();
+      IndexerGrads got;
+      auto loss = IndexerDistillLoss(c, W, b, &got, backend->get());
+      ASSERT_TRUE(loss.ok()) << loss.status();
+      const std::string what = (*backend)->name() + (interleave ? " interleaved" : " neox");
+      // CPU: the same double arithmetic but for the F32 rounding of q, k and w; CUDA: F32 products as well.
+      EXPECT_NEAR(*loss, *want_loss, 1e-5 * std::max(1.0, *want_loss)) << what;
+      EXPECT_LT(RelErr(got.wq, want.wq), 1e-4) << what;
+      EXPECT_LT(RelErr(got.wk, want.wk), 1e-4) << what;
+      EXPECT_LT(RelErr(got.k_norm_weight, want.k_norm_weight), 1e-4) << what;
+      EXPECT_LT(RelErr(got.k_norm_bias, want.k_norm_bias), 1e-4) << what;
+      EXPECT_LT(RelErr(got.weights_proj, want.weights_proj), 1e-4) << what;
+      auto no_grad = IndexerDistillLoss(c, W, b, nullptr, backend->get());
+      ASSERT_TRUE(no_grad.ok()) << no_grad.status();
+      EXPECT_EQ(*no_grad, *loss) << what;
     }
-    return std::sqrt(num / std::max(den, 1e-300));
-  };
-  EXPECT_LT(rel(ga.wq, gb.wq), 1e-5);
-  EXPECT_LT(rel(ga.wk, gb.wk), 1e-5);
-  EXPECT_LT(rel(ga.k_norm_weight, gb.k_norm_weight), 1e-5);
-  EXPECT_LT(rel(ga.k_norm_bias, gb.k_norm_bias), 1e-5);
-  EXPECT_LT(rel(ga.weights_proj, gb.weights_proj), 1e-5);
+  }
 }
 
 // ---- (c) KL is 0 exactly when p = softmax(I) -----------------------------------------------------------------

@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "sdk/device_buffer.h"
 #include "sdk/engine.h"
 #include "sdk/safetensors.h"
 #include "sdk/status.h"
@@ -22,36 +23,6 @@ using kernels::DeviceKind;
 inline double NowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-
-// A buffer in backend memory that grows on demand (contents are not preserved on growth).
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { Release(); }
-
-  absl::Status Reserve(Backend* backend, size_t bytes) {
-    if (bytes <= capacity_) return absl::OkStatus();
-    Release();
-    backend_ = backend;
-    IC_ASSIGN_OR_RETURN(ptr_, backend->Allocate(bytes));
-    capacity_ = bytes;
-    return absl::OkStatus();
-  }
-  template <typename T>
-  T* as() const { return static_cast<T*>(ptr_); }
-
- private:
-  void Release() {
-    if (ptr_ != nullptr) backend_->Free(ptr_);
-    ptr_ = nullptr;
-    capacity_ = 0;
-  }
-  Backend* backend_ = nullptr;
-  void* ptr_ = nullptr;
-  size_t capacity_ = 0;
-};
 
 // A Linear weight [out, in] in backend memory: F32 (`f32`; on the CPU a pointer into the Model's host
 // tensor, no copy) or BF16 bit patterns (`bf16`, ContextOptions::weight_precision kBF16; a converted

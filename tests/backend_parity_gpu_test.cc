@@ -890,5 +890,63 @@ TEST_F(BackendParityTest, CrossEntropy) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// ---- indexer distillation -------------------------------------------------------------------------
+
+TEST_F(BackendParityTest, IndexerDistill) {
+  struct Shape {
+    int T, H, d;
+  };
+  // Odd sizes; d past one 64-wide staging chunk; T·H large enough that grad_k runs in several head groups.
+  for (const Shape& sh : {Shape{1, 1, 1}, Shape{77, 3, 40}, Shape{129, 5, 130}, Shape{40, 2, 512},
+                          Shape{700, 4, 64}, Shape{1100, 9, 32}}) {
+    const int T = sh.T, H = sh.H, d = sh.d;
+    const std::string what = "T" + std::to_string(T) + " H" + std::to_string(H) + " d" + std::to_string(d);
+    // Target rows: a random distribution over a random part of 0..t, an all-zero row (skipped) now and then,
+    // rows a little off 1 (renormalised), garbage above the diagonal (ignored).
+    std::vector<float> p(static_cast<size_t>(T) * T);
+    std::uniform_real_distribution<float> u(0.0f, 1.0f);
+    for (int t = 0; t < T; ++t) {
+      float* row = &p[static_cast<size_t>(t) * T];
+      const bool skip = t % 11 == 5;
+      double sum = 0;
+      for (int s = 0; s <= t; ++s) {
+        row[s] = skip || u(rng_) < 0.3f ? 0.0f : u(rng_);
+        sum += row[s];
+      }
+      if (sum == 0 && !skip) row[t] = 1.0f, sum = 1;
+      const double scale = (t % 7 == 3 ? 0.9995 : 1.0) / std::max(sum, 1e-30);
+      for (int s = 0; s <= t; ++s) row[s] = static_cast<float>(row[s] * scale);
+      for (int s = t + 1; s < T; ++s) row[s] = 100.0f * u(rng_) - 50.0f;
+    }
+    auto q = Put(Randn(static_cast<size_t>(T) * H * d, 0.4f));
+    auto k = Put(Randn(static_cast<size_t>(T) * d, 0.4f));
+    auto w = Put(Randn(static_cast<size_t>(T) * H, 0.7f));
+    auto pd = Put(p);
+    auto kl = Out(T), gq = Out(static_cast<size_t>(T) * H * d), gk = Out(static_cast<size_t>(T) * d),
+         gw = Out(static_cast<size_t>(T) * H);
+    IndexerDistillArgs c{.kl = kl.c, .grad_q = gq.c, .grad_k = gk.c, .grad_w = gw.c, .q = q.c, .k = k.c,
+                         .w = w.c, .p = pd.c, .tokens = T, .heads = H, .head_dim = d};
+    IndexerDistillArgs g{.kl = kl.g, .grad_q = gq.g, .grad_k = gk.g, .grad_w = gw.g, .q = q.g, .k = k.g,
+                         .w = w.g, .p = pd.g, .tokens = T, .heads = H, .head_dim = d};
+    ASSERT_TRUE(cpu_->IndexerDistill(c).ok()) << what;
+    ASSERT_TRUE(gpu_->IndexerDistill(g).ok()) << what;
+    // F32 scores and products against the double reference; the row sums are double on both.
+    ExpectClose(kl, 1e-4, "distill_kl " + what);
+    ExpectClose(gq, 1e-4, "distill_grad_q " + what);
+    ExpectClose(gk, 1e-4, "distill_grad_k " + what);
+    ExpectClose(gw, 1e-4, "distill_grad_w " + what);
+    // kl alone (no gradients) gives the same kl.
+    auto kl2 = Out(T);
+    g.kl = kl2.g;
+    g.grad_q = g.grad_k = g.grad_w = nullptr;
+    ASSERT_TRUE(gpu_->IndexerDistill(g).ok()) << what;
+    EXPECT_EQ(Gpu(kl2), Gpu(kl)) << what;
+  }
+  IndexerDistillArgs bad{.kl = nullptr, .tokens = 3, .heads = 1, .head_dim = 8};
+  EXPECT_EQ(gpu_->IndexerDistill(bad).code(), absl::StatusCode::kInvalidArgument);
+  bad.head_dim = kIndexerDistillMaxHeadDim + 1;
+  EXPECT_EQ(gpu_->IndexerDistill(bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace ic::kernels

@@ -12,7 +12,9 @@
 
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "sdk/distill_loop.h"
 #include "sdk/engine.h"
+#include "sdk/plan.h"
 #include "sdk/safetensors.h"
 #include "sdk/synthetic_model.h"
 #include "tests/engine_test_util.h"
@@ -325,6 +327,54 @@ TEST_F(EngineGpuTest, AttentionCapturesMatchTheCpu) {
       }
       EXPECT_GT(a.size(), static_cast<size_t>(T) * T / 2) << name << " layer " << l << ": few rows agree";
       EXPECT_LT(RelError(a, b), 1e-4) << name << " layer " << l;
+    }
+  }
+}
+
+// Distillation with the GPU teacher and the GPU's loss kernels (Backend::IndexerDistill) against the CPU's
+// double path: the per-layer losses before training, and after three Adam steps the indexer weights (the
+// first Adam steps move each weight by about ±lr, so a gradient near 0 may move the other way: bounded in
+// norm, not per element) and the losses again.
+TEST_F(EngineGpuTest, DistillationOnTheGpuMatchesTheCpu) {
+  SyntheticModelOptions o;
+  o.arch = Architecture::kLlama;
+  o.num_layers = 4;
+  o.hidden_size = 128;
+  o.vocab_size = 256;
+  auto model = BuildSyntheticModel(o);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto plan = ParsePlan("FSFF", 4);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  auto init = InitIndexerTraining((*model)->config, {.n_heads = 4, .head_dim = 32, .topk = 16}, *plan, 7);
+  ASSERT_TRUE(init.ok()) << init.status();
+  const uint32_t seed = std::random_device{}();
+  std::vector<std::vector<int32_t>> windows;
+  for (uint32_t i = 0; i < 3; ++i) windows.push_back(test::RandomTokens(150, 256, seed + i));
+  DistillOptions d;
+  d.steps = 3;
+  d.learning_rate = 1e-3;
+  d.warmup_steps = 0;
+  IndexerTrainingState cpu = *init, gpu = *init;
+  for (int pass = 0; pass < 2; ++pass) {
+    auto lc = EvaluateIndexers(*model, windows, cpu, DeviceKind::kCpu);
+    auto lg = EvaluateIndexers(*model, windows, gpu, DeviceKind::kCuda);
+    ASSERT_TRUE(lc.ok() && lg.ok()) << lc.status() << lg.status();
+    for (int l : {0, 2, 3}) {
+      EXPECT_GT((*lc)[l], 0) << "layer " << l;
+      EXPECT_NEAR((*lg)[l], (*lc)[l], 1e-4 * (*lc)[l]) << "pass " << pass << " layer " << l;
+    }
+    EXPECT_EQ((*lg)[1], 0);  // Shared
+    if (pass == 1) break;
+    d.device = DeviceKind::kCpu;
+    ASSERT_TRUE(TrainIndexers(*model, windows, d, &cpu).ok());
+    d.device = DeviceKind::kCuda;
+    ASSERT_TRUE(TrainIndexers(*model, windows, d, &gpu).ok());
+    for (int l : {0, 2, 3}) {
+      for (auto [a, b] : {std::pair{&cpu.indexers[l].wq, &gpu.indexers[l].wq},
+                          std::pair{&cpu.indexers[l].wk, &gpu.indexers[l].wk},
+                          std::pair{&cpu.indexers[l].weights_proj, &gpu.indexers[l].weights_proj}}) {
+        EXPECT_LT(RelError(b->data, a->data), 1e-3) << "layer " << l;
+      }
     }
   }
 }

@@ -48,8 +48,9 @@ constexpr const char* kHelp =
     "  --eval-token-file PATH held-out tokens: mean distillation loss before and after       [none]\n"
     "  --eval-windows N       held-out windows used                                          [4]\n"
     "  --dtype bf16|f32       indexer weights written                                        [bf16]\n"
-    "  --device D             auto | cpu | cuda (the teacher's forward pass)                 [auto]\n"
-    "  --threads N            gradient threads over Full layers (0 = all cores)              [0]\n";
+    "  --device D             auto | cpu | cuda (the teacher's forward pass; cuda: the loss's  [auto]\n"
+    "                         O(T^2) scores and their backward too)\n"
+    "  --threads N            CPU gradient threads over Full layers (0 = all cores)          [0]\n";
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> Windows(const std::string& path, int vocab, int64_t context,
                                                           int64_t max_tokens, int64_t max_windows) {

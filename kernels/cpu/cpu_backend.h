@@ -11,7 +11,7 @@
 //   cpu_indexer.cc    lightning indexer scores + top-k (tiled sgemm, ReLU, weighted head sum)
 //   cpu_topk.cc       Topk with the DESIGN.md §3 total order (full-candidate selection)
 //   cpu_moe.cc        MoeRoute (DeepSeek-V3 grouped sigmoid router), MoeExperts (fused routed experts)
-//   cpu_loss.cc       CrossEntropy
+//   cpu_loss.cc       CrossEntropy, Hadamard, IndexerDistill (the indexer's distillation KL and gradients)
 //   cpu_layout.cc     paged-cache validation, grouping of query tokens by sequence, row gathers
 //   cpu_parallel.cc   the small thread pool used by the non-BLAS loops (IC_CPU_THREADS overrides its size)
 //   cpu_internal.h    helpers shared by those files (not installed, not part of the interface)
@@ -73,6 +73,7 @@ class CpuBackend final : public Backend {
   absl::Status ScatterAddRows(const RowsArgs& args) override;
   absl::Status CrossEntropy(const CrossEntropyArgs& args) override;
   absl::Status Hadamard(const HadamardArgs& args) override;
+  absl::Status IndexerDistill(const IndexerDistillArgs& args) override;
 
  private:
   std::vector<double> marks_;  // TimeMark: host seconds

@@ -1,5 +1,8 @@
 // CPU backend: token-level cross-entropy, loss[t] = logsumexp(logits[t]) − logits[t, target]
-// (max-subtracted; float exponentials summed in double); targets < 0 are ignored (loss 0).
+// (max-subtracted; float exponentials summed in double); targets < 0 are ignored (loss 0). Also the
+// Hadamard rotation and the indexer's distillation KL with its gradients (IndexerDistill: every dot product,
+// sum and exponential in double; rows parallel for kl, grad_q and grad_w, keys parallel for grad_k, so
+// every sum has one fixed order).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -67,6 +70,85 @@ absl::Status CpuBackend::Hadamard(const HadamardArgs& a) {
         }
       }
       for (int i = 0; i < a.dim; ++i) x[i] *= norm;
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::IndexerDistill(const IndexerDistillArgs& a) {
+  IC_RETURN_IF_ERROR(ValidateIndexerDistill(a));
+  if (a.tokens == 0) return absl::OkStatus();
+  const int64_t T = a.tokens, H = a.heads, d = a.head_dim;
+  auto dot = [&](int64_t t, int64_t j, int64_t s) {
+    const float* q = a.q + (t * H + j) * d;
+    const float* k = a.k + s * d;
+    double acc = 0;
+    for (int64_t i = 0; i < d; ++i) acc += static_cast<double>(q[i]) * k[i];
+    return acc;
+  };
+  // G[t, s] for s ≤ t (row-major [T, T]; 0 in skipped rows).
+  std::vector<double> G(static_cast<size_t>(T * T), 0.0);
+  internal::ParallelFor(T, 1, [&](int64_t b, int64_t e) {
+    std::vector<double> I;
+    for (int64_t t = b; t < e; ++t) {
+      const float* p = a.p + t * T;
+      double mass = 0;
+      for (int64_t s = 0; s <= t; ++s) mass += p[s];
+      if (!(mass > 0)) {
+        a.kl[t] = 0.0f;
+        continue;
+      }
+      I.assign(t + 1, 0.0);
+      for (int64_t s = 0; s <= t; ++s) {
+        for (int64_t j = 0; j < H; ++j) I[s] += static_cast<double>(a.w[t * H + j]) * std::max(0.0, dot(t, j, s));
+      }
+      const double mx = *std::max_element(I.begin(), I.end());
+      double z = 0;
+      for (int64_t s = 0; s <= t; ++s) z += std::exp(I[s] - mx);
+      const double lse = mx + std::log(z);
+      double kl = 0;
+      for (int64_t s = 0; s <= t; ++s) {
+        const double ph = p[s] / mass;
+        if (ph > 0) kl += ph * (std::log(ph) - I[s] + lse);
+        G[t * T + s] = std::exp(I[s] - lse) - ph;
+      }
+      a.kl[t] = static_cast<float>(kl);
+    }
+  });
+  if (a.grad_q == nullptr) return absl::OkStatus();
+  internal::ParallelFor(T, 1, [&](int64_t b, int64_t e) {
+    std::vector<double> gq(d);
+    for (int64_t t = b; t < e; ++t) {
+      for (int64_t j = 0; j < H; ++j) {
+        std::fill(gq.begin(), gq.end(), 0.0);
+        double gw = 0;
+        const double w = a.w[t * H + j];
+        for (int64_t s = 0; s <= t; ++s) {
+          const double g = G[t * T + s], x = dot(t, j, s);
+          if (g == 0 || x <= 0) continue;
+          gw += g * x;
+          for (int64_t i = 0; i < d; ++i) gq[i] += g * w * a.k[s * d + i];
+        }
+        a.grad_w[t * H + j] = static_cast<float>(gw);
+        for (int64_t i = 0; i < d; ++i) a.grad_q[(t * H + j) * d + i] = static_cast<float>(gq[i]);
+      }
+    }
+  });
+  internal::ParallelFor(T, 1, [&](int64_t b, int64_t e) {
+    std::vector<double> gk(d);
+    for (int64_t s = b; s < e; ++s) {
+      std::fill(gk.begin(), gk.end(), 0.0);
+      for (int64_t t = s; t < T; ++t) {
+        const double g = G[t * T + s];
+        if (g == 0) continue;
+        for (int64_t j = 0; j < H; ++j) {
+          if (dot(t, j, s) <= 0) continue;
+          const double gw = g * a.w[t * H + j];
+          const float* q = a.q + (t * H + j) * d;
+          for (int64_t i = 0; i < d; ++i) gk[i] += gw * q[i];
+        }
+      }
+      for (int64_t i = 0; i < d; ++i) a.grad_k[s * d + i] = static_cast<float>(gk[i]);
     }
   });
   return absl::OkStatus();

@@ -172,6 +172,7 @@ class CudaBackend final : public Backend {
     max_shared_ = static_cast<size_t>(optin);
     IC_CUDA_RETURN_IF_ERROR(ConfigureAttentionKernels(max_shared_));
     IC_CUDA_RETURN_IF_ERROR(ConfigureIndexerKernels(max_shared_));
+    IC_CUDA_RETURN_IF_ERROR(ConfigureDistillKernels(max_shared_));
     IC_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     IC_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&lt_));
     IC_CUDA_RETURN_IF_ERROR(cudaMalloc(&cublas_ws_, kCublasWorkspaceBytes));
@@ -303,6 +304,7 @@ class CudaBackend final : public Backend {
   absl::Status ScatterAddRows(const RowsArgs& a) override;
   absl::Status CrossEntropy(const CrossEntropyArgs& a) override;
   absl::Status Hadamard(const HadamardArgs& a) override;
+  absl::Status IndexerDistill(const IndexerDistillArgs& a) override;
 
  private:
   absl::Status Norm(const NormArgs& a, bool layer_norm, const char* op);
@@ -874,6 +876,20 @@ absl::Status CudaBackend::Hadamard(const HadamardArgs& a) {
   IC_ARG_CHECK(a.x != nullptr, op, "x is null");
   IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   IC_CUDA_RETURN_IF_ERROR(LaunchHadamard(a.x, a.rows, a.dim, stride, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::IndexerDistill(const IndexerDistillArgs& a) {
+  IC_RETURN_IF_ERROR_(ValidateIndexerDistill(a));
+  if (a.tokens == 0) return absl::OkStatus();
+  IC_ARG_CHECK(IndexerDistillSharedBytes(a.head_dim) <= max_shared_, "IndexerDistill", "head_dim = ", a.head_dim,
+               " needs ", IndexerDistillSharedBytes(a.head_dim), " bytes of shared memory; this GPU has ",
+               max_shared_);
+  IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  auto scratch = Scratch(IndexerDistillScratchBytes(a.tokens, a.heads, a.head_dim));
+  if (!scratch.ok()) return scratch.status();
+  IC_CUDA_RETURN_IF_ERROR(LaunchIndexerDistill(a.kl, a.grad_q, a.grad_k, a.grad_w, a.q, a.k, a.w, a.p, a.tokens,
+                                               a.heads, a.head_dim, static_cast<float*>(*scratch), stream_));
   return absl::OkStatus();
 }
 

@@ -189,9 +189,20 @@ cudaError_t LaunchMoeExperts(float* out, float* act, const float* x, const int32
 cudaError_t LaunchCrossEntropy(float* loss, const float* logits, const int32_t* targets, int tokens,
                                int vocab, int stride, DeviceError* err, cudaStream_t stream);
 
+// ---- distill.cu ----
+// Backend::IndexerDistill (IndexerDistillArgs, backend.h); grad_q == nullptr: kl only. `scratch` holds
+// IndexerDistillScratchBytes(T, H, d) bytes; the gradient kernels need IndexerDistillSharedBytes(d) of
+// dynamic shared memory (ConfigureDistillKernels).
+size_t IndexerDistillScratchBytes(int T, int H, int d);
+size_t IndexerDistillSharedBytes(int d);
+cudaError_t LaunchIndexerDistill(float* kl, float* grad_q, float* grad_k, float* grad_w, const float* q,
+                                 const float* k, const float* w, const float* p, int T, int H, int d, float* scratch,
+                                 cudaStream_t stream);
+
 // Raise the dynamic shared-memory limit of the tile-staging kernels to `bytes` (the device's opt-in
 // maximum, read once at backend creation).
 cudaError_t ConfigureAttentionKernels(size_t bytes);
 cudaError_t ConfigureIndexerKernels(size_t bytes);
+cudaError_t ConfigureDistillKernels(size_t bytes);
 
 }  // namespace ic::kernels::cuda
