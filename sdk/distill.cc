@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <numbers>
 #include <string>
 
@@ -329,9 +330,13 @@ void DenseRows(const Forward& f, const IndexerBatch& batch, bool want_grad, std:
 
 // DenseRows through Backend::IndexerDistill: q, k, w and p go to the backend as F32; kl and the gradients
 // w.r.t. q, k and w come back and are widened to double.
+// Calls are serialised by one process-wide lock (a backend is not thread-safe), so that Full layers can
+// share the backend from several threads while the host parts of their losses run in parallel.
 absl::Status BackendDenseRows(const Forward& f, const IndexerBatch& batch, bool want_grad, kernels::Backend* backend,
                               std::vector<double>* gq, std::vector<double>* gk, std::vector<double>* gw, double* total,
                               int64_t* rows) {
+  static std::mutex backend_lock;
+  std::lock_guard<std::mutex> lock(backend_lock);  // taken before the buffers, released after they are freed
   const int T = f.dm.T, H = f.dm.H, d = f.dm.d;
   const size_t nq = static_cast<size_t>(T) * H * d, nk = static_cast<size_t>(T) * d, nw = static_cast<size_t>(T) * H;
   const size_t np = static_cast<size_t>(T) * T;

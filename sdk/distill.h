@@ -89,6 +89,8 @@ struct IndexerGrads {
 // sums (kernels/backend.h); the projections, LayerNorm, RoPE and their backward stay on the host in double.
 // The loss and gradients then match the all-double path to about 1e-5 relative. nullptr, or a sparse
 // target: everything on the host in double. The backend's memory holds q, k, w, p and a [T, T] F32 scratch.
+// Threads may share one backend (its calls from here are serialised by a process-wide lock) as long as
+// nothing else uses that backend meanwhile.
 // InvalidArgument naming the field on a shape or value error (config indexer fields, weight shapes, x_q, x,
 // positions, p_dense / p_offsets / p_index / p_prob, non-finite inputs, bad row sums); ResourceExhausted
 // when the backend's memory runs out.

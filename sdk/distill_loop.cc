@@ -178,7 +178,8 @@ class SingleThreadedBlas {
 };
 
 // Loss (and gradients when `grads`) of every Full layer on one captured window, layers spread over threads;
-// with a `backend` (the CUDA teacher's), one layer after another, each through Backend::IndexerDistill.
+// with a `backend` (the CUDA teacher's, idle meanwhile), each layer's score part through
+// Backend::IndexerDistill, one layer at a time on the GPU.
 absl::Status WindowLosses(const IndexerTrainingState& st, const Capture& cap, int T, int threads,
                           kernels::Backend* backend, std::vector<double>* loss, std::vector<IndexerGrads>* grads) {
   const ModelConfig& c = st.config;
@@ -224,7 +225,7 @@ absl::Status WindowLosses(const IndexerTrainingState& st, const Capture& cap, in
       }
     }
   };
-  const int n = backend != nullptr ? 1 : std::max(1, std::min<int>(threads, static_cast<int>(full.size())));
+  const int n = std::max(1, std::min<int>(threads, static_cast<int>(full.size())));
   SingleThreadedBlas blas(n > 1);
   std::vector<std::thread> pool;
   for (int i = 1; i < n; ++i) pool.emplace_back(work);

@@ -8,8 +8,8 @@
 //   2. each Full layer ℓ serving Shared layers ℓ+1..ℓ+m gets the target p = 1/(m+1) · Σ_j A^(ℓ+j) and
 //      the loss mean_t KL(p_t ‖ softmax(I_t^(ℓ))) with its gradients (sdk/distill.h). On the CPU, in double
 //      precision, Full layers (independent problems) on `threads` threads; with device kCuda, the O(T²)
-//      score part of each layer on the GPU (Backend::IndexerDistill, F32 products, double row sums) and the
-//      projections' backward on the host in double;
+//      score part of each layer on the GPU (Backend::IndexerDistill, F32 products, double row sums; one
+//      layer at a time) and the rest (projections, their backward, the targets) on the host threads;
 //   3. gradients are averaged over the step's windows; Adam with linear warm-up + cosine decay.
 // Only indexer parameters train; the model is never modified. The window order is a seeded shuffle per
 // epoch, a pure function of (seed, step), so a run resumed from a checkpoint takes exactly the steps
@@ -88,7 +88,7 @@ struct DistillOptions {
   double learning_rate = 1e-3;    // peak (after warm-up)
   int64_t warmup_steps = 10;
   kernels::DeviceKind device = kernels::DeviceKind::kCpu;  // the teacher's forward pass and, kCuda, the loss's scores
-  int threads = 0;                // CPU gradient threads over Full layers; 0 = hardware concurrency
+  int threads = 0;                // host gradient threads over Full layers; 0 = hardware concurrency
   std::string checkpoint_path;    // "" = no checkpoints
   int64_t checkpoint_every = 0;   // steps between checkpoints (0 = only after the last step)
   std::function<void(const DistillProgress&)> on_step;

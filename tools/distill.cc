@@ -50,7 +50,7 @@ constexpr const char* kHelp =
     "  --dtype bf16|f32       indexer weights written                                        [bf16]\n"
     "  --device D             auto | cpu | cuda (the teacher's forward pass; cuda: the loss's  [auto]\n"
     "                         O(T^2) scores and their backward too)\n"
-    "  --threads N            CPU gradient threads over Full layers (0 = all cores)          [0]\n";
+    "  --threads N            gradient threads over Full layers (0 = all cores)              [0]\n";
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> Windows(const std::string& path, int vocab, int64_t context,
                                                           int64_t max_tokens, int64_t max_windows) {

@@ -408,7 +408,7 @@ typedef struct ic_distill_params_t {
   double learning_rate;      /* peak Adam learning rate; default 1e-3 */
   int64_t warmup_steps;      /* linear warm-up, then cosine decay; default 10 */
   uint64_t seed;             /* initialisation and window order; default 0 */
-  ic_device_t device;        /* the teacher's forward pass; default IC_DEVICE_AUTO */
+  ic_device_t device;        /* the teacher's forward pass and (CUDA) the loss's O(T^2) part; default AUTO */
   int32_t threads;           /* gradient threads over Full layers; 0 (default) = all cores */
   const char* init_indexers; /* NULL, or indexer safetensors to start from (e.g. a warm-up's
                                 out_dir/indexer.safetensors); copied */

@@ -27,10 +27,10 @@ while [[ $# -gt 0 ]]; do
       ls -la "$R"
       ;;
     prepare)
-      cat "$R/gguf.part0" "$R/gguf.part1" > "$R/model.gguf"
+      cat $(ls "$R"/gguf.part* | sort -V) > "$R/model.gguf"
       [[ "$(sha256sum "$R/model.gguf" | cut -d' ' -f1)" == "$(cat "$R/gguf.sha256")" ]] || {
         echo "real_model.sh: the joined GGUF has the wrong sha256" >&2; exit 1; }
-      rm -f "$R/gguf.part0" "$R/gguf.part1"
+      rm -f "$R"/gguf.part*
       python3 -c "import numpy" 2>/dev/null || { echo "real_model.sh: python3 lacks numpy" >&2; exit 1; }
       python3 -m pip install -q --no-index --no-deps --target "$R/py" "$R"/wheels/*.whl
       PYTHONPATH="$R/py" python3 tools/real_model/convert_gguf.py "$R/model.gguf" "$R/models/smollm2-135m" \
