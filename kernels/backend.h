@@ -44,13 +44,27 @@ enum class DeviceKind { kCpu, kCuda };
 // the product; products accumulate in F32 and C stays F32 (the mixed-precision GEMM of every BF16 LLM
 // runtime: cuBLASLt with CUDA_R_16BF inputs and CUBLAS_COMPUTE_32F; the CPU reference rounds A, widens
 // B and runs its F32 sgemm, so the two differ only in summation order; for decode-sized m ≤ 8 with one
-// [n, k] matrix the CUDA backend runs its own memory-bound GEMV with the same roundings). Exactly one of
-// b / b_bf16 is set (both: InvalidArgument).
+// [n, k] matrix the CUDA backend runs its own memory-bound GEMV with the same roundings).
+//
+// FP8 weights (DeepSeek-V3's block-scaled FP8, quantization_config weight_block_size [128, 128]): set b_fp8
+// instead of b. B is then [n, k] E4M3 bytes (b_transposed, batch 1, ldb in bytes) with one F32 scale per
+// 128 × 128 block, b_scale [ceil(n/128), b_scale_ld] (0 = ceil(k/128) rounded up to a multiple of 4, the
+// layout cuBLASLt implies; DeepSeek checkpoints store ceil(k/128) per row): B[i, j] = e4m3(b_fp8[i·ldb + j]) ·
+// b_scale[(i/128)·b_scale_ld + j/128]. A stays F32 in memory and is quantised as DeepSeek-V3 quantises
+// activations, per row and 128-column block: s = amax / 448 rounded up to a power of two (1 for an all-zero
+// block), q = e4m3(a / s) (nearest even, saturating); C = alpha · Σ_blocks s_a·s_b·Σ q_a·q_b + beta · C with
+// F32 accumulation. CUDA: cuBLASLt's block-scaled FP8 (CUDA_R_8F_E4M3, VEC128_32F scales for A and
+// BLK128x128_32F for B; sm_90), which needs k and ldb multiples of 16, b_scale_ld 0 (its default) and a
+// 16-byte-aligned b_fp8 (else InvalidArgument naming the value); the CPU reference quantises A the same
+// way, widens B and runs its F32 sgemm. Exactly one of b / b_bf16 / b_fp8 is set (more: InvalidArgument).
 struct GemmArgs {
   float* c = nullptr;
   const float* a = nullptr;
   const float* b = nullptr;
   const uint16_t* b_bf16 = nullptr;
+  const uint8_t* b_fp8 = nullptr;
+  const float* b_scale = nullptr;
+  int b_scale_ld = 0;
   int m = 0, n = 0, k = 0;
   int lda = 0, ldb = 0, ldc = 0;
   bool b_transposed = true;
@@ -438,6 +452,24 @@ class Backend {
   virtual absl::Status Hadamard(const HadamardArgs& args) = 0;
   virtual absl::Status IndexerDistill(const IndexerDistillArgs& args) = 0;
 };
+
+// The argument checks both backends run for an FP8 Gemm (b_fp8 set; InvalidArgument naming the field).
+inline absl::Status ValidateGemmFp8(const GemmArgs& g) {
+  if (g.b != nullptr || g.b_bf16 != nullptr) {
+    return absl::InvalidArgumentError("Gemm: b_fp8 is set together with b or b_bf16 (set exactly one)");
+  }
+  if (!g.b_transposed || g.batch != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("Gemm: b_fp8 needs b_transposed and batch = 1 (got b_transposed = ",
+                                                   g.b_transposed, ", batch = ", g.batch, ")"));
+  }
+  const int k_blocks = (g.k + 127) / 128;
+  if (g.b_scale == nullptr) return absl::InvalidArgumentError("Gemm: b_fp8 is set but b_scale is null");
+  if (g.b_scale_ld != 0 && g.b_scale_ld < k_blocks) {
+    return absl::InvalidArgumentError(absl::StrCat("Gemm: b_scale_ld = ", g.b_scale_ld, " < ceil(k / 128) = ",
+                                                   k_blocks));
+  }
+  return absl::OkStatus();
+}
 
 // Creates a backend. kCuda returns Unavailable when the build has no CUDA or no GPU is visible.
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(DeviceKind kind, int device_ordinal = 0);

@@ -215,6 +215,66 @@ TEST_F(BackendParityTest, Gemm) {
   EXPECT_EQ(gpu_->Gemm(bad).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Block-scaled FP8 weights (GemmArgs::b_fp8): both backends quantise A identically (power-of-two scales,
+// the same E4M3 rounding), so they differ by the FP8 tensor cores' accumulation (~1e-4 relative, measured)
+// and summation order. Odd m (the CUDA backend pads rows to 4), k with a partial 128-block, ceil(k/128)
+// not a multiple of 4 (the padded scale layout), strides, beta.
+TEST_F(BackendParityTest, GemmFp8) {
+  struct Case {
+    int m, n, k, lda, ldb, ldc;
+    float alpha, beta;
+  };
+  const Case cases[] = {{37, 200, 768, 0, 0, 0, 1.0f, 0.0f},    {64, 256, 2048, 0, 0, 0, 1.0f, 0.0f},
+                        {1, 384, 640, 0, 0, 0, 1.0f, 0.0f},     {130, 520, 784, 800, 800, 530, 0.5f, 0.75f},
+                        {6, 2048, 1536, 0, 0, 0, 1.0f, 1.0f},   {300, 1000, 144, 0, 0, 0, 2.0f, 0.0f}};
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (const Case& cs : cases) {
+    const int lda = cs.lda ? cs.lda : cs.k, ldb = cs.ldb ? cs.ldb : cs.k, ldc = cs.ldc ? cs.ldc : cs.n;
+    const int kb = (cs.k + 127) / 128, scale_ld = (kb + 3) / 4 * 4, nb = (cs.n + 127) / 128;
+    std::vector<uint8_t> w(static_cast<size_t>(cs.n) * ldb);
+    for (uint8_t& x : w) {
+      do x = static_cast<uint8_t>(byte(rng_));
+      while ((x & 0x7f) == 0x7f);  // every byte but the two NaNs
+    }
+    std::vector<float> scales(static_cast<size_t>(nb) * scale_ld);
+    for (float& x : scales) x = std::ldexp(1.0f, Uniform(-12, -6)) * (1.0f + 0.1f * Uniform(0, 9));
+    std::vector<float> a_host = Randn(static_cast<size_t>(cs.m) * lda);
+    for (int i = 0; i < cs.k; ++i) a_host[i] = 0.0f;  // an all-zero row (scale 1)
+    auto a = Put(a_host), c = Put(Randn(static_cast<size_t>(cs.m) * ldc));
+    auto wd = Put(w);
+    auto sd = Put(scales);
+    GemmArgs g{.m = cs.m, .n = cs.n, .k = cs.k, .lda = cs.lda, .ldb = cs.ldb, .ldc = cs.ldc, .alpha = cs.alpha,
+               .beta = cs.beta};
+    GemmArgs gc = g, gg = g;
+    gc.a = a.c, gc.c = c.c, gc.b_fp8 = wd.c, gc.b_scale = sd.c;
+    gg.a = a.g, gg.c = c.g, gg.b_fp8 = wd.g, gg.b_scale = sd.g;
+    ASSERT_TRUE(cpu_->Gemm(gc).ok());
+    const absl::Status st = gpu_->Gemm(gg);
+    ASSERT_TRUE(st.ok()) << st;
+    ExpectClose(c, 1e-3, "gemm_fp8_" + std::to_string(cs.m) + "x" + std::to_string(cs.n) + "x" + std::to_string(cs.k));
+  }
+  // Bad input: b_fp8 with b, batch > 1, a missing scale: both backends; k or b_scale_ld outside what
+  // cuBLASLt's FP8 takes: the CUDA backend.
+  auto a = Put(Randn(64 * 160)), c = Put(Randn(64 * 64));
+  auto w = Put(std::vector<uint8_t>(64 * 160, 0x38));
+  auto sc = Put(std::vector<float>(8, 1.0f));
+  auto expect_bad = [&](GemmArgs g, bool cpu_too, const char* what) {
+    GemmArgs gc = g, gg = g;
+    gc.a = a.c, gc.c = c.c, gc.b_fp8 = w.c, gc.b_scale = g.b_scale ? sc.c : nullptr, gc.b = g.b ? a.c : nullptr;
+    gg.a = a.g, gg.c = c.g, gg.b_fp8 = w.g, gg.b_scale = g.b_scale ? sc.g : nullptr, gg.b = g.b ? a.g : nullptr;
+    if (cpu_too) EXPECT_EQ(cpu_->Gemm(gc).code(), absl::StatusCode::kInvalidArgument) << what;
+    if (!cpu_too && gpu_->kind() != DeviceKind::kCuda) return;  // the CPU-only harness check
+    const absl::Status st = gpu_->Gemm(gg);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << what << ": " << st;
+  };
+  const float* some = reinterpret_cast<const float*>(1);  // only "set or not" matters below
+  expect_bad({.b = some, .b_scale = some, .m = 4, .n = 64, .k = 128}, true, "b and b_fp8");
+  expect_bad({.m = 4, .n = 64, .k = 128}, true, "no b_scale");
+  expect_bad({.b_scale = some, .m = 4, .n = 64, .k = 128, .b_transposed = false}, true, "not b_transposed");
+  expect_bad({.b_scale = some, .m = 4, .n = 64, .k = 120}, false, "k % 16 != 0");
+  expect_bad({.b_scale = some, .b_scale_ld = 1, .m = 4, .n = 64, .k = 128}, false, "b_scale_ld 1");
+}
+
 // ---- Embedding, norms, RoPE, SiluMul, copies --------------------------------------------------------
 
 TEST_F(BackendParityTest, Embedding) {

@@ -6,7 +6,7 @@
 //
 // One op family per file:
 //   cpu_backend.cc    memory, Embedding, norms, Rope, SiluMul, Copy2D, CacheWrite, Gather/ScatterAddRows
-//   cpu_gemm.cc       Gemm (cblas_sgemm, strides, batches)
+//   cpu_gemm.cc       Gemm (cblas_sgemm, strides, batches; BF16 and block-scaled FP8 weights widened)
 //   cpu_attention.cc  dense causal and sparse top-k attention (query tiles × gathered paged K/V, sgemm)
 //   cpu_indexer.cc    lightning indexer scores + top-k (tiled sgemm, ReLU, weighted head sum)
 //   cpu_topk.cc       Topk with the DESIGN.md §3 total order (full-candidate selection)
@@ -76,6 +76,8 @@ class CpuBackend final : public Backend {
   absl::Status IndexerDistill(const IndexerDistillArgs& args) override;
 
  private:
+  absl::Status GemmFp8(const GemmArgs& g, int lda, int ldb, int ldc);
+
   std::vector<double> marks_;  // TimeMark: host seconds
 };
 

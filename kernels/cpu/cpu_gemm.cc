@@ -1,6 +1,8 @@
 // CPU backend: Gemm through OpenBLAS cblas_sgemm (row-major, strides, batches).
 #include <cblas.h>
 
+#include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -24,6 +26,7 @@ absl::Status CpuBackend::Gemm(const GemmArgs& g) {
                            ", stride_c = ", g.stride_c);
   }
   if (g.b != nullptr && g.b_bf16 != nullptr) return InvalidArgument("Gemm: both b and b_bf16 are set");
+  if (g.b_fp8 != nullptr) IC_RETURN_IF_ERROR(ValidateGemmFp8(g));
   if (g.m == 0 || g.n == 0 || g.batch == 0) return absl::OkStatus();
   const int lda = g.lda == 0 ? g.k : g.lda;
   const int ldb = g.ldb == 0 ? (g.b_transposed ? g.k : g.n) : g.ldb;
@@ -34,10 +37,11 @@ absl::Status CpuBackend::Gemm(const GemmArgs& g) {
   if (ldc < g.n) return InvalidArgument("Gemm: ldc = ", ldc, " is smaller than n = ", g.n);
   if (g.batch > 1 && g.stride_c == 0) return InvalidArgument("Gemm: stride_c = 0 with batch = ", g.batch);
   if (g.c == nullptr) return InvalidArgument("Gemm: c is null");
-  const bool bf16 = g.b_bf16 != nullptr;
-  if (g.k > 0 && (g.a == nullptr || (g.b == nullptr && !bf16))) {
-    return InvalidArgument("Gemm: ", g.a == nullptr ? "a is null" : "b is null (set b or b_bf16)");
+  const bool bf16 = g.b_bf16 != nullptr, fp8 = g.b_fp8 != nullptr;
+  if (g.k > 0 && (g.a == nullptr || (g.b == nullptr && !bf16 && !fp8))) {
+    return InvalidArgument("Gemm: ", g.a == nullptr ? "a is null" : "b is null (set b, b_bf16 or b_fp8)");
   }
+  if (fp8 && g.k > 0) return GemmFp8(g, lda, ldb, ldc);
   // BF16 operands: A rounded to BF16 and B widened, per batch entry, then the same F32 sgemm.
   std::vector<float> a_round, b_wide;
   const int b_rows = g.b_transposed ? g.n : g.k, b_cols = g.b_transposed ? g.k : g.n;
@@ -77,6 +81,34 @@ absl::Status CpuBackend::Gemm(const GemmArgs& g) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, g.b_transposed ? CblasTrans : CblasNoTrans, g.m, g.n, g.k, g.alpha,
                 a, lda_used, w, ldb_used, g.beta, c, ldc);
   }
+  return absl::OkStatus();
+}
+
+// GemmArgs::b_fp8: A quantised per row and 128-column block (internal::Fp8Scale, E4M3 round trip), B's E4M3
+// bytes times their block scales, both widened to F32, then one sgemm (batch is 1, b_transposed).
+absl::Status CpuBackend::GemmFp8(const GemmArgs& g, int lda, int ldb, int ldc) {
+  const int k_blocks = (g.k + 127) / 128;
+  const int scale_ld = g.b_scale_ld != 0 ? g.b_scale_ld : (k_blocks + 3) / 4 * 4;
+  std::vector<float> a(static_cast<size_t>(g.m) * g.k), b(static_cast<size_t>(g.n) * g.k);
+  for (int i = 0; i < g.m; ++i) {
+    const float* src = g.a + static_cast<int64_t>(i) * lda;
+    float* dst = &a[static_cast<size_t>(i) * g.k];
+    for (int c0 = 0; c0 < g.k; c0 += 128) {
+      const int c1 = std::min(g.k, c0 + 128);
+      float amax = 0.0f;
+      for (int c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(src[c]));
+      const float s = internal::Fp8Scale(amax), inv = 1.0f / s;
+      for (int c = c0; c < c1; ++c) dst[c] = internal::E4m3ToFloat(internal::FloatToE4m3(src[c] * inv)) * s;
+    }
+  }
+  for (int r = 0; r < g.n; ++r) {
+    const uint8_t* src = g.b_fp8 + static_cast<int64_t>(r) * ldb;
+    const float* scale = g.b_scale + static_cast<int64_t>(r / 128) * scale_ld;
+    float* dst = &b[static_cast<size_t>(r) * g.k];
+    for (int c = 0; c < g.k; ++c) dst[c] = internal::E4m3ToFloat(src[c]) * scale[c / 128];
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g.m, g.n, g.k, g.alpha, a.data(), g.k, b.data(), g.k, g.beta,
+              g.c, ldc);
   return absl::OkStatus();
 }
 

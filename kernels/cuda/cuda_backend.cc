@@ -77,9 +77,10 @@ struct GemmKey {
   bool bt, beta_zero;
   int align_a, align_b, align_c;
   bool bf16;  // BF16 A and B (GemmArgs::b_bf16), F32 C
+  bool fp8 = false;  // block-scaled E4M3 A and B (GemmArgs::b_fp8), F32 C
   auto Tie() const {
     return std::tie(m, n, k, lda, ldb, ldc, batch, sa, sb, sc, bt, beta_zero, align_a, align_b,
-                    align_c, bf16);
+                    align_c, bf16, fp8);
   }
   bool operator<(const GemmKey& o) const { return Tie() < o.Tie(); }
 };
@@ -129,6 +130,10 @@ int GemmRowBucket(int m) {
   while (b < m && b < (1 << 30)) b <<= 1;
   return b;
 }
+
+// The row stride of an FP8 weight's 128 × 128 block scales that cuBLASLt implies (it takes no stride):
+// ceil(k/128) rounded up to a multiple of 4 (GemmArgs::b_scale_ld).
+int CublasFp8ScaleLd(int k) { return ((k + 127) / 128 + 3) / 4 * 4; }
 
 struct GemmPlan {
   cublasLtMatmulDesc_t op = nullptr;
@@ -309,6 +314,9 @@ class CudaBackend final : public Backend {
  private:
   absl::Status Norm(const NormArgs& a, bool layer_norm, const char* op);
   absl::StatusOr<GemmPlan*> GetGemmPlan(const GemmKey& key);
+  absl::Status RunGemmPlan(GemmKey key, int m, float alpha, float beta, const void* a, const void* b, float* c,
+                           const float* a_scale = nullptr, const float* b_scale = nullptr);
+  absl::Status GemmFp8(const GemmArgs& g, int lda, int ldb, int ldc);
   absl::Status CheckLayout(const TokenLayout& l, const char* op);
 
   // The ops' shared workspace, at least `bytes` (Indexer tiles, top-k partials, attention split-K).
@@ -378,7 +386,8 @@ class CudaBackend final : public Backend {
   GrowingBuffer scratch_;
   std::vector<cudaEvent_t> marks_;  // TimeMark events, reused after ResetTimeMarks
   size_t marks_used_ = 0;
-  GrowingBuffer gemm_a_;   // the BF16 copy of a BF16-weight Gemm's A operand
+  GrowingBuffer gemm_a_;   // the BF16 copy of a BF16-weight Gemm's A operand (FP8: bytes, then scales)
+  GrowingBuffer gemm_c_;   // an FP8 Gemm's C when m is not a multiple of 4
   DeviceError* dev_err_ = nullptr;   // [0]: checked by the op itself; [1]: reported at Synchronize()
   DeviceError* host_err_ = nullptr;  // pinned mirror
   std::map<GemmKey, GemmPlan> gemm_plans_;
@@ -402,7 +411,20 @@ absl::StatusOr<GemmPlan*> CudaBackend::GetGemmPlan(const GemmKey& key) {
   IC_CUBLAS_RETURN_IF_ERROR(
       cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
   // Our B as cuBLASLt's A: rows × cols (column-major) = bt ? k × n : n × k.
-  const cudaDataType_t in_type = key.bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t in_type = key.fp8 ? CUDA_R_8F_E4M3 : key.bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  if (key.fp8) {  // our B (the weight): 128 × 128 blocks; our A (activations): 1 × 128 blocks
+    const cublasLtMatmulMatrixScale_t wmode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+    const cublasLtMatmulMatrixScale_t amode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+    IC_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &wmode, sizeof(wmode)));
+    IC_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &amode, sizeof(amode)));
+    // The heuristic refuses null scale pointers (INVALID_VALUE); each call sets its own (RunGemmPlan).
+    const void* placeholder = cublas_ws_;
+    for (auto attr : {CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER}) {
+      IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(plan.op, attr, &placeholder, sizeof(placeholder)));
+    }
+  }
   IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan.a, in_type, key.bt ? key.k : key.n,
                                                        key.bt ? key.n : key.k, key.ldb));
   IC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan.b, in_type, key.k, key.m, key.lda));
@@ -459,6 +481,7 @@ absl::Status CudaBackend::Gemm(const GemmArgs& g) {
                ", ldb = ", g.ldb, ", ldc = ", g.ldc);
   IC_ARG_CHECK(g.stride_a >= 0 && g.stride_b >= 0 && g.stride_c >= 0, op, "negative batch stride");
   IC_ARG_CHECK(g.b == nullptr || g.b_bf16 == nullptr, op, "both b and b_bf16 are set");
+  if (g.b_fp8 != nullptr) IC_RETURN_IF_ERROR_(ValidateGemmFp8(g));
   if (g.m == 0 || g.n == 0 || g.batch == 0) return absl::OkStatus();
   const int lda = g.lda != 0 ? g.lda : g.k;
   const int ldb = g.ldb != 0 ? g.ldb : (g.b_transposed ? g.k : g.n);
@@ -474,7 +497,8 @@ absl::Status CudaBackend::Gemm(const GemmArgs& g) {
     return absl::OkStatus();
   }
   IC_ARG_CHECK(g.a != nullptr, op, "a is null");
-  IC_ARG_CHECK(g.b != nullptr || g.b_bf16 != nullptr, op, "b is null (set b or b_bf16)");
+  if (g.b_fp8 != nullptr) return GemmFp8(g, lda, ldb, ldc);
+  IC_ARG_CHECK(g.b != nullptr || g.b_bf16 != nullptr, op, "b is null (set b, b_bf16 or b_fp8)");
   const bool bf16 = g.b_bf16 != nullptr;
   // Decode-sized BF16 Linear (one matrix, B = [n, k], m ≤ 8): one memory-bound GEMV launch that rounds A
   // as it reads it, instead of a cast and a cuBLASLt call tuned for larger m.
@@ -510,32 +534,85 @@ absl::Status CudaBackend::Gemm(const GemmArgs& g) {
     key.align_b = std::min(key.align_b, BytesAlignment(g.stride_b * elem));
     key.align_c = std::min(key.align_c, BytesAlignment(g.stride_c * 4));
   }
-  // The plan of m's bucket (GemmRowBucket), laid out for this m; should cuBLASLt refuse the bucket's
-  // algorithm for this m, a plan made for exactly this m.
-  key.m = GemmRowBucket(g.m);
+  return RunGemmPlan(key, g.m, g.alpha, g.beta, a, b, g.c);
+}
+
+// The plan of m's bucket (GemmRowBucket), laid out for this m; should cuBLASLt refuse the bucket's
+// algorithm for this m, a plan made for exactly this m. key.m is overwritten.
+absl::Status CudaBackend::RunGemmPlan(GemmKey key, int m, float alpha, float beta, const void* a, const void* b,
+                                      float* c, const float* a_scale, const float* b_scale) {
+  key.m = GemmRowBucket(m);
   auto run = [&](GemmPlan* plan) -> cublasStatus_t {
-    if (plan->m != g.m) {
-      const uint64_t cols = static_cast<uint64_t>(g.m);
+    if (plan->m != m) {
+      const uint64_t cols = static_cast<uint64_t>(m);
       for (cublasLtMatrixLayout_t layout : {plan->b, plan->c}) {
         const cublasStatus_t st =
             cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof(cols));
         if (st != CUBLAS_STATUS_SUCCESS) return st;
       }
-      plan->m = g.m;
+      plan->m = m;
     }
-    return cublasLtMatmul(lt_, plan->op, &g.alpha, b, plan->a, a, plan->b, &g.beta, g.c, plan->c, g.c, plan->c,
-                          &plan->algo, cublas_ws_, kCublasWorkspaceBytes, stream_);
+    if (key.fp8) {  // per call: the weight's scales and this call's activation scales
+      cublasStatus_t st = cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &b_scale,
+                                                         sizeof(b_scale));
+      if (st == CUBLAS_STATUS_SUCCESS) {
+        st = cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof(a_scale));
+      }
+      if (st != CUBLAS_STATUS_SUCCESS) return st;
+    }
+    return cublasLtMatmul(lt_, plan->op, &alpha, b, plan->a, a, plan->b, &beta, c, plan->c, c, plan->c, &plan->algo,
+                          cublas_ws_, kCublasWorkspaceBytes, stream_);
   };
   auto plan_or = GetGemmPlan(key);
   if (!plan_or.ok()) return plan_or.status();
   cublasStatus_t st = run(*plan_or);
-  if (st == CUBLAS_STATUS_NOT_SUPPORTED && key.m != g.m) {
-    key.m = g.m;
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED && key.m != m) {
+    key.m = m;
     plan_or = GetGemmPlan(key);
     if (!plan_or.ok()) return plan_or.status();
     st = run(*plan_or);
   }
   IC_CUBLAS_RETURN_IF_ERROR(st);
+  return absl::OkStatus();
+}
+
+// GemmArgs::b_fp8: A quantised per row and 128-column block into the reused buffer (rows padded to a multiple
+// of 4, which cuBLASLt's block-scaled FP8 needs; C then goes through a scratch of the padded rows), then one
+// cuBLASLt call with the block scales. Measured on the H200 (tools/device probe, cuBLASLt 13.1): the weight
+// scales' implied row stride is ceil(k/128) rounded up to 4, and m % 4 != 0 is NOT_SUPPORTED.
+absl::Status CudaBackend::GemmFp8(const GemmArgs& g, int lda, int ldb, int ldc) {
+  constexpr const char* op = "Gemm";
+  const int k_blocks = (g.k + 127) / 128, scale_ld = CublasFp8ScaleLd(g.k);
+  IC_ARG_CHECK(g.k % 16 == 0, op, "b_fp8 needs k a multiple of 16 (cuBLASLt FP8), got k = ", g.k);
+  IC_ARG_CHECK(ldb % 16 == 0, op, "b_fp8 needs ldb a multiple of 16 bytes, got ldb = ", ldb);
+  IC_ARG_CHECK(PointerAlignment(g.b_fp8) >= 16, op, "b_fp8 is not 16-byte aligned");
+  IC_ARG_CHECK(g.b_scale_ld == 0 || g.b_scale_ld == scale_ld, op, "b_scale_ld = ", g.b_scale_ld,
+               " must be ceil(k / 128) = ", k_blocks, " rounded up to a multiple of 4 = ", scale_ld,
+               " (cuBLASLt's layout of 128 x 128 block scales)");
+  const int m4 = (g.m + 3) / 4 * 4;
+  const size_t q_bytes = (static_cast<size_t>(m4) * g.k + 255) / 256 * 256;
+  auto ws = gemm_a_.Get(q_bytes + static_cast<size_t>(k_blocks) * m4 * sizeof(float), stream_, device_);
+  if (!ws.ok()) return ws.status();
+  uint8_t* q = static_cast<uint8_t*>(*ws);
+  float* a_scale = reinterpret_cast<float*>(q + q_bytes);
+  IC_CUDA_RETURN_IF_ERROR(LaunchQuantizeFp8Blocks(q, a_scale, g.a, g.m, m4, g.k, lda, stream_));
+  float* c = g.c;
+  int ldc_used = ldc;
+  if (m4 != g.m) {
+    auto cs = gemm_c_.Get(static_cast<size_t>(m4) * g.n * sizeof(float), stream_, device_);
+    if (!cs.ok()) return cs.status();
+    c = static_cast<float*>(*cs);
+    ldc_used = g.n;
+    if (g.beta != 0.0f) {
+      IC_CUDA_RETURN_IF_ERROR(LaunchCopy2D(c, g.c, g.m, g.n, ldc_used, ldc, /*accumulate=*/false, stream_));
+    }
+  }
+  GemmKey key{m4, g.n, g.k, g.k, ldb, ldc_used, 1, 0, 0, 0, /*bt=*/true, g.beta == 0.0f,
+              PointerAlignment(q), PointerAlignment(g.b_fp8), PointerAlignment(c), /*bf16=*/false, /*fp8=*/true};
+  IC_RETURN_IF_ERROR_(RunGemmPlan(key, m4, g.alpha, g.beta, q, g.b_fp8, c, a_scale, g.b_scale));
+  if (m4 != g.m) {
+    IC_CUDA_RETURN_IF_ERROR(LaunchCopy2D(g.c, c, g.m, g.n, ldc, ldc_used, /*accumulate=*/false, stream_));
+  }
   return absl::OkStatus();
 }
 

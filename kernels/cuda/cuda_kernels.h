@@ -59,6 +59,11 @@ cudaError_t LaunchScale2D(float* c, int rows, int cols, int ld, int batch, int64
 // buffer: the A operand of a BF16-weight Gemm.
 cudaError_t LaunchCastToBf16(uint16_t* dst, const float* src, int rows, int cols, int ld, int batch,
                              int64_t stride, cudaStream_t stream);
+// The A operand of an FP8 Gemm (GemmArgs::b_fp8): q[r, c] = E4M3(src[r·ld + c] / s[r, c/128]) into a dense
+// [rows_pad, cols] byte buffer and s = Fp8Scale(amax of the 128-column block) into scales[(c/128)·rows_pad + r]
+// (cuBLASLt's VEC128_32F layout); rows [rows, rows_pad) are zeros with scale 1.
+cudaError_t LaunchQuantizeFp8Blocks(uint8_t* q, float* scales, const float* src, int rows, int rows_pad, int cols,
+                                    int ld, cudaStream_t stream);
 // out[t, :] = table[ids[t], :]; a bad id is recorded in *err (kErrEmbeddingId) and its row zeroed.
 cudaError_t LaunchEmbedding(float* out, const float* table, const int32_t* ids, int tokens, int dim,
                             int vocab, DeviceError* err, cudaStream_t stream);

@@ -58,6 +58,31 @@ __global__ void CastToBf16Kernel(__nv_bfloat16* dst, const float* src, int rows,
   }
 }
 
+// One warp per (row, 128-column block): amax, the power-of-two scale, 128 E4M3 bytes (4 per lane). Rows in
+// [rows, rows_pad) are zero with scale 1 (cuBLASLt's FP8 GEMM wants the row count a multiple of 4).
+__global__ void QuantizeFp8BlocksKernel(uint8_t* q, float* scales, const float* src, int rows, int rows_pad,
+                                        int cols, int ld) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) >> 5;
+  const int blocks = (cols + 127) / 128;
+  if (warp >= static_cast<int64_t>(rows_pad) * blocks) return;
+  const int r = static_cast<int>(warp / blocks), kb = static_cast<int>(warp % blocks);
+  const int c0 = kb * 128 + lane * 4;
+  float v[4];
+  float amax = 0.0f;
+  for (int i = 0; i < 4; ++i) {
+    v[i] = r < rows && c0 + i < cols ? src[static_cast<int64_t>(r) * ld + c0 + i] : 0.0f;
+    amax = fmaxf(amax, fabsf(v[i]));
+  }
+  amax = WarpMax(amax);
+  const float s = Fp8Scale(amax), inv = 1.0f / s;  // s a power of two: x · (1/s) is x / s exactly
+  uint8_t* dst = q + static_cast<int64_t>(r) * cols;
+  for (int i = 0; i < 4; ++i) {
+    if (c0 + i < cols) dst[c0 + i] = static_cast<uint8_t>(__nv_cvt_float_to_fp8(v[i] * inv, __NV_SATFINITE, __NV_E4M3));
+  }
+  if (lane == 0) scales[static_cast<int64_t>(kb) * rows_pad + r] = s;
+}
+
 __global__ void EmbeddingKernel(float* out, const float* table, const int32_t* ids, int tokens,
                                 int dim, int vocab, DeviceError* err) {
   const int64_t n = static_cast<int64_t>(tokens) * dim;
@@ -173,6 +198,15 @@ cudaError_t LaunchCastToBf16(uint16_t* dst, const float* src, int rows, int cols
   if (n == 0) return cudaSuccess;
   CastToBf16Kernel<<<GridFor(n), kThreads, 0, stream>>>(reinterpret_cast<__nv_bfloat16*>(dst), src, rows,
                                                          cols, ld, batch, stride);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchQuantizeFp8Blocks(uint8_t* q, float* scales, const float* src, int rows, int rows_pad, int cols,
+                                    int ld, cudaStream_t stream) {
+  const int64_t warps = static_cast<int64_t>(rows_pad) * ((cols + 127) / 128);
+  if (warps == 0) return cudaSuccess;
+  QuantizeFp8BlocksKernel<<<static_cast<unsigned>((warps * 32 + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+      q, scales, src, rows, rows_pad, cols, ld);
   return cudaGetLastError();
 }
 
