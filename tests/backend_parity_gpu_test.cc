@@ -218,7 +218,8 @@ TEST_F(BackendParityTest, Gemm) {
 // Block-scaled FP8 weights (GemmArgs::b_fp8): both backends quantise A identically (power-of-two scales,
 // the same E4M3 rounding), so they differ by the FP8 tensor cores' accumulation (~1e-4 relative, measured)
 // and summation order. Odd m (the CUDA backend pads rows to 4), k with a partial 128-block, ceil(k/128)
-// not a multiple of 4 (the padded scale layout), strides, beta.
+// not a multiple of 4 (the padded scale layout), strides, beta; m ≤ 8 with aligned rows runs the CUDA
+// backend's FP8 GEMV, with an unaligned lda cuBLASLt.
 TEST_F(BackendParityTest, GemmFp8) {
   struct Case {
     int m, n, k, lda, ldb, ldc;
@@ -226,7 +227,8 @@ TEST_F(BackendParityTest, GemmFp8) {
   };
   const Case cases[] = {{37, 200, 768, 0, 0, 0, 1.0f, 0.0f},    {64, 256, 2048, 0, 0, 0, 1.0f, 0.0f},
                         {1, 384, 640, 0, 0, 0, 1.0f, 0.0f},     {130, 520, 784, 800, 800, 530, 0.5f, 0.75f},
-                        {6, 2048, 1536, 0, 0, 0, 1.0f, 1.0f},   {300, 1000, 144, 0, 0, 0, 2.0f, 0.0f}};
+                        {6, 2048, 1536, 0, 0, 0, 1.0f, 1.0f},   {300, 1000, 144, 0, 0, 0, 2.0f, 0.0f},
+                        {3, 256, 784, 786, 0, 0, 1.0f, 0.0f},   {8, 130, 144, 0, 160, 0, 1.0f, 0.5f}};
   std::uniform_int_distribution<int> byte(0, 255);
   for (const Case& cs : cases) {
     const int lda = cs.lda ? cs.lda : cs.k, ldb = cs.ldb ? cs.ldb : cs.k, ldc = cs.ldc ? cs.ldc : cs.n;

@@ -589,6 +589,11 @@ absl::Status CudaBackend::GemmFp8(const GemmArgs& g, int lda, int ldb, int ldc) 
   IC_ARG_CHECK(g.b_scale_ld == 0 || g.b_scale_ld == scale_ld, op, "b_scale_ld = ", g.b_scale_ld,
                " must be ceil(k / 128) = ", k_blocks, " rounded up to a multiple of 4 = ", scale_ld,
                " (cuBLASLt's layout of 128 x 128 block scales)");
+  if (g.m <= kGemvBf16MaxRows && GemvFp8Supported(g.a, g.b_fp8, g.k, lda, ldb)) {  // decode: one launch
+    IC_CUDA_RETURN_IF_ERROR(LaunchGemvFp8(g.c, g.a, g.b_fp8, g.b_scale, scale_ld, g.m, g.n, g.k, lda, ldb, ldc,
+                                          g.alpha, g.beta, stream_));
+    return absl::OkStatus();
+  }
   const int m4 = (g.m + 3) / 4 * 4;
   const size_t q_bytes = (static_cast<size_t>(m4) * g.k + 255) / 256 * 256;
   auto ws = gemm_a_.Get(q_bytes + static_cast<size_t>(k_blocks) * m4 * sizeof(float), stream_, device_);

@@ -178,6 +178,12 @@ constexpr int kGemvBf16MaxRows = 8;
 cudaError_t LaunchGemvBf16(float* c, const float* a, const uint16_t* b, int m, int n, int k, int lda, int ldb,
                            int ldc, float alpha, float beta, cudaStream_t stream);
 
+// The same for block-scaled FP8 weights (GemmArgs::b_fp8's arithmetic, A quantised per 128-column block in
+// the kernel), m ≤ kGemvBf16MaxRows; GemvFp8Supported: the 16-byte alignment it needs.
+bool GemvFp8Supported(const float* a, const uint8_t* b, int k, int lda, int ldb);
+cudaError_t LaunchGemvFp8(float* c, const float* a, const uint8_t* b, const float* b_scale, int scale_ld, int m,
+                          int n, int k, int lda, int ldb, int ldc, float alpha, float beta, cudaStream_t stream);
+
 // ---- moe.cu ----
 cudaError_t LaunchMoeRoute(int32_t* expert_ids, float* expert_weights, const float* logits,
                            const float* bias, int tokens, int experts, int top_k, int n_group,

@@ -3,7 +3,11 @@
 // (25 µs) and needs a separate launch to cast A; here one warp owns one output column, reads its weight row
 // once (16-byte loads of 8 BF16 when rows are aligned) and applies it to all m rows of A, rounding A to
 // BF16 as it goes (GemmArgs::b_bf16's semantics), F32 accumulation, a warp-shuffle sum. Memory-bound.
+// The FP8 variant (GemmArgs::b_fp8) reads 16 weight bytes per lane per step and quantises A's 128-column
+// blocks on the fly: the eight lanes that share a block reduce its amax with three shuffles, so A needs no
+// separate quantisation launch and the weight is read once, at one byte per element.
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #include "kernels/cuda/common.cuh"
 
@@ -63,7 +67,90 @@ __global__ void __launch_bounds__(kWarps * 32) GemvBf16Kernel(float* c, const fl
   }
 }
 
+template <int M>
+__global__ void __launch_bounds__(kWarps * 32) GemvFp8Kernel(float* c, const float* a, const uint8_t* b,
+                                                             const float* b_scale, int scale_ld, int m, int n, int k,
+                                                             int lda, int ldb, int ldc, float alpha, float beta) {
+  const int col = blockIdx.x * kWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (col >= n) return;  // whole warps leave together: the shuffles below see all 32 lanes
+  const uint8_t* w = b + static_cast<int64_t>(col) * ldb;
+  const float* ws = b_scale + static_cast<int64_t>(col / 128) * scale_ld;
+  float acc[M];
+#pragma unroll
+  for (int i = 0; i < M; ++i) acc[i] = 0.0f;
+  for (int k0 = 0; k0 < k; k0 += 32 * 16) {
+    const int kk = k0 + lane * 16;  // this lane's 16 columns, inside block kk / 128 (8 lanes per block)
+    const bool valid = kk < k;      // k % 16 == 0: a lane's 16 columns are all valid or all not
+    float wf[16];
+    if (valid) {
+      const uint4 packed = *reinterpret_cast<const uint4*>(w + kk);
+      const __nv_fp8_storage_t* wv = reinterpret_cast<const __nv_fp8_storage_t*>(&packed);
+#pragma unroll
+      for (int q = 0; q < 16; ++q) wf[q] = __half2float(__half(__nv_cvt_fp8_to_halfraw(wv[q], __NV_E4M3)));
+    }
+    const float sb = valid ? ws[kk / 128] : 0.0f;
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      if (i < m) {
+        float xs[16];
+        float amax = 0.0f;
+        if (valid) {
+          const float* ar = a + static_cast<int64_t>(i) * lda + kk;
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const float4 x = *reinterpret_cast<const float4*>(ar + 4 * q);
+            xs[4 * q] = x.x, xs[4 * q + 1] = x.y, xs[4 * q + 2] = x.z, xs[4 * q + 3] = x.w;
+          }
+#pragma unroll
+          for (int q = 0; q < 16; ++q) amax = fmaxf(amax, fabsf(xs[q]));
+        }
+        for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        if (valid) {
+          const float sa = Fp8Scale(amax), inv = 1.0f / sa;
+          float dot = 0.0f;
+#pragma unroll
+          for (int q = 0; q < 16; ++q) {
+            const __nv_fp8_storage_t qa = __nv_cvt_float_to_fp8(xs[q] * inv, __NV_SATFINITE, __NV_E4M3);
+            dot = fmaf(__half2float(__half(__nv_cvt_fp8_to_halfraw(qa, __NV_E4M3))), wf[q], dot);
+          }
+          acc[i] = fmaf(dot, sa * sb, acc[i]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+    if (i < m) {
+      const float s = WarpSum(acc[i]);
+      if (lane == 0) {
+        float* out = c + static_cast<int64_t>(i) * ldc + col;
+        *out = beta == 0.0f ? alpha * s : alpha * s + beta * *out;
+      }
+    }
+  }
+}
+
 }  // namespace
+
+bool GemvFp8Supported(const float* a, const uint8_t* b, int k, int lda, int ldb) {
+  return k % 16 == 0 && lda % 4 == 0 && ldb % 16 == 0 && reinterpret_cast<uintptr_t>(a) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(b) % 16 == 0;
+}
+
+cudaError_t LaunchGemvFp8(float* c, const float* a, const uint8_t* b, const float* b_scale, int scale_ld, int m,
+                          int n, int k, int lda, int ldb, int ldc, float alpha, float beta, cudaStream_t stream) {
+  if (m == 0 || n == 0) return cudaSuccess;
+  const dim3 grid((n + kWarps - 1) / kWarps), block(kWarps * 32);
+  if (m <= 1) {
+    GemvFp8Kernel<1><<<grid, block, 0, stream>>>(c, a, b, b_scale, scale_ld, m, n, k, lda, ldb, ldc, alpha, beta);
+  } else if (m <= 4) {
+    GemvFp8Kernel<4><<<grid, block, 0, stream>>>(c, a, b, b_scale, scale_ld, m, n, k, lda, ldb, ldc, alpha, beta);
+  } else {
+    GemvFp8Kernel<kGemvBf16MaxRows><<<grid, block, 0, stream>>>(c, a, b, b_scale, scale_ld, m, n, k, lda, ldb, ldc,
+                                                                alpha, beta);
+  }
+  return cudaGetLastError();
+}
 
 cudaError_t LaunchGemvBf16(float* c, const float* a, const uint16_t* b, int m, int n, int k, int lda, int ldb,
                            int ldc, float alpha, float beta, cudaStream_t stream) {
