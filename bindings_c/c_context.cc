@@ -64,7 +64,7 @@ absl::StatusOr<ic::kernels::Precision> ReadPrecision(int32_t value, const char* 
     default:
       return absl::InvalidArgumentError(absl::StrCat("ic_context_params_t.", field, " is ", value,
                                                      "; expected IC_PRECISION_F32 (0), IC_PRECISION_BF16 (1) or ",
-                                                     "IC_PRECISION_FP8 (2, indexer only)"));
+                                                     "IC_PRECISION_FP8 (2; indexer and weights, not attention)"));
   }
 }
 

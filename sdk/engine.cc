@@ -44,9 +44,9 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
     return InvalidArgument("indexer_precision must be F32, BF16 or FP8, got ",
                            static_cast<int>(options.indexer_precision));
   }
-  if (options.weight_precision != kernels::Precision::kF32 && options.weight_precision != kernels::Precision::kBF16) {
-    return InvalidArgument("weight_precision must be F32 or BF16 (FP8 weights need a block-scaled GEMM, not "
-                           "written yet), got ", static_cast<int>(options.weight_precision));
+  if (options.weight_precision != kernels::Precision::kF32 && options.weight_precision != kernels::Precision::kBF16 &&
+      options.weight_precision != kernels::Precision::kFP8) {
+    return InvalidArgument("weight_precision must be F32, BF16 or FP8, got ", static_cast<int>(options.weight_precision));
   }
   if (options.prefill_chunk < 1) {
     return InvalidArgument("prefill_chunk must be positive, got ", options.prefill_chunk);
@@ -93,6 +93,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
   Impl& im = *ctx->impl_;
   im.backend = ctx->backend_.get();
   im.bf16_weights = options.weight_precision == kernels::Precision::kBF16;
+  im.fp8_weights = options.weight_precision == kernels::Precision::kFP8;
   im.q_heads = c.num_attention_heads;
   im.kv_heads = c.mla ? 1 : c.num_key_value_heads;
   if (options.shard_group != nullptr) {
@@ -117,10 +118,10 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
   const ModelWeights& w = model->weights;
   IC_ASSIGN_OR_RETURN(im.embed, im.Upload(w.embed_tokens));
   IC_ASSIGN_OR_RETURN(im.final_norm, im.Upload(w.final_norm));
-  if (w.lm_head.empty() && !im.bf16_weights) {
+  if (w.lm_head.empty() && !im.bf16_weights && !im.fp8_weights) {
     im.lm_head.f32 = im.embed;  // tied: the embedding table itself
-  } else {  // (tied with BF16 weights: a BF16 copy of the embedding table; the embedding stays F32)
-    IC_ASSIGN_OR_RETURN(im.lm_head, im.UploadWeight(w.output_embedding()));
+  } else {  // (tied with BF16 or FP8 weights: a BF16 copy of the embedding table; the embedding stays F32)
+    IC_ASSIGN_OR_RETURN(im.lm_head, im.UploadWeight(w.output_embedding(), /*fp8_ok=*/false));
   }
   im.layers.resize(c.num_hidden_layers);
   for (int i = 0; i < c.num_hidden_layers; ++i) {
@@ -137,7 +138,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
       IC_ASSIGN_OR_RETURN(L.k_proj, im.UploadWeight(lw.k_proj));
       IC_ASSIGN_OR_RETURN(L.v_proj, im.UploadWeight(lw.v_proj));
       IC_ASSIGN_OR_RETURN(L.q_b_proj, im.UploadWeight(lw.q_b_proj));
-      IC_ASSIGN_OR_RETURN(L.kv_b_proj, im.UploadWeight(lw.kv_b_proj));
+      IC_ASSIGN_OR_RETURN(L.kv_b_proj, im.UploadWeight(lw.kv_b_proj, /*fp8_ok=*/false));
       IC_ASSIGN_OR_RETURN(L.o_proj, im.UploadWeight(lw.o_proj));
     } else {
       // This rank's heads (tensor_parallel.h): MLA q_b / kv_b rows and o_proj columns; GQA q rows, the
@@ -146,7 +147,8 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
       if (c.mla) {
         const int qk = c.qk_nope_head_dim + c.qk_rope_head_dim, kvb = c.qk_nope_head_dim + c.v_head_dim;
         IC_ASSIGN_OR_RETURN(L.q_b_proj, im.UploadWeightRows(lw.q_b_proj, int64_t{h0} * qk, int64_t{nh} * qk));
-        IC_ASSIGN_OR_RETURN(L.kv_b_proj, im.UploadWeightRows(lw.kv_b_proj, int64_t{h0} * kvb, int64_t{nh} * kvb));
+        IC_ASSIGN_OR_RETURN(L.kv_b_proj,
+                            im.UploadWeightRows(lw.kv_b_proj, int64_t{h0} * kvb, int64_t{nh} * kvb, /*fp8_ok=*/false));
         IC_ASSIGN_OR_RETURN(L.o_proj,
                             im.UploadWeightCols(lw.o_proj, int64_t{h0} * c.v_head_dim, int64_t{nh} * c.v_head_dim));
       } else {
@@ -158,11 +160,11 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
       }
     }
     if (c.has_indexer && ctx->plan_.IsFull(i)) {  // Shared layers: no indexer weights uploaded
-      IC_ASSIGN_OR_RETURN(L.ix_wq, im.UploadWeight(lw.indexer.wq));
-      IC_ASSIGN_OR_RETURN(L.ix_wk, im.UploadWeight(lw.indexer.wk));
+      IC_ASSIGN_OR_RETURN(L.ix_wq, im.UploadWeight(lw.indexer.wq, /*fp8_ok=*/false));
+      IC_ASSIGN_OR_RETURN(L.ix_wk, im.UploadWeight(lw.indexer.wk, /*fp8_ok=*/false));
       IC_ASSIGN_OR_RETURN(L.ix_norm_w, im.Upload(lw.indexer.k_norm_weight));
       IC_ASSIGN_OR_RETURN(L.ix_norm_b, im.Upload(lw.indexer.k_norm_bias));
-      IC_ASSIGN_OR_RETURN(L.ix_weights, im.UploadWeight(lw.indexer.weights_proj));
+      IC_ASSIGN_OR_RETURN(L.ix_weights, im.UploadWeight(lw.indexer.weights_proj, /*fp8_ok=*/false));
     }
     L.is_moe = lw.is_moe;
     if (lw.is_moe) {
@@ -172,7 +174,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
         IC_ASSIGN_OR_RETURN(Impl::Mlp m, im.UploadMlp(lw.moe.experts[e]));
         L.experts.push_back(m);
       }
-      if (im.ep == nullptr) {
+      if (im.ep == nullptr && !im.fp8_weights) {  // MoeExperts takes F32 or BF16 weights
         IC_ASSIGN_OR_RETURN(L.expert_table, im.UploadExpertTable(L.experts));
       }
       if (lw.moe.shared) {

@@ -93,7 +93,13 @@ struct ContextOptions {
   // reference) or kBF16 — every projection (attention, indexer wq / wk / weights_proj, dense and expert
   // MLPs, LM head) held as BF16 (half the bytes; a checkpoint's BF16 tensors come back bit-exact) and
   // multiplied on BF16 tensor cores with F32 accumulation, activations rounded to BF16 at each GEMM's
-  // input. Norms, the embedding table and the MoE router stay F32. FP8 is InvalidArgument.
+  // input. Norms, the embedding table and the MoE router stay F32. kFP8: DeepSeek-V3's block-scaled FP8 —
+  // the attention projections (but MLA's kv_b), dense, shared and routed expert MLPs held as E4M3 with one
+  // scale per 128 × 128 block (amax / 448, quantised at context creation; a DeepSeek FP8 checkpoint comes
+  // back to its own bytes), activations quantised per token and 128 channels at each GEMM (GemmArgs::b_fp8;
+  // cuBLASLt's block-scaled FP8 on CUDA); the LM head, the indexer projections, kv_b and any weight whose
+  // in-features are not a multiple of 16 are BF16. With kFP8 the decode MoE runs expert by expert (the
+  // fused MoeExperts op takes F32 or BF16 weights).
   kernels::Precision weight_precision = kernels::Precision::kF32;
 };
 

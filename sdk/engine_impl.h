@@ -3,12 +3,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "kernels/cpu/cpu_internal.h"
 #include "sdk/device_buffer.h"
 #include "sdk/engine.h"
 #include "sdk/safetensors.h"
@@ -28,15 +30,23 @@ inline double NowSeconds() {
 // tensor, no copy) or BF16 bit patterns (`bf16`, ContextOptions::weight_precision kBF16; a converted
 // copy). ld: row stride in elements (0 = dense; a tensor-parallel column slice keeps the full row stride
 // on the CPU, zero-copy).
+// With weight_precision kFP8, E4M3 bytes (`fp8`) with one F32 scale per 128 × 128 block (`fp8_scale`,
+// GemmArgs::b_scale's default layout), quantised at upload with scale = amax / 448 (DeepSeek's recipe: a
+// DeepSeek FP8 checkpoint, dequantised to F32 at load, comes back to its own bytes and scales).
 struct LinearWeight {
   const float* f32 = nullptr;
   const uint16_t* bf16 = nullptr;
+  const uint8_t* fp8 = nullptr;
+  const float* fp8_scale = nullptr;
   int ld = 0;
-  bool empty() const { return f32 == nullptr && bf16 == nullptr; }
-  const void* data() const { return bf16 != nullptr ? static_cast<const void*>(bf16) : f32; }
-  // The same weight starting `elements` further (a row block of kv_b, say).
+  bool empty() const { return f32 == nullptr && bf16 == nullptr && fp8 == nullptr; }
+  const void* data() const {
+    return fp8 != nullptr ? static_cast<const void*>(fp8) : bf16 != nullptr ? static_cast<const void*>(bf16) : f32;
+  }
+  // The same weight starting `elements` further (a row block of kv_b, which is never FP8: see UploadWeight).
   LinearWeight Offset(int64_t elements) const {
-    return LinearWeight{f32 != nullptr ? f32 + elements : nullptr, bf16 != nullptr ? bf16 + elements : nullptr, ld};
+    return LinearWeight{f32 != nullptr ? f32 + elements : nullptr, bf16 != nullptr ? bf16 + elements : nullptr,
+                        nullptr, nullptr, ld};
   }
 };
 
@@ -188,10 +198,16 @@ struct Context::Impl {
   }
   std::vector<std::vector<float>> host_keep;
 
-  // Linear weights in the context's precision (bf16_weights): F32 exactly as Upload / UploadRows /
-  // UploadCols place them, or a BF16 copy (round to nearest even) of the same slice.
+  // Linear weights in the context's precision (bf16_weights / fp8_weights): F32 exactly as Upload /
+  // UploadRows / UploadCols place them, a BF16 copy (round to nearest even) of the same slice, or FP8 with
+  // 128 × 128 block scales (LinearWeight). With fp8_weights, a weight the caller marks `fp8_ok = false` (the
+  // LM head, the indexer, MLA's kv_b whose per-head row blocks the absorbed attention slices; the
+  // runtimes that serve DeepSeek's FP8 checkpoints keep these in BF16 too) or whose in-features are not a
+  // multiple of 16 (cuBLASLt's FP8) is BF16.
   bool bf16_weights = false;
+  bool fp8_weights = false;
   std::vector<std::vector<uint16_t>> host_keep_bf16;
+  std::vector<std::vector<uint8_t>> host_keep_fp8;
   std::vector<std::vector<const void*>> host_keep_tables;
 
   // The MoeExperts pointer table of `experts` in backend memory (MoeExpertsArgs::weights).
@@ -215,21 +231,24 @@ struct Context::Impl {
     return static_cast<const void* const*>(p);
   }
 
-  absl::StatusOr<Weight> UploadWeight(const HostTensor& t) {
-    return UploadWeightSlice(t, 0, t.rows(), 0, t.empty() ? 0 : static_cast<int64_t>(t.data.size()) / t.rows());
+  absl::StatusOr<Weight> UploadWeight(const HostTensor& t, bool fp8_ok = true) {
+    return UploadWeightSlice(t, 0, t.rows(), 0, t.empty() ? 0 : static_cast<int64_t>(t.data.size()) / t.rows(),
+                             fp8_ok);
   }
-  absl::StatusOr<Weight> UploadWeightRows(const HostTensor& t, int64_t begin, int64_t count) {
-    return UploadWeightSlice(t, begin, count, 0, t.empty() ? 0 : static_cast<int64_t>(t.data.size()) / t.rows());
+  absl::StatusOr<Weight> UploadWeightRows(const HostTensor& t, int64_t begin, int64_t count, bool fp8_ok = true) {
+    return UploadWeightSlice(t, begin, count, 0, t.empty() ? 0 : static_cast<int64_t>(t.data.size()) / t.rows(),
+                             fp8_ok);
   }
   absl::StatusOr<Weight> UploadWeightCols(const HostTensor& t, int64_t begin, int64_t count) {
-    return UploadWeightSlice(t, 0, t.rows(), begin, count);
+    return UploadWeightSlice(t, 0, t.rows(), begin, count, true);
   }
   // Rows [r0, r0 + nr) × columns [c0, c0 + nc) of a 2-D tensor.
-  absl::StatusOr<Weight> UploadWeightSlice(const HostTensor& t, int64_t r0, int64_t nr, int64_t c0, int64_t nc) {
+  absl::StatusOr<Weight> UploadWeightSlice(const HostTensor& t, int64_t r0, int64_t nr, int64_t c0, int64_t nc,
+                                           bool fp8_ok) {
     Weight w;
     if (t.empty()) return w;
     const int64_t rows = t.rows(), cols = static_cast<int64_t>(t.data.size()) / rows;
-    if (!bf16_weights) {
+    if (!bf16_weights && !fp8_weights) {
       if (c0 == 0 && nc == cols) {
         IC_ASSIGN_OR_RETURN(w.f32, UploadRows(t, r0, nr));
       } else {
@@ -241,6 +260,7 @@ struct Context::Impl {
       return absl::InternalError(absl::StrCat("slice [", r0, ", ", r0 + nr, ") × [", c0, ", ", c0 + nc,
                                               ") of a ", rows, " × ", cols, " tensor"));
     }
+    if (fp8_weights && fp8_ok && nc % 16 == 0) return UploadFp8(t.data.data() + r0 * cols + c0, nr, nc, cols);
     std::vector<uint16_t> bits(static_cast<size_t>(nr * nc));
     for (int64_t r = 0; r < nr; ++r) {
       const float* src = t.data.data() + (r0 + r) * cols + c0;
@@ -256,6 +276,42 @@ struct Context::Impl {
     owned.push_back(p);
     IC_RETURN_IF_ERROR(backend->CopyToDevice(p, bits.data(), bytes));
     w.bf16 = static_cast<const uint16_t*>(p);
+    return w;
+  }
+
+  // `rows` × `cols` F32 values (row stride `ld`) as E4M3 bytes with 128 × 128 block scales amax / 448.
+  absl::StatusOr<Weight> UploadFp8(const float* src, int64_t rows, int64_t cols, int64_t ld) {
+    const int64_t row_blocks = (rows + 127) / 128, col_blocks = (cols + 127) / 128;
+    const int64_t scale_ld = (col_blocks + 3) / 4 * 4;  // GemmArgs::b_scale_ld's default
+    std::vector<uint8_t> bytes(static_cast<size_t>(rows * cols));
+    std::vector<float> scales(static_cast<size_t>(row_blocks * scale_ld), 1.0f);
+    for (int64_t bi = 0; bi < row_blocks; ++bi) {
+      for (int64_t bj = 0; bj < col_blocks; ++bj) {
+        const int64_t r1 = std::min(rows, (bi + 1) * 128), c1 = std::min(cols, (bj + 1) * 128);
+        float amax = 0.0f;
+        for (int64_t r = bi * 128; r < r1; ++r) {
+          for (int64_t c = bj * 128; c < c1; ++c) amax = std::max(amax, std::fabs(src[r * ld + c]));
+        }
+        const float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
+        scales[static_cast<size_t>(bi * scale_ld + bj)] = scale;
+        for (int64_t r = bi * 128; r < r1; ++r) {
+          for (int64_t c = bj * 128; c < c1; ++c) {
+            bytes[static_cast<size_t>(r * cols + c)] = kernels::cpu::internal::FloatToE4m3(src[r * ld + c] / scale);
+          }
+        }
+      }
+    }
+    Weight w;
+    IC_ASSIGN_OR_RETURN(w.fp8_scale, UploadVector(scales));
+    if (backend->kind() == DeviceKind::kCpu) {
+      host_keep_fp8.push_back(std::move(bytes));
+      w.fp8 = host_keep_fp8.back().data();
+      return w;
+    }
+    IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(bytes.size()));
+    owned.push_back(p);
+    IC_RETURN_IF_ERROR(backend->CopyToDevice(p, bytes.data(), bytes.size()));
+    w.fp8 = static_cast<const uint8_t*>(p);
     return w;
   }
 

@@ -22,10 +22,13 @@ using kernels::TokenLayout;
 
 using Weight = LinearWeight;
 
-// Points a Gemm's B operand at `w` (F32 or BF16, GemmArgs::b_bf16) with w's row stride.
+// Points a Gemm's B operand at `w` (F32, BF16 or block-scaled FP8: GemmArgs::b_bf16 / b_fp8) with w's row
+// stride.
 void SetB(GemmArgs& g, const Weight& w) {
   g.b = w.f32;
   g.b_bf16 = w.bf16;
+  g.b_fp8 = w.fp8;
+  g.b_scale = w.fp8_scale;
   g.ldb = w.ld;
 }
 

@@ -8,6 +8,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -181,13 +182,14 @@ TEST_F(EngineGpuTest, Bf16IndexerMatchesTheCpuBf16Reference) {
   }
 }
 
-// BF16 weights (cuBLASLt BF16 GEMMs) against the CPU's BF16-weight reference. Where no discrete decision
+// BF16 weights (cuBLASLt BF16 GEMMs) and block-scaled FP8 weights (cuBLASLt FP8, FP8 GEMV) against the CPU's
+// reference of the same precision. Where no discrete decision
 // (a top-k selection, an expert choice) amplifies the rare activation that rounds to the other BF16
 // neighbour: layer 0's output with a prompt no longer than top-k (every architecture: MLA / GQA
 // projections, indexer, dense MLP; chunked on the GPU), and a dense model's logits (every layer, LM head).
-// The two BF16 runs must agree much more closely than either agrees with F32.
-TEST_F(EngineGpuTest, Bf16WeightsMatchTheCpuBf16Reference) {
-  const auto f32 = kernels::Precision::kF32, bf16 = kernels::Precision::kBF16;
+// The two runs of one precision must agree much more closely than either agrees with F32.
+TEST_F(EngineGpuTest, Bf16AndFp8WeightsMatchTheCpuReference) {
+  const auto f32 = kernels::Precision::kF32, bf16 = kernels::Precision::kBF16, fp8 = kernels::Precision::kFP8;
   struct Run {
     std::vector<float> logits;  // last token
     std::map<int, std::vector<float>> hidden;
@@ -219,19 +221,24 @@ TEST_F(EngineGpuTest, Bf16WeightsMatchTheCpuBf16Reference) {
     const bool dense = !(*model)->config.has_indexer;
     const std::vector<int32_t> tokens = test::RandomTokens(dense ? 400 : 40, o.vocab_size, 29);
     const int n = static_cast<int>(tokens.size());
-    const Run cpu = run(*model, DeviceKind::kCpu, tokens, {n}, bf16);
-    const Run gpu = run(*model, DeviceKind::kCuda, tokens, {7, n - 7}, bf16);
     const Run cpu_f32 = run(*model, DeviceKind::kCpu, tokens, {n}, f32);
-    const double err = RelError(gpu.hidden.at(1), cpu.hidden.at(1));
-    const double rounding = RelError(cpu.hidden.at(1), cpu_f32.hidden.at(1));
-    EXPECT_LT(err, 2e-3);
-    EXPECT_GT(rounding, 3 * err);
-    RecordProperty("layer0_bf16_gpu_vs_cpu", std::to_string(err));
-    RecordProperty("layer0_bf16_vs_f32", std::to_string(rounding));
-    if (dense) {
-      const double logit_err = RelError(gpu.logits, cpu.logits);
-      EXPECT_LT(logit_err, 5e-3);
-      EXPECT_GT(RelError(cpu.logits, cpu_f32.logits), logit_err);
+    // BF16, then block-scaled FP8 (both backends quantise activations identically; an element whose F32
+    // value differs by a rounding across an E4M3 boundary moves by one FP8 step, hence the looser bound).
+    for (const auto [weights, bound, name] : {std::tuple{bf16, 2e-3, "bf16"}, std::tuple{fp8, 1e-2, "fp8"}}) {
+      SCOPED_TRACE(name);
+      const Run cpu = run(*model, DeviceKind::kCpu, tokens, {n}, weights);
+      const Run gpu = run(*model, DeviceKind::kCuda, tokens, {7, n - 7}, weights);  // GEMV rows, padded rows
+      const double err = RelError(gpu.hidden.at(1), cpu.hidden.at(1));
+      const double rounding = RelError(cpu.hidden.at(1), cpu_f32.hidden.at(1));
+      EXPECT_LT(err, bound);
+      EXPECT_GT(rounding, 3 * err);
+      RecordProperty(std::string("layer0_") + name + "_gpu_vs_cpu", std::to_string(err));
+      RecordProperty(std::string("layer0_") + name + "_vs_f32", std::to_string(rounding));
+      if (dense) {
+        const double logit_err = RelError(gpu.logits, cpu.logits);
+        EXPECT_LT(logit_err, 2.5 * bound);
+        EXPECT_GT(RelError(cpu.logits, cpu_f32.logits), logit_err);
+      }
     }
   }
 }

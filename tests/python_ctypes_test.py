@@ -90,8 +90,13 @@ class IndexCacheCtypesTest(unittest.TestCase):
             # Bf16WeightsMoveResultsByRoundingOnly (a top-k or expert choice can amplify a rounding here).
             self.assertTrue(all(math.isfinite(x) for x in b))
             self.assertNotEqual(a, b)
+        with self.context(weight_precision="fp8") as fp8:  # block-scaled FP8 (since 0.5)
+            c = fp8.prefill(fp8.add_sequence(), toks)
+            self.assertTrue(all(math.isfinite(x) for x in c))
+            self.assertNotEqual(a, c)
+            self.assertNotEqual(b, c)
         with self.assertRaises(ValueError):
-            self.context(weight_precision="fp8")
+            self.context(weight_precision="fp4")
 
     def test_decode_matches_prefill(self):
         toks = _tokens(40, 128)

@@ -75,7 +75,8 @@ options:
   --device D             auto | cpu | cuda                                               [auto]
   --indexer-precision P  f32 | bf16 | fp8 (tensor cores with a BF16 / FP8 index-K cache)   [f32]
   --attention-precision P f32 | bf16 (sparse MLA attention on BF16 tensor cores on CUDA)   [f32]
-  --weight-precision P   f32 | bf16 (Linear weights in BF16, cuBLASLt BF16 GEMMs on CUDA)     [f32]
+  --weight-precision P   f32 | bf16 | fp8 (Linear weights in BF16 or block-scaled FP8; cuBLASLt [f32]
+                         GEMMs on CUDA)
 )";
 
 // The paper's Table 1 (IndexCache, arXiv 2603.12201; 30B DSA model, SGLang dp 8 on 8×H100), from
@@ -153,6 +154,7 @@ int CmdBenchSampled(int argc, char** argv) {
   if (absl::Status s = SelectPrecisions(args, &precisions); !s.ok()) return Fail(cmd, s);
   const kernels::Precision precision = precisions.indexer_precision, attn_precision = precisions.attention_precision;
   const bool w_bf16 = precisions.weight_precision == kernels::Precision::kBF16;
+  const bool w_fp8 = precisions.weight_precision == kernels::Precision::kFP8;
   const bool kv_bf16 = precisions.attention_precision == kernels::Precision::kBF16;  // the engine's KV cache
   const bool ik_bf16 = precision == kernels::Precision::kBF16, ik_fp8 = precision == kernels::Precision::kFP8;
   // The index-K cache per token relative to sizing.h's BF16 figure (2·d): F32 ×2, BF16 ×1, FP8 (d + 4) / 2d.
@@ -227,8 +229,11 @@ int CmdBenchSampled(int argc, char** argv) {
     SizingOptions so{.weights = WeightDType::kBF16, .index_k = IndexKDType::kBF16, .kv = KvDType::kBF16,
                      .plan = &plan, .shared_experts_split_by_tp = false, .embedding_split_by_tp = false};
     CLI_ASSIGN_OR_FAIL(s, ComputeRankSizing(full, so), cmd);
-    r.weights_stored = w_bf16 ? 2.0 * static_cast<double>(s.weights().params) + static_cast<double>(s.embedding.params)
-                           : 4.0 * static_cast<double>(s.weights().params);
+    // (FP8: about one byte per Linear parameter; the LM head, kv_b and the indexer stay BF16, counted here at
+    // one byte too, so this is a lower bound; the peak device memory is measured below.)
+    r.weights_stored = w_fp8    ? static_cast<double>(s.weights().params) + 3.0 * static_cast<double>(s.embedding.params)
+                       : w_bf16 ? 2.0 * static_cast<double>(s.weights().params) + static_cast<double>(s.embedding.params)
+                                : 4.0 * static_cast<double>(s.weights().params);
     CLI_ASSIGN_OR_FAIL(stored, stored_per_token(full, plan, s), cmd);
     r.per_token_stored = stored;
     r.weights_bf16 = static_cast<double>(s.weight_bytes());
@@ -326,7 +331,10 @@ int CmdBenchSampled(int argc, char** argv) {
   co.profile_layers = true;
   CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), cmd);
   std::printf("weights: %s; indexer: %s (index-K cache %s); sparse attention: %s\n",
-              !w_bf16                                ? "F32 (F32 GEMMs)"
+              w_fp8 ? (device == kernels::DeviceKind::kCuda
+                           ? "FP8 E4M3, 128x128 block scales (cuBLASLt block-scaled FP8 GEMMs; LM head, kv_b, indexer BF16)"
+                           : "FP8 E4M3, 128x128 block scales (quantised operands, F32 sgemm on the CPU)")
+              : !w_bf16                              ? "F32 (F32 GEMMs)"
               : device == kernels::DeviceKind::kCuda ? "BF16 (cuBLASLt BF16 GEMMs, F32 accumulation)"
                                                      : "BF16 (BF16-rounded operands, F32 sgemm on the CPU)",
               device != kernels::DeviceKind::kCuda ? (ik_fp8 || ik_bf16 ? "quantised q and k, F32 sgemm (CPU)" : "F32")
@@ -506,7 +514,7 @@ int CmdBenchSampled(int argc, char** argv) {
   }
   std::printf("\nAgainst the paper's Table 1 (30B DSA model; SGLang, dp 8 on 8xH100, BF16/FP8 — another system: "
               "compare ratios, with care;\nours: one device, %s weights and GEMMs, layer-sampled composition). Paper at 200K: prefill "
-              "19.5 -> 10.7 s (1.82x), decode 58 -> 86 tok/s (1.48x).\n", w_bf16 ? "BF16" : "F32");
+              "19.5 -> 10.7 s (1.82x), decode 58 -> 86 tok/s (1.48x).\n", w_fp8 ? "FP8" : w_bf16 ? "BF16" : "F32");
   std::printf("%-24s %-12s %8s %12s %7s %12s %7s\n", "metric", "plan", "context", "ours", "xDSA", "paper", "xDSA");
   for (const ContextResult& res : results) {
     int k = -1;
@@ -536,7 +544,7 @@ int CmdBenchSampled(int argc, char** argv) {
                 100 * res.decode[dsa_index].indexer_seconds / res.decode[dsa_index].seconds, "", 100 * kPaperShare[1][k]);
   }
   std::printf("(*) full-cache tokens/s: ours on one device with %s weights and a %s KV cache; the paper's over 8 "
-              "GPUs.\n", w_bf16 ? "BF16" : "F32", kv_bf16 ? "BF16" : "F32");
+              "GPUs.\n", w_fp8 ? "FP8" : w_bf16 ? "BF16" : "F32", kv_bf16 ? "BF16" : "F32");
   return 0;
 }
 

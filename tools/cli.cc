@@ -113,11 +113,11 @@ const std::vector<std::string> kPrecisionKeys = {"indexer-precision", "attention
 namespace {
 absl::StatusOr<kernels::Precision> SelectPrecision(const Args& args, const std::string& key) {
   const std::string p = args.Get(key, "f32");
-  const bool indexer = key == "indexer-precision";
   if (p == "f32") return kernels::Precision::kF32;
   if (p == "bf16") return kernels::Precision::kBF16;
-  if (p == "fp8" && indexer) return kernels::Precision::kFP8;
-  return InvalidArgument("--", key, " must be ", indexer ? "f32, bf16 or fp8" : "f32 or bf16", "; got '", p, "'");
+  const bool fp8_ok = key != "attention-precision";  // FP8 indexer and FP8 weights; attention has none
+  if (p == "fp8" && fp8_ok) return kernels::Precision::kFP8;
+  return InvalidArgument("--", key, " must be ", fp8_ok ? "f32, bf16 or fp8" : "f32 or bf16", "; got '", p, "'");
 }
 
 const char* PrecisionName(kernels::Precision p) {

@@ -50,7 +50,8 @@ constexpr const char* kPrecisionOption =
     "  --indexer-precision P  f32 | bf16 | fp8: the indexer's arithmetic (tensor cores on CUDA; fp8: E4M3\n"
     "                         with per-token scales, DeepSeek-V3.2's)                                [f32]\n"
     "  --attention-precision P f32 | bf16: attention's arithmetic (bf16: sparse MLA on tensor cores)  [f32]\n"
-    "  --weight-precision P   f32 | bf16: Linear weights held in BF16, GEMMs on BF16 tensor cores      [f32]\n";
+    "  --weight-precision P   f32 | bf16 | fp8: Linear weights in BF16 (BF16 tensor-core GEMMs) or in\n"
+    "                         DeepSeek's block-scaled FP8 (128 x 128 scales; FP8 GEMMs on CUDA)     [f32]\n";
 
 // Token counts: at most 2^30, so that sums such as prompt + max-new + 64 (cache slots, int32 positions)
 // cannot overflow; the context then fails with a clear out-of-memory error when they do not fit.

@@ -582,8 +582,8 @@ class Context:
     indexer_precision: "f32" (default), "bf16" or "fp8" (DeepSeek-V3.2's E4M3 indexer with per-token
     scales); attention_precision: "f32" or "bf16" (tensor cores on CUDA, and the KV cache kept in BF16;
     ic_precision_t); weight_precision:
-    "f32" or "bf16" (Linear weights held in BF16, BF16 GEMMs with F32 accumulation). ValueError for
-    anything else."""
+    "f32", "bf16" (Linear weights held in BF16, BF16 GEMMs with F32 accumulation) or "fp8" (DeepSeek's
+    block-scaled FP8 weights, 128 x 128 scales, FP8 GEMMs on CUDA). ValueError for anything else."""
 
     def __init__(self, model: Model, *, device: Device = Device.AUTO, device_ordinal: int = 0,
                  max_tokens: Optional[int] = None, block_size: Optional[int] = None,
@@ -617,7 +617,7 @@ class Context:
         precisions = {"f32": 0, "bf16": 1, "fp8": 2}
         for name, value, allowed in (("indexer_precision", indexer_precision, ("f32", "bf16", "fp8")),
                                      ("attention_precision", attention_precision, ("f32", "bf16")),
-                                     ("weight_precision", weight_precision, ("f32", "bf16"))):
+                                     ("weight_precision", weight_precision, ("f32", "bf16", "fp8"))):
             if not isinstance(value, str) or value not in allowed:  # (a list is not hashable: check str first)
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
             setattr(params, name, precisions[value])

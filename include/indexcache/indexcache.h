@@ -76,10 +76,10 @@ extern "C" {
 
 /* The version of this header (kept equal to the CMake project version; the build checks it). */
 #define IC_VERSION_MAJOR 0
-#define IC_VERSION_MINOR 4
+#define IC_VERSION_MINOR 5
 #define IC_VERSION_PATCH 0
 #define IC_VERSION (IC_VERSION_MAJOR * 10000 + IC_VERSION_MINOR * 100 + IC_VERSION_PATCH)
-#define IC_VERSION_STRING "0.4.0"
+#define IC_VERSION_STRING "0.5.0"
 
 /* The version of the loaded library, encoded like IC_VERSION (compare it with IC_VERSION to detect a
  * header/library mismatch). Never fails; thread-safe. */
@@ -238,7 +238,13 @@ IC_API ic_status_t ic_model_plan(const ic_model_t* model, char* buf, size_t buf_
  *                      projections, dense and expert MLPs, LM head) in BF16 — half the bytes — and runs
  *                      their GEMMs on BF16 tensor cores (cuBLASLt) with F32 accumulation, activations
  *                      rounded to BF16 at each GEMM's input; norms, the embedding table and the MoE router
- *                      stay F32. FP8 weights are IC_ERR_INVALID_ARGUMENT (not written yet). */
+ *                      stay F32. IC_PRECISION_FP8 (since 0.5): DeepSeek-V3's block-scaled FP8 — the
+ *                      attention projections (but MLA's kv_b), dense, shared and routed expert MLPs held as
+ *                      E4M3 with one F32 scale per 128 x 128 block (amax / 448, quantised at context
+ *                      creation), activations quantised per token and 128 channels at each GEMM
+ *                      (cuBLASLt's block-scaled FP8 on CUDA, F32 accumulation); the LM head, the indexer
+ *                      projections, kv_b and weights whose in-features are not a multiple of 16 are BF16.
+ *                      Logits agree with F32 weights to a few per cent. */
 typedef enum ic_precision_t { IC_PRECISION_F32 = 0, IC_PRECISION_BF16 = 1, IC_PRECISION_FP8 = 2 } ic_precision_t;
 
 typedef struct ic_context_params_t {
@@ -276,8 +282,8 @@ typedef struct ic_context_params_t {
   int32_t attention_precision; /* ic_precision_t: attention's arithmetic; default IC_PRECISION_F32. Since 0.3. */
   int32_t reserved0;           /* ignored: where 0.3's struct had padding (so that weight_precision lies past
                                   0.3's struct_size and a 0.3 caller's padding is never read as it) */
-  int32_t weight_precision;    /* ic_precision_t: the Linear weights' storage and GEMMs (F32 or BF16); default
-                                  IC_PRECISION_F32. Since 0.4. */
+  int32_t weight_precision;    /* ic_precision_t: the Linear weights' storage and GEMMs (F32, BF16, or FP8
+                                  since 0.5); default IC_PRECISION_F32. Since 0.4. */
 } ic_context_params_t;
 
 /* Fills `params` with the defaults above. Errors: IC_ERR_INVALID_ARGUMENT (params NULL). */

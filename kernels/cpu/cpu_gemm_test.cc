@@ -1,6 +1,7 @@
 // Tests of the CPU Gemm op against a double-precision loop: odd shapes, both B layouts, leading
-// dimensions, batches (including a broadcast B), alpha/beta, k = 0, BF16 weights (b_bf16) and argument
-// validation.
+// dimensions, batches (including a broadcast B), alpha/beta, k = 0, BF16 weights (b_bf16), block-scaled
+// FP8 weights (b_fp8) and argument validation.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -111,6 +112,63 @@ TEST(CpuGemm, Bf16RoundsTheActivations) {
   EXPECT_EQ(cpu.Gemm(g).code(), absl::StatusCode::kInvalidArgument);  // both b and b_bf16
   g.m = 0;
   EXPECT_EQ(cpu.Gemm(g).code(), absl::StatusCode::kInvalidArgument);  // even with nothing to compute
+}
+
+// Block-scaled FP8 weights on values FP8 holds exactly, so the expected product is exact arithmetic in
+// double: each 128-column block of A has largest magnitude 448·2^e (its power-of-two scale is then 2^e and
+// every a / 2^e is an E4M3 value), B's bytes are E4M3 codes of ±{0.5, 1, 1.5, 2} with an arbitrary scale per
+// 128 × 128 block. k = 256 + 32 (a partial third block), n = 130 (two row blocks), ldc > n, beta.
+TEST(CpuGemm, Fp8WeightsOnExactValues) {
+  CpuBackend cpu;
+  const int m = 3, n = 130, k = 288, ldc = 133, kb = 3, scale_ld = 4;  // scale_ld: ceil(288/128) = 3 → 4
+  const uint8_t codes[] = {0x30, 0x38, 0x3c, 0x40, 0xb0, 0xb8, 0xbc, 0xc0};  // ±0.5, ±1, ±1.5, ±2
+  const double values[] = {0.5, 1, 1.5, 2, -0.5, -1, -1.5, -2};
+  std::mt19937 rng(5);
+  std::vector<uint8_t> w(static_cast<size_t>(n) * k);
+  std::vector<double> wv(w.size());
+  for (size_t i = 0; i < w.size(); ++i) {
+    const int c = static_cast<int>(rng() % 8);
+    w[i] = codes[c];
+    wv[i] = values[c];
+  }
+  const std::vector<float> scales = {0.25f, 3.0f, 0.0625f, -1.0f, 1.75f, 0.5f, 8.0f, -1.0f};  // [2, 4]
+  std::vector<float> a(static_cast<size_t>(m) * k);
+  for (int i = 0; i < m; ++i) {
+    for (int b = 0; b < kb; ++b) {
+      const float s = std::ldexp(1.0f, i - 2 * b);  // this block's scale
+      for (int c = b * 128; c < std::min(k, b * 128 + 128); ++c) {
+        a[static_cast<size_t>(i) * k + c] = static_cast<float>(values[rng() % 8]) * s;
+      }
+      a[static_cast<size_t>(i) * k + b * 128 + 5] = 448.0f * s;
+    }
+  }
+  std::vector<float> c(static_cast<size_t>(m) * ldc, 1.0f);
+  GemmArgs g{.c = c.data(), .a = a.data(), .b_fp8 = w.data(), .b_scale = scales.data(), .m = m, .n = n, .k = k,
+             .ldc = ldc, .alpha = 2.0f, .beta = 0.5f};
+  ASSERT_TRUE(cpu.Gemm(g).ok());
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) {
+      double want = 0;
+      for (int x = 0; x < k; ++x) {
+        want += static_cast<double>(a[static_cast<size_t>(i) * k + x]) * wv[static_cast<size_t>(j) * k + x] *
+                scales[(j / 128) * scale_ld + x / 128];
+      }
+      want = 2.0 * want + 0.5;
+      EXPECT_NEAR(c[static_cast<size_t>(i) * ldc + j], want, 1e-6 * std::max(1.0, std::fabs(want))) << i << ", " << j;
+    }
+  }
+  // A value between two E4M3 neighbours is rounded: 1 + 1/32 lies between 1 and 1.125 (nearer 1).
+  std::vector<float> a2(128, 0.0f);
+  a2[0] = 448.0f;
+  a2[1] = 1.0f + 1.0f / 32;
+  std::vector<uint8_t> w2(128, 0);
+  w2[1] = 0x38;  // only a2[1] contributes, times 1.0
+  const float one = 1.0f;
+  float out = 0.0f;
+  ASSERT_TRUE(cpu.Gemm({.c = &out, .a = a2.data(), .b_fp8 = w2.data(), .b_scale = &one, .b_scale_ld = 1, .m = 1,
+                        .n = 1, .k = 128})
+                  .ok());
+  EXPECT_EQ(out, 1.0f);
 }
 
 TEST(CpuGemm, ZeroInnerDimensionScalesC) {
