@@ -283,6 +283,12 @@ struct MoeRouteArgs {
 // next Synchronize, that token's output unchanged).
 // Optionally a shared expert of the same intermediate size (shared_gate / shared_up / shared_down, backend
 // memory, all three or none): added with weight 1 after the routed ones, into the same sum.
+// fp8 (instead of bf16): block-scaled FP8 weights, GemmArgs::b_fp8's layout and arithmetic — E4M3 bytes
+// with one F32 scale per 128 × 128 block (scale row stride ceil(cols/128) rounded up to 4), and x and the
+// SiLU product quantised per 128 values with power-of-two scales. `weights` then holds 6·experts pointers:
+// the 3·experts byte matrices as above, then their scales in the same order (weights[3·experts + e] is
+// gate e's, …); a shared expert also needs shared_gate_scale / shared_up_scale / shared_down_scale.
+// hidden and inter must be multiples of 16.
 struct MoeExpertsArgs {
   float* out = nullptr;
   const float* x = nullptr;
@@ -292,6 +298,8 @@ struct MoeExpertsArgs {
   const void *shared_gate = nullptr, *shared_up = nullptr, *shared_down = nullptr;
   bool bf16 = false;
   int tokens = 0, hidden = 0, inter = 0, top_k = 0, experts = 0;
+  bool fp8 = false;
+  const float *shared_gate_scale = nullptr, *shared_up_scale = nullptr, *shared_down_scale = nullptr;
 };
 constexpr int kMoeFusedMaxPairs = 32;
 
@@ -314,6 +322,19 @@ inline absl::Status ValidateMoeExperts(const MoeExpertsArgs& a) {
   const int shared = (a.shared_gate != nullptr) + (a.shared_up != nullptr) + (a.shared_down != nullptr);
   if (shared != 0 && shared != 3) {
     return absl::InvalidArgumentError("MoeExperts: shared_gate, shared_up and shared_down go together (all or none)");
+  }
+  if (a.fp8) {
+    if (a.bf16) return absl::InvalidArgumentError("MoeExperts: fp8 and bf16 are both set");
+    if (a.hidden % 16 != 0 || a.inter % 16 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("MoeExperts: fp8 needs hidden and inter multiples of 16, got ",
+                                                     a.hidden, " and ", a.inter));
+    }
+    const int scales = (a.shared_gate_scale != nullptr) + (a.shared_up_scale != nullptr) +
+                       (a.shared_down_scale != nullptr);
+    if (scales != shared) {
+      return absl::InvalidArgumentError("MoeExperts: fp8 with a shared expert needs shared_gate_scale, "
+                                        "shared_up_scale and shared_down_scale (and none without one)");
+    }
   }
   return absl::OkStatus();
 }

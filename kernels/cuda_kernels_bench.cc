@@ -244,15 +244,24 @@ void BM_GemmFp8(benchmark::State& state) {
 BENCHMARK(BM_GemmFp8)->Args({4096, 4096, 4096})->Args({1, 2048, 2048})->Args({8192, 2048, 768})
     ->Args({8192, 1536, 2048})->Args({617, 1536, 2048})->UseRealTime()->Unit(benchmark::kMillisecond);
 
-// MoeExperts at the 30B model's decode shape (hidden 2048, expert intermediate 1536, 64 experts, top-4,
-// BF16 weights): `tokens` tokens, each reading its 4 experts' gate, up and down rows once.
+// MoeExperts at the 30B model's decode shape (hidden 2048, expert intermediate 1536, 64 experts, top-4):
+// `tokens` tokens, each reading its 4 experts' gate, up and down rows once. Second argument: 0 = BF16
+// weights, 1 = block-scaled FP8 weights (half the bytes).
 void BM_MoeExperts(benchmark::State& state) {
   const int tokens = state.range(0), H = 2048, I = 1536, E = 64, K = 4;
-  std::vector<const void*> table(3 * E);
-  std::vector<uint16_t> bits(static_cast<size_t>(H) * I);
+  const bool fp8 = state.range(1) == 1;
+  std::vector<const void*> table((fp8 ? 6 : 3) * E);
   std::mt19937 rng(11);
+  std::vector<uint16_t> bits(static_cast<size_t>(H) * I);
   for (uint16_t& v : bits) v = static_cast<uint16_t>(0x3c00 + rng() % 0x0400);
-  for (auto& p : table) p = Upload(bits);  // 3·64 distinct buffers: no cache reuse between experts
+  std::vector<uint8_t> bytes(static_cast<size_t>(H) * I);
+  for (uint8_t& v : bytes) v = static_cast<uint8_t>(0x30 + rng() % 0x10);
+  const int scale_ld = ((std::max(H, I) + 127) / 128 + 3) / 4 * 4;  // room for either orientation
+  const std::vector<float> scale(static_cast<size_t>((std::max(H, I) + 127) / 128) * scale_ld, 1.0f / 64);
+  for (int m = 0; m < 3 * E; ++m) {  // 3·64 distinct buffers: no cache reuse between experts
+    table[m] = fp8 ? static_cast<const void*>(Upload(bytes)) : static_cast<const void*>(Upload(bits));
+    if (fp8) table[3 * E + m] = Upload(scale);
+  }
   const void* const* d_table = reinterpret_cast<const void* const*>(Upload(table));
   std::vector<int32_t> ids(static_cast<size_t>(tokens) * K);
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 17 + 3) % E);
@@ -260,15 +269,16 @@ void BM_MoeExperts(benchmark::State& state) {
   float* w = Upload(Random(ids.size(), 12));
   float* x = Upload(Random(static_cast<size_t>(tokens) * H, 13));
   float* out = Upload(Random(static_cast<size_t>(tokens) * H, 14));
-  MoeExpertsArgs a{.out = out, .x = x, .expert_ids = d_ids, .expert_weights = w, .weights = d_table, .bf16 = true,
-                   .tokens = tokens, .hidden = H, .inter = I, .top_k = K, .experts = E};
+  MoeExpertsArgs a{.out = out, .x = x, .expert_ids = d_ids, .expert_weights = w, .weights = d_table, .bf16 = !fp8,
+                   .tokens = tokens, .hidden = H, .inter = I, .top_k = K, .experts = E, .fp8 = fp8};
   for (auto _ : state) {
     if (!Gpu().MoeExperts(a).ok() || !Gpu().Synchronize().ok()) state.SkipWithError("MoeExperts failed");
   }
   const double weights = 3.0 * H * I * K * tokens;  // weights read (and multiply-adds) per call
-  Report(state, 2.0 * weights, 2.0 * weights);        // 2 FLOPs and 2 bytes (BF16) per weight
+  Report(state, 2.0 * weights, (fp8 ? 1.0 : 2.0) * weights);  // 2 FLOPs; 2 bytes (BF16) or 1 (FP8) per weight
 }
-BENCHMARK(BM_MoeExperts)->Arg(1)->Arg(4)->Arg(8)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_MoeExperts)->Args({1, 0})->Args({4, 0})->Args({8, 0})->Args({1, 1})->Args({4, 1})->Args({8, 1})
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 // IndexerDistill (the distillation loss's O(T²) part with gradients): T tokens, H indexer heads × d. Args
 // {1024, 4, 64}: the Llama-DSA indexers distilled for SmolLM2 (README); {2048, 64, 128}: DeepSeek-V3.2's

@@ -174,7 +174,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
         IC_ASSIGN_OR_RETURN(Impl::Mlp m, im.UploadMlp(lw.moe.experts[e]));
         L.experts.push_back(m);
       }
-      if (im.ep == nullptr && !im.fp8_weights) {  // MoeExperts takes F32 or BF16 weights
+      if (im.ep == nullptr) {
         IC_ASSIGN_OR_RETURN(L.expert_table, im.UploadExpertTable(L.experts));
       }
       if (lw.moe.shared) {

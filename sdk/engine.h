@@ -98,8 +98,8 @@ struct ContextOptions {
   // scale per 128 × 128 block (amax / 448, quantised at context creation; a DeepSeek FP8 checkpoint comes
   // back to its own bytes), activations quantised per token and 128 channels at each GEMM (GemmArgs::b_fp8;
   // cuBLASLt's block-scaled FP8 on CUDA); the LM head, the indexer projections, kv_b and any weight whose
-  // in-features are not a multiple of 16 are BF16. With kFP8 the decode MoE runs expert by expert (the
-  // fused MoeExperts op takes F32 or BF16 weights).
+  // in-features are not a multiple of 16 are BF16 (and then, should that be a routed expert, the decode MoE
+  // runs expert by expert instead of the fused MoeExperts op).
   kernels::Precision weight_precision = kernels::Precision::kF32;
 };
 

@@ -210,14 +210,18 @@ struct Context::Impl {
   std::vector<std::vector<uint8_t>> host_keep_fp8;
   std::vector<std::vector<const void*>> host_keep_tables;
 
-  // The MoeExperts pointer table of `experts` in backend memory (MoeExpertsArgs::weights).
+  // The MoeExperts pointer table of `experts` in backend memory (MoeExpertsArgs::weights; with FP8 weights
+  // the 3·E matrices then their 3·E scales). nullptr when FP8 weights are mixed with BF16 ones (an expert
+  // with in-features not a multiple of 16): MoeExperts takes one kind, so those run expert by expert.
   absl::StatusOr<const void* const*> UploadExpertTable(const std::vector<Mlp>& experts) {
-    std::vector<const void*> table(3 * experts.size());
     const size_t E = experts.size();
+    std::vector<const void*> table((fp8_weights ? 6 : 3) * E);
     for (size_t e = 0; e < E; ++e) {
       const Weight* mats[3] = {&experts[e].gate, &experts[e].up, &experts[e].down};
       for (int m = 0; m < 3; ++m) {
+        if (fp8_weights && mats[m]->fp8 == nullptr) return nullptr;
         table[m * E + e] = mats[m]->data();
+        if (fp8_weights) table[(3 + m) * E + e] = mats[m]->fp8_scale;
       }
     }
     if (backend->kind() == DeviceKind::kCpu) {

@@ -766,7 +766,8 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       // trip of the expert ids; a shared expert of the same size rides along in the same op.
       if (L.expert_table != nullptr && static_cast<int64_t>(T) * TK <= kernels::kMoeFusedMaxPairs) {
         const int inter = L.experts[0].inter;
-        const bool fold = L.shared && L.shared->inter == inter;
+        // (FP8: the shared expert folds in only if it is FP8 too; MoeExperts takes one kind of weight.)
+        const bool fold = L.shared && L.shared->inter == inter && (L.shared->gate.fp8 != nullptr) == im.fp8_weights;
         if (L.shared && !fold) {
           IC_RETURN_IF_ERROR(run_mlp(*L.shared, h, attn, T));
           IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
@@ -777,7 +778,10 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
                                           .shared_up = fold ? L.shared->up.data() : nullptr,
                                           .shared_down = fold ? L.shared->down.data() : nullptr,
                                           .bf16 = im.bf16_weights, .tokens = T, .hidden = H, .inter = inter,
-                                          .top_k = TK, .experts = E}));
+                                          .top_k = TK, .experts = E, .fp8 = im.fp8_weights,
+                                          .shared_gate_scale = fold ? L.shared->gate.fp8_scale : nullptr,
+                                          .shared_up_scale = fold ? L.shared->up.fp8_scale : nullptr,
+                                          .shared_down_scale = fold ? L.shared->down.fp8_scale : nullptr}));
         continue;
       }
       // Shared experts first (into attn), then routed experts scatter-added.

@@ -839,15 +839,36 @@ TEST_F(BackendParityTest, MoeExperts) {
   struct Case {
     int tokens, top_k, experts, hidden, inter;
   };
-  for (const bool bf16 : {false, true}) {
-    for (const Case& cs : {Case{3, 2, 5, 200, 72}, Case{4, 4, 8, 256, 136}, Case{1, 8, 16, 128, 64}}) {
-      std::vector<Dual<float>> f32_w;
+  // F32, BF16, then block-scaled FP8 weights (hidden and inter multiples of 16; a partial 128-block).
+  const std::vector<Case> wide = {Case{3, 2, 5, 200, 72}, Case{4, 4, 8, 256, 136}, Case{1, 8, 16, 128, 64}};
+  const std::vector<Case> fp8_cases = {Case{3, 2, 5, 208, 80}, Case{4, 4, 8, 256, 144}, Case{1, 8, 16, 128, 64}};
+  for (const int precision : {0, 1, 2}) {
+    const bool bf16 = precision == 1, fp8 = precision == 2;
+    for (const Case& cs : fp8 ? fp8_cases : wide) {
+      std::vector<Dual<float>> f32_w, scales;
       std::vector<Dual<uint16_t>> bf16_w;
-      std::vector<const void*> cpu_table, gpu_table;
+      std::vector<Dual<uint8_t>> fp8_w;
+      std::vector<const void*> cpu_table, gpu_table, cpu_scales, gpu_scales;
       const bool with_shared = cs.hidden == 256;
-      for (int m = 0; m < 3 * cs.experts + (with_shared ? 3 : 0); ++m) {  // the last three: the shared expert
+      const int E = cs.experts;
+      for (int m = 0; m < 3 * E + (with_shared ? 3 : 0); ++m) {  // the last three: the shared expert
         const std::vector<float> w = Randn(static_cast<size_t>(cs.hidden) * cs.inter, 0.1f);
-        if (bf16) {
+        if (fp8) {
+          const bool down = m < 3 * E ? m >= 2 * E : m == 3 * E + 2;
+          const int rows = down ? cs.hidden : cs.inter, cols = down ? cs.inter : cs.hidden;
+          std::vector<uint8_t> bytes(w.size());
+          for (uint8_t& b : bytes) {
+            do b = static_cast<uint8_t>(Uniform(0, 255));
+            while ((b & 0x7f) == 0x7f);
+          }
+          const int scale_ld = ((cols + 127) / 128 + 3) / 4 * 4;
+          std::vector<float> sc(static_cast<size_t>((rows + 127) / 128) * scale_ld);
+          for (float& v : sc) v = std::ldexp(1.0f, Uniform(-12, -8)) * (1.0f + 0.1f * Uniform(0, 9));
+          fp8_w.push_back(Put(bytes));
+          scales.push_back(Put(sc));
+          cpu_table.push_back(fp8_w.back().c), gpu_table.push_back(fp8_w.back().g);
+          cpu_scales.push_back(scales.back().c), gpu_scales.push_back(scales.back().g);
+        } else if (bf16) {
           std::vector<uint16_t> bits(w.size());
           for (size_t i = 0; i < w.size(); ++i) {
             uint32_t u;
@@ -863,7 +884,13 @@ TEST_F(BackendParityTest, MoeExperts) {
           gpu_table.push_back(f32_w.back().g);
         }
       }
-      auto ct = Put(cpu_table), gt = Put(gpu_table);
+      std::vector<const void*> cpu_list(cpu_table.begin(), cpu_table.begin() + 3 * E),
+          gpu_list(gpu_table.begin(), gpu_table.begin() + 3 * E);
+      if (fp8) {  // FP8: the 3·E scales follow the 3·E matrices
+        cpu_list.insert(cpu_list.end(), cpu_scales.begin(), cpu_scales.begin() + 3 * E);
+        gpu_list.insert(gpu_list.end(), gpu_scales.begin(), gpu_scales.begin() + 3 * E);
+      }
+      auto ct = Put(cpu_list), gt = Put(gpu_list);
       std::vector<int32_t> ids(static_cast<size_t>(cs.tokens) * cs.top_k);
       for (int32_t& e : ids) e = Uniform(0, cs.experts - 1);
       auto id = Put(ids);
@@ -871,7 +898,7 @@ TEST_F(BackendParityTest, MoeExperts) {
       auto x = Put(Randn(static_cast<size_t>(cs.tokens) * cs.hidden));
       auto out = Put(Randn(static_cast<size_t>(cs.tokens) * cs.hidden));
       MoeExpertsArgs a{.bf16 = bf16, .tokens = cs.tokens, .hidden = cs.hidden, .inter = cs.inter,
-                       .top_k = cs.top_k, .experts = cs.experts};
+                       .top_k = cs.top_k, .experts = cs.experts, .fp8 = fp8};
       MoeExpertsArgs ac = a, ag = a;
       ac.out = out.c, ac.x = x.c, ac.expert_ids = id.c, ac.expert_weights = wts.c, ac.weights = ct.c;
       ag.out = out.g, ag.x = x.g, ag.expert_ids = id.g, ag.expert_weights = wts.g, ag.weights = gt.g;
@@ -879,12 +906,22 @@ TEST_F(BackendParityTest, MoeExperts) {
         const int s0 = 3 * cs.experts;
         ac.shared_gate = cpu_table[s0], ac.shared_up = cpu_table[s0 + 1], ac.shared_down = cpu_table[s0 + 2];
         ag.shared_gate = gpu_table[s0], ag.shared_up = gpu_table[s0 + 1], ag.shared_down = gpu_table[s0 + 2];
+        if (fp8) {
+          auto f = [](const void* p) { return static_cast<const float*>(p); };
+          ac.shared_gate_scale = f(cpu_scales[s0]), ac.shared_up_scale = f(cpu_scales[s0 + 1]);
+          ac.shared_down_scale = f(cpu_scales[s0 + 2]);
+          ag.shared_gate_scale = f(gpu_scales[s0]), ag.shared_up_scale = f(gpu_scales[s0 + 1]);
+          ag.shared_down_scale = f(gpu_scales[s0 + 2]);
+        }
       }
       ASSERT_TRUE(cpu_->MoeExperts(ac).ok());
       const absl::Status st = gpu_->MoeExperts(ag);
       ASSERT_TRUE(st.ok()) << st;
-      ExpectClose(out, bf16 ? 5e-4 : 1e-5,
-                  std::string(bf16 ? "moe_experts_bf16_h" : "moe_experts_h") + std::to_string(cs.hidden));
+      // FP8: identical quantisation of x on both; the SiLU products can differ by a rounding and then land
+      // on the other side of an E4M3 step, hence the looser bound.
+      ExpectClose(out, fp8 ? 5e-3 : bf16 ? 5e-4 : 1e-5,
+                  std::string(fp8 ? "moe_experts_fp8_h" : bf16 ? "moe_experts_bf16_h" : "moe_experts_h") +
+                      std::to_string(cs.hidden));
     }
   }
   // A bad expert id: InvalidArgument on both (CUDA at the next Synchronize), naming the id.

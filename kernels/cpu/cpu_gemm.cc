@@ -2,7 +2,6 @@
 #include <cblas.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <vector>
 
@@ -88,30 +87,20 @@ absl::Status CpuBackend::Gemm(const GemmArgs& g) {
 // GemmArgs::b_fp8: A quantised per row and 128-column block (internal::Fp8Scale, E4M3 round trip), B's E4M3
 // bytes times their block scales, both widened to F32, then one sgemm (batch is 1, b_transposed).
 absl::Status CpuBackend::GemmFp8(const GemmArgs& g, int lda, int ldb, int ldc) {
-  static const std::array<float, 256> kE4m3 = [] {  // every byte's value, decoded once
-    std::array<float, 256> t{};
-    for (int i = 0; i < 256; ++i) t[i] = internal::E4m3ToFloat(static_cast<uint8_t>(i));
-    return t;
-  }();
+  const float* value = internal::E4m3Table();
   const int k_blocks = (g.k + 127) / 128;
   const int scale_ld = g.b_scale_ld != 0 ? g.b_scale_ld : (k_blocks + 3) / 4 * 4;
   std::vector<float> a(static_cast<size_t>(g.m) * g.k), b(static_cast<size_t>(g.n) * g.k);
   for (int i = 0; i < g.m; ++i) {
-    const float* src = g.a + static_cast<int64_t>(i) * lda;
     float* dst = &a[static_cast<size_t>(i) * g.k];
-    for (int c0 = 0; c0 < g.k; c0 += 128) {
-      const int c1 = std::min(g.k, c0 + 128);
-      float amax = 0.0f;
-      for (int c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(src[c]));
-      const float s = internal::Fp8Scale(amax), inv = 1.0f / s;
-      for (int c = c0; c < c1; ++c) dst[c] = kE4m3[internal::FloatToE4m3(src[c] * inv)] * s;
-    }
+    std::copy_n(g.a + static_cast<int64_t>(i) * lda, g.k, dst);
+    internal::QuantizeFp8Blocks(dst, g.k);
   }
   for (int r = 0; r < g.n; ++r) {
     const uint8_t* src = g.b_fp8 + static_cast<int64_t>(r) * ldb;
     const float* scale = g.b_scale + static_cast<int64_t>(r / 128) * scale_ld;
     float* dst = &b[static_cast<size_t>(r) * g.k];
-    for (int c = 0; c < g.k; ++c) dst[c] = kE4m3[src[c]] * scale[c / 128];
+    for (int c = 0; c < g.k; ++c) dst[c] = value[src[c]] * scale[c / 128];
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g.m, g.n, g.k, g.alpha, a.data(), g.k, b.data(), g.k, g.beta,
               g.c, ldc);

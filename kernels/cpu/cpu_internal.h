@@ -176,6 +176,13 @@ inline float Fp8Scale(float amax) {
   return std::ldexp(1.0f, m == 0.5f ? e - 1 : e);
 }
 
+// x ← its FP8 round trip per 128-value block (GemmArgs::b_fp8's activations): s = Fp8Scale(block amax),
+// x = e4m3(x / s) · s.
+void QuantizeFp8Blocks(float* x, int n);
+
+// The value of every E4M3 byte (a 256-entry table built once).
+const float* E4m3Table();
+
 // x[i] = the nearest BF16 value (ties to even), kept in F32.
 inline void RoundAllToBf16(float* x, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] = Bf16ToFloat(FloatToBf16(x[i]));

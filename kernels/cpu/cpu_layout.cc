@@ -1,5 +1,6 @@
 // CPU backend: paged-cache bookkeeping shared by Attention and IndexerTopk (validation, grouping of
 // query tokens by sequence, gathering a sequence's cache rows into dense scratch).
+#include <array>
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -106,6 +107,26 @@ float E4m3ToFloat(uint8_t b) {
   if (e == 0xf && m == 0x7) return std::numeric_limits<float>::quiet_NaN();
   if (e == 0) return sign * std::ldexp(static_cast<float>(m), -9);
   return sign * std::ldexp(1.0f + m / 8.0f, e - 7);
+}
+
+const float* E4m3Table() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int i = 0; i < 256; ++i) t[i] = E4m3ToFloat(static_cast<uint8_t>(i));
+    return t;
+  }();
+  return table.data();
+}
+
+void QuantizeFp8Blocks(float* x, int n) {
+  const float* value = E4m3Table();
+  for (int c0 = 0; c0 < n; c0 += 128) {
+    const int c1 = std::min(n, c0 + 128);
+    float amax = 0.0f;
+    for (int c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(x[c]));
+    const float s = Fp8Scale(amax), inv = 1.0f / s;  // a power of two: x · (1/s) is x / s exactly
+    for (int c = c0; c < c1; ++c) x[c] = value[FloatToE4m3(x[c] * inv)] * s;
+  }
 }
 
 void GatherSequenceRows(const TokenLayout& l, int seq, int count, const uint16_t* cache, int64_t stride,

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -99,18 +100,51 @@ float Dot(const float* x, const uint16_t* w, int n) {
   return s;
 }
 
-// One token's routed experts (MoeExpertsArgs), weights of type W.
+// An FP8 weight (MoeExpertsArgs::fp8): E4M3 bytes and 128 × 128 block scales with `cols` in-features.
+struct Fp8Rows {
+  const uint8_t* bytes;
+  const float* scale;
+  int cols;
+  // Row r as F32 into `dst`.
+  void Widen(int64_t r, float* dst) const {
+    const float* value = internal::E4m3Table();
+    const int scale_ld = ((cols + 127) / 128 + 3) / 4 * 4;
+    const float* s = scale + (r / 128) * scale_ld;
+    for (int c = 0; c < cols; ++c) dst[c] = value[bytes[r * cols + c]] * s[c / 128];
+  }
+};
+float Dot(const float* x, const Fp8Rows& w, int64_t r, std::vector<float>& row) {
+  row.resize(w.cols);
+  w.Widen(r, row.data());
+  return Dot(x, row.data(), w.cols);
+}
+
+// One token's routed experts (MoeExpertsArgs), weights of type W (float, BF16 bits, or Fp8Rows).
 template <typename W>
 absl::Status TokenExperts(const MoeExpertsArgs& a, int t, std::vector<float>& xin, std::vector<float>& act,
                           std::vector<float>& acc) {
   const int H = a.hidden, I = a.inter, E = a.experts;
-  const auto* w = reinterpret_cast<const W* const*>(a.weights);
+  constexpr bool kFp8 = std::is_same_v<W, Fp8Rows>;
+  using Ptr = std::conditional_t<kFp8, const uint8_t*, const W*>;
+  const auto* w = reinterpret_cast<const Ptr*>(a.weights);
   xin.assign(a.x + static_cast<int64_t>(t) * H, a.x + static_cast<int64_t>(t + 1) * H);
   if (a.bf16) internal::RoundAllToBf16(xin.data(), xin.size());
+  if (a.fp8) internal::QuantizeFp8Blocks(xin.data(), H);
+  std::vector<float> row;
+  // Σ_k in[k] · matrix[r, k] for the three kinds of weight.
+  auto dot = [&](const float* in, Ptr m, const float* scale, int64_t r, int n) -> float {
+    if constexpr (kFp8) {
+      return Dot(in, Fp8Rows{m, scale, n}, r, row);
+    } else {
+      (void)scale;
+      return Dot(in, m + r * n, n);
+    }
+  };
   acc.assign(H, 0.0f);
   const bool shared = a.shared_gate != nullptr;
   for (int j = 0; j < a.top_k + (shared ? 1 : 0); ++j) {  // routed experts in j order, then the shared one
-    const W *gate, *up, *down;
+    Ptr gate, up, down;
+    const float *gate_s = nullptr, *up_s = nullptr, *down_s = nullptr;
     float wt = 1.0f;
     if (j < a.top_k) {
       const int e = a.expert_ids[static_cast<int64_t>(t) * a.top_k + j];
@@ -118,22 +152,29 @@ absl::Status TokenExperts(const MoeExpertsArgs& a, int t, std::vector<float>& xi
         return InvalidArgument("MoeExperts: expert_ids[", t, ", ", j, "] = ", e, " is outside [0, experts = ", E, ")");
       }
       gate = w[e], up = w[E + e], down = w[2 * E + e];
-      if (gate == nullptr || up == nullptr || down == nullptr) {
+      if (kFp8) {
+        const auto* s = reinterpret_cast<const float* const*>(a.weights) + 3 * E;
+        gate_s = s[e], up_s = s[E + e], down_s = s[2 * E + e];
+      }
+      if (gate == nullptr || up == nullptr || down == nullptr ||
+          (kFp8 && (gate_s == nullptr || up_s == nullptr || down_s == nullptr))) {
         return InvalidArgument("MoeExperts: expert ", e, " (expert_ids[", t, ", ", j, "]) has a null weight pointer");
       }
       wt = a.expert_weights[static_cast<int64_t>(t) * a.top_k + j];
     } else {
-      gate = static_cast<const W*>(a.shared_gate), up = static_cast<const W*>(a.shared_up);
-      down = static_cast<const W*>(a.shared_down);
+      gate = static_cast<Ptr>(a.shared_gate), up = static_cast<Ptr>(a.shared_up);
+      down = static_cast<Ptr>(a.shared_down);
+      gate_s = a.shared_gate_scale, up_s = a.shared_up_scale, down_s = a.shared_down_scale;
     }
     act.resize(I);
     for (int i = 0; i < I; ++i) {
-      const float g = Dot(xin.data(), gate + static_cast<int64_t>(i) * H, H);
-      const float u = Dot(xin.data(), up + static_cast<int64_t>(i) * H, H);
+      const float g = dot(xin.data(), gate, gate_s, i, H);
+      const float u = dot(xin.data(), up, up_s, i, H);
       act[i] = g / (1.0f + std::exp(-g)) * u;
     }
     if (a.bf16) internal::RoundAllToBf16(act.data(), act.size());
-    for (int c = 0; c < H; ++c) acc[c] += wt * Dot(act.data(), down + static_cast<int64_t>(c) * I, I);
+    if (a.fp8) internal::QuantizeFp8Blocks(act.data(), I);
+    for (int c = 0; c < H; ++c) acc[c] += wt * dot(act.data(), down, down_s, c, I);
   }
   float* out = a.out + static_cast<int64_t>(t) * H;
   for (int c = 0; c < H; ++c) out[c] += acc[c];
@@ -149,7 +190,9 @@ absl::Status CpuBackend::MoeExperts(const MoeExpertsArgs& a) {
   if (a.tokens == 0 || a.hidden == 0 || a.top_k == 0) return absl::OkStatus();
   std::vector<float> xin, act, acc;
   for (int t = 0; t < a.tokens; ++t) {
-    IC_RETURN_IF_ERROR(a.bf16 ? TokenExperts<uint16_t>(a, t, xin, act, acc) : TokenExperts<float>(a, t, xin, act, acc));
+    IC_RETURN_IF_ERROR(a.fp8    ? TokenExperts<Fp8Rows>(a, t, xin, act, acc)
+                       : a.bf16 ? TokenExperts<uint16_t>(a, t, xin, act, acc)
+                                : TokenExperts<float>(a, t, xin, act, acc));
   }
   return absl::OkStatus();
 }

@@ -208,6 +208,84 @@ TEST(CpuMoeExperts, MatchesGemmPerExpert) {
   }
 }
 
+// FP8 weights (MoeExpertsArgs::fp8): the same comparison against Gemm with b_fp8 per expert (both quantise x
+// and the SiLU product per 128 values the same way). hidden 144 (a partial second block), inter 32.
+TEST(CpuMoeExperts, Fp8MatchesGemmPerExpert) {
+  for (const bool with_shared : {false, true}) {
+    SCOPED_TRACE(with_shared ? "fp8 + shared" : "fp8");
+    CpuBackend cpu;
+    std::mt19937 rng(6);
+    const int T = 2, H = 144, I = 32, E = 3, K = 2;
+    std::vector<std::vector<uint8_t>> bytes(3 * E + 3);  // the last three: the shared expert
+    std::vector<std::vector<float>> scales(3 * E + 3);
+    std::vector<const void*> table(6 * E);
+    for (int m = 0; m < 3 * E + 3; ++m) {
+      const bool down = m % 3 == 2 && m < 3 * E ? m >= 2 * E : m == 3 * E + 2;
+      const int rows = down ? H : I, cols = down ? I : H;
+      bytes[m].resize(static_cast<size_t>(rows) * cols);
+      for (uint8_t& b : bytes[m]) {
+        do b = static_cast<uint8_t>(rng() & 0xff);
+        while ((b & 0x7f) == 0x7f || (b & 0x78) > 0x48);  // no NaN; |value| ≤ 4 (exponent ≤ 9)
+      }
+      const int scale_ld = ((cols + 127) / 128 + 3) / 4 * 4;
+      scales[m].resize(static_cast<size_t>((rows + 127) / 128) * scale_ld);
+      for (float& v : scales[m]) v = 0.01f + 0.02f * static_cast<float>(rng() % 8);
+      if (m < 3 * E) table[m] = bytes[m].data(), table[3 * E + m] = scales[m].data();
+    }
+    const std::vector<float> x = testutil::RandomVector(static_cast<size_t>(T) * H, rng);
+    const std::vector<int32_t> ids = {2, 0, 1, 2};
+    const std::vector<float> w = {0.6f, 0.4f, 1.25f, -0.5f};
+    std::vector<float> fused = testutil::RandomVector(static_cast<size_t>(T) * H, rng), want = fused;
+    MoeExpertsArgs a{.out = fused.data(), .x = x.data(), .expert_ids = ids.data(), .expert_weights = w.data(),
+                     .weights = table.data(), .tokens = T, .hidden = H, .inter = I, .top_k = K, .experts = E,
+                     .fp8 = true};
+    if (with_shared) {
+      a.shared_gate = bytes[3 * E].data(), a.shared_up = bytes[3 * E + 1].data(), a.shared_down = bytes[3 * E + 2].data();
+      a.shared_gate_scale = scales[3 * E].data(), a.shared_up_scale = scales[3 * E + 1].data();
+      a.shared_down_scale = scales[3 * E + 2].data();
+    }
+    ASSERT_TRUE(cpu.MoeExperts(a).ok());
+    for (int t = 0; t < T; ++t) {
+      for (int j = 0; j < K + (with_shared ? 1 : 0); ++j) {
+        const bool sh = j == K;
+        const int e = sh ? 0 : ids[t * K + j];
+        std::vector<float> g(I), u(I), y(H);
+        auto gemm = [&](float* c, const float* in, int m, int n, int k) {
+          ASSERT_TRUE(cpu.Gemm({.c = c, .a = in, .b_fp8 = bytes[m].data(), .b_scale = scales[m].data(), .m = 1, .n = n,
+                                .k = k})
+                          .ok());
+        };
+        gemm(g.data(), &x[t * H], sh ? 3 * E : e, I, H);
+        gemm(u.data(), &x[t * H], sh ? 3 * E + 1 : E + e, I, H);
+        ASSERT_TRUE(cpu.SiluMul({.out = g.data(), .gate = g.data(), .up = u.data(), .tokens = 1, .dim = I}).ok());
+        gemm(y.data(), g.data(), sh ? 3 * E + 2 : 2 * E + e, H, I);
+        for (int c = 0; c < H; ++c) want[t * H + c] += (sh ? 1.0f : w[t * K + j]) * y[c];
+      }
+    }
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(fused[i], want[i], 1e-5 * (1 + std::fabs(want[i]))) << i;
+  }
+  // fp8 with bf16, sizes not multiples of 16, a shared expert without its scales: InvalidArgument.
+  CpuBackend cpu;
+  const std::vector<float> x(16), w = {1.0f};
+  std::vector<float> out(16);
+  const std::vector<uint8_t> m(256);
+  const std::vector<float> s(4, 1.0f);
+  const void* table[6] = {m.data(), m.data(), m.data(), s.data(), s.data(), s.data()};
+  const std::vector<int32_t> ids = {0};
+  MoeExpertsArgs ok{.out = out.data(), .x = x.data(), .expert_ids = ids.data(), .expert_weights = w.data(),
+                    .weights = table, .tokens = 1, .hidden = 16, .inter = 16, .top_k = 1, .experts = 1, .fp8 = true};
+  ASSERT_TRUE(cpu.MoeExperts(ok).ok());
+  MoeExpertsArgs bad = ok;
+  bad.bf16 = true;
+  EXPECT_EQ(cpu.MoeExperts(bad).code(), absl::StatusCode::kInvalidArgument);
+  bad = ok;
+  bad.hidden = 8;
+  EXPECT_EQ(cpu.MoeExperts(bad).code(), absl::StatusCode::kInvalidArgument);
+  bad = ok;
+  bad.shared_gate = bad.shared_up = bad.shared_down = m.data();
+  EXPECT_EQ(cpu.MoeExperts(bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CpuMoeExperts, RejectsBadArguments) {
   CpuBackend cpu;
   const std::vector<float> x = {1, 2}, m = {1, 0}, w = {1.0f};

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_pipeline.h>
 #include <cuda_runtime.h>
@@ -131,6 +132,46 @@ __device__ inline void MmaFp8(float* c, const uint32_t* a, uint32_t b0, uint32_t
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// GemmArgs::b_fp8's arithmetic for one warp step over 512 columns: this lane's 16 consecutive activations
+// `xs` and weights `wf` (E4M3 values, unscaled), `valid` false past the row's end. The 8 lanes of one
+// 128-column block share its amax (3 shuffles; every lane of the warp must call), the activations are
+// quantised with its power-of-two scale; returns this lane's Σ q_a·w times the activation scale (the
+// caller applies the weight's block scale).
+__device__ inline float Fp8BlockDot(const float xs[16], const float wf[16], bool valid) {
+  float amax = 0.0f;
+  if (valid) {
+#pragma unroll
+    for (int q = 0; q < 16; ++q) amax = fmaxf(amax, fabsf(xs[q]));
+  }
+  for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  if (!valid) return 0.0f;
+  const float sa = Fp8Scale(amax), inv = 1.0f / sa;  // a power of two: x · (1/s) is x / s exactly
+  float dot = 0.0f;
+#pragma unroll
+  for (int q = 0; q < 16; ++q) {
+    const __nv_fp8_storage_t qa = __nv_cvt_float_to_fp8(xs[q] * inv, __NV_SATFINITE, __NV_E4M3);
+    dot = fmaf(__half2float(__half(__nv_cvt_fp8_to_halfraw(qa, __NV_E4M3))), wf[q], dot);
+  }
+  return dot * sa;
+}
+
+// The 16 E4M3 bytes at `w` (16-byte aligned) as floats.
+__device__ inline void LoadFp8x16(const uint8_t* w, float wf[16]) {
+  const uint4 packed = *reinterpret_cast<const uint4*>(w);
+  const __nv_fp8_storage_t* wv = reinterpret_cast<const __nv_fp8_storage_t*>(&packed);
+#pragma unroll
+  for (int q = 0; q < 16; ++q) wf[q] = __half2float(__half(__nv_cvt_fp8_to_halfraw(wv[q], __NV_E4M3)));
+}
+
+// 16 floats at `x` (16-byte aligned).
+__device__ inline void LoadF32x16(const float* x, float xs[16]) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const float4 v = *reinterpret_cast<const float4*>(x + 4 * q);
+    xs[4 * q] = v.x, xs[4 * q + 1] = v.y, xs[4 * q + 2] = v.z, xs[4 * q + 3] = v.w;
+  }
 }
 
 // Four floats as E4M3 (round to nearest even, saturating), the first in the lowest byte.

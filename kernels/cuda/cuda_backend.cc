@@ -907,9 +907,11 @@ absl::Status CudaBackend::MoeExperts(const MoeExpertsArgs& a) {
   const size_t act_bytes = static_cast<size_t>(a.tokens) * (a.top_k + 1) * a.inter * sizeof(float);
   auto act = Scratch(act_bytes);
   if (!act.ok()) return act.status();
+  const float* const shared_scales[3] = {a.shared_gate_scale, a.shared_up_scale, a.shared_down_scale};
   IC_CUDA_RETURN_IF_ERROR(LaunchMoeExperts(a.out, static_cast<float*>(*act), a.x, a.expert_ids, a.expert_weights,
-                                           a.weights, a.shared_gate, a.shared_up, a.shared_down, a.bf16, a.tokens,
-                                           a.hidden, a.inter, a.top_k, a.experts, &dev_err_[1], stream_));
+                                           a.weights, a.shared_gate, a.shared_up, a.shared_down, shared_scales, a.bf16,
+                                           a.fp8, a.tokens, a.hidden, a.inter, a.top_k, a.experts, &dev_err_[1],
+                                           stream_));
   return absl::OkStatus();
 }
 

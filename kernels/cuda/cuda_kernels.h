@@ -193,8 +193,9 @@ cudaError_t LaunchMoeRoute(int32_t* expert_ids, float* expert_weights, const flo
 // expert). A bad expert id is recorded in *err (kErrExpert) and that token's output left unchanged.
 cudaError_t LaunchMoeExperts(float* out, float* act, const float* x, const int32_t* expert_ids,
                              const float* expert_weights, const void* const* weights, const void* shared_gate,
-                             const void* shared_up, const void* shared_down, bool bf16, int tokens, int hidden,
-                             int inter, int top_k, int experts, DeviceError* err, cudaStream_t stream);
+                             const void* shared_up, const void* shared_down, const float* const* shared_scales,
+                             bool bf16, bool fp8, int tokens, int hidden, int inter, int top_k, int experts,
+                             DeviceError* err, cudaStream_t stream);
 
 // ---- cross_entropy.cu ----
 cudaError_t LaunchCrossEntropy(float* loss, const float* logits, const int32_t* targets, int tokens,

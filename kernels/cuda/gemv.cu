@@ -81,40 +81,14 @@ __global__ void __launch_bounds__(kWarps * 32) GemvFp8Kernel(float* c, const flo
   for (int k0 = 0; k0 < k; k0 += 32 * 16) {
     const int kk = k0 + lane * 16;  // this lane's 16 columns, inside block kk / 128 (8 lanes per block)
     const bool valid = kk < k;      // k % 16 == 0: a lane's 16 columns are all valid or all not
-    float wf[16];
-    if (valid) {
-      const uint4 packed = *reinterpret_cast<const uint4*>(w + kk);
-      const __nv_fp8_storage_t* wv = reinterpret_cast<const __nv_fp8_storage_t*>(&packed);
-#pragma unroll
-      for (int q = 0; q < 16; ++q) wf[q] = __half2float(__half(__nv_cvt_fp8_to_halfraw(wv[q], __NV_E4M3)));
-    }
+    float wf[16], xs[16];
+    if (valid) LoadFp8x16(w + kk, wf);
     const float sb = valid ? ws[kk / 128] : 0.0f;
 #pragma unroll
     for (int i = 0; i < M; ++i) {
       if (i < m) {
-        float xs[16];
-        float amax = 0.0f;
-        if (valid) {
-          const float* ar = a + static_cast<int64_t>(i) * lda + kk;
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const float4 x = *reinterpret_cast<const float4*>(ar + 4 * q);
-            xs[4 * q] = x.x, xs[4 * q + 1] = x.y, xs[4 * q + 2] = x.z, xs[4 * q + 3] = x.w;
-          }
-#pragma unroll
-          for (int q = 0; q < 16; ++q) amax = fmaxf(amax, fabsf(xs[q]));
-        }
-        for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        if (valid) {
-          const float sa = Fp8Scale(amax), inv = 1.0f / sa;
-          float dot = 0.0f;
-#pragma unroll
-          for (int q = 0; q < 16; ++q) {
-            const __nv_fp8_storage_t qa = __nv_cvt_float_to_fp8(xs[q] * inv, __NV_SATFINITE, __NV_E4M3);
-            dot = fmaf(__half2float(__half(__nv_cvt_fp8_to_halfraw(qa, __NV_E4M3))), wf[q], dot);
-          }
-          acc[i] = fmaf(dot, sa * sb, acc[i]);
-        }
+        if (valid) LoadF32x16(a + static_cast<int64_t>(i) * lda + kk, xs);
+        acc[i] = fmaf(Fp8BlockDot(xs, wf, valid), sb, acc[i]);
       }
     }
   }

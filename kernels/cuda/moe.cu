@@ -108,7 +108,8 @@ namespace {
 // a warp-shuffle sum. Kernel 1: act[pair, i] = SiLU(gate_e[i]·x) · (up_e[i]·x); kernel 2:
 // out[t, c] += Σ_j w[t, j] · down_e[c]·act[pair] in j order, then the shared expert's down_s[c]·act (one
 // writer per element: deterministic). Pairs: tokens · top_k routed (t · top_k + j), then one shared pair
-// per token (tokens · top_k + t) when there is a shared expert.
+// per token (tokens · top_k + t) when there is a shared expert. FP8 weights: 16 bytes per lane per step and
+// the activations quantised per 128-value block inside the warp (Fp8BlockDot, as the FP8 GEMV).
 
 constexpr int kMoeWarps = 8, kMoeRowsPerWarp = 1;  // one row per warp: many blocks in flight for 1 token
 constexpr int kMoeRowsPerBlock = kMoeWarps * kMoeRowsPerWarp;
@@ -144,8 +145,40 @@ __device__ __forceinline__ float WarpDot(const float* in, const W* w, int n, boo
   return WarpSum(s);
 }
 
+// The FP8 form (MoeExpertsArgs::fp8): row r of an E4M3 matrix with `n` in-features and its 128 × 128 block
+// scales (row stride ceil(n/128) rounded up to 4), against `in`; rows and `in` 16-byte aligned (n % 16 == 0).
+__device__ __forceinline__ float WarpDotFp8(const float* in, const uint8_t* w, const float* scale, int64_t r, int n) {
+  const int lane = threadIdx.x % 32;
+  const float* s = scale + (r / 128) * (((n + 127) / 128 + 3) / 4 * 4);
+  const uint8_t* row = w + r * n;
+  float acc = 0.0f;
+  for (int k0 = 0; k0 < n; k0 += 32 * 16) {
+    const int kk = k0 + lane * 16;
+    const bool valid = kk < n;
+    float xs[16], wf[16];
+    if (valid) {
+      LoadF32x16(in + kk, xs);
+      LoadFp8x16(row + kk, wf);
+    }
+    acc = fmaf(Fp8BlockDot(xs, wf, valid), valid ? s[kk / 128] : 0.0f, acc);
+  }
+  return WarpSum(acc);
+}
+
+// Row r of matrix `m` (W = float, BF16 bits, or E4M3 bytes with `scale`) against `in` of length n.
+template <typename W>
+__device__ __forceinline__ float RowDot(const float* in, const W* m, const float* scale, int64_t r, int n, bool round,
+                                        bool vec) {
+  if constexpr (sizeof(W) == 1) {
+    return WarpDotFp8(in, m, scale, r, n);
+  } else {
+    return WarpDot(in, m + r * n, n, round, vec);
+  }
+}
+
 struct SharedExpert {
   const void *gate, *up, *down;  // all nullptr: none
+  const float *gate_scale, *up_scale, *down_scale;  // FP8 only
 };
 
 template <typename W>
@@ -154,6 +187,7 @@ __global__ void MoeGateUpKernel(float* act, const float* x, const int32_t* ids, 
                                 bool round, bool vec, DeviceError* err) {
   const int pair = blockIdx.x;
   const W *gate, *up;
+  const float *gate_s = nullptr, *up_s = nullptr;
   int t;
   if (pair < tokens * top_k) {
     t = pair / top_k;
@@ -164,7 +198,12 @@ __global__ void MoeGateUpKernel(float* act, const float* x, const int32_t* ids, 
     }
     gate = static_cast<const W*>(weights[e]);
     up = static_cast<const W*>(weights[experts + e]);
-    if (gate == nullptr || up == nullptr || weights[2 * experts + e] == nullptr) {
+    if constexpr (sizeof(W) == 1) {
+      gate_s = static_cast<const float*>(weights[3 * experts + e]);
+      up_s = static_cast<const float*>(weights[4 * experts + e]);
+    }
+    if (gate == nullptr || up == nullptr || weights[2 * experts + e] == nullptr ||
+        (sizeof(W) == 1 && (gate_s == nullptr || up_s == nullptr || weights[5 * experts + e] == nullptr))) {
       if (blockIdx.y == 0 && threadIdx.x == 0) RecordError(err, kErrExpertWeights, pair, e, experts);
       return;
     }
@@ -172,12 +211,14 @@ __global__ void MoeGateUpKernel(float* act, const float* x, const int32_t* ids, 
     t = pair - tokens * top_k;
     gate = static_cast<const W*>(shared.gate);
     up = static_cast<const W*>(shared.up);
+    gate_s = shared.gate_scale;
+    up_s = shared.up_scale;
   }
   const float* xt = x + static_cast<int64_t>(t) * hidden;
   const int row0 = blockIdx.y * kMoeRowsPerBlock + (threadIdx.x / 32) * kMoeRowsPerWarp;
   for (int r = row0; r < min(row0 + kMoeRowsPerWarp, inter); ++r) {
-    const float g = WarpDot(xt, gate + static_cast<int64_t>(r) * hidden, hidden, round, vec);
-    const float u = WarpDot(xt, up + static_cast<int64_t>(r) * hidden, hidden, round, vec);
+    const float g = RowDot(xt, gate, gate_s, r, hidden, round, vec);
+    const float u = RowDot(xt, up, up_s, r, hidden, round, vec);
     if (threadIdx.x % 32 == 0) act[static_cast<int64_t>(pair) * inter + r] = g / (1.0f + expf(-g)) * u;
   }
 }
@@ -191,6 +232,10 @@ __global__ void MoeDownKernel(float* out, const float* act, const int32_t* ids, 
     const int e = ids[t * top_k + j];
     if (e < 0 || e >= experts) return;
     if (weights[e] == nullptr || weights[experts + e] == nullptr || weights[2 * experts + e] == nullptr) return;
+    if (sizeof(W) == 1 && (weights[3 * experts + e] == nullptr || weights[4 * experts + e] == nullptr ||
+                           weights[5 * experts + e] == nullptr)) {
+      return;
+    }
   }
   const int c0 = blockIdx.y * kMoeRowsPerBlock + (threadIdx.x / 32) * kMoeRowsPerWarp;
   for (int c = c0; c < min(c0 + kMoeRowsPerWarp, hidden); ++c) {
@@ -198,13 +243,12 @@ __global__ void MoeDownKernel(float* out, const float* act, const int32_t* ids, 
     for (int j = 0; j < top_k; ++j) {
       const int pair = t * top_k + j;
       const W* down = static_cast<const W*>(weights[2 * experts + ids[pair]]);
-      acc += wts[pair] * WarpDot(act + static_cast<int64_t>(pair) * inter, down + static_cast<int64_t>(c) * inter,
-                                 inter, round, vec);
+      const float* down_s = sizeof(W) == 1 ? static_cast<const float*>(weights[5 * experts + ids[pair]]) : nullptr;
+      acc += wts[pair] * RowDot(act + static_cast<int64_t>(pair) * inter, down, down_s, c, inter, round, vec);
     }
     if (shared.down != nullptr) {
-      const W* down = static_cast<const W*>(shared.down);
-      acc += WarpDot(act + static_cast<int64_t>(tokens * top_k + t) * inter, down + static_cast<int64_t>(c) * inter,
-                     inter, round, vec);
+      acc += RowDot(act + static_cast<int64_t>(tokens * top_k + t) * inter, static_cast<const W*>(shared.down),
+                    shared.down_scale, c, inter, round, vec);
     }
     if (threadIdx.x % 32 == 0) out[static_cast<int64_t>(t) * hidden + c] += acc;
   }
@@ -214,17 +258,24 @@ __global__ void MoeDownKernel(float* out, const float* act, const int32_t* ids, 
 
 cudaError_t LaunchMoeExperts(float* out, float* act, const float* x, const int32_t* expert_ids,
                              const float* expert_weights, const void* const* weights, const void* shared_gate,
-                             const void* shared_up, const void* shared_down, bool bf16, int tokens, int hidden,
-                             int inter, int top_k, int experts, DeviceError* err, cudaStream_t stream) {
+                             const void* shared_up, const void* shared_down, const float* const* shared_scales,
+                             bool bf16, bool fp8, int tokens, int hidden, int inter, int top_k, int experts,
+                             DeviceError* err, cudaStream_t stream) {
   if (tokens == 0 || hidden == 0 || top_k == 0) return cudaSuccess;
-  const SharedExpert shared{shared_gate, shared_up, shared_down};
+  const SharedExpert shared{shared_gate,      shared_up,        shared_down,
+                            shared_scales[0], shared_scales[1], shared_scales[2]};
   const int pairs = tokens * top_k + (shared_gate != nullptr ? tokens : 0);
   const dim3 block(kMoeWarps * 32);
   const dim3 g1(pairs, (inter + kMoeRowsPerBlock - 1) / kMoeRowsPerBlock);
   const dim3 g2(tokens, (hidden + kMoeRowsPerBlock - 1) / kMoeRowsPerBlock);
   // 16-byte loads need rows of a multiple of 8 elements (and aligned rows, checked in WarpDot).
   const bool vec1 = hidden % 8 == 0, vec2 = inter % 8 == 0;
-  if (bf16) {
+  if (fp8) {
+    MoeGateUpKernel<uint8_t><<<g1, block, 0, stream>>>(act, x, expert_ids, weights, shared, tokens, hidden, inter,
+                                                       top_k, experts, false, false, err);
+    MoeDownKernel<uint8_t><<<g2, block, 0, stream>>>(out, act, expert_ids, expert_weights, weights, shared, tokens,
+                                                     hidden, inter, top_k, experts, false, false);
+  } else if (bf16) {
     MoeGateUpKernel<uint16_t><<<g1, block, 0, stream>>>(act, x, expert_ids, weights, shared, tokens, hidden, inter,
                                                         top_k, experts, true, vec1, err);
     MoeDownKernel<uint16_t><<<g2, block, 0, stream>>>(out, act, expert_ids, expert_weights, weights, shared, tokens,
