@@ -25,7 +25,8 @@ __device__ inline void RecordError(DeviceError* err, int code, int index, int va
   }
 }
 
-__device__ inline float WarpSum(float v) {
+template <typename T>  // float or double
+__device__ inline T WarpSum(T v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
@@ -35,14 +36,15 @@ __device__ inline float WarpMax(float v) {
   return v;
 }
 
-// Block-wide sum/max; every thread gets the result. `scratch` holds ≥ 32 floats; blockDim.x % 32 == 0.
-__device__ inline float BlockSum(float v, float* scratch) {
+// Block-wide sum/max; every thread gets the result. `scratch` holds ≥ 32 values; blockDim.x % 32 == 0.
+template <typename T>  // float or double
+__device__ inline T BlockSum(T v, T* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   v = WarpSum(v);
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  v = lane < nwarps ? scratch[lane] : 0.0f;
+  v = lane < nwarps ? scratch[lane] : T(0);
   return WarpSum(v);
 }
 

@@ -69,21 +69,6 @@ __global__ void ScoresKernel(float* I, const float* q, const float* k, const flo
   }
 }
 
-__device__ inline double WarpSumD(double v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ inline double BlockSumD(double v, double* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  v = WarpSumD(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < nwarps ? scratch[lane] : 0.0;
-  return WarpSumD(v);
-}
-
 __global__ void RowsKernel(float* IG, float* kl, const float* p, int T) {
   __shared__ double dscratch[32];
   __shared__ float fscratch[32];
@@ -92,7 +77,7 @@ __global__ void RowsKernel(float* IG, float* kl, const float* p, int T) {
   const float* prow = p + static_cast<int64_t>(t) * T;
   double mass = 0;
   for (int s = threadIdx.x; s <= t; s += blockDim.x) mass += prow[s];
-  mass = BlockSumD(mass, dscratch);
+  mass = BlockSum(mass, dscratch);
   if (!(mass > 0)) {
     for (int s = threadIdx.x; s <= t; s += blockDim.x) row[s] = 0.0f;
     if (threadIdx.x == 0) kl[t] = 0.0f;
@@ -103,7 +88,7 @@ __global__ void RowsKernel(float* IG, float* kl, const float* p, int T) {
   mx = BlockMax(mx, fscratch);
   double z = 0;
   for (int s = threadIdx.x; s <= t; s += blockDim.x) z += exp(static_cast<double>(row[s]) - mx);
-  z = BlockSumD(z, dscratch);
+  z = BlockSum(z, dscratch);
   const double lse = mx + log(z);
   double part = 0;
   for (int s = threadIdx.x; s <= t; s += blockDim.x) {
@@ -111,7 +96,7 @@ __global__ void RowsKernel(float* IG, float* kl, const float* p, int T) {
     if (ph > 0) part += ph * (log(ph) - x + lse);
     row[s] = static_cast<float>(exp(x - lse) - ph);
   }
-  part = BlockSumD(part, dscratch);
+  part = BlockSum(part, dscratch);
   if (threadIdx.x == 0) kl[t] = static_cast<float>(part);
 }
 

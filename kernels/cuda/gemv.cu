@@ -16,6 +16,22 @@ namespace {
 
 constexpr int kWarps = 8;
 
+// The warp's column: C[i, col] = alpha · Σ_lanes acc[i] + beta · C[i, col] (beta 0: C not read).
+template <int M>
+__device__ __forceinline__ void StoreColumn(const float (&acc)[M], float* c, int m, int ldc, int col, int lane,
+                                            float alpha, float beta) {
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+    if (i < m) {
+      const float s = WarpSum(acc[i]);
+      if (lane == 0) {
+        float* out = c + static_cast<int64_t>(i) * ldc + col;
+        *out = beta == 0.0f ? alpha * s : alpha * s + beta * *out;
+      }
+    }
+  }
+}
+
 template <int M>
 __global__ void __launch_bounds__(kWarps * 32) GemvBf16Kernel(float* c, const float* a, const uint16_t* b, int m,
                                                               int n, int k, int lda, int ldb, int ldc, float alpha,
@@ -55,16 +71,7 @@ __global__ void __launch_bounds__(kWarps * 32) GemvBf16Kernel(float* c, const fl
       }
     }
   }
-#pragma unroll
-  for (int i = 0; i < M; ++i) {
-    if (i < m) {
-      const float s = WarpSum(acc[i]);
-      if (lane == 0) {
-        float* out = c + static_cast<int64_t>(i) * ldc + col;
-        *out = beta == 0.0f ? alpha * s : alpha * s + beta * *out;
-      }
-    }
-  }
+  StoreColumn<M>(acc, c, m, ldc, col, lane, alpha, beta);
 }
 
 template <int M>
@@ -92,16 +99,7 @@ __global__ void __launch_bounds__(kWarps * 32) GemvFp8Kernel(float* c, const flo
       }
     }
   }
-#pragma unroll
-  for (int i = 0; i < M; ++i) {
-    if (i < m) {
-      const float s = WarpSum(acc[i]);
-      if (lane == 0) {
-        float* out = c + static_cast<int64_t>(i) * ldc + col;
-        *out = beta == 0.0f ? alpha * s : alpha * s + beta * *out;
-      }
-    }
-  }
+  StoreColumn<M>(acc, c, m, ldc, col, lane, alpha, beta);
 }
 
 }  // namespace
