@@ -904,7 +904,8 @@ absl::Status CudaBackend::MoeExperts(const MoeExpertsArgs& a) {
   IC_RETURN_IF_ERROR_(ValidateMoeExperts(a));
   if (a.tokens == 0 || a.hidden == 0 || a.top_k == 0) return absl::OkStatus();
   IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
-  const size_t act_bytes = static_cast<size_t>(a.tokens) * (a.top_k + 1) * a.inter * sizeof(float);
+  const size_t act_bytes = (static_cast<size_t>(a.tokens) * (a.top_k + 1) * a.inter +
+                           (a.fp8 ? static_cast<size_t>(a.tokens) * a.hidden : 0)) * sizeof(float);
   auto act = Scratch(act_bytes);
   if (!act.ok()) return act.status();
   const float* const shared_scales[3] = {a.shared_gate_scale, a.shared_up_scale, a.shared_down_scale};

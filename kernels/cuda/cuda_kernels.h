@@ -64,6 +64,9 @@ cudaError_t LaunchCastToBf16(uint16_t* dst, const float* src, int rows, int cols
 // (cuBLASLt's VEC128_32F layout); rows [rows, rows_pad) are zeros with scale 1.
 cudaError_t LaunchQuantizeFp8Blocks(uint8_t* q, float* scales, const float* src, int rows, int rows_pad, int cols,
                                     int ld, cudaStream_t stream);
+// The same rounding kept in F32: out[r, c] = E4M3(src[r, c] / s) · s per 128-column block (out may be src).
+cudaError_t LaunchRoundFp8Blocks(float* out, int out_ld, const float* src, int rows, int cols, int ld,
+                                 cudaStream_t stream);
 // out[t, :] = table[ids[t], :]; a bad id is recorded in *err (kErrEmbeddingId) and its row zeroed.
 cudaError_t LaunchEmbedding(float* out, const float* table, const int32_t* ids, int tokens, int dim,
                             int vocab, DeviceError* err, cudaStream_t stream);
@@ -190,7 +193,8 @@ cudaError_t LaunchMoeRoute(int32_t* expert_ids, float* expert_weights, const flo
                            int topk_group, bool norm_topk_prob, float routed_scaling_factor,
                            cudaStream_t stream);
 // MoeExpertsArgs (backend.h), `act` a [tokens · (top_k + 1), inter] F32 workspace (the + 1: a shared
-// expert). A bad expert id is recorded in *err (kErrExpert) and that token's output left unchanged.
+// expert), with FP8 weights followed by [tokens, hidden] more (x rounded to its FP8 blocks). A bad expert id
+// is recorded in *err (kErrExpert) and that token's output left unchanged.
 cudaError_t LaunchMoeExperts(float* out, float* act, const float* x, const int32_t* expert_ids,
                              const float* expert_weights, const void* const* weights, const void* shared_gate,
                              const void* shared_up, const void* shared_down, const float* const* shared_scales,

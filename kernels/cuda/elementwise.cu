@@ -60,8 +60,11 @@ __global__ void CastToBf16Kernel(__nv_bfloat16* dst, const float* src, int rows,
 
 // One warp per (row, 128-column block): amax, the power-of-two scale, 128 E4M3 bytes (4 per lane). Rows in
 // [rows, rows_pad) are zero with scale 1 (cuBLASLt's FP8 GEMM wants the row count a multiple of 4).
-__global__ void QuantizeFp8BlocksKernel(uint8_t* q, float* scales, const float* src, int rows, int rows_pad,
-                                        int cols, int ld) {
+// kDequant: instead of bytes and scales, the F32 values e4m3(x / s) · s into `out` (row stride out_ld; may
+// be src itself: each thread reads its four values before it writes them).
+template <bool kDequant>
+__global__ void QuantizeFp8BlocksKernel(uint8_t* q, float* scales, float* out, int out_ld, const float* src, int rows,
+                                        int rows_pad, int cols, int ld) {
   const int lane = threadIdx.x & 31;
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) >> 5;
   const int blocks = (cols + 127) / 128;
@@ -76,6 +79,16 @@ __global__ void QuantizeFp8BlocksKernel(uint8_t* q, float* scales, const float* 
   }
   amax = WarpMax(amax);
   const float s = Fp8Scale(amax), inv = 1.0f / s;  // s a power of two: x · (1/s) is x / s exactly
+  if constexpr (kDequant) {
+    float* dst = out + static_cast<int64_t>(r) * out_ld;
+    for (int i = 0; i < 4; ++i) {
+      if (r < rows && c0 + i < cols) {
+        const __nv_fp8_storage_t b = __nv_cvt_float_to_fp8(v[i] * inv, __NV_SATFINITE, __NV_E4M3);
+        dst[c0 + i] = __half2float(__half(__nv_cvt_fp8_to_halfraw(b, __NV_E4M3))) * s;
+      }
+    }
+    return;
+  }
   uint8_t* dst = q + static_cast<int64_t>(r) * cols;
   for (int i = 0; i < 4; ++i) {
     if (c0 + i < cols) dst[c0 + i] = static_cast<uint8_t>(__nv_cvt_float_to_fp8(v[i] * inv, __NV_SATFINITE, __NV_E4M3));
@@ -205,8 +218,17 @@ cudaError_t LaunchQuantizeFp8Blocks(uint8_t* q, float* scales, const float* src,
                                     int ld, cudaStream_t stream) {
   const int64_t warps = static_cast<int64_t>(rows_pad) * ((cols + 127) / 128);
   if (warps == 0) return cudaSuccess;
-  QuantizeFp8BlocksKernel<<<static_cast<unsigned>((warps * 32 + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-      q, scales, src, rows, rows_pad, cols, ld);
+  QuantizeFp8BlocksKernel<false><<<static_cast<unsigned>((warps * 32 + kThreads - 1) / kThreads), kThreads, 0,
+                                    stream>>>(q, scales, nullptr, 0, src, rows, rows_pad, cols, ld);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchRoundFp8Blocks(float* out, int out_ld, const float* src, int rows, int cols, int ld,
+                                 cudaStream_t stream) {
+  const int64_t warps = static_cast<int64_t>(rows) * ((cols + 127) / 128);
+  if (warps == 0) return cudaSuccess;
+  QuantizeFp8BlocksKernel<true><<<static_cast<unsigned>((warps * 32 + kThreads - 1) / kThreads), kThreads, 0,
+                                   stream>>>(nullptr, nullptr, out, out_ld, src, rows, rows, cols, ld);
   return cudaGetLastError();
 }
 

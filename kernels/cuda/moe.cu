@@ -108,8 +108,9 @@ namespace {
 // a warp-shuffle sum. Kernel 1: act[pair, i] = SiLU(gate_e[i]·x) · (up_e[i]·x); kernel 2:
 // out[t, c] += Σ_j w[t, j] · down_e[c]·act[pair] in j order, then the shared expert's down_s[c]·act (one
 // writer per element: deterministic). Pairs: tokens · top_k routed (t · top_k + j), then one shared pair
-// per token (tokens · top_k + t) when there is a shared expert. FP8 weights: 16 bytes per lane per step and
-// the activations quantised per 128-value block inside the warp (Fp8BlockDot, as the FP8 GEMV).
+// per token (tokens · top_k + t) when there is a shared expert. FP8 weights: x and then the SiLU products are
+// first rounded to their FP8 blocks (two small launches), so that each weight row costs 16 bytes per lane
+// per step and no conversions of the activations.
 
 constexpr int kMoeWarps = 8, kMoeRowsPerWarp = 1;  // one row per warp: many blocks in flight for 1 token
 constexpr int kMoeRowsPerBlock = kMoeWarps * kMoeRowsPerWarp;
@@ -146,21 +147,22 @@ __device__ __forceinline__ float WarpDot(const float* in, const W* w, int n, boo
 }
 
 // The FP8 form (MoeExpertsArgs::fp8): row r of an E4M3 matrix with `n` in-features and its 128 × 128 block
-// scales (row stride ceil(n/128) rounded up to 4), against `in`; rows and `in` 16-byte aligned (n % 16 == 0).
+// scales (row stride ceil(n/128) rounded up to 4), against `in`, which the launcher has already rounded to
+// its FP8 blocks (LaunchRoundFp8Blocks: e4m3(x / s) · s with s a power of two, so Σ in·w equals s · Σ q·w);
+// rows and `in` 16-byte aligned (n % 16 == 0). 16 weight bytes per lane per step, a warp-shuffle sum.
 __device__ __forceinline__ float WarpDotFp8(const float* in, const uint8_t* w, const float* scale, int64_t r, int n) {
   const int lane = threadIdx.x % 32;
   const float* s = scale + (r / 128) * (((n + 127) / 128 + 3) / 4 * 4);
   const uint8_t* row = w + r * n;
   float acc = 0.0f;
-  for (int k0 = 0; k0 < n; k0 += 32 * 16) {
-    const int kk = k0 + lane * 16;
-    const bool valid = kk < n;
+  for (int kk = lane * 16; kk < n; kk += 32 * 16) {
     float xs[16], wf[16];
-    if (valid) {
-      LoadF32x16(in + kk, xs);
-      LoadFp8x16(row + kk, wf);
-    }
-    acc = fmaf(Fp8BlockDot(xs, wf, valid), valid ? s[kk / 128] : 0.0f, acc);
+    LoadF32x16(in + kk, xs);
+    LoadFp8x16(row + kk, wf);
+    float dot = 0.0f;
+#pragma unroll
+    for (int q = 0; q < 16; ++q) dot = fmaf(xs[q], wf[q], dot);
+    acc = fmaf(dot, s[kk / 128], acc);
   }
   return WarpSum(acc);
 }
@@ -270,9 +272,14 @@ cudaError_t LaunchMoeExperts(float* out, float* act, const float* x, const int32
   const dim3 g2(tokens, (hidden + kMoeRowsPerBlock - 1) / kMoeRowsPerBlock);
   // 16-byte loads need rows of a multiple of 8 elements (and aligned rows, checked in WarpDot).
   const bool vec1 = hidden % 8 == 0, vec2 = inter % 8 == 0;
-  if (fp8) {
-    MoeGateUpKernel<uint8_t><<<g1, block, 0, stream>>>(act, x, expert_ids, weights, shared, tokens, hidden, inter,
+  if (fp8) {  // x and the SiLU products rounded to their FP8 blocks once, not per weight row
+    float* xq = act + static_cast<int64_t>(tokens) * (top_k + 1) * inter;
+    cudaError_t e = LaunchRoundFp8Blocks(xq, hidden, x, tokens, hidden, hidden, stream);
+    if (e != cudaSuccess) return e;
+    MoeGateUpKernel<uint8_t><<<g1, block, 0, stream>>>(act, xq, expert_ids, weights, shared, tokens, hidden, inter,
                                                        top_k, experts, false, false, err);
+    e = LaunchRoundFp8Blocks(act, inter, act, pairs, inter, inter, stream);
+    if (e != cudaSuccess) return e;
     MoeDownKernel<uint8_t><<<g2, block, 0, stream>>>(out, act, expert_ids, expert_weights, weights, shared, tokens,
                                                      hidden, inter, top_k, experts, false, false);
   } else if (bf16) {
