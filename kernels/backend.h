@@ -373,7 +373,9 @@ struct CrossEntropyArgs {
 // q [tokens, heads, head_dim], k [tokens, head_dim], w [tokens, heads], p [tokens, tokens] (entries s > t
 // are ignored), kl [tokens]; grad_q / grad_k / grad_w have the shapes of q / k / w, all three or none.
 // All F32; the CPU reference accumulates in double, the CUDA kernels the per-row sums (softmax, KL) in
-// double and the products in F32. p must be finite and ≥ 0 (checked by the caller, sdk/distill.cc).
+// double and the products in F32. q, k and w must be finite and p finite and ≥ 0 (the caller checks:
+// sdk/distill.cc; a NaN q·k would read as a score of 0 through ReLU on both backends). Scratch: the CPU
+// reference holds G as [T, T] doubles (ResourceExhausted when that does not fit), CUDA as F32.
 // head_dim in [1, kIndexerDistillMaxHeadDim].
 struct IndexerDistillArgs {
   float* kl = nullptr;
@@ -387,12 +389,17 @@ struct IndexerDistillArgs {
   int tokens = 0, heads = 0, head_dim = 0;
 };
 constexpr int kIndexerDistillMaxHeadDim = 512;
+constexpr int kIndexerDistillMaxTokens = 1 << 20;  // T² scratch entries must be addressable
 
 // The argument checks both backends run for IndexerDistill (InvalidArgument naming the field).
 inline absl::Status ValidateIndexerDistill(const IndexerDistillArgs& a) {
   if (a.tokens < 0 || a.heads < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("IndexerDistill: negative size tokens = ", a.tokens, ", heads = ", a.heads));
+  }
+  if (a.tokens > kIndexerDistillMaxTokens) {
+    return absl::InvalidArgumentError(absl::StrCat("IndexerDistill: tokens = ", a.tokens, " exceeds ",
+                                                   kIndexerDistillMaxTokens, " (the [tokens, tokens] scratch)"));
   }
   if (a.head_dim < 1 || a.head_dim > kIndexerDistillMaxHeadDim) {
     return absl::InvalidArgumentError(absl::StrCat("IndexerDistill: head_dim = ", a.head_dim, " must be in [1, ",
@@ -474,12 +481,17 @@ class Backend {
   virtual absl::Status IndexerDistill(const IndexerDistillArgs& args) = 0;
 };
 
-// The argument checks both backends run for an FP8 Gemm (b_fp8 set; InvalidArgument naming the field).
+// The argument checks both backends run for an FP8 Gemm (InvalidArgument naming the field); OK for a Gemm
+// without b_fp8 unless it sets b_scale.
 inline absl::Status ValidateGemmFp8(const GemmArgs& g) {
+  if (g.b_fp8 == nullptr) {
+    return g.b_scale == nullptr ? absl::OkStatus()
+                                : absl::InvalidArgumentError("Gemm: b_scale is set without b_fp8 (it scales FP8 weights only)");
+  }
   if (g.b != nullptr || g.b_bf16 != nullptr) {
     return absl::InvalidArgumentError("Gemm: b_fp8 is set together with b or b_bf16 (set exactly one)");
   }
-  if (!g.b_transposed || g.batch != 1) {
+  if (!g.b_transposed || g.batch > 1) {
     return absl::InvalidArgumentError(absl::StrCat("Gemm: b_fp8 needs b_transposed and batch = 1 (got b_transposed = ",
                                                    g.b_transposed, ", batch = ", g.batch, ")"));
   }

@@ -345,10 +345,23 @@ absl::Status BackendDenseRows(const Forward& f, const IndexerBatch& batch, bool 
     IC_RETURN_IF_ERROR(buf.Reserve(backend, n * sizeof(float)));
     return backend->CopyToDevice(buf.as<float>(), host, n * sizeof(float));
   };
-  auto to_float = [](const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); };
-  IC_RETURN_IF_ERROR(upload(q, to_float(f.q).data(), nq));
-  IC_RETURN_IF_ERROR(upload(k, to_float(f.k).data(), nk));
-  IC_RETURN_IF_ERROR(upload(w, to_float(f.wv).data(), nw));
+  // The backend's F32: a q, k or w beyond its range would come back as an inf loss with an OK status.
+  auto to_float = [](const std::vector<double>& v, const char* what) -> absl::StatusOr<std::vector<float>> {
+    std::vector<float> out(v.begin(), v.end());
+    for (size_t i = 0; i < out.size(); ++i) {
+      if (!std::isfinite(out[i])) {
+        return InvalidArgument("IndexerDistillLoss: the indexer's ", what, "[", i, "] = ", v[i],
+                               " does not fit the backend's F32; use the host path (no backend)");
+      }
+    }
+    return out;
+  };
+  IC_ASSIGN_OR_RETURN(const std::vector<float> q32, to_float(f.q, "q"));
+  IC_ASSIGN_OR_RETURN(const std::vector<float> k32, to_float(f.k, "k"));
+  IC_ASSIGN_OR_RETURN(const std::vector<float> w32, to_float(f.wv, "w"));
+  IC_RETURN_IF_ERROR(upload(q, q32.data(), nq));
+  IC_RETURN_IF_ERROR(upload(k, k32.data(), nk));
+  IC_RETURN_IF_ERROR(upload(w, w32.data(), nw));
   IC_RETURN_IF_ERROR(upload(p, batch.p_dense.data(), np));
   IC_RETURN_IF_ERROR(kl.Reserve(backend, T * sizeof(float)));
   kernels::IndexerDistillArgs a{.kl = kl.as<float>(), .q = q.as<float>(), .k = k.as<float>(), .w = w.as<float>(),
@@ -369,8 +382,19 @@ absl::Status BackendDenseRows(const Forward& f, const IndexerBatch& batch, bool 
     out->assign(host.begin(), host.begin() + static_cast<std::ptrdiff_t>(n));
     return absl::OkStatus();
   };
+  // Finite inputs whose scores or products overflow F32 inside the backend come back as inf / NaN.
+  auto overflowed = [](const std::vector<double>& v, const char* what) -> absl::Status {
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (!std::isfinite(v[i])) {
+        return InvalidArgument("IndexerDistillLoss: the backend's F32 ", what, "[", i, "] = ", v[i],
+                               " overflowed (the indexer's scores exceed F32's range); use the host path (no backend)");
+      }
+    }
+    return absl::OkStatus();
+  };
   std::vector<double> row_kl;
   IC_RETURN_IF_ERROR(download(kl, T, &row_kl));
+  IC_RETURN_IF_ERROR(overflowed(row_kl, "kl"));
   for (int t = 0; t < T; ++t) {
     const float* prow = &batch.p_dense[static_cast<size_t>(t) * T];
     if (std::none_of(prow, prow + t + 1, [](float x) { return x != 0; })) continue;  // skipped, as DenseRows
@@ -380,7 +404,10 @@ absl::Status BackendDenseRows(const Forward& f, const IndexerBatch& batch, bool 
   if (!want_grad) return absl::OkStatus();
   IC_RETURN_IF_ERROR(download(grad_q, nq, gq));
   IC_RETURN_IF_ERROR(download(grad_k, nk, gk));
-  return download(grad_w, nw, gw);
+  IC_RETURN_IF_ERROR(download(grad_w, nw, gw));
+  IC_RETURN_IF_ERROR(overflowed(*gq, "grad_q"));
+  IC_RETURN_IF_ERROR(overflowed(*gk, "grad_k"));
+  return overflowed(*gw, "grad_w");
 }
 
 }  // namespace

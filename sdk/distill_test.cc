@@ -383,6 +383,24 @@ TEST(IndexerDistill, BackendPathMatchesDoublePath) {
   }
 }
 
+// The backend path computes in F32: weights whose scores overflow its range are refused, not returned as an
+// inf loss (the host path, in double, still computes it).
+TEST(IndexerDistill, BackendPathRefusesValuesBeyondF32) {
+  std::mt19937 rng(31);
+  const ModelConfig c = MakeConfig(2, 16, 8, false, 24, 12);
+  IndexerWeights W = RandomWeights(c, rng);
+  for (float& v : W.weights_proj.data) v = 3e38f;  // finite F32 weights; w = x·Wᵀ·scale is not
+  IndexerBatch b = RandomBatch(c, 20, rng);
+  for (float& v : b.x) v = 10.0f + std::fabs(v);
+  auto backend = CreateBackend(DeviceKind::kCpu);
+  ASSERT_TRUE(backend.ok());
+  auto loss = IndexerDistillLoss(c, W, b, nullptr, backend->get());
+  ASSERT_FALSE(loss.ok());
+  EXPECT_EQ(loss.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(loss.status().message()), HasSubstr("F32"));
+  EXPECT_TRUE(IndexerDistillLoss(c, W, b, nullptr).ok());
+}
+
 // ---- (c) KL is 0 exactly when p = softmax(I) -----------------------------------------------------------------
 
 TEST(IndexerDistill, KlZeroWhenTargetIsIndexerSoftmax) {

@@ -36,7 +36,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
   }
   if (options.attention_precision != kernels::Precision::kF32 &&
       options.attention_precision != kernels::Precision::kBF16) {
-    return InvalidArgument("attention_precision must be F32 or BF16 (FP8 is the indexer's only), got ",
+    return InvalidArgument("attention_precision must be F32 or BF16 (FP8 is for the indexer and the weights), got ",
                            static_cast<int>(options.attention_precision));
   }
   if (options.indexer_precision != kernels::Precision::kF32 && options.indexer_precision != kernels::Precision::kBF16 &&

@@ -96,7 +96,8 @@ struct ContextOptions {
   // input. Norms, the embedding table and the MoE router stay F32. kFP8: DeepSeek-V3's block-scaled FP8 —
   // the attention projections (but MLA's kv_b), dense, shared and routed expert MLPs held as E4M3 with one
   // scale per 128 × 128 block (amax / 448, quantised at context creation; a DeepSeek FP8 checkpoint comes
-  // back to its own bytes), activations quantised per token and 128 channels at each GEMM (GemmArgs::b_fp8;
+  // back to its own bytes on one rank — tensor-parallel ranks quantise their own slices), activations
+  // quantised per token and 128 channels at each GEMM (GemmArgs::b_fp8;
   // cuBLASLt's block-scaled FP8 on CUDA); the LM head, the indexer projections, kv_b and any weight whose
   // in-features are not a multiple of 16 are BF16 (and then, should that be a routed expert, the decode MoE
   // runs expert by expert instead of the fused MoeExperts op).

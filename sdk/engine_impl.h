@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -296,7 +297,13 @@ struct Context::Impl {
         for (int64_t r = bi * 128; r < r1; ++r) {
           for (int64_t c = bj * 128; c < c1; ++c) amax = std::max(amax, std::fabs(src[r * ld + c]));
         }
-        const float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
+        if (!std::isfinite(amax)) {
+          return InvalidArgument("FP8 weights: a Linear weight has a non-finite value in its 128 x 128 block (",
+                                 bi, ", ", bj, ")");
+        }
+        // amax / 448 (DeepSeek's scale); 1 where that is 0 or subnormal (a block of weights below ~5e-36, all
+        // of which E4M3 rounds to 0 anyway), so that x / scale is never 0 / 0.
+        const float scale = amax / 448.0f >= std::numeric_limits<float>::min() ? amax / 448.0f : 1.0f;
         scales[static_cast<size_t>(bi * scale_ld + bj)] = scale;
         for (int64_t r = bi * 128; r < r1; ++r) {
           for (int64_t c = bj * 128; c < c1; ++c) {

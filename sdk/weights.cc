@@ -2,6 +2,7 @@
 #include "sdk/weights.h"
 
 #include <charconv>
+#include <cmath>
 #include <map>
 #include <string_view>
 
@@ -212,6 +213,14 @@ absl::StatusOr<ModelWeights> MapWeights(const ModelConfig& c, const TensorStore&
                              "; the config implies ", ShapeString(slot.shape));
     }
     IC_ASSIGN_OR_RETURN(slot.dst->data, store.ReadF32(info));
+    // A weight that is inf or NaN poisons every logit downstream (silently, at every precision): refuse it.
+    const std::vector<float>& v = slot.dst->data;
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (!std::isfinite(v[i])) {
+        return InvalidArgument("tensor \"", name, "\" in ", info.file, " has a non-finite value (", v[i],
+                               ") at flat index ", i);
+      }
+    }
     slot.dst->shape = slot.shape;
     slot.found = true;
     if (slot.indexer != nullptr) slot.indexer->any_present = true;

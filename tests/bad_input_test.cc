@@ -372,6 +372,35 @@ TEST_F(BadInputTest, SyntheticModelSizesThatOverflowOrCannotFitAreRejected) {
   EXPECT_EQ(BuildSyntheticModel(o).status().code(), absl::StatusCode::kResourceExhausted);
 }
 
+// A checkpoint whose weight holds an inf (or NaN) used to load and make every logit NaN with exit code 0 at
+// every precision: it is refused at load, naming the tensor.
+TEST_F(BadInputTest, NonFiniteWeightIsRejectedAtLoadNamingTheTensor) {
+  Model poisoned = *model_;
+  poisoned.weights.layers[1].o_proj.data[3] = std::numeric_limits<float>::infinity();
+  ASSERT_TRUE(SaveModel(poisoned, root_ + "/inf_weight").ok());
+  const std::string err = ErrorOf(LoadModel(root_ + "/inf_weight"));
+  EXPECT_THAT(err, HasSubstr("model.layers.1.self_attn.o_proj.weight"));
+  EXPECT_THAT(err, HasSubstr("non-finite"));
+}
+
+// FP8 weights: a block whose largest magnitude is tiny (amax / 448 underflows to 0) used to be quantised as
+// 0 / 0 = NaN and made every logit NaN; such a block now gets scale 1 (its values round to 0 in E4M3).
+TEST_F(BadInputTest, Fp8WeightsWithATinyBlockStayFinite) {
+  Model tiny = *model_;
+  std::vector<float>& w = tiny.weights.layers[0].o_proj.data;
+  std::fill(w.begin(), w.end(), 0.0f);
+  w[5] = 1e-45f;  // the smallest subnormal
+  auto model = std::make_shared<const Model>(std::move(tiny));
+  auto ctx = Context::Create(model, {.max_tokens = 64, .weight_precision = kernels::Precision::kFP8});
+  ASSERT_TRUE(ctx.ok()) << ctx.status();
+  const int seq = *(*ctx)->AddSequence();
+  const std::vector<int32_t> tokens = {5, 17, 42, 99};
+  std::vector<float> logits(model->config.vocab_size);
+  Segment seg{seq, tokens};
+  ASSERT_TRUE((*ctx)->Forward({&seg, 1}, {.last_logits = logits.data()}).ok());
+  for (float x : logits) EXPECT_TRUE(std::isfinite(x)) << x;
+}
+
 // ---- engine (sdk/engine.cc: not fixed here) -----------------------------------------------------------
 
 // Context::Create computes (max_tokens + block_size - 1) / block_size in int64 and sizes int32 slots from it:

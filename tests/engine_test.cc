@@ -238,7 +238,7 @@ TEST(EngineTest, Bf16AttentionKeepsAHalfSizeKvCache) {
 // inputs: more than F32 noise, within DESIGN.md §3's BF16 tolerance. Measured where no discrete decision
 // (a top-k selection, an expert choice) can amplify a rounding: layer 0's output with a prompt no longer
 // than top-k (every architecture: MLA / GQA projections, indexer, dense MLP), and the logits of a dense
-// model (every layer, the LM head). FP8 weights are refused at creation, naming the field.
+// model (every layer, the LM head).
 TEST(EngineTest, Bf16WeightsMoveResultsByRoundingOnly) {
   for (Architecture arch : {Architecture::kDeepseekV32, Architecture::kGlmMoeDsa, Architecture::kLlamaDsa,
                             Architecture::kLlama}) {

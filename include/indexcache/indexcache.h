@@ -227,7 +227,8 @@ IC_API ic_status_t ic_model_plan(const ic_model_t* model, char* buf, size_t buf_
  *                      64, any number of heads: DeepSeek-V3.2, GLM-5, GLM-4.7-Flash shapes) on tensor cores with
  *                      q, k, v and the probabilities at BF16; other shapes compute in F32. The KV cache is
  *                      then stored in BF16 (half the bytes). Outputs agree with F32 to about 1e-2 relative.
- *   IC_PRECISION_FP8:  indexer only (IC_ERR_INVALID_ARGUMENT for attention): DeepSeek-V3.2's FP8 E4M3
+ *   IC_PRECISION_FP8:  the indexer and the weights (IC_ERR_INVALID_ARGUMENT for attention). Indexer:
+ *                      DeepSeek-V3.2's FP8 E4M3
  *                      indexer — q and k rotated by an orthonormal Hadamard transform (index_head_dim a
  *                      power of two), the index-K cache stores E4M3 keys with one F32 scale per token
  *                      (amax / 448 rounded up to a power of two; 132 bytes per token at d = 128), q is
@@ -244,7 +245,10 @@ IC_API ic_status_t ic_model_plan(const ic_model_t* model, char* buf, size_t buf_
  *                      creation), activations quantised per token and 128 channels at each GEMM
  *                      (cuBLASLt's block-scaled FP8 on CUDA, F32 accumulation); the LM head, the indexer
  *                      projections, kv_b and weights whose in-features are not a multiple of 16 are BF16.
- *                      Logits agree with F32 weights to a few per cent. */
+ *                      On dense models logits agree with F32 weights to a few per cent; an MoE model's can
+ *                      differ by more where a rounding flips an expert choice. Tensor-parallel ranks
+ *                      quantise their own slices, so they agree with each other but not bit for bit with
+ *                      one rank. */
 typedef enum ic_precision_t { IC_PRECISION_F32 = 0, IC_PRECISION_BF16 = 1, IC_PRECISION_FP8 = 2 } ic_precision_t;
 
 typedef struct ic_context_params_t {

@@ -26,7 +26,7 @@ absl::Status CpuBackend::Gemm(const GemmArgs& g) {
                            ", stride_c = ", g.stride_c);
   }
   if (g.b != nullptr && g.b_bf16 != nullptr) return InvalidArgument("Gemm: both b and b_bf16 are set");
-  if (g.b_fp8 != nullptr) IC_RETURN_IF_ERROR(ValidateGemmFp8(g));
+  IC_RETURN_IF_ERROR(ValidateGemmFp8(g));
   if (g.m == 0 || g.n == 0 || g.batch == 0) return absl::OkStatus();
   const int lda = g.lda == 0 ? g.k : g.lda;
   const int ldb = g.ldb == 0 ? (g.b_transposed ? g.k : g.n) : g.ldb;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -169,6 +170,20 @@ TEST(CpuGemm, Fp8WeightsOnExactValues) {
                         .n = 1, .k = 128})
                   .ok());
   EXPECT_EQ(out, 1.0f);
+  // A non-finite activation is not saturated to ±448: its block's scale is inf and the product NaN.
+  a2[7] = std::numeric_limits<float>::infinity();
+  w2[7] = 0x38;
+  ASSERT_TRUE(cpu.Gemm({.c = &out, .a = a2.data(), .b_fp8 = w2.data(), .b_scale = &one, .b_scale_ld = 1, .m = 1,
+                        .n = 1, .k = 128})
+                  .ok());
+  EXPECT_TRUE(std::isnan(out)) << out;
+  // batch 0 is a no-op, as for the other weight formats; b_scale without b_fp8 is refused.
+  ASSERT_TRUE(cpu.Gemm({.c = &out, .a = a2.data(), .b_fp8 = w2.data(), .b_scale = &one, .m = 1, .n = 1, .k = 128,
+                        .batch = 0})
+                  .ok());
+  const absl::Status st = cpu.Gemm({.c = &out, .a = a2.data(), .b = a2.data(), .b_scale = &one, .m = 1, .n = 1, .k = 128});
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("b_scale"), std::string::npos) << st;
 }
 
 TEST(CpuGemm, ZeroInnerDimensionScalesC) {

@@ -168,9 +168,11 @@ uint8_t FloatToE4m3(float x);
 float E4m3ToFloat(uint8_t b);
 
 // The FP8 scale of a row whose largest magnitude is amax: amax / 448 rounded up to a power of two
-// (DeepSeek-V3.2's "ue8m0" scales; dividing by it is exact), 1 when amax is 0.
+// (DeepSeek-V3.2's "ue8m0" scales; dividing by it is exact), 1 when amax is 0 (or NaN: the NaN stays NaN),
+// inf when amax is inf (the block then dequantises to NaN instead of saturating to ±448·s).
 inline float Fp8Scale(float amax) {
   if (!(amax > 0.0f)) return 1.0f;
+  if (std::isinf(amax)) return amax;
   int e = 0;
   const float m = std::frexp(amax / 448.0f, &e);  // amax / 448 = m · 2^e, m in [0.5, 1)
   return std::ldexp(1.0f, m == 0.5f ? e - 1 : e);

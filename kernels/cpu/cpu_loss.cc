@@ -5,8 +5,10 @@
 // every sum has one fixed order).
 #include <algorithm>
 #include <cmath>
+#include <new>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_internal.h"
 #include "sdk/status.h"
@@ -86,8 +88,14 @@ absl::Status CpuBackend::IndexerDistill(const IndexerDistillArgs& a) {
     for (int64_t i = 0; i < d; ++i) acc += static_cast<double>(q[i]) * k[i];
     return acc;
   };
-  // G[t, s] for s ≤ t (row-major [T, T]; 0 in skipped rows).
-  std::vector<double> G(static_cast<size_t>(T * T), 0.0);
+  // G[t, s] for s ≤ t (row-major [T, T] doubles; 0 in skipped rows).
+  std::vector<double> G;
+  try {
+    G.assign(static_cast<size_t>(T * T), 0.0);
+  } catch (const std::exception&) {  // bad_alloc, or length_error beyond the address space
+    return absl::ResourceExhaustedError(absl::StrCat("IndexerDistill: out of host memory for the [", T, ", ", T,
+                                                     "] double scratch (", T * T * 8, " bytes)"));
+  }
   internal::ParallelFor(T, 1, [&](int64_t b, int64_t e) {
     std::vector<double> I;
     for (int64_t t = b; t < e; ++t) {

@@ -62,5 +62,47 @@ TEST(CpuCrossEntropy, RejectsTargetOutOfRange) {
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
 }
 
+// IndexerDistill by hand (backend.h's formulas): T = 2, one head, d = 1. Row 0 has one key (softmax 1,
+// target 1: KL and G are 0); row 1: I = w·ReLU(q·k) = [2, 1] against the target [0.25, 0.75].
+TEST(CpuIndexerDistill, HandChecked) {
+  const std::vector<float> q = {1.0f, 2.0f}, k = {1.0f, 0.5f}, w = {3.0f, 1.0f};
+  const std::vector<float> p = {1.0f, 9.0f /* above the diagonal: ignored */, 0.25f, 0.75f};
+  std::vector<float> kl(2), gq(2), gk(2), gw(2);
+  CpuBackend cpu;
+  ASSERT_TRUE(cpu.IndexerDistill({.kl = kl.data(), .grad_q = gq.data(), .grad_k = gk.data(), .grad_w = gw.data(),
+                                  .q = q.data(), .k = k.data(), .w = w.data(), .p = p.data(), .tokens = 2,
+                                  .heads = 1, .head_dim = 1})
+                  .ok());
+  const double s0 = std::exp(2.0) / (std::exp(2.0) + std::exp(1.0)), s1 = 1.0 - s0;  // softmax of [2, 1]
+  const double g0 = s0 - 0.25, g1 = s1 - 0.75;                                       // G[1, :]
+  EXPECT_NEAR(kl[0], 0.0, 1e-7);
+  EXPECT_NEAR(kl[1], 0.25 * std::log(0.25 / s0) + 0.75 * std::log(0.75 / s1), 1e-6);
+  EXPECT_NEAR(gw[0], 0.0, 1e-7);
+  EXPECT_NEAR(gw[1], g0 * 2.0 + g1 * 1.0, 1e-6);            // Σ_s G · ReLU(q·k)
+  EXPECT_NEAR(gq[0], 0.0, 1e-7);
+  EXPECT_NEAR(gq[1], 1.0 * (g0 * 1.0 + g1 * 0.5), 1e-6);    // w · Σ_s G · k[s]
+  EXPECT_NEAR(gk[0], g0 * 1.0 * 2.0, 1e-6);                 // G[1, 0] · w[1] · q[1] (row 0: G = 0)
+  EXPECT_NEAR(gk[1], g1 * 1.0 * 2.0, 1e-6);
+}
+
+TEST(CpuIndexerDistill, RejectsBadArguments) {
+  CpuBackend cpu;
+  std::vector<float> v(4, 1.0f);
+  IndexerDistillArgs a{.kl = v.data(), .q = v.data(), .k = v.data(), .w = v.data(), .p = v.data(), .tokens = 2,
+                       .heads = 1, .head_dim = 1};
+  ASSERT_TRUE(cpu.IndexerDistill(a).ok());
+  IndexerDistillArgs bad = a;
+  bad.tokens = kIndexerDistillMaxTokens + 1;  // its [T, T] scratch would not be addressable
+  absl::Status st = cpu.IndexerDistill(bad);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("tokens"), std::string::npos) << st;
+  bad = a;
+  bad.grad_q = v.data();  // without grad_k / grad_w
+  EXPECT_EQ(cpu.IndexerDistill(bad).code(), absl::StatusCode::kInvalidArgument);
+  bad = a;
+  bad.head_dim = kIndexerDistillMaxHeadDim + 1;
+  EXPECT_EQ(cpu.IndexerDistill(bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace ic::kernels::cpu

@@ -79,6 +79,7 @@ __device__ inline int64_t CacheSlot(const DevLayout& l, int seq, int p, int64_t 
 // (the CPU backend's internal::Fp8Scale, bit for bit).
 __device__ inline float Fp8Scale(float amax) {
   if (!(amax > 0.0f)) return 1.0f;
+  if (isinf(amax)) return amax;
   int e = 0;
   const float m = frexpf(amax / 448.0f, &e);
   return ldexpf(1.0f, m == 0.5f ? e - 1 : e);

@@ -481,7 +481,7 @@ absl::Status CudaBackend::Gemm(const GemmArgs& g) {
                ", ldb = ", g.ldb, ", ldc = ", g.ldc);
   IC_ARG_CHECK(g.stride_a >= 0 && g.stride_b >= 0 && g.stride_c >= 0, op, "negative batch stride");
   IC_ARG_CHECK(g.b == nullptr || g.b_bf16 == nullptr, op, "both b and b_bf16 are set");
-  if (g.b_fp8 != nullptr) IC_RETURN_IF_ERROR_(ValidateGemmFp8(g));
+  IC_RETURN_IF_ERROR_(ValidateGemmFp8(g));
   if (g.m == 0 || g.n == 0 || g.batch == 0) return absl::OkStatus();
   const int lda = g.lda != 0 ? g.lda : g.k;
   const int ldb = g.ldb != 0 ? g.ldb : (g.b_transposed ? g.k : g.n);
