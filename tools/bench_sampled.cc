@@ -75,8 +75,8 @@ options:
   --device D             auto | cpu | cuda                                               [auto]
   --indexer-precision P  f32 | bf16 | fp8 (tensor cores with a BF16 / FP8 index-K cache)   [f32]
   --attention-precision P f32 | bf16 (sparse MLA attention on BF16 tensor cores on CUDA)   [f32]
-  --weight-precision P   f32 | bf16 | fp8 (Linear weights in BF16 or block-scaled FP8; cuBLASLt [f32]
-                         GEMMs on CUDA)
+  --weight-precision P   f32 | bf16 | fp8: Linear weights in BF16 or block-scaled FP8      [f32]
+                         (cuBLASLt GEMMs on CUDA; see `indexcache run --help`)
 )";
 
 // The paper's Table 1 (IndexCache, arXiv 2603.12201; 30B DSA model, SGLang dp 8 on 8×H100), from
@@ -268,7 +268,8 @@ int CmdBenchSampled(int argc, char** argv) {
                                                                    .plan = slice.plan}),
                      cmd);
   const double slice_weight_bytes = 4.0 * static_cast<double>(SyntheticParamCount(slice_config));
-  std::printf("slice weights: %.2f GiB F32 (synthetic, built in %.1f s)\n", Gib(slice_weight_bytes), Now() - t_build);
+  std::printf("slice weights: %.2f GiB F32 on the host (synthetic, built in %.1f s; on the device as the "
+              "weights line below says)\n", Gib(slice_weight_bytes), Now() - t_build);
 
   // ---- Device memory before anything of ours is on it.
   kernels::MemoryInfo before;
@@ -439,7 +440,7 @@ int CmdBenchSampled(int argc, char** argv) {
     const double used = static_cast<double>(mem_after.used_bytes()) - static_cast<double>(before.used_bytes());
     struct rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
-    std::printf("\ncontext %lld (%s): slice prefill %.3f s wall in %lld passes (slice layers %.3f s + other %.3f s); "
+    std::printf("\ncontext %lld (%s): slice prefill %.3f s wall in %lld pass(es) (slice layers %.3f s + other %.3f s); "
                 "%lld forks in %.2f s\n",
                 static_cast<long long>(L), ContextName(L).c_str(), prefill_wall, static_cast<long long>(prefill_passes),
                 prefill_t.layer[0] + prefill_t.layer[1] + prefill_t.layer[2] + prefill_t.layer[3], prefill_t.other,

@@ -231,6 +231,7 @@ void Progress::Finish() {
 
 std::string FormatSeconds(double s) {
   char buf[32];
+  if (s <= 0) return "0 s";  // (a finished run's "time left")
   if (s < 1e-3) {
     std::snprintf(buf, sizeof buf, "%.1f us", s * 1e6);
   } else if (s < 1) {

@@ -50,8 +50,11 @@ constexpr const char* kPrecisionOption =
     "  --indexer-precision P  f32 | bf16 | fp8: the indexer's arithmetic (tensor cores on CUDA; fp8: E4M3\n"
     "                         with per-token scales, DeepSeek-V3.2's)                                [f32]\n"
     "  --attention-precision P f32 | bf16: attention's arithmetic (bf16: sparse MLA on tensor cores)  [f32]\n"
-    "  --weight-precision P   f32 | bf16 | fp8: Linear weights in BF16 (BF16 tensor-core GEMMs) or in\n"
-    "                         DeepSeek's block-scaled FP8 (128 x 128 scales; FP8 GEMMs on CUDA)     [f32]\n";
+    "  --weight-precision P   f32 | bf16 | fp8: every Linear weight in BF16 (BF16 tensor-core GEMMs),  [f32]\n"
+    "                         or attention and MLP / expert weights in DeepSeek's block-scaled FP8\n"
+    "                         (128 x 128 scales; FP8 GEMMs on CUDA, emulated on the CPU; the LM head,\n"
+    "                         indexer, MLA kv_b and weights whose in-features are not a multiple of 16\n"
+    "                         stay BF16)\n";
 
 // Token counts: at most 2^30, so that sums such as prompt + max-new + 64 (cache slots, int32 positions)
 // cannot overflow; the context then fails with a clear out-of-memory error when they do not fit.
@@ -232,7 +235,7 @@ int CmdRun(int argc, char** argv) {
       "  --tokens LIST          prompt token ids, comma-separated\n"
       "  --token-file PATH      prompt from a token file (little-endian uint32)\n"
       "  --max-new N            tokens to generate                                         [16]\n"
-      "  --plan P               IndexCache plan (dsa, 1/2, 1/4, FSSS…, file:PATH)          [checkpoint]\n"
+      "  --plan P               IndexCache plan (dsa, 1/2, 1/4, 1/8, FSSS…, file:PATH)     [checkpoint]\n"
       "  --stop-at-eos          stop at the model's eos_token_id\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
   CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(With(kModelKeys, kPrecisionKeys), {"tokens", "token-file", "max-new", "plan"}),

@@ -231,6 +231,11 @@ int CmdDistill(int argc, char** argv) {
                 FormatSeconds(p.gradient_seconds).c_str(), FormatSeconds(p.remaining_seconds).c_str());
     std::fflush(stdout);
   };
+  if (steps > 0 && steps <= warmup) {
+    std::fprintf(stderr, "distill: note: --steps %lld ends within the %lld warm-up steps (--warmup): the learning "
+                         "rate never reaches its peak --lr\n", static_cast<long long>(steps),
+                 static_cast<long long>(warmup));
+  }
   if (absl::Status s = TrainIndexers(model, windows, o, &state); !s.ok()) return Fail("distill", s);
   if (absl::Status s = evaluate("after"); !s.ok()) return Fail("distill", s);
   if (absl::Status s = WriteDsaModel(model->path, state, out, dtype); !s.ok()) return Fail("distill", s);
