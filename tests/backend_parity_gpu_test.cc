@@ -1029,11 +1029,13 @@ TEST_F(BackendParityTest, IndexerDistill) {
                          .w = w.g, .p = pd.g, .tokens = T, .heads = H, .head_dim = d};
     ASSERT_TRUE(cpu_->IndexerDistill(c).ok()) << what;
     ASSERT_TRUE(gpu_->IndexerDistill(g).ok()) << what;
-    // F32 scores and products against the double reference; the row sums are double on both.
+    // F32 scores and products against the double reference; the row sums are double on both. The gradients
+    // get a looser bound: where q·k lies within F32 rounding of 0, ReLU's mask can differ between the two,
+    // moving one term G·w·k of a gradient entirely (one run in ~50 exceeded 1e-4 at T = 1100, H = 9).
     ExpectClose(kl, 1e-4, "distill_kl " + what);
-    ExpectClose(gq, 1e-4, "distill_grad_q " + what);
-    ExpectClose(gk, 1e-4, "distill_grad_k " + what);
-    ExpectClose(gw, 1e-4, "distill_grad_w " + what);
+    ExpectClose(gq, 1e-3, "distill_grad_q " + what);
+    ExpectClose(gk, 1e-3, "distill_grad_k " + what);
+    ExpectClose(gw, 1e-3, "distill_grad_w " + what);
     // kl alone (no gradients) gives the same kl.
     auto kl2 = Out(T);
     g.kl = kl2.g;
