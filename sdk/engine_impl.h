@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -284,11 +285,15 @@ struct Context::Impl {
     return w;
   }
 
-  // `rows` × `cols` F32 values (row stride `ld`) as E4M3 bytes with 128 × 128 block scales amax / 448.
+  // `rows` × `cols` F32 values (row stride `ld`) as E4M3 bytes with 128 × 128 block scales amax / 448, in one
+  // allocation: the bytes, then (at a 256-byte boundary) the scales — hundreds of expert matrices would
+  // otherwise add as many small allocations, each rounded up by the device allocator.
   absl::StatusOr<Weight> UploadFp8(const float* src, int64_t rows, int64_t cols, int64_t ld) {
     const int64_t row_blocks = (rows + 127) / 128, col_blocks = (cols + 127) / 128;
     const int64_t scale_ld = (col_blocks + 3) / 4 * 4;  // GemmArgs::b_scale_ld's default
-    std::vector<uint8_t> bytes(static_cast<size_t>(rows * cols));
+    const size_t scale_offset = (static_cast<size_t>(rows * cols) + 255) / 256 * 256;
+    std::vector<uint8_t> buf(scale_offset + sizeof(float) * static_cast<size_t>(row_blocks * scale_ld));
+    uint8_t* bytes = buf.data();
     std::vector<float> scales(static_cast<size_t>(row_blocks * scale_ld), 1.0f);
     for (int64_t bi = 0; bi < row_blocks; ++bi) {
       for (int64_t bj = 0; bj < col_blocks; ++bj) {
@@ -307,22 +312,25 @@ struct Context::Impl {
         scales[static_cast<size_t>(bi * scale_ld + bj)] = scale;
         for (int64_t r = bi * 128; r < r1; ++r) {
           for (int64_t c = bj * 128; c < c1; ++c) {
-            bytes[static_cast<size_t>(r * cols + c)] = kernels::cpu::internal::FloatToE4m3(src[r * ld + c] / scale);
+            bytes[r * cols + c] = kernels::cpu::internal::FloatToE4m3(src[r * ld + c] / scale);
           }
         }
       }
     }
-    Weight w;
-    IC_ASSIGN_OR_RETURN(w.fp8_scale, UploadVector(scales));
+    std::memcpy(buf.data() + scale_offset, scales.data(), sizeof(float) * scales.size());
+    const uint8_t* base;
     if (backend->kind() == DeviceKind::kCpu) {
-      host_keep_fp8.push_back(std::move(bytes));
-      w.fp8 = host_keep_fp8.back().data();
-      return w;
+      host_keep_fp8.push_back(std::move(buf));
+      base = host_keep_fp8.back().data();
+    } else {
+      IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(buf.size()));
+      owned.push_back(p);
+      IC_RETURN_IF_ERROR(backend->CopyToDevice(p, buf.data(), buf.size()));
+      base = static_cast<const uint8_t*>(p);
     }
-    IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(bytes.size()));
-    owned.push_back(p);
-    IC_RETURN_IF_ERROR(backend->CopyToDevice(p, bytes.data(), bytes.size()));
-    w.fp8 = static_cast<const uint8_t*>(p);
+    Weight w;
+    w.fp8 = base;
+    w.fp8_scale = reinterpret_cast<const float*>(base + scale_offset);
     return w;
   }
 
