@@ -45,7 +45,7 @@ synchronised after each layer) and the full depth of each plan is composed as
   T(plan) = T_other + n_dense_full·T_dense_full + n_moe_full·T_moe_full + n_moe_shared·T_moe_shared (+ …)
 with T_other = embedding + final norm + LM head, and the counts from the plan over the full depth. All
 layers of a class run the same kernels on the same shapes, so this is exact up to timing noise.
-Presets always run layer-sampled (the 47-layer model is 120 GB in F32, 57 GB with BF16 weights, and its
+Presets always run layer-sampled (the 47-layer model is 112 GiB in F32, 56.7 GiB with BF16 weights, and its
 synthetic weights are generated on the host).
 
 Per context: one prefill of random tokens, --decode-steps decode steps at batch 1, then decode with the

@@ -95,6 +95,10 @@ int CmdDistill(int argc, char** argv) {
   }
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "distill");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "distill");
+  {  // --device cuda without a GPU fails here, before anything is read or printed
+    CLI_ASSIGN_OR_FAIL(probe, kernels::CreateBackend(device), "distill");
+    (void)probe;
+  }
   const ModelConfig& c = model->config;
   CLI_ASSIGN_OR_FAIL(heads, args.GetInt("index-heads", 4), "distill");
   CLI_ASSIGN_OR_FAIL(head_dim, args.GetInt("index-head-dim", 64), "distill");
@@ -190,13 +194,13 @@ int CmdDistill(int argc, char** argv) {
     held_out = std::move(h);
   }
   std::printf("distill %s: %d layers (%d Full: %s), indexer %lld heads x %lld, top-k %lld; %zu window(s) of %lld "
-              "tokens; %lld steps x %lld window(s), lr %g, warm-up %lld, seed %lld, teacher on %s\n",
+              "tokens; %lld steps x %lld window(s), lr %g, warm-up %lld, seed %lld, %s\n",
               model->path.c_str(), c.num_hidden_layers, plan.NumFull(), plan.ToString().c_str(),
               static_cast<long long>(state.config.index_n_heads), static_cast<long long>(state.config.index_head_dim),
               static_cast<long long>(state.config.index_topk), windows.size(), static_cast<long long>(context),
               static_cast<long long>(steps), static_cast<long long>(batch), lr, static_cast<long long>(warmup),
               static_cast<long long>(state.seed),
-              device == kernels::DeviceKind::kCuda ? "cuda" : "cpu");
+              device == kernels::DeviceKind::kCuda ? "teacher and loss on cuda" : "teacher and loss on the cpu");
   std::fflush(stdout);
   auto evaluate = [&](const char* when) -> absl::Status {
     if (held_out.empty()) return absl::OkStatus();

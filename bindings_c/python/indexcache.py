@@ -583,7 +583,8 @@ class Context:
     scales); attention_precision: "f32" or "bf16" (tensor cores on CUDA, and the KV cache kept in BF16;
     ic_precision_t); weight_precision:
     "f32", "bf16" (Linear weights held in BF16, BF16 GEMMs with F32 accumulation) or "fp8" (DeepSeek's
-    block-scaled FP8 weights, 128 x 128 scales, FP8 GEMMs on CUDA). ValueError for anything else."""
+    block-scaled FP8 for the attention and MLP / expert weights, 128 x 128 scales, FP8 GEMMs on CUDA and
+    emulated on the CPU; the LM head, indexer and MLA kv_b stay BF16). ValueError for anything else."""
 
     def __init__(self, model: Model, *, device: Device = Device.AUTO, device_ordinal: int = 0,
                  max_tokens: Optional[int] = None, block_size: Optional[int] = None,
