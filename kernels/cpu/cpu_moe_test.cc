@@ -153,6 +153,27 @@ TEST(CpuMoeExperts, HandChecked) {
   EXPECT_NEAR(out[1], 20 + 0.5 * 3 * act, 1e-5);
 }
 
+// The unfused path the engine runs for many tokens, as the reference for MoeExperts: per token and chosen
+// expert, `gemm(c, in, matrix, n, k)` for gate and up, SiluMul, gemm for down, then the weighted sum into
+// `want`; the shared expert (matrices 3E, 3E + 1, 3E + 2) last with weight 1.
+template <typename Gemm>
+void UnfusedMoe(CpuBackend& cpu, Gemm&& gemm, const std::vector<float>& x, const std::vector<int32_t>& ids,
+                const std::vector<float>& w, int T, int H, int I, int E, int K, bool with_shared,
+                std::vector<float>& want) {
+  for (int t = 0; t < T; ++t) {
+    for (int j = 0; j < K + (with_shared ? 1 : 0); ++j) {
+      const bool sh = j == K;
+      const int e = sh ? 0 : ids[t * K + j];
+      std::vector<float> g(I), u(I), y(H);
+      gemm(g.data(), &x[t * H], sh ? 3 * E : e, I, H);
+      gemm(u.data(), &x[t * H], sh ? 3 * E + 1 : E + e, I, H);
+      ASSERT_TRUE(cpu.SiluMul({.out = g.data(), .gate = g.data(), .up = u.data(), .tokens = 1, .dim = I}).ok());
+      gemm(y.data(), g.data(), sh ? 3 * E + 2 : 2 * E + e, H, I);
+      for (int c = 0; c < H; ++c) want[t * H + c] += (sh ? 1.0f : w[t * K + j]) * y[c];
+    }
+  }
+}
+
 // Against the unfused path the engine runs for many tokens (Gemm per expert, SiluMul, weighted sum), F32
 // and BF16 weights, with and without a shared expert: the same roundings, so only the summation order
 // differs.
@@ -183,12 +204,9 @@ TEST(CpuMoeExperts, MatchesGemmPerExpert) {
                      .experts = E};
     if (with_shared) a.shared_gate = ptrs[3 * E], a.shared_up = ptrs[3 * E + 1], a.shared_down = ptrs[3 * E + 2];
     ASSERT_TRUE(cpu.MoeExperts(a).ok());
-    for (int t = 0; t < T; ++t) {
-      for (int j = 0; j < K + (with_shared ? 1 : 0); ++j) {
-        const bool sh = j == K;  // the shared expert: matrices 3E, 3E + 1, 3E + 2, weight 1
-        const int e = sh ? 0 : ids[t * K + j];
-        std::vector<float> g(I), u(I), y(H);
-        auto gemm = [&](float* c, const float* in, int m, int n, int k) {
+    UnfusedMoe(
+        cpu,
+        [&](float* c, const float* in, int m, int n, int k) {
           GemmArgs ga{.c = c, .a = in, .m = 1, .n = n, .k = k};
           if (bf16) {
             ga.b_bf16 = bits[m].data();
@@ -196,14 +214,8 @@ TEST(CpuMoeExperts, MatchesGemmPerExpert) {
             ga.b = mats[m].data();
           }
           ASSERT_TRUE(cpu.Gemm(ga).ok());
-        };
-        gemm(g.data(), &x[t * H], sh ? 3 * E : e, I, H);
-        gemm(u.data(), &x[t * H], sh ? 3 * E + 1 : E + e, I, H);
-        ASSERT_TRUE(cpu.SiluMul({.out = g.data(), .gate = g.data(), .up = u.data(), .tokens = 1, .dim = I}).ok());
-        gemm(y.data(), g.data(), sh ? 3 * E + 2 : 2 * E + e, H, I);
-        for (int c = 0; c < H; ++c) want[t * H + c] += (sh ? 1.0f : w[t * K + j]) * y[c];
-      }
-    }
+        },
+        x, ids, w, T, H, I, E, K, with_shared, want);
     for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(fused[i], want[i], 1e-5 * (1 + std::fabs(want[i]))) << i;
   }
 }
@@ -245,23 +257,14 @@ TEST(CpuMoeExperts, Fp8MatchesGemmPerExpert) {
       a.shared_down_scale = scales[3 * E + 2].data();
     }
     ASSERT_TRUE(cpu.MoeExperts(a).ok());
-    for (int t = 0; t < T; ++t) {
-      for (int j = 0; j < K + (with_shared ? 1 : 0); ++j) {
-        const bool sh = j == K;
-        const int e = sh ? 0 : ids[t * K + j];
-        std::vector<float> g(I), u(I), y(H);
-        auto gemm = [&](float* c, const float* in, int m, int n, int k) {
+    UnfusedMoe(
+        cpu,
+        [&](float* c, const float* in, int m, int n, int k) {
           ASSERT_TRUE(cpu.Gemm({.c = c, .a = in, .b_fp8 = bytes[m].data(), .b_scale = scales[m].data(), .m = 1, .n = n,
                                 .k = k})
                           .ok());
-        };
-        gemm(g.data(), &x[t * H], sh ? 3 * E : e, I, H);
-        gemm(u.data(), &x[t * H], sh ? 3 * E + 1 : E + e, I, H);
-        ASSERT_TRUE(cpu.SiluMul({.out = g.data(), .gate = g.data(), .up = u.data(), .tokens = 1, .dim = I}).ok());
-        gemm(y.data(), g.data(), sh ? 3 * E + 2 : 2 * E + e, H, I);
-        for (int c = 0; c < H; ++c) want[t * H + c] += (sh ? 1.0f : w[t * K + j]) * y[c];
-      }
-    }
+        },
+        x, ids, w, T, H, I, E, K, with_shared, want);
     for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(fused[i], want[i], 1e-5 * (1 + std::fabs(want[i]))) << i;
   }
   // fp8 with bf16, sizes not multiples of 16, a shared expert without its scales: InvalidArgument.
