@@ -28,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/fp8_blocks.h"
 
 namespace ic::kernels {
 
@@ -48,8 +49,9 @@ enum class DeviceKind { kCpu, kCuda };
 //
 // FP8 weights (DeepSeek-V3's block-scaled FP8, quantization_config weight_block_size [128, 128]): set b_fp8
 // instead of b. B is then [n, k] E4M3 bytes (b_transposed, batch 1, ldb in bytes) with one F32 scale per
-// 128 × 128 block, b_scale [ceil(n/128), b_scale_ld] (0 = ceil(k/128) rounded up to a multiple of 4, the
-// layout cuBLASLt implies; DeepSeek checkpoints store ceil(k/128) per row): B[i, j] = e4m3(b_fp8[i·ldb + j]) ·
+// 128 × 128 block, b_scale [ceil(n/128), b_scale_ld] (0 = Fp8ScaleLd(k), kernels/fp8_blocks.h: ceil(k/128)
+// rounded up to a multiple of 4, the layout cuBLASLt implies; DeepSeek checkpoints store ceil(k/128) per
+// row): B[i, j] = e4m3(b_fp8[i·ldb + j]) ·
 // b_scale[(i/128)·b_scale_ld + j/128]. A stays F32 in memory and is quantised as DeepSeek-V3 quantises
 // activations, per row and 128-column block: s = amax / 448 rounded up to a power of two (1 for an all-zero
 // block), q = e4m3(a / s) (nearest even, saturating); C = alpha · Σ_blocks s_a·s_b·Σ q_a·q_b + beta · C with
@@ -284,7 +286,7 @@ struct MoeRouteArgs {
 // Optionally a shared expert of the same intermediate size (shared_gate / shared_up / shared_down, backend
 // memory, all three or none): added with weight 1 after the routed ones, into the same sum.
 // fp8 (instead of bf16): block-scaled FP8 weights, GemmArgs::b_fp8's layout and arithmetic — E4M3 bytes
-// with one F32 scale per 128 × 128 block (scale row stride ceil(cols/128) rounded up to 4), and x and the
+// with one F32 scale per 128 × 128 block (scale row stride Fp8ScaleLd(cols)), and x and the
 // SiLU product quantised per 128 values with power-of-two scales. `weights` then holds 6·experts pointers:
 // the 3·experts byte matrices as above, then their scales in the same order (weights[3·experts + e] is
 // gate e's, …); a shared expert also needs shared_gate_scale / shared_up_scale / shared_down_scale.

@@ -230,7 +230,7 @@ void BM_GemmFp8(benchmark::State& state) {
   std::vector<uint8_t> bytes(static_cast<size_t>(n) * k);
   std::mt19937 rng(9);
   for (uint8_t& v : bytes) v = static_cast<uint8_t>(0x30 + rng() % 0x10);  // E4M3 values in [0.5, 1)
-  const int scale_ld = ((k + 127) / 128 + 3) / 4 * 4;
+  const int scale_ld = Fp8ScaleLd(k);
   float* scale = Upload(std::vector<float>(static_cast<size_t>((n + 127) / 128) * scale_ld, 1.0f / 64));
   uint8_t* b = Upload(bytes);
   float* c = static_cast<float*>(*Gpu().Allocate(sizeof(float) * m * n));
@@ -256,7 +256,7 @@ void BM_MoeExperts(benchmark::State& state) {
   for (uint16_t& v : bits) v = static_cast<uint16_t>(0x3c00 + rng() % 0x0400);
   std::vector<uint8_t> bytes(static_cast<size_t>(H) * I);
   for (uint8_t& v : bytes) v = static_cast<uint8_t>(0x30 + rng() % 0x10);
-  const int scale_ld = ((std::max(H, I) + 127) / 128 + 3) / 4 * 4;  // room for either orientation
+  const int scale_ld = Fp8ScaleLd(std::max(H, I));  // room for either orientation
   const std::vector<float> scale(static_cast<size_t>((std::max(H, I) + 127) / 128) * scale_ld, 1.0f / 64);
   for (int m = 0; m < 3 * E; ++m) {  // 3·64 distinct buffers: no cache reuse between experts
     table[m] = fp8 ? static_cast<const void*>(Upload(bytes)) : static_cast<const void*>(Upload(bits));

@@ -290,7 +290,7 @@ struct Context::Impl {
   // otherwise add as many small allocations, each rounded up by the device allocator.
   absl::StatusOr<Weight> UploadFp8(const float* src, int64_t rows, int64_t cols, int64_t ld) {
     const int64_t row_blocks = (rows + 127) / 128, col_blocks = (cols + 127) / 128;
-    const int64_t scale_ld = (col_blocks + 3) / 4 * 4;  // GemmArgs::b_scale_ld's default
+    const int64_t scale_ld = kernels::Fp8ScaleLd(static_cast<int>(cols));  // GemmArgs::b_scale_ld's default
     const size_t scale_offset = (static_cast<size_t>(rows * cols) + 255) / 256 * 256;
     std::vector<uint8_t> buf(scale_offset + sizeof(float) * static_cast<size_t>(row_blocks * scale_ld));
     uint8_t* bytes = buf.data();

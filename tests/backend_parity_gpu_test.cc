@@ -232,7 +232,7 @@ TEST_F(BackendParityTest, GemmFp8) {
   std::uniform_int_distribution<int> byte(0, 255);
   for (const Case& cs : cases) {
     const int lda = cs.lda ? cs.lda : cs.k, ldb = cs.ldb ? cs.ldb : cs.k, ldc = cs.ldc ? cs.ldc : cs.n;
-    const int kb = (cs.k + 127) / 128, scale_ld = (kb + 3) / 4 * 4, nb = (cs.n + 127) / 128;
+    const int scale_ld = Fp8ScaleLd(cs.k), nb = (cs.n + 127) / 128;
     std::vector<uint8_t> w(static_cast<size_t>(cs.n) * ldb);
     for (uint8_t& x : w) {
       do x = static_cast<uint8_t>(byte(rng_));
@@ -861,7 +861,7 @@ TEST_F(BackendParityTest, MoeExperts) {
             do b = static_cast<uint8_t>(Uniform(0, 255));
             while ((b & 0x7f) == 0x7f);
           }
-          const int scale_ld = ((cols + 127) / 128 + 3) / 4 * 4;
+          const int scale_ld = Fp8ScaleLd(cols);
           std::vector<float> sc(static_cast<size_t>((rows + 127) / 128) * scale_ld);
           for (float& v : sc) v = std::ldexp(1.0f, Uniform(-12, -8)) * (1.0f + 0.1f * Uniform(0, 9));
           fp8_w.push_back(Put(bytes));

@@ -87,9 +87,7 @@ absl::Status CpuBackend::Gemm(const GemmArgs& g) {
 // GemmArgs::b_fp8: A quantised per row and 128-column block (internal::Fp8Scale, E4M3 round trip), B's E4M3
 // bytes times their block scales, both widened to F32, then one sgemm (batch is 1, b_transposed).
 absl::Status CpuBackend::GemmFp8(const GemmArgs& g, int lda, int ldb, int ldc) {
-  const float* value = internal::E4m3Table();
-  const int k_blocks = (g.k + 127) / 128;
-  const int scale_ld = g.b_scale_ld != 0 ? g.b_scale_ld : (k_blocks + 3) / 4 * 4;
+  const int scale_ld = g.b_scale_ld != 0 ? g.b_scale_ld : Fp8ScaleLd(g.k);
   std::vector<float> a(static_cast<size_t>(g.m) * g.k), b(static_cast<size_t>(g.n) * g.k);
   for (int i = 0; i < g.m; ++i) {
     float* dst = &a[static_cast<size_t>(i) * g.k];
@@ -97,10 +95,7 @@ absl::Status CpuBackend::GemmFp8(const GemmArgs& g, int lda, int ldb, int ldc) {
     internal::QuantizeFp8Blocks(dst, g.k);
   }
   for (int r = 0; r < g.n; ++r) {
-    const uint8_t* src = g.b_fp8 + static_cast<int64_t>(r) * ldb;
-    const float* scale = g.b_scale + static_cast<int64_t>(r / 128) * scale_ld;
-    float* dst = &b[static_cast<size_t>(r) * g.k];
-    for (int c = 0; c < g.k; ++c) dst[c] = value[src[c]] * scale[c / 128];
+    internal::WidenFp8Row(g.b_fp8, ldb, g.b_scale, scale_ld, r, g.k, &b[static_cast<size_t>(r) * g.k]);
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g.m, g.n, g.k, g.alpha, a.data(), g.k, b.data(), g.k, g.beta,
               g.c, ldc);

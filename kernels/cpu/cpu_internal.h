@@ -185,6 +185,10 @@ void QuantizeFp8Blocks(float* x, int n);
 // The value of every E4M3 byte (a 256-entry table built once).
 const float* E4m3Table();
 
+// Row r of a block-scaled FP8 weight (kernels/fp8_blocks.h): dst[c] = e4m3(bytes[r·ld + c]) ·
+// scale[(r/128)·scale_ld + c/128] for c < cols.
+void WidenFp8Row(const uint8_t* bytes, int64_t ld, const float* scale, int scale_ld, int64_t r, int cols, float* dst);
+
 // x[i] = the nearest BF16 value (ties to even), kept in F32.
 inline void RoundAllToBf16(float* x, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] = Bf16ToFloat(FloatToBf16(x[i]));

@@ -1,7 +1,7 @@
 // CPU backend: paged-cache bookkeeping shared by Attention and IndexerTopk (validation, grouping of
 // query tokens by sequence, gathering a sequence's cache rows into dense scratch).
-#include <array>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -116,6 +116,14 @@ const float* E4m3Table() {
     return t;
   }();
   return table.data();
+}
+
+void WidenFp8Row(const uint8_t* bytes, int64_t ld, const float* scale, int scale_ld, int64_t r, int cols,
+                 float* dst) {
+  const float* value = E4m3Table();
+  const uint8_t* src = bytes + r * ld;
+  const float* s = scale + (r / kFp8Block) * scale_ld;
+  for (int c = 0; c < cols; ++c) dst[c] = value[src[c]] * s[c / kFp8Block];
 }
 
 void QuantizeFp8Blocks(float* x, int n) {

@@ -105,17 +105,10 @@ struct Fp8Rows {
   const uint8_t* bytes;
   const float* scale;
   int cols;
-  // Row r as F32 into `dst`.
-  void Widen(int64_t r, float* dst) const {
-    const float* value = internal::E4m3Table();
-    const int scale_ld = ((cols + 127) / 128 + 3) / 4 * 4;
-    const float* s = scale + (r / 128) * scale_ld;
-    for (int c = 0; c < cols; ++c) dst[c] = value[bytes[r * cols + c]] * s[c / 128];
-  }
 };
 float Dot(const float* x, const Fp8Rows& w, int64_t r, std::vector<float>& row) {
   row.resize(w.cols);
-  w.Widen(r, row.data());
+  internal::WidenFp8Row(w.bytes, w.cols, w.scale, Fp8ScaleLd(w.cols), r, w.cols, row.data());
   return Dot(x, row.data(), w.cols);
 }
 

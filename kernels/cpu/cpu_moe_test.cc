@@ -239,7 +239,7 @@ TEST(CpuMoeExperts, Fp8MatchesGemmPerExpert) {
         do b = static_cast<uint8_t>(rng() & 0xff);
         while ((b & 0x7f) == 0x7f || (b & 0x78) > 0x48);  // no NaN; |value| ≤ 4 (exponent ≤ 9)
       }
-      const int scale_ld = ((cols + 127) / 128 + 3) / 4 * 4;
+      const int scale_ld = Fp8ScaleLd(cols);
       scales[m].resize(static_cast<size_t>((rows + 127) / 128) * scale_ld);
       for (float& v : scales[m]) v = 0.01f + 0.02f * static_cast<float>(rng() % 8);
       if (m < 3 * E) table[m] = bytes[m].data(), table[3 * E + m] = scales[m].data();

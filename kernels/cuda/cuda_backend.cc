@@ -131,10 +131,6 @@ int GemmRowBucket(int m) {
   return b;
 }
 
-// The row stride of an FP8 weight's 128 × 128 block scales that cuBLASLt implies (it takes no stride):
-// ceil(k/128) rounded up to a multiple of 4 (GemmArgs::b_scale_ld).
-int CublasFp8ScaleLd(int k) { return ((k + 127) / 128 + 3) / 4 * 4; }
-
 struct GemmPlan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
@@ -582,7 +578,7 @@ absl::Status CudaBackend::RunGemmPlan(GemmKey key, int m, float alpha, float bet
 // scales' implied row stride is ceil(k/128) rounded up to 4, and m % 4 != 0 is NOT_SUPPORTED.
 absl::Status CudaBackend::GemmFp8(const GemmArgs& g, int lda, int ldb, int ldc) {
   constexpr const char* op = "Gemm";
-  const int k_blocks = (g.k + 127) / 128, scale_ld = CublasFp8ScaleLd(g.k);
+  const int k_blocks = (g.k + 127) / 128, scale_ld = Fp8ScaleLd(g.k);
   IC_ARG_CHECK(g.k % 16 == 0, op, "b_fp8 needs k a multiple of 16 (cuBLASLt FP8), got k = ", g.k);
   IC_ARG_CHECK(ldb % 16 == 0, op, "b_fp8 needs ldb a multiple of 16 bytes, got ldb = ", ldb);
   IC_ARG_CHECK(PointerAlignment(g.b_fp8) >= 16, op, "b_fp8 is not 16-byte aligned");

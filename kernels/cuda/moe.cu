@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/fp8_blocks.h"
 
 namespace ic::kernels::cuda {
 namespace {
@@ -152,7 +153,7 @@ __device__ __forceinline__ float WarpDot(const float* in, const W* w, int n, boo
 // rows and `in` 16-byte aligned (n % 16 == 0). 16 weight bytes per lane per step, a warp-shuffle sum.
 __device__ __forceinline__ float WarpDotFp8(const float* in, const uint8_t* w, const float* scale, int64_t r, int n) {
   const int lane = threadIdx.x % 32;
-  const float* s = scale + (r / 128) * (((n + 127) / 128 + 3) / 4 * 4);
+  const float* s = scale + (r / kFp8Block) * Fp8ScaleLd(n);
   const uint8_t* row = w + r * n;
   float acc = 0.0f;
   for (int kk = lane * 16; kk < n; kk += 32 * 16) {
