@@ -136,14 +136,28 @@ struct Context::Impl {
     return scratch[name].as<T>();
   }
 
+  // `count` values from the host copied into a new allocation of the backend, freed with the context.
+  template <typename T>
+  absl::StatusOr<const T*> CopyIn(const T* src, size_t count) {
+    const size_t bytes = count * sizeof(T);
+    IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(bytes));
+    owned.push_back(p);
+    IC_RETURN_IF_ERROR(backend->CopyToDevice(p, src, bytes));
+    return static_cast<const T*>(p);
+  }
+  // A converted host copy in backend memory for the context's life: on the CPU backend the vector itself
+  // (moved into `keep`), else CopyIn.
+  template <typename T>
+  absl::StatusOr<const T*> Keep(std::vector<T>&& v, std::vector<std::vector<T>>& keep) {
+    if (backend->kind() != DeviceKind::kCpu) return CopyIn(v.data(), v.size());
+    keep.push_back(std::move(v));
+    return keep.back().data();
+  }
+
   absl::StatusOr<const float*> Upload(const HostTensor& t) {
     if (t.empty()) return nullptr;
     if (backend->kind() == DeviceKind::kCpu) return t.data.data();
-    const size_t bytes = t.data.size() * sizeof(float);
-    IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(bytes));
-    owned.push_back(p);
-    IC_RETURN_IF_ERROR(backend->CopyToDevice(p, t.data.data(), bytes));
-    return static_cast<const float*>(p);
+    return CopyIn(t.data.data(), t.data.size());
   }
   // Rows [begin, begin + count) of a 2-D tensor (CPU: a pointer into the host tensor, no copy).
   absl::StatusOr<const float*> UploadRows(const HostTensor& t, int64_t begin, int64_t count) {
@@ -155,11 +169,7 @@ struct Context::Impl {
     }
     const float* src = t.data.data() + begin * cols;
     if (backend->kind() == DeviceKind::kCpu) return src;
-    const size_t bytes = static_cast<size_t>(count * cols) * sizeof(float);
-    IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(bytes));
-    owned.push_back(p);
-    IC_RETURN_IF_ERROR(backend->CopyToDevice(p, src, bytes));
-    return static_cast<const float*>(p);
+    return CopyIn(src, static_cast<size_t>(count * cols));
   }
   // Columns [begin, begin + count) of a 2-D tensor; *ld receives the row stride of the result (CPU: the
   // full row length, no copy; device: a compact copy, ld = count).
@@ -180,23 +190,12 @@ struct Context::Impl {
       std::copy(t.data.begin() + r * cols + begin, t.data.begin() + r * cols + begin + count,
                 slice.begin() + r * count);
     }
-    const size_t bytes = slice.size() * sizeof(float);
-    IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(bytes));
-    owned.push_back(p);
-    IC_RETURN_IF_ERROR(backend->CopyToDevice(p, slice.data(), bytes));
     *ld = static_cast<int>(count);
-    return static_cast<const float*>(p);
+    return CopyIn(slice.data(), slice.size());
   }
   absl::StatusOr<const float*> UploadVector(const std::vector<float>& v) {
-    HostTensor t;
-    t.shape = {static_cast<int64_t>(v.size())};
-    t.data = v;
-    if (backend->kind() == DeviceKind::kCpu) {
-      // Keep CPU copies alive in `host_keep`.
-      host_keep.push_back(std::move(t.data));
-      return host_keep.back().data();
-    }
-    return Upload(t);
+    if (v.empty()) return nullptr;
+    return Keep(std::vector<float>(v), host_keep);
   }
   std::vector<std::vector<float>> host_keep;
 
@@ -226,15 +225,7 @@ struct Context::Impl {
         if (fp8_weights) table[(3 + m) * E + e] = mats[m]->fp8_scale;
       }
     }
-    if (backend->kind() == DeviceKind::kCpu) {
-      host_keep_tables.push_back(std::move(table));
-      return host_keep_tables.back().data();
-    }
-    const size_t bytes = table.size() * sizeof(void*);
-    IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(bytes));
-    owned.push_back(p);
-    IC_RETURN_IF_ERROR(backend->CopyToDevice(p, table.data(), bytes));
-    return static_cast<const void* const*>(p);
+    return Keep(std::move(table), host_keep_tables);
   }
 
   absl::StatusOr<Weight> UploadWeight(const HostTensor& t, bool fp8_ok = true) {
@@ -272,16 +263,7 @@ struct Context::Impl {
       const float* src = t.data.data() + (r0 + r) * cols + c0;
       for (int64_t j = 0; j < nc; ++j) bits[static_cast<size_t>(r * nc + j)] = FloatToBf16(src[j]);
     }
-    if (backend->kind() == DeviceKind::kCpu) {
-      host_keep_bf16.push_back(std::move(bits));
-      w.bf16 = host_keep_bf16.back().data();
-      return w;
-    }
-    const size_t bytes = bits.size() * sizeof(uint16_t);
-    IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(bytes));
-    owned.push_back(p);
-    IC_RETURN_IF_ERROR(backend->CopyToDevice(p, bits.data(), bytes));
-    w.bf16 = static_cast<const uint16_t*>(p);
+    IC_ASSIGN_OR_RETURN(w.bf16, Keep(std::move(bits), host_keep_bf16));
     return w;
   }
 
@@ -318,16 +300,7 @@ struct Context::Impl {
       }
     }
     std::memcpy(buf.data() + scale_offset, scales.data(), sizeof(float) * scales.size());
-    const uint8_t* base;
-    if (backend->kind() == DeviceKind::kCpu) {
-      host_keep_fp8.push_back(std::move(buf));
-      base = host_keep_fp8.back().data();
-    } else {
-      IC_ASSIGN_OR_RETURN(void* p, backend->Allocate(buf.size()));
-      owned.push_back(p);
-      IC_RETURN_IF_ERROR(backend->CopyToDevice(p, buf.data(), buf.size()));
-      base = static_cast<const uint8_t*>(p);
-    }
+    IC_ASSIGN_OR_RETURN(const uint8_t* base, Keep(std::move(buf), host_keep_fp8));
     Weight w;
     w.fp8 = base;
     w.fp8_scale = reinterpret_cast<const float*>(base + scale_offset);
