@@ -346,12 +346,8 @@ TEST_F(EngineGpuTest, AttentionCapturesMatchTheCpu) {
 // first Adam steps move each weight by about ±lr, so a gradient near 0 may move the other way: bounded in
 // norm, not per element) and the losses again.
 TEST_F(EngineGpuTest, DistillationOnTheGpuMatchesTheCpu) {
-  SyntheticModelOptions o;
-  o.arch = Architecture::kLlama;
-  o.num_layers = 4;
-  o.hidden_size = 128;
-  o.vocab_size = 256;
-  auto model = BuildSyntheticModel(o);
+  auto model =
+      BuildSyntheticModel({.arch = Architecture::kLlama, .num_layers = 4, .hidden_size = 128, .vocab_size = 256});
   ASSERT_TRUE(model.ok()) << model.status();
   auto plan = ParsePlan("FSFF", 4);
   ASSERT_TRUE(plan.ok()) << plan.status();
