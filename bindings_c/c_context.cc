@@ -53,6 +53,7 @@ ic_context_params_t DefaultContextParams() {
   p.indexer_precision = IC_PRECISION_F32;
   p.attention_precision = IC_PRECISION_F32;
   p.weight_precision = IC_PRECISION_F32;
+  p.cuda_graphs = d.cuda_graphs ? 1 : 0;
   return p;
 }
 
@@ -364,6 +365,11 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
       IC_ASSIGN_OR_RETURN(o.indexer_precision, ReadPrecision(p.indexer_precision, "indexer_precision"));
       IC_ASSIGN_OR_RETURN(o.attention_precision, ReadPrecision(p.attention_precision, "attention_precision"));
       IC_ASSIGN_OR_RETURN(o.weight_precision, ReadPrecision(p.weight_precision, "weight_precision"));
+      if (p.cuda_graphs != 0 && p.cuda_graphs != 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("ic_context_params_t.cuda_graphs must be 0 or 1, got ", p.cuda_graphs));
+      }
+      o.cuda_graphs = p.cuda_graphs != 0;
       if (p.plan != nullptr) o.plan = p.plan;
       return o;
     };

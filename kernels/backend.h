@@ -437,6 +437,12 @@ struct HadamardArgs {
   int rows = 0, dim = 0, stride = 0;
 };
 
+// An executable CUDA graph made by Backend::EndCapture (opaque; destroying it frees the graph).
+class CapturedGraph {
+ public:
+  virtual ~CapturedGraph() = default;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -481,6 +487,30 @@ class Backend {
   virtual absl::Status CrossEntropy(const CrossEntropyArgs& args) = 0;
   virtual absl::Status Hadamard(const HadamardArgs& args) = 0;
   virtual absl::Status IndexerDistill(const IndexerDistillArgs& args) = 0;
+
+  // CUDA graphs (the plan/run split of decode; ContextOptions::cuda_graphs). BeginCapture() starts
+  // recording the ops queued on the backend's stream instead of running them; EndCapture() stops and returns
+  // the executable graph; LaunchGraph() queues one run of it (no host work per op: what a decode step of
+  // ~45 launches per layer spends most of its time on at small batch). Ops record their arguments —
+  // pointers and sizes — as they are at capture: a graph reruns the same work on whatever those buffers
+  // hold when it is launched, so the caller keeps its buffers alive and in place (WorkspaceGeneration).
+  // While capturing, what cannot be recorded is refused with FailedPrecondition naming it: Allocate,
+  // Free, host copies, Synchronize, SecondsBetween, and a workspace that would have to grow (run the same
+  // ops once outside capture first); EndCapture() then discards the capture and returns that error.
+  // Device-side errors of the captured ops (kernels/cuda/cuda_kernels.h) are reported by the Synchronize()
+  // after a launch. Time marks taken while capturing are re-issued by each launch of the graph: after
+  // LaunchGraph, the marks the capture issued (ids 0 … n−1 when it began with ResetTimeMarks) read that
+  // run's times. The CPU backend runs ops synchronously and has no graphs: Unimplemented.
+  virtual absl::Status BeginCapture() { return absl::UnimplementedError(name() + " has no CUDA graphs"); }
+  virtual absl::StatusOr<std::unique_ptr<CapturedGraph>> EndCapture() {
+    return absl::UnimplementedError(name() + " has no CUDA graphs");
+  }
+  virtual absl::Status LaunchGraph(CapturedGraph& graph) {
+    return absl::UnimplementedError(name() + " has no CUDA graphs");
+  }
+  // Changes whenever one of the backend's internal workspaces (op scratch, cuBLASLt operand copies) is
+  // reallocated: a graph captured at another generation reads freed memory and must not be launched.
+  virtual uint64_t WorkspaceGeneration() const { return 0; }
 };
 
 // The argument checks both backends run for an FP8 Gemm (InvalidArgument naming the field); OK for a Gemm

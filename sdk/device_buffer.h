@@ -31,6 +31,7 @@ class DeviceBuffer {
   }
   template <typename T>
   T* as() const { return static_cast<T*>(ptr_); }
+  size_t capacity() const { return capacity_; }
 
  private:
   void Release() {

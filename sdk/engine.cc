@@ -332,6 +332,8 @@ absl::StatusOr<int> Context::ForkSequence(int src_seq_id) {
 
 const LayerProfile& Context::layer_profile() const { return impl_->profile; }
 
+const DecodeGraphStats& Context::decode_graph_stats() const { return impl_->graph_stats; }
+
 void Context::ResetLayerProfile() {
   LayerProfile& p = impl_->profile;
   std::fill(p.layer_seconds.begin(), p.layer_seconds.end(), 0.0);

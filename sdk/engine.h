@@ -102,6 +102,26 @@ struct ContextOptions {
   // in-features are not a multiple of 16 are BF16 (and then, should that be a routed expert, the decode MoE
   // runs expert by expert instead of the fused MoeExperts op).
   kernels::Precision weight_precision = kernels::Precision::kF32;
+  // Decode steps as CUDA graphs (CUDA backend; ignored on the CPU): the first step of each shape
+  // (sequences in the step, block-table width rounded up to a power of two of blocks) runs eagerly and is
+  // then captured; later steps of that shape replay the graph — one launch instead of ~45 per layer, the
+  // host's per-op work gone. The results are those of the eager step of the same shape, bit for bit. Steps
+  // that need the host between ops stay eager: per-pass plans or partial passes, captures (top-k, scores,
+  // hidden states, attention, indexer inputs), loss, all-token logits, profile_layers, tensor or expert
+  // parallel, and MoE models above kMoeFusedMaxPairs (token, expert) pairs per step (the unfused MoE
+  // copies the expert ids to the host). A graph is recaptured after a larger pass moves the buffers it
+  // reads (Context::decode_graph_stats counts captures, replays and eager steps).
+  bool cuda_graphs = true;
+};
+
+// What ContextOptions::cuda_graphs did since the context was created.
+struct DecodeGraphStats {
+  int64_t captures = 0;          // graphs captured (one per decode shape, again after buffers moved)
+  int64_t replays = 0;           // decode steps run from a graph
+  int64_t eager_steps = 0;       // graph-eligible decode steps run eagerly (the first of each shape)
+  int64_t capture_failures = 0;  // captures that failed; those shapes stay eager (last_capture_error)
+  size_t graphs = 0;             // graphs held now (at most 64)
+  std::string last_capture_error;
 };
 
 // One contiguous run of new tokens of one sequence inside a forward pass.
@@ -216,6 +236,9 @@ class Context {
     int64_t kv = 0, index_k = 0;
   };
   CacheBytes cache_bytes() const;
+
+  // CUDA-graph decode counters (ContextOptions::cuda_graphs; all zero on the CPU).
+  const DecodeGraphStats& decode_graph_stats() const;
 
   // Per-layer timing (ContextOptions::profile_layers; all zero and empty vectors when off).
   const LayerProfile& layer_profile() const;

@@ -5,10 +5,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -130,10 +133,99 @@ struct Context::Impl {
     for (float* p : index_k_scale) if (p) backend->Free(p);
   }
 
+  // A named activation buffer of at least `count` values, reused across passes. Growing one moves it
+  // (scratch_generation changes, so captured decode graphs that point at it are retired); while a graph is
+  // being captured growing is refused (the capture's eager twin has already sized every buffer).
   template <typename T>
   absl::StatusOr<T*> Scratch(const std::string& name, size_t count) {
-    IC_RETURN_IF_ERROR(scratch[name].Reserve(backend, std::max<size_t>(count, 1) * sizeof(T)));
-    return scratch[name].as<T>();
+    DeviceBuffer& buffer = scratch[name];
+    const size_t bytes = std::max<size_t>(count, 1) * sizeof(T);
+    if (bytes > buffer.capacity()) {
+      if (capturing) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("scratch buffer '", name, "' would grow to ", bytes, " bytes during CUDA graph capture"));
+      }
+      ++scratch_generation;
+    }
+    IC_RETURN_IF_ERROR(buffer.Reserve(backend, bytes));
+    return buffer.as<T>();
+  }
+
+  // ---- CUDA-graph decode (ContextOptions::cuda_graphs; forward.cc).
+  // A graph is made per decode shape: sequences in the step, block-table width (a power of two of
+  // blocks) and whether the LM head runs. It reads the pass's scratch buffers where they were at capture,
+  // so it is valid while neither the engine's scratch nor the backend's workspaces have moved since.
+  using GraphKey = std::tuple<int, int, bool>;
+  using PassBody = std::function<absl::Status(ForwardPassStats&, std::vector<std::pair<int, int>>&)>;
+  struct DecodeGraph {
+    std::unique_ptr<kernels::CapturedGraph> graph;  // nullptr: the capture failed (not retried until a move)
+    uint64_t scratch_generation = 0, workspace_generation = 0;
+    std::vector<std::pair<int, int>> indexer_marks;  // the Full layers' time marks the graph re-issues
+    int shared_layers = 0;
+  };
+  static constexpr size_t kMaxDecodeGraphs = 64;
+  std::map<GraphKey, DecodeGraph> decode_graphs;
+  std::optional<GraphKey> capture_due;
+  bool capturing = false;
+  uint64_t scratch_generation = 0;
+  DecodeGraphStats graph_stats;
+
+  bool GraphCurrent(const DecodeGraph& g) const {
+    return g.scratch_generation == scratch_generation && g.workspace_generation == backend->WorkspaceGeneration();
+  }
+
+  // One decode step of shape `key`: launches its graph when a current one exists; else runs `body` eagerly
+  // and marks the shape for capture (CaptureDecodeGraphIfDue, once the step's results are read).
+  absl::Status RunDecodeGraph(const GraphKey& key, const PassBody& body, ForwardPassStats& stats,
+                              std::vector<std::pair<int, int>>& marks) {
+    capture_due.reset();
+    auto it = decode_graphs.find(key);
+    if (it != decode_graphs.end() && GraphCurrent(it->second) && it->second.graph != nullptr) {
+      IC_RETURN_IF_ERROR(backend->LaunchGraph(*it->second.graph));
+      stats.shared_layers += it->second.shared_layers;
+      marks = it->second.indexer_marks;
+      ++graph_stats.replays;
+      return absl::OkStatus();
+    }
+    ++graph_stats.eager_steps;
+    IC_RETURN_IF_ERROR(body(stats, marks));
+    if (it == decode_graphs.end() || !GraphCurrent(it->second)) capture_due = key;
+    return absl::OkStatus();
+  }
+
+  // Records the step just run eagerly as a graph for its shape. A capture that fails (an op the graph
+  // cannot hold) leaves the shape eager until the buffers move; the step's results are unaffected either way.
+  absl::Status CaptureDecodeGraphIfDue(const GraphKey& key, const PassBody& body) {
+    if (capture_due != key) return absl::OkStatus();
+    capture_due.reset();
+    // Stale graphs hold device memory for nothing; past the cap, start over.
+    std::erase_if(decode_graphs, [&](const auto& kv) { return !GraphCurrent(kv.second); });
+    if (decode_graphs.size() >= kMaxDecodeGraphs) decode_graphs.clear();
+    DecodeGraph entry;
+    entry.scratch_generation = scratch_generation;
+    entry.workspace_generation = backend->WorkspaceGeneration();
+    backend->ResetTimeMarks();
+    absl::Status status = backend->BeginCapture();
+    if (status.ok()) {
+      capturing = true;
+      ForwardPassStats stats;
+      status = body(stats, entry.indexer_marks);
+      capturing = false;
+      entry.shared_layers = stats.shared_layers;
+      absl::StatusOr<std::unique_ptr<kernels::CapturedGraph>> graph = backend->EndCapture();
+      if (status.ok()) status = graph.status();
+      if (status.ok()) entry.graph = *std::move(graph);
+    }
+    if (status.ok()) {
+      ++graph_stats.captures;
+    } else {
+      ++graph_stats.capture_failures;
+      graph_stats.last_capture_error = status.ToString();
+      entry.indexer_marks.clear();
+    }
+    decode_graphs[key] = std::move(entry);
+    graph_stats.graphs = decode_graphs.size();
+    return absl::OkStatus();
   }
 
   // `count` values from the host copied into a new allocation of the backend, freed with the context.

@@ -1,5 +1,6 @@
 // The forward pass of Context (engine.h): one call per op, in the order of DESIGN.md §4.
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <numeric>
 #include <tuple>
@@ -310,6 +311,28 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     pass_layer_seconds.assign(c.num_hidden_layers, 0.0);
     pass_indexer_seconds.assign(c.num_hidden_layers, 0.0);
   }
+  const bool decode_step = std::all_of(segments.begin(), segments.end(),
+                                      [](const Segment& s) { return s.tokens.size() == 1; }) &&
+                          std::all_of(start.begin(), start.end(), [](int64_t p) { return p > 0; });
+  // A decode step runs as a CUDA graph (ContextOptions::cuda_graphs) when nothing in it needs the host
+  // between ops: the context's plan from layer 0, no captures or loss, one rank, no per-layer profile,
+  // and every MoE layer on the fused MoeExperts op (no host round trip of the expert ids).
+  const bool graph_mode = [&]() {
+    if (!decode_step || !options_.cuda_graphs || be.kind() != kernels::DeviceKind::kCuda) return false;
+    if (fopts.start_layer != 0 || fopts.plan != nullptr || profile || im.tp != nullptr || im.ep != nullptr) {
+      return false;
+    }
+    if (outputs.all_logits != nullptr || outputs.topk_by_layer != nullptr || outputs.scores_by_layer != nullptr ||
+        outputs.hidden_by_layer != nullptr || outputs.attention_by_layer != nullptr ||
+        outputs.dense_attention_by_layer != nullptr || outputs.indexer_inputs_by_layer != nullptr ||
+        !outputs.targets.empty() || outputs.token_loss != nullptr) {
+      return false;
+    }
+    const int64_t pairs = static_cast<int64_t>(total) * c.num_experts_per_tok;
+    return std::all_of(im.layers.begin(), im.layers.end(), [&](const Impl::Layer& L) {
+      return !L.is_moe || (L.expert_table != nullptr && pairs <= kernels::kMoeFusedMaxPairs);
+    });
+  }();
   absl::Status status = [&]() -> absl::Status {
     const int S = static_cast<int>(segments.size());
     const int T = total;
@@ -317,6 +340,10 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     for (const Segment& seg : segments) {
       max_blocks = std::max<int>(max_blocks, static_cast<int>(im.sequences[seg.seq_id].blocks.size()));
     }
+    // A CUDA-graph decode step: the block tables are padded to a power of two of blocks, so that one graph
+    // serves every step until a sequence outgrows it (the kernels read the true positions on the device;
+    // key tiles past a row's position exit at once).
+    if (graph_mode) max_blocks = static_cast<int>(std::bit_ceil(static_cast<unsigned>(max_blocks)));
     std::vector<int32_t> h_ids(T), h_seq(T), h_pos(T), h_slots(T), h_tables(static_cast<size_t>(S) * max_blocks, 0);
     std::vector<int32_t> last_rows(S);
     int t = 0;
@@ -359,15 +386,6 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     if (c.has_indexer) {
       IC_ASSIGN_OR_RETURN(topk, im.Scratch<int32_t>("topk", static_cast<size_t>(T) * K));
     }
-    if (start_layer == 0) {
-      IC_RETURN_IF_ERROR(be.Embedding({.out = x, .table = im.embed, .ids = d_ids, .tokens = T, .dim = H,
-                                       .vocab = c.vocab_size}));
-    } else {  // partial pass (ForwardOptions): start from the caller's hidden state and top-k
-      IC_RETURN_IF_ERROR(be.CopyToDevice(x, fopts.initial_hidden, static_cast<size_t>(T) * H * sizeof(float)));
-      if (c.has_indexer) {
-        IC_RETURN_IF_ERROR(be.CopyToDevice(topk, fopts.initial_topk, static_cast<size_t>(T) * K * sizeof(int32_t)));
-      }
-    }
     const float eps = static_cast<float>(c.rms_norm_eps);
 
     // Tensor parallel: the row / key split of the sharded top-k is fixed for the pass.
@@ -382,9 +400,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       pass.block_size = options_.block_size;
       pass.device = layout;
       // Decode: every segment is one token appended to existing context (every rank decides alike).
-      pass.decode =
-          std::all_of(segments.begin(), segments.end(), [](const Segment& s) { return s.tokens.size() == 1; }) &&
-          std::all_of(start.begin(), start.end(), [](int64_t p) { return p > 0; });
+      pass.decode = decode_step;
       IC_RETURN_IF_ERROR(im.sharded_topk->BeginPass(pass, K));
     }
     // o_proj / dense MLP partial outputs of a shard group: summed over its ranks, in place.
@@ -482,6 +498,18 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       return absl::OkStatus();
     };
 
+    // The pass from the embedding to the last layer's residual. `st` and `marks` receive what it measures
+    // (separate for a CUDA-graph capture, whose work does not run).
+    auto run_layers = [&](ForwardPassStats& st, std::vector<std::pair<int, int>>& marks) -> absl::Status {
+    if (start_layer == 0) {
+      IC_RETURN_IF_ERROR(be.Embedding({.out = x, .table = im.embed, .ids = d_ids, .tokens = T, .dim = H,
+                                       .vocab = c.vocab_size}));
+    } else {  // partial pass (ForwardOptions): start from the caller's hidden state and top-k
+      IC_RETURN_IF_ERROR(be.CopyToDevice(x, fopts.initial_hidden, static_cast<size_t>(T) * H * sizeof(float)));
+      if (c.has_indexer) {
+        IC_RETURN_IF_ERROR(be.CopyToDevice(topk, fopts.initial_topk, static_cast<size_t>(T) * K * sizeof(int32_t)));
+      }
+    }
     for (int l = start_layer; l < c.num_hidden_layers; ++l) {
       if (profile) IC_RETURN_IF_ERROR(mark_layer_boundary(l));
       const Impl::Layer& L = im.layers[l];
@@ -679,7 +707,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
               audit_args.indices = audit;
               IC_RETURN_IF_ERROR(be.IndexerTopk(audit_args));
             }
-            IC_RETURN_IF_ERROR(im.sharded_topk->Select(ia, topk, &stats.topk_bytes));
+            IC_RETURN_IF_ERROR(im.sharded_topk->Select(ia, topk, &st.topk_bytes));
           }
           if (d_scores != nullptr) {
             std::vector<float>& dst = (*outputs.scores_by_layer)[l];
@@ -688,15 +716,15 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
           }
           if (mark_indexer) {
             IC_ASSIGN_OR_RETURN(const int mark1, be.TimeMark());
-            indexer_marks.emplace_back(mark0, mark1);
+            marks.emplace_back(mark0, mark1);
           } else if (profile) {
             IC_RETURN_IF_ERROR(be.Synchronize());
             const double indexer_seconds = NowSeconds() - t0;
-            if (options_.record_metrics) stats.full_indexer_seconds.push_back(indexer_seconds);
+            if (options_.record_metrics) st.full_indexer_seconds.push_back(indexer_seconds);
             pass_indexer_seconds[l] += indexer_seconds;
           }
         } else {
-          ++stats.shared_layers;
+          ++st.shared_layers;
         }
         at.topk = topk;
         at.topk_k = K;
@@ -848,18 +876,50 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       }
       IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
     }
-
     if (profile) IC_RETURN_IF_ERROR(mark_layer_boundary(-1));
+    return absl::OkStatus();
+    };
 
-    // ---- Final norm + LM head, only on the rows asked for.
-    auto head = [&](const int32_t* h_rows, int n, float* host_out, bool want_loss) -> absl::Status {
-      IC_ASSIGN_OR_RETURN(int32_t* d_rows, im.Scratch<int32_t>("head_rows", n));
+    // ---- Final norm + LM head, only on the rows asked for (d_rows: n row indices on the device).
+    auto head_logits = [&](const int32_t* d_rows, int n, float* logits) -> absl::Status {
       IC_ASSIGN_OR_RETURN(float* rows, im.Scratch<float>("head_in", static_cast<size_t>(n) * H));
-      IC_ASSIGN_OR_RETURN(float* logits, im.Scratch<float>("logits", static_cast<size_t>(n) * c.vocab_size));
-      IC_RETURN_IF_ERROR(be.CopyToDevice(d_rows, h_rows, n * sizeof(int32_t)));
       IC_RETURN_IF_ERROR(be.GatherRows({.out = rows, .in = x, .rows = d_rows, .count = n, .dim = H}));
       IC_RETURN_IF_ERROR(be.RmsNorm({.out = rows, .in = rows, .weight = im.final_norm, .rows = n, .dim = H, .eps = eps}));
-      IC_RETURN_IF_ERROR(Linear(be, logits, rows, im.lm_head, n, c.vocab_size, H));
+      return Linear(be, logits, rows, im.lm_head, n, c.vocab_size, H);
+    };
+
+    if (graph_mode) {  // one decode step from a CUDA graph (captured at the first step of its shape)
+      int32_t* d_rows = nullptr;
+      float* logits = nullptr;
+      if (outputs.last_logits != nullptr) {
+        IC_ASSIGN_OR_RETURN(d_rows, im.Scratch<int32_t>("graph_head_rows", S));
+        IC_ASSIGN_OR_RETURN(logits, im.Scratch<float>("graph_logits", static_cast<size_t>(S) * c.vocab_size));
+        IC_RETURN_IF_ERROR(be.CopyToDevice(d_rows, last_rows.data(), S * sizeof(int32_t)));
+      }
+      auto step = [&](ForwardPassStats& st, std::vector<std::pair<int, int>>& marks) -> absl::Status {
+        IC_RETURN_IF_ERROR(run_layers(st, marks));
+        return logits != nullptr ? head_logits(d_rows, S, logits) : absl::OkStatus();
+      };
+      const Impl::GraphKey key{S, max_blocks, logits != nullptr};
+      IC_RETURN_IF_ERROR(im.RunDecodeGraph(key, step, stats, indexer_marks));
+      if (logits != nullptr) {
+        IC_RETURN_IF_ERROR(be.CopyToHost(outputs.last_logits, logits,
+                                         static_cast<size_t>(S) * c.vocab_size * sizeof(float)));
+      }
+      IC_RETURN_IF_ERROR(be.Synchronize());
+      for (const auto& [m0, m1] : indexer_marks) {
+        IC_ASSIGN_OR_RETURN(const double seconds, be.SecondsBetween(m0, m1));
+        stats.full_indexer_seconds.push_back(seconds);
+      }
+      return im.CaptureDecodeGraphIfDue(key, step);
+    }
+
+    IC_RETURN_IF_ERROR(run_layers(stats, indexer_marks));
+    auto head = [&](const int32_t* h_rows, int n, float* host_out, bool want_loss) -> absl::Status {
+      IC_ASSIGN_OR_RETURN(int32_t* d_rows, im.Scratch<int32_t>("head_rows", n));
+      IC_ASSIGN_OR_RETURN(float* logits, im.Scratch<float>("logits", static_cast<size_t>(n) * c.vocab_size));
+      IC_RETURN_IF_ERROR(be.CopyToDevice(d_rows, h_rows, n * sizeof(int32_t)));
+      IC_RETURN_IF_ERROR(head_logits(d_rows, n, logits));
       if (host_out != nullptr) {
         IC_RETURN_IF_ERROR(be.CopyToHost(host_out, logits, static_cast<size_t>(n) * c.vocab_size * sizeof(float)));
       }

@@ -1051,3 +1051,120 @@ TEST_F(BackendParityTest, IndexerDistill) {
 
 }  // namespace
 }  // namespace ic::kernels
+
+namespace ic::kernels {
+namespace {
+
+// ---- CUDA graphs (Backend::BeginCapture) ------------------------------------------------------------
+
+// Embedding → RmsNorm → Gemm between two time marks, captured once and launched on fresh token ids each
+// round: the capture runs nothing (its output keeps the NaN it held), each launch computes what the CPU
+// reference computes for that round's ids, and the marks read the launch's device time.
+TEST_F(BackendParityTest, CudaGraphReplaysCapturedOpsOnNewInputs) {
+  if (gpu_->kind() == DeviceKind::kCpu) {  // the CPU self-check build: no graphs there
+    EXPECT_EQ(gpu_->BeginCapture().code(), absl::StatusCode::kUnimplemented);
+    return;
+  }
+  const int tokens = 5, dim = 64, vocab = 50, n = 96;
+  std::vector<int32_t> ids(tokens);
+  for (int32_t& id : ids) id = Uniform(0, vocab - 1);
+  auto table = Put(Randn(static_cast<size_t>(vocab) * dim));
+  auto norm_w = Put(Randn(dim));
+  auto w = Put(Randn(static_cast<size_t>(n) * dim, 0.1f));
+  auto idd = Put(ids);
+  auto x = Out(static_cast<size_t>(tokens) * dim);
+  auto y = Out(static_cast<size_t>(tokens) * n);
+  auto run = [&](Backend& b, bool gpu) -> absl::Status {
+    float* xp = gpu ? x.g : x.c;
+    absl::Status s = b.Embedding({.out = xp, .table = gpu ? table.g : table.c, .ids = gpu ? idd.g : idd.c,
+                                  .tokens = tokens, .dim = dim, .vocab = vocab});
+    if (s.ok()) s = b.RmsNorm({.out = xp, .in = xp, .weight = gpu ? norm_w.g : norm_w.c, .rows = tokens, .dim = dim});
+    if (s.ok()) s = b.Gemm({.c = gpu ? y.g : y.c, .a = xp, .b = gpu ? w.g : w.c, .m = tokens, .n = n, .k = dim});
+    return s;
+  };
+  ASSERT_TRUE(run(*gpu_, true).ok());  // eager first: plans the GEMM
+  ASSERT_TRUE(gpu_->Synchronize().ok());
+  const std::vector<float> nan_y(y.n, kNaN);
+  ASSERT_TRUE(gpu_->CopyToDevice(y.g, nan_y.data(), nan_y.size() * sizeof(float)).ok());
+
+  gpu_->ResetTimeMarks();
+  ASSERT_TRUE(gpu_->BeginCapture().ok());
+  auto m0 = gpu_->TimeMark();
+  ASSERT_TRUE(run(*gpu_, true).ok());
+  auto m1 = gpu_->TimeMark();
+  ASSERT_TRUE(m0.ok() && m1.ok());
+  auto graph = gpu_->EndCapture();
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  for (float v : Gpu(y)) ASSERT_TRUE(std::isnan(v)) << "the capture ran an op";
+
+  for (int round = 0; round < 3; ++round) {
+    for (int32_t& id : ids) id = Uniform(0, vocab - 1);
+    ASSERT_TRUE(cpu_->CopyToDevice(idd.c, ids.data(), ids.size() * sizeof(int32_t)).ok());
+    ASSERT_TRUE(gpu_->CopyToDevice(idd.g, ids.data(), ids.size() * sizeof(int32_t)).ok());
+    ASSERT_TRUE(run(*cpu_, false).ok());
+    gpu_->ResetTimeMarks();
+    ASSERT_TRUE(gpu_->LaunchGraph(**graph).ok());
+    auto dt = gpu_->SecondsBetween(*m0, *m1);
+    ASSERT_TRUE(dt.ok()) << dt.status();
+    EXPECT_GT(*dt, 0.0);
+    ExpectClose(y, 1e-5, "graph_replay_round_" + std::to_string(round));
+  }
+}
+
+// What a graph cannot hold is refused while capturing, named, and returned again by EndCapture; the
+// backend works normally afterwards. A workspace that would have to grow is refused too (and growing one
+// outside a capture changes WorkspaceGeneration).
+TEST_F(BackendParityTest, CudaGraphCaptureRefusesHostWork) {
+  if (gpu_->kind() == DeviceKind::kCpu) {
+    EXPECT_EQ(gpu_->EndCapture().status().code(), absl::StatusCode::kUnimplemented);
+    return;
+  }
+  EXPECT_EQ(gpu_->EndCapture().status().code(), absl::StatusCode::kFailedPrecondition);  // not capturing
+  auto buf = Out(16);
+  std::vector<float> host(16, 1.0f);
+  ASSERT_TRUE(gpu_->BeginCapture().ok());
+  EXPECT_EQ(gpu_->BeginCapture().code(), absl::StatusCode::kFailedPrecondition);
+  const absl::Status copy = gpu_->CopyToDevice(buf.g, host.data(), 16 * sizeof(float));
+  EXPECT_EQ(copy.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(copy.message().find("CopyToDevice"), std::string::npos) << copy;
+  EXPECT_EQ(gpu_->Allocate(64).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(gpu_->CopyToHost(host.data(), buf.g, 16 * sizeof(float)).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(gpu_->Synchronize().code(), absl::StatusCode::kFailedPrecondition);
+  auto ended = gpu_->EndCapture();
+  EXPECT_EQ(ended.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(ended.status().message().find("CopyToDevice"), std::string::npos) << ended.status();
+  ASSERT_TRUE(gpu_->CopyToDevice(buf.g, host.data(), 16 * sizeof(float)).ok());  // usable again
+  EXPECT_EQ(Gpu(buf), host);
+
+  // Top-k over long rows needs op scratch: growing it inside a capture is refused, outside it moves the
+  // workspace generation.
+  const int rows = 2, stride = 200000, k = 64;
+  auto scores = Put(Randn(static_cast<size_t>(rows) * stride));
+  auto lengths = Put(std::vector<int32_t>(rows, stride));
+  auto out = OutI(static_cast<size_t>(rows) * k);
+  const TopkArgs topk{.out = out.g, .scores = scores.g, .lengths = lengths.g, .rows = rows, .stride = stride, .k = k};
+  const uint64_t generation = gpu_->WorkspaceGeneration();
+  ASSERT_TRUE(gpu_->BeginCapture().ok());
+  const absl::Status grow = gpu_->Topk(topk);
+  EXPECT_EQ(grow.code(), absl::StatusCode::kFailedPrecondition) << grow;
+  EXPECT_NE(grow.message().find("workspace"), std::string::npos) << grow;
+  EXPECT_EQ(gpu_->EndCapture().status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(gpu_->WorkspaceGeneration(), generation);
+  ASSERT_TRUE(gpu_->Topk(topk).ok());
+  EXPECT_GT(gpu_->WorkspaceGeneration(), generation);
+  ASSERT_TRUE(gpu_->Synchronize().ok());
+  ASSERT_TRUE(gpu_->BeginCapture().ok());  // now sized: the same op records
+  ASSERT_TRUE(gpu_->Topk(topk).ok());
+  auto graph = gpu_->EndCapture();
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  auto cpu_out = OutI(static_cast<size_t>(rows) * k);
+  ASSERT_TRUE(cpu_->Topk({.out = cpu_out.c, .scores = scores.c, .lengths = lengths.c, .rows = rows, .stride = stride,
+                          .k = k}).ok());
+  const std::vector<int32_t> poison(out.n, -7);
+  ASSERT_TRUE(gpu_->CopyToDevice(out.g, poison.data(), poison.size() * sizeof(int32_t)).ok());
+  ASSERT_TRUE(gpu_->LaunchGraph(**graph).ok());
+  EXPECT_EQ(Gpu(out), Cpu(cpu_out));
+}
+
+}  // namespace
+}  // namespace ic::kernels

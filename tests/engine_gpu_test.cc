@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "sdk/distill_loop.h"
@@ -266,6 +267,108 @@ TEST_F(EngineGpuTest, BatchedDecodeOnTheGpuMatchesTheCpu) {
     out.push_back(logits);
   }
   EXPECT_LT(RelError(out[1], out[0]), 1e-4);
+}
+
+// CUDA-graph decode (ContextOptions::cuda_graphs) against eager decode on the same GPU: three sequences
+// of mixed lengths decode 24 steps from fixed tokens; one crosses from 4 to 5 cache blocks, so the step
+// shape changes (block tables padded to 4, then 8 blocks) and a second graph is captured. DSA models attend
+// over top-k lists of a fixed width, so the graph steps give the eager logits bit for bit; the dense Llama
+// model's attention splits its keys by the table width, so it agrees to F32 rounding (F32 weights: with
+// BF16 ones a rounding flip at a GEMM input moves a logit by 2^-8 relative, 5e-4 measured on the H200).
+// In between, a long prefill moves the scratch buffers, and the graph is recaptured rather than replayed.
+TEST_F(EngineGpuTest, DecodeFromCudaGraphsMatchesEagerDecode) {
+  struct Case {
+    Architecture arch;
+    kernels::Precision indexer, attention, weights;
+  };
+  using kernels::Precision;
+  const Case cases[] = {
+      {Architecture::kDeepseekV32, Precision::kF32, Precision::kF32, Precision::kF32},
+      {Architecture::kDeepseekV32, Precision::kFP8, Precision::kBF16, Precision::kFP8},
+      {Architecture::kGlmMoeDsa, Precision::kBF16, Precision::kF32, Precision::kBF16},
+      {Architecture::kLlamaDsa, Precision::kF32, Precision::kF32, Precision::kF32},
+      {Architecture::kLlama, Precision::kF32, Precision::kF32, Precision::kF32},
+  };
+  for (const Case& cs : cases) {
+    SCOPED_TRACE(absl::StrCat(std::string(ArchitectureName(cs.arch)), " indexer ", static_cast<int>(cs.indexer), " attention ",
+                              static_cast<int>(cs.attention), " weights ", static_cast<int>(cs.weights)));
+    SyntheticModelOptions o = SmallModel(cs.arch);
+    o.index_n_heads = 16;
+    o.index_head_dim = 64;
+    auto model = BuildSyntheticModel(o);
+    ASSERT_TRUE(model.ok()) << model.status();
+    const int V = o.vocab_size;
+    std::vector<std::vector<float>> logits_by_mode;
+    for (bool graphs : {false, true}) {
+      auto ctx = Context::Create(*model, {.device = DeviceKind::kCuda, .max_tokens = 8192,
+                                          .indexer_precision = cs.indexer, .attention_precision = cs.attention,
+                                          .weight_precision = cs.weights, .cuda_graphs = graphs});
+      ASSERT_TRUE(ctx.ok()) << ctx.status();
+      std::vector<int> seqs;
+      for (int len : {40, 100, 250}) {
+        seqs.push_back(*(*ctx)->AddSequence());
+        ASSERT_TRUE((*ctx)->Prefill(seqs.back(), test::RandomTokens(len, V, len)).ok());
+      }
+      std::vector<float> all;
+      std::vector<float> logits(3 * static_cast<size_t>(V));
+      for (int step = 0; step < 24; ++step) {
+        if (step == 12) {  // a long prefill of another sequence grows the scratch buffers the graph reads
+          const int other = *(*ctx)->AddSequence();
+          ASSERT_TRUE((*ctx)->Prefill(other, test::RandomTokens(600, V, 5)).ok());
+          ASSERT_TRUE((*ctx)->RemoveSequence(other).ok());
+        }
+        const std::vector<int32_t> next = {(7 * step) % V, (7 * step + 1) % V, (7 * step + 2) % V};
+        const absl::Status s = (*ctx)->Decode(seqs, next, logits.data());
+        ASSERT_TRUE(s.ok()) << s;
+        all.insert(all.end(), logits.begin(), logits.end());
+      }
+      const DecodeGraphStats& st = (*ctx)->decode_graph_stats();
+      if (graphs) {
+        EXPECT_EQ(st.capture_failures, 0) << st.last_capture_error;
+        // Shapes: 4 blocks (steps 0–5), 8 blocks (6–23); the prefill at step 12 forces a recapture.
+        EXPECT_EQ(st.captures, 3);
+        EXPECT_EQ(st.eager_steps, 3);
+        EXPECT_EQ(st.replays, 21);
+      } else {
+        EXPECT_EQ(st.captures + st.replays + st.eager_steps, 0);
+      }
+      logits_by_mode.push_back(std::move(all));
+    }
+    if (cs.arch == Architecture::kLlama) {
+      EXPECT_LT(RelError(logits_by_mode[1], logits_by_mode[0]), 1e-5);
+    } else {
+      EXPECT_EQ(logits_by_mode[1], logits_by_mode[0]);
+    }
+  }
+}
+
+// Decode steps that need the host between ops stay eager with graphs on, and give the same results.
+TEST_F(EngineGpuTest, CudaGraphsLeaveHostBoundStepsEager) {
+  auto model = BuildSyntheticModel(SmallModel(Architecture::kDeepseekV32));
+  ASSERT_TRUE(model.ok());
+  auto ctx = *Context::Create(*model, {.device = DeviceKind::kCuda, .max_tokens = 4096});
+  const int seq = *ctx->AddSequence();
+  ASSERT_TRUE(ctx->Prefill(seq, test::RandomTokens(70, 300, 3)).ok());
+  std::map<int, std::vector<int32_t>> topk;
+  std::vector<float> logits(300);
+  const int32_t token = 5;
+  const Segment segment{.seq_id = seq, .tokens = {&token, 1}};
+  ASSERT_TRUE(ctx->Forward({&segment, 1}, {.last_logits = logits.data(), .topk_by_layer = &topk}).ok());
+  EXPECT_EQ(topk.size(), 4u);
+  EXPECT_EQ(ctx->decode_graph_stats().eager_steps + ctx->decode_graph_stats().captures, 0);
+  // A MoE batch above kMoeFusedMaxPairs (token, expert) pairs routes expert by expert through the host.
+  std::vector<int> seqs;
+  for (int i = 0; i < kernels::kMoeFusedMaxPairs; ++i) {
+    seqs.push_back(*ctx->AddSequence());
+    ASSERT_TRUE(ctx->Prefill(seqs.back(), test::RandomTokens(8, 300, i)).ok());
+  }
+  std::vector<float> many(seqs.size() * 300);
+  ASSERT_TRUE(ctx->Decode(seqs, std::vector<int32_t>(seqs.size(), 1), many.data()).ok());
+  EXPECT_EQ(ctx->decode_graph_stats().eager_steps + ctx->decode_graph_stats().captures, 0);
+  // One sequence: a graph.
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(ctx->Decode({&seq, 1}, {&token, 1}, logits.data()).ok());
+  EXPECT_EQ(ctx->decode_graph_stats().captures, 1);
+  EXPECT_EQ(ctx->decode_graph_stats().replays, 2);
 }
 
 }  // namespace

@@ -130,6 +130,20 @@ TEST(EngineTest, BatchedDecodeOfMixedLengthsEqualsOneByOne) {
   }
 }
 
+// ContextOptions::cuda_graphs is a CUDA option: a CPU context runs every decode step eagerly (the GPU side is
+// engine_gpu_test's DecodeFromCudaGraphsMatchesEagerDecode).
+TEST(EngineTest, CudaGraphsAreIgnoredOnTheCpu) {
+  auto model = Synthetic(Architecture::kDeepseekV32, 3, 8);
+  auto ctx = *Context::Create(model, {.max_tokens = 512, .cuda_graphs = true});
+  const int seq = *ctx->AddSequence();
+  ASSERT_TRUE(ctx->Prefill(seq, RandomTokens(20, model->config.vocab_size, 4)).ok());
+  const int32_t token = 9;
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(ctx->Decode({&seq, 1}, {&token, 1}, nullptr).ok());
+  const DecodeGraphStats& st = ctx->decode_graph_stats();
+  EXPECT_EQ(st.captures + st.replays + st.eager_steps + st.capture_failures, 0);
+  EXPECT_EQ(st.graphs, 0u);
+}
+
 TEST(EngineTest, SharedLayersReuseTheNearestFullLayersIndices) {
   auto model = Synthetic(Architecture::kDeepseekV32, 6, 8);
   const auto tokens = RandomTokens(100, model->config.vocab_size, 9);

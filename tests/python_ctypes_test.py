@@ -97,6 +97,11 @@ class IndexCacheCtypesTest(unittest.TestCase):
             self.assertNotEqual(b, c)
         with self.assertRaises(ValueError):
             self.context(weight_precision="fp4")
+        # cuda_graphs (since 0.6): decode replays CUDA graphs on a GPU, ignored on the CPU; a bool only.
+        with self.context(cuda_graphs=False) as eager:
+            self.assertEqual(eager.prefill(eager.add_sequence(), toks), a)
+        with self.assertRaises(TypeError):
+            self.context(cuda_graphs=1)
 
     def test_decode_matches_prefill(self):
         toks = _tokens(40, 128)

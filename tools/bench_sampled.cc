@@ -151,7 +151,7 @@ int CmdBenchSampled(int argc, char** argv) {
   };
   CLI_ASSIGN_OR_FAIL(steps, int_in("decode-steps", 8, 1, 4096), cmd);
   ContextOptions precisions;
-  if (absl::Status s = SelectPrecisions(args, &precisions); !s.ok()) return Fail(cmd, s);
+  if (absl::Status s = SelectContextOptions(args, &precisions); !s.ok()) return Fail(cmd, s);
   const kernels::Precision precision = precisions.indexer_precision, attn_precision = precisions.attention_precision;
   const bool w_bf16 = precisions.weight_precision == kernels::Precision::kBF16;
   const bool w_fp8 = precisions.weight_precision == kernels::Precision::kFP8;

@@ -108,7 +108,8 @@ absl::StatusOr<kernels::DeviceKind> SelectDevice(const Args& args) {
   return InvalidArgument("--device must be auto, cpu or cuda; got '", d, "'");
 }
 
-const std::vector<std::string> kPrecisionKeys = {"indexer-precision", "attention-precision", "weight-precision"};
+const std::vector<std::string> kContextOptionKeys = {"indexer-precision", "attention-precision", "weight-precision",
+                                                     "cuda-graphs"};
 
 namespace {
 absl::StatusOr<kernels::Precision> SelectPrecision(const Args& args, const std::string& key) {
@@ -125,10 +126,13 @@ const char* PrecisionName(kernels::Precision p) {
 }
 }  // namespace
 
-absl::Status SelectPrecisions(const Args& args, ContextOptions* options) {
+absl::Status SelectContextOptions(const Args& args, ContextOptions* options) {
   IC_ASSIGN_OR_RETURN(options->indexer_precision, SelectPrecision(args, "indexer-precision"));
   IC_ASSIGN_OR_RETURN(options->attention_precision, SelectPrecision(args, "attention-precision"));
   IC_ASSIGN_OR_RETURN(options->weight_precision, SelectPrecision(args, "weight-precision"));
+  const std::string graphs = args.Get("cuda-graphs", "on");
+  if (graphs != "on" && graphs != "off") return InvalidArgument("--cuda-graphs must be on or off; got '", graphs, "'");
+  options->cuda_graphs = graphs == "on";
   return absl::OkStatus();
 }
 

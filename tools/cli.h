@@ -36,10 +36,11 @@ absl::StatusOr<std::shared_ptr<const Model>> SelectModel(const Args& args);
 
 // --device auto|cpu|cuda.
 absl::StatusOr<kernels::DeviceKind> SelectDevice(const Args& args);
-// --indexer-precision f32|bf16|fp8, --attention-precision f32|bf16, --weight-precision f32|bf16 (each
-// default f32) into the matching ContextOptions fields; InvalidArgument naming the option otherwise.
-extern const std::vector<std::string> kPrecisionKeys;
-absl::Status SelectPrecisions(const Args& args, ContextOptions* options);
+// --indexer-precision f32|bf16|fp8, --attention-precision f32|bf16, --weight-precision f32|bf16|fp8 (each
+// default f32) and --cuda-graphs on|off (default on) into the matching ContextOptions fields;
+// InvalidArgument naming the option otherwise.
+extern const std::vector<std::string> kContextOptionKeys;
+absl::Status SelectContextOptions(const Args& args, ContextOptions* options);
 // "indexer bf16, attention f32, weights bf16" ("indexer none" for a model without one).
 std::string DescribePrecisions(const ContextOptions& options, bool has_indexer = true);
 

@@ -46,7 +46,7 @@ constexpr const char* kModelOptions = R"(  --model DIR            HF checkpoint 
 
 const std::vector<std::string> kModelKeys = {"model", "plan-file", "device", "seed", "layers"};
 
-constexpr const char* kPrecisionOption =
+constexpr const char* kContextOptionHelp =
     "  --indexer-precision P  f32 | bf16 | fp8: the indexer's arithmetic (tensor cores on CUDA; fp8: E4M3\n"
     "                         with per-token scales, DeepSeek-V3.2's)                                [f32]\n"
     "  --attention-precision P f32 | bf16: attention's arithmetic (bf16: sparse MLA on tensor cores)  [f32]\n"
@@ -54,7 +54,8 @@ constexpr const char* kPrecisionOption =
     "                         or attention and MLP / expert weights in DeepSeek's block-scaled FP8\n"
     "                         (128 x 128 scales; FP8 GEMMs on CUDA, emulated on the CPU; the LM head,\n"
     "                         indexer, MLA kv_b and weights whose in-features are not a multiple of 16\n"
-    "                         stay BF16)\n";
+    "                         stay BF16)\n"
+    "  --cuda-graphs on|off   replay decode steps from CUDA graphs, one per batch shape (CUDA only)  [on]\n";
 
 // Token counts: at most 2^30, so that sums such as prompt + max-new + 64 (cache slots, int32 positions)
 // cannot overflow; the context then fails with a clear out-of-memory error when they do not fit.
@@ -231,14 +232,14 @@ int CmdInfo(int argc, char** argv) {
 int CmdRun(int argc, char** argv) {
   const std::string help = absl::StrCat(
       "usage: indexcache run --tokens 1,2,3 [options]\n\nGreedy generation from token ids; prints the new ids.\n\n"
-      "options:\n", kModelOptions, kPrecisionOption,
+      "options:\n", kModelOptions, kContextOptionHelp,
       "  --tokens LIST          prompt token ids, comma-separated\n"
       "  --token-file PATH      prompt from a token file (little-endian uint32)\n"
       "  --max-new N            tokens to generate                                         [16]\n"
       "  --plan P               IndexCache plan (dsa, 1/2, 1/4, 1/8, FSSS…, file:PATH)     [checkpoint]\n"
       "  --stop-at-eos          stop at the model's eos_token_id\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(With(kModelKeys, kPrecisionKeys), {"tokens", "token-file", "max-new", "plan"}),
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(With(kModelKeys, kContextOptionKeys), {"tokens", "token-file", "max-new", "plan"}),
                                        {"stop-at-eos"}), "run");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "run");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "run");
@@ -260,7 +261,7 @@ int CmdRun(int argc, char** argv) {
     pattern = plans[0].pattern;
   }
   ContextOptions co{.device = device, .max_tokens = static_cast<int64_t>(prompt.size()) + max_new + 64, .plan = pattern};
-  if (absl::Status s = SelectPrecisions(args, &co); !s.ok()) return Fail("run", s);
+  if (absl::Status s = SelectContextOptions(args, &co); !s.ok()) return Fail("run", s);
   CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), "run");
   CLI_ASSIGN_OR_FAIL(seq, ctx->AddSequence(), "run");
   std::vector<float> logits(c.vocab_size);
@@ -345,7 +346,7 @@ int CmdEval(int argc, char** argv) {
   const std::string help = absl::StrCat(
       "usage: indexcache eval --token-file PATH [options]\n\n"
       "Next-token LM loss and perplexity of one or several plans on a token file, in windows of --context\n"
-      "tokens (each window a fresh sequence).\n\noptions:\n", kModelOptions, kPrecisionOption,
+      "tokens (each window a fresh sequence).\n\noptions:\n", kModelOptions, kContextOptionHelp,
       "  --token-file PATH      little-endian uint32 token ids\n"
       "  --plans LIST           comma-separated: dsa, checkpoint, 1/2, 1/4, 1/8, FSSS…, file:PATH  [dsa,1/2,1/4]\n"
       "  --context N            tokens per window                                          [1024]\n"
@@ -357,7 +358,7 @@ int CmdEval(int argc, char** argv) {
       "                         DIR/overlap.png (sdk/selection_report.h)\n"
       "  --report-windows N     windows used by --report                                   [2]\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(With(kModelKeys, kPrecisionKeys), {"token-file", "plans", "context", "max-tokens",
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(With(kModelKeys, kContextOptionKeys), {"token-file", "plans", "context", "max-tokens",
                                                                                           "report", "report-windows"}), {}),
                      "eval");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "eval");
@@ -365,7 +366,7 @@ int CmdEval(int argc, char** argv) {
   if (!args.Has("token-file")) return Fail("eval", InvalidArgument("--token-file is required"));
   CLI_ASSIGN_OR_FAIL(tokens, ReadTokenFile(args.Get("token-file"), model->config.vocab_size), "eval");
   ContextOptions precisions;
-  if (absl::Status s = SelectPrecisions(args, &precisions); !s.ok()) return Fail("eval", s);
+  if (absl::Status s = SelectContextOptions(args, &precisions); !s.ok()) return Fail("eval", s);
   CLI_ASSIGN_OR_FAIL(plans, ParsePlans(args.Get("plans", "dsa,1/2,1/4"), *model), "eval");
   CLI_ASSIGN_OR_FAIL(context, GetIntIn(args, "context", 1024, 2, kMaxTokens), "eval");
   CLI_ASSIGN_OR_FAIL(max_tokens, GetIntIn(args, "max-tokens", 0, 0, std::numeric_limits<int64_t>::max()), "eval");
@@ -447,7 +448,7 @@ int CmdBench(int argc, char** argv) {
   const std::string help = absl::StrCat(
       "usage: indexcache bench [options]\n\n"
       "Prefill seconds and decode tokens/s per plan and context length, with the indexer's share of the\n"
-      "time (measured at Full layers) and the time IndexCache saved.\n\noptions:\n", kModelOptions, kPrecisionOption,
+      "time (measured at Full layers) and the time IndexCache saved.\n\noptions:\n", kModelOptions, kContextOptionHelp,
       "  --plans LIST           comma-separated plans                                      [dsa,1/2,1/4]\n"
       "  --contexts LIST        context lengths in tokens                                  [1024,4096]\n"
       "  --decode-steps N       decode steps timed after each prefill                      [16]\n"
@@ -457,7 +458,7 @@ int CmdBench(int argc, char** argv) {
       "                         glm-5, tiny-dsa) with synthetic weights: `indexcache bench --preset X --help`\n"
       "  --sample-layers        the same for the embedded synthetic model\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(With(kModelKeys, kPrecisionKeys), {"plans", "contexts", "decode-steps", "batch", "warmup"}), {}),
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(With(kModelKeys, kContextOptionKeys), {"plans", "contexts", "decode-steps", "batch", "warmup"}), {}),
                      "bench");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "bench");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "bench");
@@ -466,7 +467,7 @@ int CmdBench(int argc, char** argv) {
   CLI_ASSIGN_OR_FAIL(batch, GetIntIn(args, "batch", 1, 1, 4096), "bench");
   CLI_ASSIGN_OR_FAIL(warmup, GetIntIn(args, "warmup", 1, 0, 10), "bench");
   ContextOptions precisions;
-  if (absl::Status s = SelectPrecisions(args, &precisions); !s.ok()) return Fail("bench", s);
+  if (absl::Status s = SelectContextOptions(args, &precisions); !s.ok()) return Fail("bench", s);
   std::vector<int64_t> contexts;
   for (absl::string_view piece : absl::StrSplit(args.Get("contexts", "1024,4096"), ',', absl::SkipEmpty())) {
     int64_t v = 0;
@@ -488,6 +489,8 @@ int CmdBench(int argc, char** argv) {
               "indexer", "saved");
   std::printf("%-14s %8s %12s %10s %14s %12s %12s\n", "", "", "", "tok/s", "per sequence", "share", "(est.)");
   std::map<int64_t, std::pair<double, double>> dsa_times;
+  DecodeGraphStats graphs;  // over every context created below
+  int64_t decode_steps = 0;
   for (int64_t ctx_len : contexts) {
     std::vector<int32_t> prompt;
     for (const NamedPlan& p : plans) {
@@ -527,6 +530,13 @@ int CmdBench(int argc, char** argv) {
         if (!s.ok()) return Fail("bench", s);
       }
       const double decode = Now() - t1;
+      decode_steps += steps;
+      graphs.captures += ctx->decode_graph_stats().captures;
+      graphs.replays += ctx->decode_graph_stats().replays;
+      graphs.capture_failures += ctx->decode_graph_stats().capture_failures;
+      if (!ctx->decode_graph_stats().last_capture_error.empty()) {
+        graphs.last_capture_error = ctx->decode_graph_stats().last_capture_error;
+      }
       const Metrics::Totals m2 = Metrics::Global().GetTotals();
       const double indexer = m2.indexer_seconds - m0.indexer_seconds;
       const double saved = m2.saved_seconds - m0.saved_seconds;
@@ -536,6 +546,19 @@ int CmdBench(int argc, char** argv) {
                   FormatSeconds(prefill).c_str(), ctx_len / prefill, steps ? steps / decode : 0.0, 100 * share,
                   FormatSeconds(saved).c_str());
       std::fflush(stdout);
+    }
+  }
+  if (device == kernels::DeviceKind::kCuda) {
+    if (!precisions.cuda_graphs) {
+      std::printf("decode: eager (--cuda-graphs off)\n");
+    } else {  // the warm-up's decode steps count too (they capture the batch-1 graph)
+      std::printf("decode: %lld steps replayed from CUDA graphs (%lld captured) of %lld timed + warm-up steps\n",
+                  static_cast<long long>(graphs.replays), static_cast<long long>(graphs.captures),
+                  static_cast<long long>(decode_steps + warmup * static_cast<int64_t>(contexts.size() * plans.size())));
+      if (graphs.capture_failures > 0) {
+        std::printf("decode: %lld CUDA graph captures failed (those steps ran eagerly): %s\n",
+                    static_cast<long long>(graphs.capture_failures), graphs.last_capture_error.c_str());
+      }
     }
   }
   return 0;

@@ -145,6 +145,8 @@ class _ContextParams(ctypes.Structure):
         ("attention_precision", ctypes.c_int32),
         ("reserved0", ctypes.c_int32),
         ("weight_precision", ctypes.c_int32),
+        ("reserved1", ctypes.c_int32),
+        ("cuda_graphs", ctypes.c_int32),
     ]
 
 
@@ -584,7 +586,9 @@ class Context:
     ic_precision_t); weight_precision:
     "f32", "bf16" (Linear weights held in BF16, BF16 GEMMs with F32 accumulation) or "fp8" (DeepSeek's
     block-scaled FP8 for the attention and MLP / expert weights, 128 x 128 scales, FP8 GEMMs on CUDA and
-    emulated on the CPU; the LM head, indexer and MLA kv_b stay BF16). ValueError for anything else."""
+    emulated on the CPU; the LM head, indexer and MLA kv_b stay BF16). ValueError for anything else.
+    cuda_graphs: CUDA contexts replay decode steps from CUDA graphs (default True; ignored on the CPU;
+    ic_context_params_t.cuda_graphs)."""
 
     def __init__(self, model: Model, *, device: Device = Device.AUTO, device_ordinal: int = 0,
                  max_tokens: Optional[int] = None, block_size: Optional[int] = None,
@@ -593,7 +597,7 @@ class Context:
                  rank: int = 0, world_size: int = 1, tp_size: int = 1, ep_size: int = 1,
                  dist_id: Optional[bytes] = None, dist_timeout_ms: Optional[int] = None,
                  indexer_precision: str = "f32", attention_precision: str = "f32",
-                 weight_precision: str = "f32"):
+                 weight_precision: str = "f32", cuda_graphs: bool = True):
         self._handle: Optional[int] = None
         if not isinstance(model, Model):
             raise TypeError(f"model must be an indexcache.Model, got {type(model).__name__}")
@@ -610,6 +614,9 @@ class Context:
         keep = (_bytes(plan), _bytes(metrics_address))
         params.plan, params.metrics_address = keep
         params.record_metrics = 1 if record_metrics else 0
+        if not isinstance(cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
+        params.cuda_graphs = 1 if cuda_graphs else 0
         params.rank, params.world_size, params.tp_size, params.ep_size = (
             _int(v, ctypes.c_int32, n) for v, n in ((rank, "rank"), (world_size, "world_size"),
                                                     (tp_size, "tp_size"), (ep_size, "ep_size")))

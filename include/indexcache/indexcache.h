@@ -76,10 +76,10 @@ extern "C" {
 
 /* The version of this header (kept equal to the CMake project version; the build checks it). */
 #define IC_VERSION_MAJOR 0
-#define IC_VERSION_MINOR 5
+#define IC_VERSION_MINOR 6
 #define IC_VERSION_PATCH 0
 #define IC_VERSION (IC_VERSION_MAJOR * 10000 + IC_VERSION_MINOR * 100 + IC_VERSION_PATCH)
-#define IC_VERSION_STRING "0.5.0"
+#define IC_VERSION_STRING "0.6.0"
 
 /* The version of the loaded library, encoded like IC_VERSION (compare it with IC_VERSION to detect a
  * header/library mismatch). Never fails; thread-safe. */
@@ -288,6 +288,12 @@ typedef struct ic_context_params_t {
                                   0.3's struct_size and a 0.3 caller's padding is never read as it) */
   int32_t weight_precision;    /* ic_precision_t: the Linear weights' storage and GEMMs (F32, BF16, or FP8
                                   since 0.5); default IC_PRECISION_F32. Since 0.4. */
+  int32_t reserved1;           /* ignored: where 0.4 and 0.5's struct had padding (as reserved0) */
+  int32_t cuda_graphs;         /* 1 (default): CUDA contexts replay decode steps from CUDA graphs, one
+                                  captured per batch shape (the eager step's results bit for bit; steps
+                                  that need the host between ops — all-token logits, loss, several ranks,
+                                  large MoE batches — stay eager); 0: every step eager. Ignored on the CPU.
+                                  Since 0.6; read only when struct_size covers it. */
 } ic_context_params_t;
 
 /* Fills `params` with the defaults above. Errors: IC_ERR_INVALID_ARGUMENT (params NULL). */

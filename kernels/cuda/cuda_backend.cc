@@ -86,7 +86,8 @@ struct GemmKey {
 };
 
 // A device buffer that grows on demand and is reused across ops (stream-ordered). Growing waits for the
-// stream first: work in flight may still read the old buffer.
+// stream first (work in flight may still read the old buffer) and bumps *generation (captured CUDA graphs
+// that point at the old buffer are stale); it is refused while a graph is being captured.
 class GrowingBuffer {
  public:
   GrowingBuffer() = default;
@@ -96,8 +97,13 @@ class GrowingBuffer {
     if (ptr_ != nullptr) cudaFree(ptr_);
   }
 
-  absl::StatusOr<void*> Get(size_t bytes, cudaStream_t stream, int device) {
+  absl::StatusOr<void*> Get(size_t bytes, cudaStream_t stream, int device, bool capturing, uint64_t* generation) {
     if (bytes <= bytes_) return ptr_;
+    if (capturing) {
+      return absl::FailedPreconditionError(absl::StrCat("cuda:", device, ": a workspace would grow from ", bytes_,
+                                                        " to ", bytes, " bytes during CUDA graph capture"));
+    }
+    ++*generation;
     IC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
     if (ptr_ != nullptr) IC_CUDA_RETURN_IF_ERROR(cudaFree(ptr_));
     const size_t want = std::max(bytes, bytes_ * 2);
@@ -138,13 +144,36 @@ struct GemmPlan {
   int m = 0;  // the rows b and c are currently laid out for
 };
 
+// An instantiated graph and the number of time marks its capture issued.
+class CudaGraph final : public CapturedGraph {
+ public:
+  CudaGraph(cudaGraphExec_t exec, size_t marks, int device) : exec_(exec), marks_(marks), device_(device) {}
+  ~CudaGraph() override {
+    cudaSetDevice(device_);
+    cudaGraphExecDestroy(exec_);
+  }
+  cudaGraphExec_t exec() const { return exec_; }
+  size_t marks() const { return marks_; }
+
+ private:
+  cudaGraphExec_t exec_;
+  size_t marks_;
+  int device_;
+};
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device) {}
 
   ~CudaBackend() override {
     cudaSetDevice(device_);
+    if (capturing_) {  // a capture never ended: discard it
+      cudaGraph_t g = nullptr;
+      if (cudaStreamEndCapture(stream_, &g) == cudaSuccess && g != nullptr) cudaGraphDestroy(g);
+      cudaGetLastError();
+    }
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    for (void* p : deferred_frees_) cudaFree(p);
     for (auto& [key, plan] : gemm_plans_) {
       cublasLtMatrixLayoutDestroy(plan.a);
       cublasLtMatrixLayoutDestroy(plan.b);
@@ -190,6 +219,7 @@ class CudaBackend final : public Backend {
 
   // ---- memory ----
   absl::StatusOr<void*> Allocate(size_t bytes) override {
+    IC_RETURN_IF_ERROR_(Refuse("Allocate"));
     IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
     void* p = nullptr;
     const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
@@ -204,6 +234,11 @@ class CudaBackend final : public Backend {
 
   void Free(void* ptr) override {
     if (ptr == nullptr) return;
+    if (capturing_) {  // cannot synchronise now: the pointer is kept until the backend goes
+      if (capture_error_.ok()) capture_error_ = RefuseWhileCapturing("Free");
+      deferred_frees_.push_back(ptr);
+      return;
+    }
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);  // work in flight may still read it
     cudaFree(ptr);
@@ -212,6 +247,7 @@ class CudaBackend final : public Backend {
   absl::Status CopyToDevice(void* dst, const void* host_src, size_t bytes) override {
     if (bytes == 0) return absl::OkStatus();
     IC_ARG_CHECK(dst != nullptr && host_src != nullptr, "CopyToDevice", "null pointer");
+    IC_RETURN_IF_ERROR_(Refuse("CopyToDevice"));
     IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
     IC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
     IC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));  // the caller may reuse host_src
@@ -221,6 +257,7 @@ class CudaBackend final : public Backend {
   absl::Status CopyToHost(void* host_dst, const void* src, size_t bytes) override {
     if (bytes == 0) return absl::OkStatus();
     IC_ARG_CHECK(host_dst != nullptr && src != nullptr, "CopyToHost", "null pointer");
+    IC_RETURN_IF_ERROR_(Refuse("CopyToHost"));
     IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
     IC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     IC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
@@ -244,6 +281,7 @@ class CudaBackend final : public Backend {
   }
 
   absl::Status Synchronize() override {
+    IC_RETURN_IF_ERROR_(Refuse("Synchronize"));
     IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
     IC_CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(&host_err_[1], &dev_err_[1], sizeof(DeviceError), cudaMemcpyDeviceToHost, stream_));
@@ -263,11 +301,14 @@ class CudaBackend final : public Backend {
       IC_CUDA_RETURN_IF_ERROR(cudaEventCreate(&ev));
       marks_.push_back(ev);
     }
-    IC_CUDA_RETURN_IF_ERROR(cudaEventRecord(marks_[marks_used_], stream_));
+    // While capturing, an external record node: each launch of the graph records the event.
+    IC_CUDA_RETURN_IF_ERROR(capturing_ ? cudaEventRecordWithFlags(marks_[marks_used_], stream_, cudaEventRecordExternal)
+                                       : cudaEventRecord(marks_[marks_used_], stream_));
     return static_cast<int>(marks_used_++);
   }
 
   absl::StatusOr<double> SecondsBetween(int from, int to) override {
+    IC_RETURN_IF_ERROR_(Refuse("SecondsBetween"));
     const int n = static_cast<int>(marks_used_);
     IC_ARG_CHECK(from >= 0 && from < n && to >= 0 && to < n, "SecondsBetween", "marks ", from, " and ", to,
                  " are not both issued (", n, " since the last reset)");
@@ -279,6 +320,56 @@ class CudaBackend final : public Backend {
   }
 
   void ResetTimeMarks() override { marks_used_ = 0; }
+
+  // ---- CUDA graphs (Backend::BeginCapture) ----
+  absl::Status BeginCapture() override {
+    if (capturing_) return absl::FailedPreconditionError(absl::StrCat("cuda:", device_, ": already capturing"));
+    IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    // Thread-local mode: this thread's unsafe calls (cudaMalloc …) fail instead of invalidating the capture
+    // silently; other threads' work on other streams is unaffected.
+    IC_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+    capture_error_ = absl::OkStatus();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::unique_ptr<CapturedGraph>> EndCapture() override {
+    if (!capturing_) return absl::FailedPreconditionError(absl::StrCat("cuda:", device_, ": not capturing"));
+    capturing_ = false;
+    cudaSetDevice(device_);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+    absl::Status status = capture_error_;
+    capture_error_ = absl::OkStatus();
+    if (status.ok() && end != cudaSuccess) {
+      status = absl::InternalError(absl::StrCat("cuda:", device_, ": cudaStreamEndCapture: ", cudaGetErrorString(end)));
+    }
+    cudaGetLastError();  // a failed capture leaves its error behind
+    cudaGraphExec_t exec = nullptr;
+    if (status.ok()) {
+      const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+      if (e != cudaSuccess) {
+        cudaGetLastError();
+        status = absl::InternalError(absl::StrCat("cuda:", device_, ": cudaGraphInstantiate: ", cudaGetErrorString(e)));
+      }
+    }
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    if (!status.ok()) return status;
+    return std::unique_ptr<CapturedGraph>(new CudaGraph(exec, marks_used_, device_));
+  }
+
+  absl::Status LaunchGraph(CapturedGraph& graph) override {
+    IC_RETURN_IF_ERROR_(RefuseWhileCapturing("LaunchGraph"));
+    auto* g = dynamic_cast<CudaGraph*>(&graph);
+    IC_ARG_CHECK(g != nullptr, "LaunchGraph", "the graph was not captured by a CUDA backend");
+    IC_ARG_CHECK(g->marks() <= marks_.size(), "LaunchGraph", "the graph was captured by another backend");
+    IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    IC_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g->exec(), stream_));
+    marks_used_ = g->marks();
+    return absl::OkStatus();
+  }
+
+  uint64_t WorkspaceGeneration() const override { return workspace_generation_; }
 
   absl::StatusOr<MemoryInfo> GetMemoryInfo() override {
     IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
@@ -316,7 +407,31 @@ class CudaBackend final : public Backend {
   absl::Status CheckLayout(const TokenLayout& l, const char* op);
 
   // The ops' shared workspace, at least `bytes` (Indexer tiles, top-k partials, attention split-K).
-  absl::StatusOr<void*> Scratch(size_t bytes) { return scratch_.Get(bytes, stream_, device_); }
+  absl::StatusOr<void*> Scratch(size_t bytes) { return Grow(scratch_, bytes); }
+  absl::StatusOr<void*> Grow(GrowingBuffer& buffer, size_t bytes) {
+    auto p = buffer.Get(bytes, stream_, device_, capturing_, &workspace_generation_);
+    if (!p.ok() && capturing_ && capture_error_.ok()) capture_error_ = p.status();
+    return p;
+  }
+
+  // Refuses (and remembers for EndCapture) what a CUDA graph cannot record.
+  absl::Status Refuse(const char* what) {
+    absl::Status s = RefuseWhileCapturing(what);
+    if (!s.ok() && capture_error_.ok()) capture_error_ = s;
+    return s;
+  }
+  // FailedPrecondition for what a CUDA graph cannot record (Backend::BeginCapture).
+  absl::Status RefuseWhileCapturing(const char* what) const {
+    if (!capturing_) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda:", device_, ": ", what, " while a CUDA graph is being captured"));
+  }
+  // The device-error slot of an op that reports its errors at once (Embedding, CrossEntropy): while
+  // capturing, the deferred slot, reported by the Synchronize() after a launch of the graph.
+  DeviceError* SyncErrorSlot() const { return capturing_ ? &dev_err_[1] : &dev_err_[0]; }
+  absl::Status CheckSyncErrorUnlessCapturing(const char* op) {
+    return capturing_ ? absl::OkStatus() : CheckSyncError(op);
+  }
 
   // Waits for the stream and reports the synchronous error slot (Embedding, CrossEntropy).
   absl::Status CheckSyncError(const char* op) {
@@ -387,7 +502,12 @@ class CudaBackend final : public Backend {
   DeviceError* dev_err_ = nullptr;   // [0]: checked by the op itself; [1]: reported at Synchronize()
   DeviceError* host_err_ = nullptr;  // pinned mirror
   std::map<GemmKey, GemmPlan> gemm_plans_;
+  bool capturing_ = false;             // between BeginCapture and EndCapture
+  std::vector<void*> deferred_frees_;  // Free()d while capturing; freed by the destructor
+  absl::Status capture_error_;         // the first op refused while capturing
+  uint64_t workspace_generation_ = 0;  // bumped by every GrowingBuffer reallocation
 };
+
 
 // ---------------------------------------------------------------------------------------------------
 // GEMM. Row-major C[m,n] = A[m,k]·op(B) is column-major Cᵀ[n,m] = op(B)ᵀ·Aᵀ, so cuBLASLt gets
@@ -510,7 +630,7 @@ absl::Status CudaBackend::Gemm(const GemmArgs& g) {
   int64_t stride_a = g.stride_a;
   if (bf16) {
     const int64_t a_elems = static_cast<int64_t>(g.m) * g.k;
-    auto a16_or = gemm_a_.Get(static_cast<size_t>(a_elems * g.batch) * 2, stream_, device_);
+    auto a16_or = Grow(gemm_a_, static_cast<size_t>(a_elems * g.batch) * 2);
     if (!a16_or.ok()) return a16_or.status();
     void* a16 = *a16_or;
     IC_CUDA_RETURN_IF_ERROR(LaunchCastToBf16(static_cast<uint16_t*>(a16), g.a, g.m, g.k, lda, g.batch,
@@ -592,7 +712,7 @@ absl::Status CudaBackend::GemmFp8(const GemmArgs& g, int lda, int ldb, int ldc) 
   }
   const int m4 = (g.m + 3) / 4 * 4;
   const size_t q_bytes = (static_cast<size_t>(m4) * g.k + 255) / 256 * 256;
-  auto ws = gemm_a_.Get(q_bytes + static_cast<size_t>(k_blocks) * m4 * sizeof(float), stream_, device_);
+  auto ws = Grow(gemm_a_, q_bytes + static_cast<size_t>(k_blocks) * m4 * sizeof(float));
   if (!ws.ok()) return ws.status();
   uint8_t* q = static_cast<uint8_t*>(*ws);
   float* a_scale = reinterpret_cast<float*>(q + q_bytes);
@@ -600,7 +720,7 @@ absl::Status CudaBackend::GemmFp8(const GemmArgs& g, int lda, int ldb, int ldc) 
   float* c = g.c;
   int ldc_used = ldc;
   if (m4 != g.m) {
-    auto cs = gemm_c_.Get(static_cast<size_t>(m4) * g.n * sizeof(float), stream_, device_);
+    auto cs = Grow(gemm_c_, static_cast<size_t>(m4) * g.n * sizeof(float));
     if (!cs.ok()) return cs.status();
     c = static_cast<float*>(*cs);
     ldc_used = g.n;
@@ -625,8 +745,8 @@ absl::Status CudaBackend::Embedding(const EmbeddingArgs& a) {
   IC_ARG_CHECK(a.out != nullptr && a.table != nullptr && a.ids != nullptr, op, "null pointer");
   IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   IC_CUDA_RETURN_IF_ERROR(
-      LaunchEmbedding(a.out, a.table, a.ids, a.tokens, a.dim, a.vocab, &dev_err_[0], stream_));
-  return CheckSyncError(op);
+      LaunchEmbedding(a.out, a.table, a.ids, a.tokens, a.dim, a.vocab, SyncErrorSlot(), stream_));
+  return CheckSyncErrorUnlessCapturing(op);
 }
 
 absl::Status CudaBackend::Norm(const NormArgs& a, bool layer_norm, const char* op) {
@@ -942,8 +1062,8 @@ absl::Status CudaBackend::CrossEntropy(const CrossEntropyArgs& a) {
   IC_ARG_CHECK(a.loss != nullptr && a.logits != nullptr && a.targets != nullptr, op, "null pointer");
   IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   IC_CUDA_RETURN_IF_ERROR(LaunchCrossEntropy(a.loss, a.logits, a.targets, a.tokens, a.vocab, stride,
-                                             &dev_err_[0], stream_));
-  return CheckSyncError(op);
+                                             SyncErrorSlot(), stream_));
+  return CheckSyncErrorUnlessCapturing(op);
 }
 
 absl::Status CudaBackend::Hadamard(const HadamardArgs& a) {
