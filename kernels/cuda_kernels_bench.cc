@@ -1,6 +1,7 @@
 // Google Benchmark suite for the CUDA kernels, through the Backend interface as the engine calls them:
 // index scores + top-k (decode and prefill rows), sparse attention over top-k (MLA absorbed, decode and
-// prefill), top-k alone, GEMM (cuBLASLt), the fused MoE experts, the distillation loss (IndexerDistill).
+// prefill), top-k alone, GEMM (cuBLASLt), the fused MoE experts, the distillation loss (IndexerDistill),
+// and what a CUDA graph saves on a chain of decode-sized ops (DecodeChainGraph).
 // Each iteration runs the op and synchronises (wall time; every
 // case is long enough for the launch overhead not to matter, said per case). Counters:
 //   TFLOP/s and pct_bf16_peak   against the H200's 989 dense BF16 TFLOP/s (our kernels are F32 today)
@@ -307,6 +308,61 @@ void BM_IndexerDistill(benchmark::State& state) {
   Report(state, 5.0 * 2.0 * pairs * d, 4.0 * (2.0 * T * T + 2.0 * T * (H * d + d + H)));
 }
 BENCHMARK(BM_IndexerDistill)->Args({1024, 4, 64})->Args({2048, 64, 128})->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// What a CUDA graph saves on a decode-like chain of small ops (Backend::BeginCapture): `ops` RmsNorms of one
+// 2048-wide row (a decode step has ~45 ops per layer, most this small), queued one by one (graph 0) or
+// replayed from a graph of the same chain (graph 1); marks 1 adds a pair of time marks around every 8th op,
+// as the engine times a Full layer's indexer (inside a graph: event-record nodes). Reports µs per op.
+void BM_DecodeChainGraph(benchmark::State& state) {
+  const int ops = static_cast<int>(state.range(0)), dim = 2048;
+  const bool graph = state.range(1) != 0, marks = state.range(2) != 0;
+  float* x = Upload(Random(dim, 7));
+  float* w = Upload(Random(dim, 8));
+  auto chain = [&]() -> absl::Status {
+    for (int i = 0; i < ops; ++i) {
+      if (marks && i % 8 == 0) {
+        absl::StatusOr<int> m = Gpu().TimeMark();
+        if (!m.ok()) return m.status();
+      }
+      if (absl::Status s = Gpu().RmsNorm({.out = x, .in = x, .weight = w, .rows = 1, .dim = dim}); !s.ok()) return s;
+      if (marks && i % 8 == 7) {
+        absl::StatusOr<int> m = Gpu().TimeMark();
+        if (!m.ok()) return m.status();
+      }
+    }
+    return absl::OkStatus();
+  };
+  std::unique_ptr<CapturedGraph> g;
+  if (graph) {
+    Gpu().ResetTimeMarks();
+    absl::Status s = chain();  // create the events outside the capture
+    if (s.ok()) s = Gpu().Synchronize();
+    Gpu().ResetTimeMarks();
+    if (s.ok()) s = Gpu().BeginCapture();
+    if (s.ok()) s = chain();
+    absl::StatusOr<std::unique_ptr<CapturedGraph>> captured = Gpu().EndCapture();
+    if (!s.ok() || !captured.ok()) {
+      state.SkipWithError("capture failed");
+      return;
+    }
+    g = *std::move(captured);
+  }
+  for (auto _ : state) {
+    Gpu().ResetTimeMarks();
+    const absl::Status s = graph ? Gpu().LaunchGraph(*g) : chain();
+    if (!s.ok() || !Gpu().Synchronize().ok()) state.SkipWithError("chain failed");
+  }
+  state.counters["us_per_op"] = benchmark::Counter(static_cast<double>(ops) * 1e-6,
+                                                   benchmark::Counter::kIsIterationInvariantRate |
+                                                       benchmark::Counter::kInvert);
+  Gpu().Free(x);
+  Gpu().Free(w);
+}
+BENCHMARK(BM_DecodeChainGraph)
+    ->ArgsProduct({{64, 512}, {0, 1}, {0, 1}})
+    ->ArgNames({"ops", "graph", "marks"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace ic::kernels

@@ -19,9 +19,13 @@
 //     Attention and IndexerTopk are recorded on the device and reported by the next Synchronize().
 //   * Scratch memory: the cuBLASLt workspace (32 MiB) is allocated at creation; indexer score tiles
 //     (≤ 256 MiB by default, IC_CUDA_INDEXER_TILE_BYTES overrides) and the attention split-K partials /
-//     log-sum-exp come from one scratch buffer grown on demand. A grow synchronises and allocates, so
-//     run the largest shapes once before capturing a CUDA graph; Embedding and CrossEntropy
-//     synchronise (device-side argument checks) and cannot be captured.
+//     log-sum-exp come from one scratch buffer grown on demand. A grow synchronises, allocates and bumps
+//     WorkspaceGeneration(), so run the largest shapes once before capturing a CUDA graph.
+//   * CUDA graphs (Backend::BeginCapture): stream capture in thread-local mode. While capturing, Embedding
+//     and CrossEntropy record their id / target checks in the deferred slot (reported by the Synchronize
+//     after a launch) instead of synchronising; Allocate, Free, host copies, Synchronize, SecondsBetween and
+//     a workspace grow are refused with FailedPrecondition, and EndCapture returns the first refusal;
+//     TimeMark records an external event node, so each launch re-records the capture's marks.
 #pragma once
 
 #include <memory>

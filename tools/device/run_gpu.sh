@@ -2,7 +2,9 @@
 # THERE (the H200, through the device tool's `run` with carry=[".deps/bundle"]): the machine line, the
 # engine-on-GPU tests, the golden and engine tests, `indexcache demo` and `indexcache bench` on the
 # GPU; logs to $OUT. Stages can be chosen: STAGES="tests demo bench kernels table1" (default: tests demo
-# bench; kernels = the Google Benchmark suite of the CUDA kernels, kernels/cuda_kernels_bench.cc; table1 =
+# bench; kernels = the Google Benchmark suite of the CUDA kernels, kernels/cuda_kernels_bench.cc; graphs =
+# `indexcache bench` with CUDA-graph decode on and off at batch 1 and 4, and the DecodeChainGraph benchmark
+# of one kernel chain queued vs replayed (docs/results/gpu_engine.md#cuda-graph-decode); table1 =
 # the paper's Table 1 on the 30B preset with BF16 weights (cuBLASLt GEMMs), indexer and attention, about 40 s:
 # docs/results/table1.md; TABLE1_ARGS overrides its precision options).
 set -uo pipefail
@@ -35,6 +37,15 @@ if [[ $stages == *table1* ]]; then
   "$b/bin/indexcache" bench --device cuda --preset glm-4.7-flash-dsa --contexts 10000,60000,120000,200000 \
     --decode-steps 8 --max-batch 64 ${TABLE1_ARGS:---indexer-precision bf16 --attention-precision bf16 --weight-precision bf16} 2>&1 |
     tee "$OUT/table1.log"
+fi
+if [[ $stages == *graphs* ]]; then
+  for batch in 1 4; do
+    for g in on off; do
+      "$b/bin/indexcache" bench --device cuda ${GRAPH_BENCH_ARGS:---contexts 1024,8192 --decode-steps 64} \
+        --batch $batch --cuda-graphs $g 2>&1 | tee "$OUT/bench_graphs_${g}_batch$batch.log"
+    done
+  done
+  "$b/bin/cuda_kernels_bench" --benchmark_filter=DecodeChainGraph 2>&1 | tee "$OUT/decode_chain_graph.log"
 fi
 if [[ $stages == *bench* ]]; then
   "$b/bin/indexcache" bench --device cuda ${BENCH_ARGS:---contexts 1024,4096,8192 --decode-steps 16} 2>&1 | tee "$OUT/bench.log"
