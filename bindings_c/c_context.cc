@@ -53,7 +53,6 @@ ic_context_params_t DefaultContextParams() {
   p.indexer_precision = IC_PRECISION_F32;
   p.attention_precision = IC_PRECISION_F32;
   p.weight_precision = IC_PRECISION_F32;
-  p.cuda_graphs = d.cuda_graphs ? 1 : 0;
   return p;
 }
 
@@ -365,11 +364,6 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
       IC_ASSIGN_OR_RETURN(o.indexer_precision, ReadPrecision(p.indexer_precision, "indexer_precision"));
       IC_ASSIGN_OR_RETURN(o.attention_precision, ReadPrecision(p.attention_precision, "attention_precision"));
       IC_ASSIGN_OR_RETURN(o.weight_precision, ReadPrecision(p.weight_precision, "weight_precision"));
-      if (p.cuda_graphs != 0 && p.cuda_graphs != 1) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("ic_context_params_t.cuda_graphs must be 0 or 1, got ", p.cuda_graphs));
-      }
-      o.cuda_graphs = p.cuda_graphs != 0;
       if (p.plan != nullptr) o.plan = p.plan;
       return o;
     };
@@ -484,6 +478,17 @@ ic_status_t ic_context_free_tokens(const ic_context_t* ctx, int64_t* out) {
     IC_ASSIGN_OR_RETURN(ic_context_t * c, GetContext(ctx, "ctx"));
     IC_RETURN_IF_ERROR(CheckNotNull(out, "out"));
     *out = c->context->FreeTokens();
+    return absl::OkStatus();
+  });
+}
+
+ic_status_t ic_context_set_cuda_graphs(ic_context_t* ctx, int32_t enabled) {
+  return Guard("ic_context_set_cuda_graphs", [&]() -> absl::Status {
+    IC_ASSIGN_OR_RETURN(ic_context_t * c, GetContext(ctx, "ctx"));
+    if (enabled != 0 && enabled != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("enabled must be 0 or 1, got ", enabled));
+    }
+    c->context->SetCudaGraphs(enabled != 0);
     return absl::OkStatus();
   });
 }

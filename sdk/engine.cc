@@ -334,6 +334,14 @@ const LayerProfile& Context::layer_profile() const { return impl_->profile; }
 
 const DecodeGraphStats& Context::decode_graph_stats() const { return impl_->graph_stats; }
 
+void Context::SetCudaGraphs(bool enabled) {
+  options_.cuda_graphs = enabled;
+  if (!enabled) {
+    impl_->decode_graphs.clear();
+    impl_->graph_stats.graphs = 0;
+  }
+}
+
 void Context::ResetLayerProfile() {
   LayerProfile& p = impl_->profile;
   std::fill(p.layer_seconds.begin(), p.layer_seconds.end(), 0.0);

@@ -105,7 +105,11 @@ struct ContextOptions {
   // Decode steps as CUDA graphs (CUDA backend; ignored on the CPU): the first step of each shape
   // (sequences in the step, block-table width rounded up to a power of two of blocks) runs eagerly and is
   // then captured; later steps of that shape replay the graph — one launch instead of ~45 per layer, the
-  // host's per-op work gone. The results are those of the eager step of the same shape, bit for bit. Steps
+  // host's per-op work gone. The results are those of an eager step of the same shape, bit for bit; on DSA
+  // models (attention over top-k lists of a fixed width) also those of cuda_graphs off, while dense
+  // attention (a model without an indexer) splits its keys by the padded table width and agrees with
+  // cuda_graphs off to F32 rounding. A shape is captured at its second eager step (one-off shapes of a
+  // changing batch are never captured); at most 64 graphs are kept, the least recently used evicted. Steps
   // that need the host between ops stay eager: per-pass plans or partial passes, captures (top-k, scores,
   // hidden states, attention, indexer inputs), loss, all-token logits, profile_layers, tensor or expert
   // parallel, and MoE models above kMoeFusedMaxPairs (token, expert) pairs per step (the unfused MoE
@@ -118,9 +122,9 @@ struct ContextOptions {
 struct DecodeGraphStats {
   int64_t captures = 0;          // graphs captured (one per decode shape, again after buffers moved)
   int64_t replays = 0;           // decode steps run from a graph
-  int64_t eager_steps = 0;       // graph-eligible decode steps run eagerly (the first of each shape)
+  int64_t eager_steps = 0;       // graph-eligible decode steps run eagerly (the first two of each shape)
   int64_t capture_failures = 0;  // captures that failed; those shapes stay eager (last_capture_error)
-  size_t graphs = 0;             // graphs held now (at most 64)
+  size_t graphs = 0;             // shapes with graphs held now (at most 64; least recently used evicted)
   std::string last_capture_error;
 };
 
@@ -239,6 +243,9 @@ class Context {
 
   // CUDA-graph decode counters (ContextOptions::cuda_graphs; all zero on the CPU).
   const DecodeGraphStats& decode_graph_stats() const;
+  // Turns CUDA-graph decode on or off from the next step (ContextOptions::cuda_graphs); off frees the
+  // captured graphs.
+  void SetCudaGraphs(bool enabled);
 
   // Per-layer timing (ContextOptions::profile_layers; all zero and empty vectors when off).
   const LayerProfile& layer_profile() const;

@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "kernels/cpu/cpu_internal.h"
 #include "sdk/device_buffer.h"
 #include "sdk/engine.h"
@@ -136,16 +137,20 @@ struct Context::Impl {
   // A named activation buffer of at least `count` values, reused across passes. Growing one moves it
   // (scratch_generation changes, so captured decode graphs that point at it are retired); while a graph is
   // being captured growing is refused (the capture's eager twin has already sized every buffer).
+  static constexpr size_t kScratchDoublingLimit = size_t{16} << 20;
   template <typename T>
   absl::StatusOr<T*> Scratch(const std::string& name, size_t count) {
     DeviceBuffer& buffer = scratch[name];
-    const size_t bytes = std::max<size_t>(count, 1) * sizeof(T);
+    size_t bytes = std::max<size_t>(count, 1) * sizeof(T);
     if (bytes > buffer.capacity()) {
       if (capturing) {
         return absl::FailedPreconditionError(
             absl::StrCat("scratch buffer '", name, "' would grow to ", bytes, " bytes during CUDA graph capture"));
       }
       ++scratch_generation;
+      // Decode-sized buffers at least double, so a batch growing one sequence at a time moves them (and
+      // retires the captured graphs) O(log batch) times; large prefill buffers grow to the size asked.
+      if (2 * buffer.capacity() <= kScratchDoublingLimit) bytes = std::max(bytes, 2 * buffer.capacity());
     }
     IC_RETURN_IF_ERROR(buffer.Reserve(backend, bytes));
     return buffer.as<T>();
@@ -156,78 +161,132 @@ struct Context::Impl {
   // blocks) and whether the LM head runs. It reads the pass's scratch buffers where they were at capture,
   // so it is valid while neither the engine's scratch nor the backend's workspaces have moved since.
   using GraphKey = std::tuple<int, int, bool>;
-  using PassBody = std::function<absl::Status(ForwardPassStats&, std::vector<std::pair<int, int>>&)>;
+  using PassBody = std::function<absl::Status(ForwardPassStats&, std::vector<std::pair<int, int>>&, bool timed)>;
+  // With metrics on, a shape has two graphs: the plain one, and a timed one whose time marks (event nodes,
+  // ~2 µs each on the H200: cuda_kernels_bench DecodeChainGraph) bracket each Full layer's indexer. One
+  // replay in kGraphTimingInterval runs the timed graph and refreshes the sample of the indexer's time that
+  // the plain replays in between report (DESIGN.md §6: inside a graph, time by sampling).
   struct DecodeGraph {
-    std::unique_ptr<kernels::CapturedGraph> graph;  // nullptr: the capture failed (not retried until a move)
+    std::unique_ptr<kernels::CapturedGraph> graph;  // the plain graph (null until captured)
+    std::unique_ptr<kernels::CapturedGraph> timed;  // metrics on: the same step with time marks
     uint64_t scratch_generation = 0, workspace_generation = 0;
-    std::vector<std::pair<int, int>> indexer_marks;  // the Full layers' time marks the graph re-issues
+    std::vector<std::pair<int, int>> indexer_marks;  // the time marks `timed` re-issues
+    std::vector<double> sampled_indexer_seconds;     // per Full layer, from the last timed replay
     int shared_layers = 0;
+    int eager_steps = 0;      // of this shape at these generations
+    bool failed = false;      // the capture failed: eager until the buffers move
+    int64_t replays = 0;
+    uint64_t last_used = 0;   // for least-recently-used eviction
   };
   static constexpr size_t kMaxDecodeGraphs = 64;
+  static constexpr int64_t kGraphTimingInterval = 64;
+  static constexpr int kEagerStepsBeforeCapture = 2;  // a one-off shape of a changing batch is never captured
   std::map<GraphKey, DecodeGraph> decode_graphs;
   std::optional<GraphKey> capture_due;
   bool capturing = false;
   uint64_t scratch_generation = 0;
+  uint64_t graph_clock = 0;
   DecodeGraphStats graph_stats;
 
   bool GraphCurrent(const DecodeGraph& g) const {
     return g.scratch_generation == scratch_generation && g.workspace_generation == backend->WorkspaceGeneration();
   }
 
-  // One decode step of shape `key`: launches its graph when a current one exists; else runs `body` eagerly
-  // and marks the shape for capture (CaptureDecodeGraphIfDue, once the step's results are read).
-  absl::Status RunDecodeGraph(const GraphKey& key, const PassBody& body, ForwardPassStats& stats,
-                              std::vector<std::pair<int, int>>& marks) {
+  // One decode step of shape `key`: launches its graph when a current one exists (the timed one every
+  // kGraphTimingInterval-th replay when `timed`, filling `marks`) and returns it; else runs `body` eagerly,
+  // marks the shape for capture at its kEagerStepsBeforeCapture-th eager step (CaptureDecodeGraphIfDue,
+  // once the step's results are read) and returns null.
+  absl::StatusOr<DecodeGraph*> RunDecodeGraph(const GraphKey& key, const PassBody& body, bool timed,
+                                              ForwardPassStats& stats, std::vector<std::pair<int, int>>& marks) {
     capture_due.reset();
     auto it = decode_graphs.find(key);
     if (it != decode_graphs.end() && GraphCurrent(it->second) && it->second.graph != nullptr) {
-      IC_RETURN_IF_ERROR(backend->LaunchGraph(*it->second.graph));
-      stats.shared_layers += it->second.shared_layers;
-      marks = it->second.indexer_marks;
+      DecodeGraph& g = it->second;
+      const bool sample = timed && g.timed != nullptr && g.replays % kGraphTimingInterval == 0;
+      IC_RETURN_IF_ERROR(backend->LaunchGraph(sample ? *g.timed : *g.graph));
+      stats.shared_layers += g.shared_layers;
+      if (sample) marks = g.indexer_marks;
+      ++g.replays;
+      g.last_used = ++graph_clock;
       ++graph_stats.replays;
-      return absl::OkStatus();
+      return &g;
     }
     ++graph_stats.eager_steps;
-    IC_RETURN_IF_ERROR(body(stats, marks));
-    if (it == decode_graphs.end() || !GraphCurrent(it->second)) capture_due = key;
-    return absl::OkStatus();
+    IC_RETURN_IF_ERROR(body(stats, marks, timed));
+    // The shape's entry at the generations after this step (a step that moved buffers starts it afresh).
+    DecodeGraph& g = decode_graphs[key];
+    if (!GraphCurrent(g)) {
+      g = DecodeGraph{};
+      g.scratch_generation = scratch_generation;
+      g.workspace_generation = backend->WorkspaceGeneration();
+    }
+    g.last_used = ++graph_clock;
+    if (!g.failed && ++g.eager_steps >= kEagerStepsBeforeCapture) capture_due = key;
+    EvictDecodeGraphs();
+    return nullptr;
   }
 
-  // Records the step just run eagerly as a graph for its shape. A capture that fails (an op the graph
+  // Drops graphs of moved buffers (they hold device memory for nothing), then the least recently used
+  // beyond kMaxDecodeGraphs.
+  void EvictDecodeGraphs() {
+    std::erase_if(decode_graphs, [&](const auto& kv) { return !GraphCurrent(kv.second); });
+    while (decode_graphs.size() > kMaxDecodeGraphs) {
+      auto lru = std::min_element(decode_graphs.begin(), decode_graphs.end(), [](const auto& a, const auto& b) {
+        return a.second.last_used < b.second.last_used;
+      });
+      decode_graphs.erase(lru);
+    }
+    graph_stats.graphs = static_cast<size_t>(std::count_if(
+        decode_graphs.begin(), decode_graphs.end(), [](const auto& kv) { return kv.second.graph != nullptr; }));
+  }
+
+  // Records the step just run eagerly as graphs for its shape. A capture that fails (an op the graph
   // cannot hold) leaves the shape eager until the buffers move; the step's results are unaffected either way.
-  absl::Status CaptureDecodeGraphIfDue(const GraphKey& key, const PassBody& body) {
+  absl::Status CaptureDecodeGraphIfDue(const GraphKey& key, const PassBody& body, bool timed) {
     if (capture_due != key) return absl::OkStatus();
     capture_due.reset();
-    // Stale graphs hold device memory for nothing; past the cap, start over.
-    std::erase_if(decode_graphs, [&](const auto& kv) { return !GraphCurrent(kv.second); });
-    if (decode_graphs.size() >= kMaxDecodeGraphs) decode_graphs.clear();
-    DecodeGraph entry;
-    entry.scratch_generation = scratch_generation;
-    entry.workspace_generation = backend->WorkspaceGeneration();
-    backend->ResetTimeMarks();
-    absl::Status status = backend->BeginCapture();
-    if (status.ok()) {
+    auto it = decode_graphs.find(key);
+    if (it == decode_graphs.end() || !GraphCurrent(it->second)) return absl::OkStatus();
+    DecodeGraph& entry = it->second;
+    auto capture = [&](bool with_marks, std::unique_ptr<kernels::CapturedGraph>* out) -> absl::Status {
+      if (with_marks) backend->ResetTimeMarks();
+      IC_RETURN_IF_ERROR(backend->BeginCapture());
       capturing = true;
+      // However the body ends (an error or an exception), the stream leaves capture mode.
+      auto end_capture = absl::MakeCleanup([&] {
+        if (capturing) {
+          capturing = false;
+          (void)backend->EndCapture();
+        }
+      });
       ForwardPassStats stats;
-      status = body(stats, entry.indexer_marks);
+      std::vector<std::pair<int, int>> marks;
+      absl::Status s = body(stats, marks, with_marks);
       capturing = false;
-      entry.shared_layers = stats.shared_layers;
+      std::move(end_capture).Cancel();
       absl::StatusOr<std::unique_ptr<kernels::CapturedGraph>> graph = backend->EndCapture();
-      if (status.ok()) status = graph.status();
-      if (status.ok()) entry.graph = *std::move(graph);
-    }
+      IC_RETURN_IF_ERROR(s);
+      IC_RETURN_IF_ERROR(graph.status());
+      entry.shared_layers = stats.shared_layers;
+      if (with_marks) entry.indexer_marks = std::move(marks);
+      *out = *std::move(graph);
+      return absl::OkStatus();
+    };
+    absl::Status status = capture(false, &entry.graph);
+    if (status.ok() && timed) status = capture(true, &entry.timed);
     if (status.ok()) {
       ++graph_stats.captures;
     } else {
+      entry.graph.reset();
+      entry.timed.reset();
+      entry.indexer_marks.clear();
+      entry.failed = true;
       ++graph_stats.capture_failures;
       graph_stats.last_capture_error = status.ToString();
-      entry.indexer_marks.clear();
     }
-    decode_graphs[key] = std::move(entry);
-    graph_stats.graphs = decode_graphs.size();
+    EvictDecodeGraphs();
     return absl::OkStatus();
   }
-
   // `count` values from the host copied into a new allocation of the backend, freed with the context.
   template <typename T>
   absl::StatusOr<const T*> CopyIn(const T* src, size_t count) {

@@ -253,24 +253,16 @@ static void TestContextParamErrors(ic_model_t* model) {
   CHECK_OK(ic_context_create(model, &cp, &ctx));
   CHECK_OK(ic_context_free(ctx));
   ctx = NULL;
-  /* cuda_graphs (since 0.6): 0 or 1; a 0.5 caller's struct ends in reserved1, whose padding is never read,
-   * and cuda_graphs beyond its struct_size takes the default. */
+  /* ic_context_set_cuda_graphs (since 0.6): 0 or 1 on a live context (a no-op on the CPU). */
   ic_context_default_params(&cp);
-  CHECK(cp.cuda_graphs == 1);
   cp.device = IC_DEVICE_CPU;
   cp.max_tokens = 64;
-  cp.cuda_graphs = 2;
-  CHECK_STATUS(ic_context_create(model, &cp, &ctx), IC_ERR_INVALID_ARGUMENT);
-  CHECK_MESSAGE_HAS("cuda_graphs");
-  CHECK(ctx == NULL);
-  cp.cuda_graphs = 0;
   CHECK_OK(ic_context_create(model, &cp, &ctx));
-  CHECK_OK(ic_context_free(ctx));
-  ctx = NULL;
-  cp.cuda_graphs = 2;
-  memset(&cp.reserved1, 1, sizeof cp.reserved1);
-  cp.struct_size = offsetof(ic_context_params_t, cuda_graphs);
-  CHECK_OK(ic_context_create(model, &cp, &ctx));
+  CHECK_STATUS(ic_context_set_cuda_graphs(ctx, 2), IC_ERR_INVALID_ARGUMENT);
+  CHECK_MESSAGE_HAS("enabled must be 0 or 1");
+  CHECK_OK(ic_context_set_cuda_graphs(ctx, 0));
+  CHECK_OK(ic_context_set_cuda_graphs(ctx, 1));
+  CHECK_STATUS(ic_context_set_cuda_graphs(NULL, 0), IC_ERR_INVALID_ARGUMENT);
   CHECK_OK(ic_context_free(ctx));
   ctx = NULL;
   ic_context_default_params(&cp);

@@ -311,7 +311,9 @@ TEST_F(EngineGpuTest, DecodeFromCudaGraphsMatchesEagerDecode) {
       }
       std::vector<float> all;
       std::vector<float> logits(3 * static_cast<size_t>(V));
+      Metrics::Totals before;
       for (int step = 0; step < 24; ++step) {
+        if (step == 13) before = Metrics::Global().GetTotals();
         if (step == 12) {  // a long prefill of another sequence grows the scratch buffers the graph reads
           const int other = *(*ctx)->AddSequence();
           ASSERT_TRUE((*ctx)->Prefill(other, test::RandomTokens(600, V, 5)).ok());
@@ -322,13 +324,26 @@ TEST_F(EngineGpuTest, DecodeFromCudaGraphsMatchesEagerDecode) {
         ASSERT_TRUE(s.ok()) << s;
         all.insert(all.end(), logits.begin(), logits.end());
       }
+      // Steps 13–23 replay one shape's graphs (the first replay the timed one): every step still counts
+      // its Full layers' indexer runs, a measured (sampled) indexer time and its Shared layers.
+      const Metrics::Totals delta = Metrics::Global().GetTotals() - before;
+      const int full = (*model)->config.has_indexer ? (*ctx)->plan().NumFull() : 0;
+      EXPECT_EQ(delta.decode_passes, 11);
+      EXPECT_EQ(delta.layers_run, 11 * full);
+      if (full > 0) {
+        EXPECT_EQ(delta.layers_skipped, 11 * (o.num_layers - full));
+        EXPECT_GT(delta.indexer_seconds, 0.0);
+        EXPECT_GT(delta.saved_seconds, 0.0);
+      }
       const DecodeGraphStats& st = (*ctx)->decode_graph_stats();
       if (graphs) {
         EXPECT_EQ(st.capture_failures, 0) << st.last_capture_error;
-        // Shapes: 4 blocks (steps 0–5), 8 blocks (6–23); the prefill at step 12 forces a recapture.
+        // Shapes: 4 blocks (steps 0–5), 8 blocks (6–23), each captured at its second eager step; the
+        // prefill at step 12 moves the buffers, and the shape is run eagerly twice and captured again.
         EXPECT_EQ(st.captures, 3);
-        EXPECT_EQ(st.eager_steps, 3);
-        EXPECT_EQ(st.replays, 21);
+        EXPECT_EQ(st.eager_steps, 6);
+        EXPECT_EQ(st.replays, 18);
+        EXPECT_EQ(st.graphs, 1u);
       } else {
         EXPECT_EQ(st.captures + st.replays + st.eager_steps, 0);
       }
@@ -365,10 +380,16 @@ TEST_F(EngineGpuTest, CudaGraphsLeaveHostBoundStepsEager) {
   std::vector<float> many(seqs.size() * 300);
   ASSERT_TRUE(ctx->Decode(seqs, std::vector<int32_t>(seqs.size(), 1), many.data()).ok());
   EXPECT_EQ(ctx->decode_graph_stats().eager_steps + ctx->decode_graph_stats().captures, 0);
-  // One sequence: a graph.
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(ctx->Decode({&seq, 1}, {&token, 1}, logits.data()).ok());
+  // One sequence: eager twice, then captured, then replayed; turning graphs off frees them.
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(ctx->Decode({&seq, 1}, {&token, 1}, logits.data()).ok());
   EXPECT_EQ(ctx->decode_graph_stats().captures, 1);
   EXPECT_EQ(ctx->decode_graph_stats().replays, 2);
+  EXPECT_EQ(ctx->decode_graph_stats().graphs, 1u);
+  ctx->SetCudaGraphs(false);
+  EXPECT_EQ(ctx->decode_graph_stats().graphs, 0u);
+  ASSERT_TRUE(ctx->Decode({&seq, 1}, {&token, 1}, logits.data()).ok());
+  EXPECT_EQ(ctx->decode_graph_stats().replays, 2);
+  EXPECT_EQ(ctx->decode_graph_stats().eager_steps, 2);
 }
 
 }  // namespace

@@ -145,8 +145,6 @@ class _ContextParams(ctypes.Structure):
         ("attention_precision", ctypes.c_int32),
         ("reserved0", ctypes.c_int32),
         ("weight_precision", ctypes.c_int32),
-        ("reserved1", ctypes.c_int32),
-        ("cuda_graphs", ctypes.c_int32),
     ]
 
 
@@ -206,6 +204,7 @@ _SIGNATURES = {
     "ic_context_device": (_st, [_P, ctypes.POINTER(ctypes.c_int)]),
     "ic_context_plan": (_st, [_P, ctypes.c_char_p, ctypes.c_size_t]),
     "ic_context_free_tokens": (_st, [_P, _I64P]),
+    "ic_context_set_cuda_graphs": (_st, [_P, ctypes.c_int32]),
     "ic_sequence_add": (_st, [_P, _I32P]),
     "ic_sequence_remove": (_st, [_P, ctypes.c_int32]),
     "ic_sequence_fork": (_st, [_P, ctypes.c_int32, _I32P]),
@@ -588,7 +587,7 @@ class Context:
     block-scaled FP8 for the attention and MLP / expert weights, 128 x 128 scales, FP8 GEMMs on CUDA and
     emulated on the CPU; the LM head, indexer and MLA kv_b stay BF16). ValueError for anything else.
     cuda_graphs: CUDA contexts replay decode steps from CUDA graphs (default True; ignored on the CPU;
-    ic_context_params_t.cuda_graphs)."""
+    ic_context_set_cuda_graphs)."""
 
     def __init__(self, model: Model, *, device: Device = Device.AUTO, device_ordinal: int = 0,
                  max_tokens: Optional[int] = None, block_size: Optional[int] = None,
@@ -616,7 +615,6 @@ class Context:
         params.record_metrics = 1 if record_metrics else 0
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
-        params.cuda_graphs = 1 if cuda_graphs else 0
         params.rank, params.world_size, params.tp_size, params.ep_size = (
             _int(v, ctypes.c_int32, n) for v, n in ((rank, "rank"), (world_size, "world_size"),
                                                     (tp_size, "tp_size"), (ep_size, "ep_size")))
@@ -638,6 +636,8 @@ class Context:
         out = _P()
         _check(_lib.ic_context_create(model.handle, ctypes.byref(params), ctypes.byref(out)))
         self._handle = out.value
+        if not cuda_graphs:
+            _check(_lib.ic_context_set_cuda_graphs(self._handle, 0))
         self.vocab_size = model.info.vocab_size
         self.num_layers = model.info.num_layers
 

@@ -288,12 +288,6 @@ typedef struct ic_context_params_t {
                                   0.3's struct_size and a 0.3 caller's padding is never read as it) */
   int32_t weight_precision;    /* ic_precision_t: the Linear weights' storage and GEMMs (F32, BF16, or FP8
                                   since 0.5); default IC_PRECISION_F32. Since 0.4. */
-  int32_t reserved1;           /* ignored: where 0.4 and 0.5's struct had padding (as reserved0) */
-  int32_t cuda_graphs;         /* 1 (default): CUDA contexts replay decode steps from CUDA graphs, one
-                                  captured per batch shape (the eager step's results bit for bit; steps
-                                  that need the host between ops — all-token logits, loss, several ranks,
-                                  large MoE batches — stay eager); 0: every step eager. Ignored on the CPU.
-                                  Since 0.6; read only when struct_size covers it. */
 } ic_context_params_t;
 
 /* Fills `params` with the defaults above. Errors: IC_ERR_INVALID_ARGUMENT (params NULL). */
@@ -347,6 +341,17 @@ IC_API ic_status_t ic_context_plan(const ic_context_t* ctx, char* buf, size_t bu
 /* *out = tokens that still fit in the free KV cache blocks (a sequence with a partly filled last block
  * can append more than this). Errors: IC_ERR_INVALID_ARGUMENT (NULL/freed ctx, NULL out). */
 IC_API ic_status_t ic_context_free_tokens(const ic_context_t* ctx, int64_t* out);
+
+/* CUDA-graph decode (on by default; ignored by CPU contexts). enabled 1: decode steps replay CUDA graphs,
+ * one captured per step shape (the number of sequences and the block-table width, padded to a power of two
+ * of blocks) after that shape's first eager step; one graph launch replaces ~45 kernel launches per layer.
+ * Results equal those of eager steps of the same shape bit for bit on DSA models; a model without an
+ * indexer attends densely, and its split of the keys follows the padded width, so it agrees to F32
+ * rounding. Steps that need the host between ops stay eager (all-token logits, loss, several ranks, MoE
+ * batches above 32 (token, expert) pairs). enabled 0: every step eager, and the captured graphs are freed.
+ * Since 0.6 (a setter rather than an ic_context_params_t field, so that structs from 0.5 headers keep
+ * their size). Errors: IC_ERR_INVALID_ARGUMENT (NULL or freed ctx, enabled not 0 or 1). */
+IC_API ic_status_t ic_context_set_cuda_graphs(ic_context_t* ctx, int32_t enabled);
 
 /* ---- Sequences ----------------------------------------------------------------------------------- */
 

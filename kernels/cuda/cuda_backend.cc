@@ -365,7 +365,7 @@ class CudaBackend final : public Backend {
     IC_ARG_CHECK(g->marks() <= marks_.size(), "LaunchGraph", "the graph was captured by another backend");
     IC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
     IC_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g->exec(), stream_));
-    marks_used_ = g->marks();
+    if (g->marks() > 0) marks_used_ = g->marks();  // a graph without marks leaves the caller's alone
     return absl::OkStatus();
   }
 
