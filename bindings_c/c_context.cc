@@ -167,7 +167,8 @@ std::string BrokenGroupReason(const ic_dist_id_t& id) {
 
 // This rank's world communicator for the job `id`.
 absl::StatusOr<std::unique_ptr<parallel::Communicator>> JoinWorld(const ic_dist_id_t& id, int rank, int world,
-                                                                  kernels::DeviceKind device, absl::Duration timeout) {
+                                                                  kernels::DeviceKind device, int device_ordinal,
+                                                                  absl::Duration timeout) {
   if (std::memcmp(id.bytes, kDistMagic, sizeof kDistMagic) != 0) {
     return absl::InvalidArgumentError("ic_context_params_t.dist_id was not made by ic_dist_unique_id");
   }
@@ -218,6 +219,7 @@ absl::StatusOr<std::unique_ptr<parallel::Communicator>> JoinWorld(const ic_dist_
     }
     parallel::NcclOptions options;
     options.common.timeout = timeout;
+    options.device = device_ordinal;  // the context's GPU (ranks may be threads of one process)
     IC_ASSIGN_OR_RETURN(std::unique_ptr<parallel::NcclCommunicator> nccl,
                         parallel::NcclCommunicator::Create(
                             std::string_view(reinterpret_cast<const char*>(id.bytes + kDistNcclId),
@@ -377,7 +379,7 @@ ic_status_t ic_context_create(ic_model_t* model, const ic_context_params_t* para
     handle->model = m->model;
     if (sizes.world_size > 1) {
       // Joins the job (blocks until every rank has), then splits the shard / dp / expert groups.
-      IC_ASSIGN_OR_RETURN(handle->world, JoinWorld(*p.dist_id, p.rank, sizes.world_size, o.device,
+      IC_ASSIGN_OR_RETURN(handle->world, JoinWorld(*p.dist_id, p.rank, sizes.world_size, o.device, o.device_ordinal,
                                                    absl::Milliseconds(p.dist_timeout_ms)));
       absl::Status agree = CheckRanksAgree(*handle->world, sizes, *m->model, o.plan, o);
       // A later rank broke the group while this one waited (ABORTED), or before this one reached the

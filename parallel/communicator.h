@@ -5,8 +5,8 @@
 //                                                      the CPU multirank tests.
 //   NcclCommunicator      (nccl_communicator.h)        NCCL on device buffers, one process (or thread)
 //                                                      per GPU.
-// Buffers are the backend's "device" pointers: host memory for the in-process backend, CUDA device
-// memory for NCCL. Every rank of the group must call the same collectives in the same order with
+// Buffers are the backend's "device" pointers: host memory for the in-process backend; for NCCL, CUDA device
+// memory (host memory also works, staged through device copies). Every rank of the group must call the same collectives in the same order with
 // matching sizes (as with NCCL/MPI).
 //
 // Failure model: a collective never hangs. If a peer stalls or dies, the call returns

@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -70,6 +71,30 @@ struct NcclCommunicator::Impl {
   cudaStream_t own_stream = nullptr;
   cudaStream_t stream = nullptr;
   int* scratch = nullptr;  // one device int for Barrier
+  // Device copies of host buffers (NCCL reads and writes device memory only): [0] send, [1] receive;
+  // grown on demand, freed with the communicator.
+  void* stage[2] = {nullptr, nullptr};
+  size_t stage_bytes[2] = {0, 0};
+
+  // A staging buffer of at least `bytes` on this communicator's device (the current one).
+  absl::StatusOr<void*> Stage(int i, size_t bytes) {
+    if (bytes <= stage_bytes[i]) return stage[i];
+    if (stage[i] != nullptr) {
+      cudaStreamSynchronize(stream);  // an earlier call may still read it (synchronous = false)
+      cudaFree(stage[i]);
+    }
+    stage[i] = nullptr;
+    stage_bytes[i] = 0;
+    const cudaError_t e = cudaMalloc(&stage[i], bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(absl::StrCat("NcclCommunicator: staging ", bytes,
+                                                       " bytes of a host buffer on device ", device, ": ",
+                                                       cudaGetErrorString(e)));
+    }
+    stage_bytes[i] = bytes;
+    return stage[i];
+  }
   bool broken = false;
   bool aborted = false;  // ncclCommAbort done
   std::string broken_reason;
@@ -231,6 +256,9 @@ NcclCommunicator::~NcclCommunicator() {
     }
   }
   if (impl_->scratch != nullptr) cudaFree(impl_->scratch);
+  for (void* p : impl_->stage) {
+    if (p != nullptr) cudaFree(p);
+  }
   if (impl_->own_stream != nullptr) cudaStreamDestroy(impl_->own_stream);
 }
 
@@ -282,6 +310,59 @@ absl::Status Collect(Impl& impl, const char* name, int rank, int size, absl::Dur
   return impl.WaitStream(what, deadline, timeout);
 }
 
+// True for memory NCCL cannot read or write directly: pageable or registered host memory.
+bool IsHostPointer(const void* p) {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();
+    return true;
+  }
+  return a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged;
+}
+
+// Collect() for a collective that reads send[send_bytes] and writes recv[recv_bytes]: a host buffer among
+// them goes through the communicator's device staging buffers (copied in before, out after; the call then
+// waits for completion whatever options.synchronous says). enqueue(send, recv) gets the device pointers.
+template <typename Impl, typename Fn>
+absl::Status CollectStaged(Impl& impl, const char* name, int rank, int size, absl::Duration timeout, bool wait_done,
+                           const void* send, size_t send_bytes, void* recv, size_t recv_bytes, Fn&& enqueue) {
+  const bool host_send = send != nullptr && send_bytes > 0 && IsHostPointer(send);
+  const bool host_recv = recv != nullptr && recv_bytes > 0 && IsHostPointer(recv);
+  if (!host_send && !host_recv) {
+    return Collect(impl, name, rank, size, timeout, wait_done, [&] { return enqueue(send, recv); });
+  }
+  const std::string what = absl::StrCat(name, " on rank ", rank, " of ", size, " (host buffers staged)");
+  DeviceGuard guard(impl.device);
+  if (!guard.ok()) return absl::InternalError(absl::StrCat(what, ": cannot select CUDA device ", impl.device));
+  const void* dsend = send;
+  void* drecv = recv;
+  if (host_send) {
+    absl::StatusOr<void*> d = impl.Stage(0, send_bytes);
+    if (!d.ok()) return d.status();
+    IC_CUDA_RETURN(what.c_str(), cudaMemcpyAsync(*d, send, send_bytes, cudaMemcpyHostToDevice, impl.stream));
+    dsend = *d;
+  }
+  if (host_recv) {
+    absl::StatusOr<void*> d = impl.Stage(1, recv_bytes);
+    if (!d.ok()) return d.status();
+    drecv = *d;
+  }
+  absl::Status s = Collect(impl, name, rank, size, timeout, /*wait_done=*/true, [&] { return enqueue(dsend, drecv); });
+  if (!s.ok() || !host_recv) return s;
+  IC_CUDA_RETURN(what.c_str(), cudaMemcpyAsync(recv, drecv, recv_bytes, cudaMemcpyDeviceToHost, impl.stream));
+  IC_CUDA_RETURN(what.c_str(), cudaStreamSynchronize(impl.stream));
+  return absl::OkStatus();
+}
+
+// The bytes a personalised exchange touches in a buffer: max over peers of offset + count.
+size_t SpanEnd(absl::Span<const size_t> counts, absl::Span<const size_t> offsets) {
+  size_t end = 0;
+  for (size_t p = 0; p < counts.size(); ++p) {
+    if (counts[p] > 0) end = std::max(end, offsets[p] + counts[p]);
+  }
+  return end;
+}
+
 }  // namespace
 
 absl::Status NcclCommunicator::Wait() {
@@ -295,44 +376,52 @@ absl::Status NcclCommunicator::Wait() {
 }
 
 absl::Status NcclCommunicator::DoAllGather(const void* send, void* recv, size_t send_bytes) {
-  return Collect(*impl_, "AllGather", rank(), size(), timeout(), options_.synchronous, [&] {
-    return ncclAllGather(send, recv, send_bytes, ncclUint8, impl_->comm, impl_->stream);
-  });
+  return CollectStaged(*impl_, "AllGather", rank(), size(), timeout(), options_.synchronous, send, send_bytes, recv,
+                       send_bytes * size(), [&](const void* s, void* r) {
+                         return ncclAllGather(s, r, send_bytes, ncclUint8, impl_->comm, impl_->stream);
+                       });
 }
 
 absl::Status NcclCommunicator::DoAllReduceSum(const float* send, float* recv, size_t count) {
-  return Collect(*impl_, "AllReduce", rank(), size(), timeout(), options_.synchronous, [&] {
-    return ncclAllReduce(send, recv, count, ncclFloat32, ncclSum, impl_->comm, impl_->stream);
-  });
+  return CollectStaged(*impl_, "AllReduce", rank(), size(), timeout(), options_.synchronous, send,
+                       count * sizeof(float), recv, count * sizeof(float), [&](const void* s, void* r) {
+                         return ncclAllReduce(s, r, count, ncclFloat32, ncclSum, impl_->comm, impl_->stream);
+                       });
 }
 
 absl::Status NcclCommunicator::DoReduceScatterSum(const float* send, float* recv, size_t recv_count) {
-  return Collect(*impl_, "ReduceScatter", rank(), size(), timeout(), options_.synchronous, [&] {
-    return ncclReduceScatter(send, recv, recv_count, ncclFloat32, ncclSum, impl_->comm, impl_->stream);
-  });
+  return CollectStaged(*impl_, "ReduceScatter", rank(), size(), timeout(), options_.synchronous, send,
+                       recv_count * size() * sizeof(float), recv, recv_count * sizeof(float),
+                       [&](const void* s, void* r) {
+                         return ncclReduceScatter(s, r, recv_count, ncclFloat32, ncclSum, impl_->comm,
+                                                  impl_->stream);
+                       });
 }
 
 absl::Status NcclCommunicator::DoBroadcast(const void* send, void* recv, size_t bytes, int root) {
-  return Collect(*impl_, "Broadcast", rank(), size(), timeout(), options_.synchronous, [&] {
-    return ncclBroadcast(send, recv, bytes, ncclUint8, root, impl_->comm, impl_->stream);
-  });
+  return CollectStaged(*impl_, "Broadcast", rank(), size(), timeout(), options_.synchronous,
+                       rank() == root ? send : nullptr, bytes, recv, bytes, [&](const void* s, void* r) {
+                         return ncclBroadcast(s, r, bytes, ncclUint8, root, impl_->comm, impl_->stream);
+                       });
 }
 
 absl::Status NcclCommunicator::DoAllToAllV(const void* send, absl::Span<const size_t> send_counts,
                                            absl::Span<const size_t> send_offsets, void* recv,
                                            absl::Span<const size_t> recv_counts,
                                            absl::Span<const size_t> recv_offsets) {
-  return Collect(*impl_, "AllToAllV", rank(), size(), timeout(), options_.synchronous, [&]() -> ncclResult_t {
+  return CollectStaged(*impl_, "AllToAllV", rank(), size(), timeout(), options_.synchronous, send,
+                       SpanEnd(send_counts, send_offsets), recv, SpanEnd(recv_counts, recv_offsets),
+                       [&](const void* send_d, void* recv_d) -> ncclResult_t {
     ncclResult_t r = ncclGroupStart();
     if (r != ncclSuccess) return r;
     for (int p = 0; p < size(); ++p) {
       if (send_counts[p] > 0) {
-        r = ncclSend(static_cast<const char*>(send) + send_offsets[p], send_counts[p], ncclUint8, p, impl_->comm,
+        r = ncclSend(static_cast<const char*>(send_d) + send_offsets[p], send_counts[p], ncclUint8, p, impl_->comm,
                      impl_->stream);
         if (r != ncclSuccess && r != ncclInProgress) break;
       }
       if (recv_counts[p] > 0) {
-        r = ncclRecv(static_cast<char*>(recv) + recv_offsets[p], recv_counts[p], ncclUint8, p, impl_->comm,
+        r = ncclRecv(static_cast<char*>(recv_d) + recv_offsets[p], recv_counts[p], ncclUint8, p, impl_->comm,
                      impl_->stream);
         if (r != ncclSuccess && r != ncclInProgress) break;
       }

@@ -9,6 +9,10 @@
 // DeadlineExceeded naming the collective (NCCL cannot say which peers are missing; the message says so).
 // After that every call fails fast with FailedPrecondition.
 //
+// Buffers: device memory of the communicator's GPU, or host memory, which is staged through device buffers
+// the communicator keeps (copied in, the collective, copied out: the call then waits for completion); the
+// engine's small host-side exchanges (sharded top-k candidates, expert dispatch lists) use that.
+//
 // Streams: collectives are enqueued on stream() (one the communicator creates on its device, or the
 // caller's, set_stream()). With options.synchronous (the default) each call waits for completion on
 // the host, polling as above; with synchronous = false it returns once enqueued and the caller calls

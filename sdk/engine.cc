@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <string_view>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
@@ -19,6 +20,26 @@ using kernels::Backend;
 using kernels::DeviceKind;
 
 double LossResult::perplexity() const { return std::exp(mean_loss); }
+
+namespace {
+
+// The o_proj / MLP all-reduces run on the backend's buffers: a CUDA context needs a communicator on
+// device memory (NCCL), a CPU context one on host memory (in-process).
+absl::Status CheckGroupBuffers(const parallel::Communicator& comm, DeviceKind device, const char* field) {
+  const bool nccl = std::string_view(comm.backend_name()) == "nccl";
+  if (device == DeviceKind::kCuda && !nccl) {
+    return absl::InvalidArgumentError(absl::StrCat("ContextOptions::", field, " is a '", comm.backend_name(),
+                                                   "' communicator (host buffers); a CUDA context needs NCCL"));
+  }
+  if (device == DeviceKind::kCpu && nccl) {
+    return absl::InvalidArgumentError(absl::StrCat("ContextOptions::", field,
+                                                   " is an NCCL communicator (device buffers); a CPU context needs "
+                                                   "an in-process one"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 Context::~Context() = default;
 
@@ -65,11 +86,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
   TensorParallelPlan tp_plan;
   if (options.shard_group != nullptr) {
     IC_ASSIGN_OR_RETURN(tp_plan, PlanTensorParallel(c, options.shard_group->size(), options.shard_group->rank()));
-    if (options.device != DeviceKind::kCpu) {
-      return absl::UnimplementedError(
-          "tensor parallel (ContextOptions::shard_group) runs on the CPU backend only: the NCCL device path "
-          "of the sharded top-k is not implemented yet");
-    }
+    IC_RETURN_IF_ERROR(CheckGroupBuffers(*options.shard_group, options.device, "shard_group"));
   }
   if (options.expert_group != nullptr) {
     const int P = options.expert_group->size();
@@ -81,11 +98,7 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(std::shared_ptr<const M
       return InvalidArgument("expert parallel: n_routed_experts ", c.n_routed_experts,
                              " is not divisible by the expert group size ", P);
     }
-    if (options.device != DeviceKind::kCpu) {
-      return absl::UnimplementedError(
-          "expert parallel (ContextOptions::expert_group) runs on the CPU backend only: the NCCL device path of "
-          "the expert all-to-all is not implemented yet");
-    }
+    IC_RETURN_IF_ERROR(CheckGroupBuffers(*options.expert_group, options.device, "expert_group"));
   }
   IC_ASSIGN_OR_RETURN(ctx->backend_, kernels::CreateBackend(options.device, options.device_ordinal));
 

@@ -406,6 +406,9 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     // o_proj / dense MLP partial outputs of a shard group: summed over its ranks, in place.
     auto all_reduce = [&](float* buf) -> absl::Status {
       if (im.tp == nullptr) return absl::OkStatus();
+      // NCCL runs on its own stream: the backend's work that wrote `buf` must be done first (the
+      // collective itself returns once complete).
+      if (be.kind() == kernels::DeviceKind::kCuda) IC_RETURN_IF_ERROR(be.Synchronize());
       return im.tp->AllReduceSum(buf, buf, static_cast<size_t>(T) * H);
     };
 

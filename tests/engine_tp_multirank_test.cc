@@ -319,10 +319,12 @@ TEST(EngineTpMultirankTest, HeadsNotDivisibleByTheGroupAreRejected) {
   auto bad_kv = Context::Create(gqa, {.shard_group = pair[0].get()});
   EXPECT_EQ(bad_kv.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(bad_kv.status().message()), HasSubstr("num_key_value_heads = 3"));
-  // The CUDA backend has no sharded path yet: a clear error, never a wrong answer.
+  // A CUDA context all-reduces device buffers: an in-process (host-buffer) group is refused by name, GPU or
+  // not (engine_multigpu_gpu_test runs the NCCL path).
   auto two = *InProcessGroup::Create(2);
   auto gpu = Context::Create(model, {.device = kernels::DeviceKind::kCuda, .shard_group = two[0].get()});
-  EXPECT_EQ(gpu.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(gpu.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(gpu.status().message()), HasSubstr("a CUDA context needs NCCL"));
 }
 
 TEST(EngineTpMultirankTest, AFailedPeerMakesTheOthersReturnAnErrorAndRollBack) {

@@ -5,12 +5,11 @@
  *       WORLD ranks as threads of this process, CPU contexts (an in-process dist_id shared in memory).
  *       Shard groups of TP ranks serve their own prompt (data-parallel attention); experts split over
  *       groups of EP ranks; a group with nothing to decode calls ic_context_idle_step.
- *   multirank process RANK WORLD ID_FILE [MODEL_DIR]
- *       One process per GPU (start WORLD of them, on one node or several): rank 0 makes an NCCL id and
- *       writes it to ID_FILE (a path on a filesystem every node sees); the others wait for the file and
- *       read it. With MPI you would MPI_Bcast the IC_DIST_ID_BYTES bytes instead; the SDK owns no
- *       launcher. (This version's engine runs tensor / expert parallel on the CPU backend only: on GPUs,
- *       world > 1 works with tp = ep = 1, i.e. independent data-parallel ranks.)
+ *   multirank process RANK WORLD TP EP ID_FILE [MODEL_DIR]
+ *       One process per GPU (start WORLD of them, on one node or several), CUDA contexts over NCCL: rank 0
+ *       makes an NCCL id and writes it to ID_FILE (a path on a filesystem every node sees); the others
+ *       wait for the file and read it. With MPI you would MPI_Bcast the IC_DIST_ID_BYTES bytes instead;
+ *       the SDK owns no launcher. The GPU is $LOCAL_RANK (torchrun's convention) or else RANK.
  *
  * Without MODEL_DIR the embedded synthetic DSA model is used (a MoE model with 8 routed experts).
  */
@@ -43,7 +42,7 @@ static ic_model_t* LoadModel(const char* dir) {
 }
 
 /* One rank: its shard group g serves prompt g; groups take turns decoding, the others idle. */
-static int RunRank(int rank, ic_device_t device) {
+static int RunRank(int rank, ic_device_t device, int device_ordinal) {
   ic_context_params_t cp;
   ic_context_t* ctx = NULL;
   int32_t prompt[PROMPT], seq = -1, next;
@@ -57,6 +56,7 @@ static int RunRank(int rank, ic_device_t device) {
   for (i = 0; i < PROMPT; ++i) prompt[i] = (int32_t)((group * 7919 + i * 104729) % info.vocab_size);
   ic_context_default_params(&cp);
   cp.device = device;
+  cp.device_ordinal = device_ordinal;
   cp.max_tokens = 1024;
   cp.rank = rank;
   cp.world_size = g_world;
@@ -84,7 +84,7 @@ static int RunRank(int rank, ic_device_t device) {
   return failed;
 }
 
-static void* ThreadMain(void* arg) { return (void*)(size_t)RunRank((int)(size_t)arg, IC_DEVICE_CPU); }
+static void* ThreadMain(void* arg) { return (void*)(size_t)RunRank((int)(size_t)arg, IC_DEVICE_CPU, 0); }
 
 int main(int argc, char** argv) {
   int failed = 0, i;
@@ -106,12 +106,18 @@ int main(int argc, char** argv) {
       pthread_join(threads[i], &r);
       failed |= (int)(size_t)r;
     }
-  } else if (argc >= 5 && strcmp(argv[1], "process") == 0) {
+  } else if (argc >= 7 && strcmp(argv[1], "process") == 0) {
     const int rank = atoi(argv[2]);
-    const char* id_file = argv[4];
+    const char* id_file = argv[6];
+    const char* local = getenv("LOCAL_RANK");
     FILE* f;
     g_world = atoi(argv[3]);
-    g_tp = g_ep = 1;
+    g_tp = atoi(argv[4]);
+    g_ep = atoi(argv[5]);
+    if (g_world < 1 || rank < 0 || rank >= g_world || g_tp < 1 || g_ep < 1) {
+      fprintf(stderr, "multirank: RANK in [0, WORLD), TP and EP >= 1\n");
+      return 2;
+    }
     if (rank == 0) {  /* write to a temporary name, then rename: readers never see half an id */
       char tmp[4096];
       if (Check(ic_dist_unique_id(IC_DEVICE_CUDA, &g_id), "ic_dist_unique_id", rank)) return 1;
@@ -131,12 +137,12 @@ int main(int argc, char** argv) {
       }
       fclose(f);
     }
-    g_model = LoadModel(argc > 5 ? argv[5] : NULL);
+    g_model = LoadModel(argc > 7 ? argv[7] : NULL);
     if (g_model == NULL) return Check(IC_ERR_INVALID_ARGUMENT, "load model", rank) + 1;
-    failed = RunRank(rank, IC_DEVICE_CUDA);
+    failed = RunRank(rank, IC_DEVICE_CUDA, local != NULL ? atoi(local) : rank);
   } else {
     fprintf(stderr, "usage: multirank threads WORLD TP EP [MODEL_DIR]\n"
-                    "       multirank process RANK WORLD ID_FILE [MODEL_DIR]\n");
+                    "       multirank process RANK WORLD TP EP ID_FILE [MODEL_DIR]\n");
     return 2;
   }
   ic_model_free(g_model);

@@ -18,7 +18,7 @@ if [[ "${CLI_ONLY:-0}" == 1 ]]; then
   targets=(indexcache_cli)
 else
   targets=(indexcache_cli engine_gpu_test backend_parity_gpu_test golden_test engine_test cpu_kernels_bench
-           cuda_kernels_bench)
+           cuda_kernels_bench engine_multigpu_gpu_test example_multirank)
 fi
 cmake --build "$build" -j"${JOBS:-2}" --target "${targets[@]}"
 out=.deps/bundle
@@ -27,7 +27,8 @@ mkdir -p "$out/bin" "$out/lib"
 cp "$build/indexcache" "$out/bin/"
 if [[ "${CLI_ONLY:-0}" != 1 ]]; then
   cp "$build/tests/engine_gpu_test" "$build/tests/backend_parity_gpu_test" "$build/tests/golden_test" \
-     "$build/tests/engine_test" "$build/kernels/cpu/cpu_kernels_bench" "$build/kernels/cuda_kernels_bench" "$out/bin/"
+     "$build/tests/engine_test" "$build/kernels/cpu/cpu_kernels_bench" "$build/kernels/cuda_kernels_bench" \
+     "$build/tests/engine_multigpu_gpu_test" "$build/examples/multirank" "$out/bin/"
 fi
 strip "$out"/bin/*
 for bin in "$out"/bin/*; do

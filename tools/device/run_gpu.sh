@@ -4,7 +4,9 @@
 # GPU; logs to $OUT. Stages can be chosen: STAGES="tests demo bench kernels table1" (default: tests demo
 # bench; kernels = the Google Benchmark suite of the CUDA kernels, kernels/cuda_kernels_bench.cc; graphs =
 # `indexcache bench` with CUDA-graph decode on and off at batch 1 and 4, and the DecodeChainGraph benchmark
-# of one kernel chain queued vs replayed (docs/results/gpu_engine.md#cuda-graph-decode); table1 =
+# of one kernel chain queued vs replayed (docs/results/gpu_engine.md#cuda-graph-decode); multigpu = the
+# engine over NCCL on every visible GPU (engine_multigpu_gpu_test: tensor and expert parallel on 2 GPUs,
+# NCCL_NVLS_ENABLE=0; docs/results/multi_gpu.md); table1 =
 # the paper's Table 1 on the 30B preset with BF16 weights (cuBLASLt GEMMs), indexer and attention, about 40 s:
 # docs/results/table1.md; TABLE1_ARGS overrides its precision options).
 set -uo pipefail
@@ -46,6 +48,28 @@ if [[ $stages == *graphs* ]]; then
     done
   done
   "$b/bin/cuda_kernels_bench" --benchmark_filter=DecodeChainGraph 2>&1 | tee "$OUT/decode_chain_graph.log"
+fi
+if [[ $stages == *multigpu* ]]; then
+  nvidia-smi topo -m 2>&1 | tee "$OUT/topology.txt"
+  NCCL_NVLS_ENABLE=0 "$b/bin/engine_multigpu_gpu_test" 2>&1 | tail -${TAIL:-15} | tee "$OUT/engine_multigpu_gpu_test.log"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
+  # The C ABI over NCCL: one process per GPU (examples/multirank), TP × EP layouts of the visible GPUs.
+  n=$(nvidia-smi -L | wc -l)
+  for layout in "$n 1" "1 $n" "$n $n"; do
+    read -r tp ep <<<"$layout"
+    id="/tmp/ic_multirank_id_${tp}_${ep}_$$"
+    rm -f "$id"
+    pids=()
+    for ((r = 0; r < n; ++r)); do
+      NCCL_NVLS_ENABLE=0 "$b/bin/multirank" process $r $n $tp $ep "$id" >"$OUT/multirank_r$r.txt" 2>&1 &
+      pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait $p || rc=1; done
+    echo "== multirank process, world $n, tp $tp, ep $ep" >>"$OUT/multirank.log"
+    cat "$OUT"/multirank_r*.txt >>"$OUT/multirank.log"
+    rm -f "$OUT"/multirank_r*.txt
+  done
+  cat "$OUT/multirank.log"
 fi
 if [[ $stages == *bench* ]]; then
   "$b/bin/indexcache" bench --device cuda ${BENCH_ARGS:---contexts 1024,4096,8192 --decode-steps 16} 2>&1 | tee "$OUT/bench.log"
