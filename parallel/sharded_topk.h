@@ -7,8 +7,9 @@
 // Both leave bitwise-identical indices on every rank and count their bytes in shard.stats()
 // (AllGather), which is where `indexcache_topk_bytes_total` comes from.
 //
-// Host buffers only: the in-process backend (CPU engine). With NCCL the same steps run on device
-// buffers — the AllGather is the same call, the scatter/merge needs a CUDA kernel (not written yet).
+// Host buffers: the in-process backend uses them directly; NcclCommunicator stages them through device
+// copies (the engine's CUDA contexts). Merging on the device (a CUDA scatter/merge kernel, no host round
+// trip) is not written.
 //
 //   std::vector<int32_t> local(split.max_rows * k), indices(num_rows * k), scratch;
 //   IC_RETURN_IF_ERROR(AllGatherZigZagIndices(groups.shard(), num_rows, k, local, absl::MakeSpan(indices),

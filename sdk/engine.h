@@ -63,8 +63,10 @@ struct ContextOptions {
   // heads (and GQA KV heads where they divide) and the dense MLP are split, o_proj and MLP outputs are
   // all-reduced, a Full layer's top-k is split and gathered inside the group (bitwise-identical indices
   // on every rank). Every rank creates its context from the same model, plan and options and runs the
-  // same forward passes in the same order. CPU backend only for now (the NCCL device path is not
-  // written: a CUDA context with a shard group is Unimplemented).
+  // same forward passes in the same order. The group's buffers follow the device: a CPU context needs an
+  // in-process communicator (parallel/inprocess_communicator.h), a CUDA context an NCCL one
+  // (parallel/nccl_communicator.h, one GPU per rank; its host-side exchanges are staged through device
+  // copies); the other kind is InvalidArgument at creation.
   parallel::Communicator* shard_group = nullptr;
   // Expert parallel (DESIGN.md §5): the expert group this context is one rank of. nullptr = every routed
   // expert local. Rank r of P holds routed experts [r·E/P, (r+1)·E/P) (E = n_routed_experts, divisible by
@@ -77,7 +79,7 @@ struct ContextOptions {
   // the group must run the same number of forward passes in the same order: a rank with nothing to run
   // calls IdleStep() (DeepSeek-style idle ranks still join the expert all-to-all). Prefill splits into
   // ceil(tokens / prefill_chunk) passes, so ranks prefilling different lengths use Forward() or equal
-  // chunk counts. CPU backend only for now, like shard_group. Not owned; must outlive the context.
+  // chunk counts. In-process on the CPU, NCCL on CUDA, like shard_group. Not owned; must outlive the context.
   parallel::Communicator* expert_group = nullptr;
   // The lightning indexer's q·k arithmetic (kernels/backend.h Precision): kF32 (the reference) or
   // kBF16 (q and index-K rounded to BF16, F32 accumulation: BF16 tensor cores on CUDA; the index-K cache

@@ -23,9 +23,10 @@
 //     IndexerTopk op selects the local top-k and writes the local scores; the host turns them into
 //     (score, position) candidates and AllGatherMergeTopk merges them. Rows with pos + 1 ≤ k select
 //     0..pos on every rank without a collective (DESIGN.md §3 short rows).
-// Both give bitwise-identical indices on every rank of the group. The collectives run on host buffers
-// (the in-process communicator and the CPU backend); the NCCL device path is not written yet, so a
-// CUDA context with a shard group is rejected at creation.
+// Both give bitwise-identical indices on every rank of the group. The top-k collectives run on host buffers:
+// directly with the in-process communicator (CPU contexts); with NCCL (CUDA contexts) NcclCommunicator
+// stages them through device copies (a few KB a Full layer: k indices or candidates per row). The o_proj /
+// MLP all-reduces run on the backend's buffers (device memory on CUDA).
 //
 // Every rank of the group must create its context with the same model, plan and options, and run the
 // same forward passes (same segments, same order): the collectives pair up by call order. A pass that

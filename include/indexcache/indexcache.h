@@ -319,8 +319,7 @@ IC_API ic_status_t ic_dist_unique_id(ic_device_t device, ic_dist_id_t* out);
  * message names it and its value —, an invalid plan, e.g. "layer 0 must be Full", a Full layer without
  * indexer weights; several ranks: no dist_id, sizes that do not divide, ranks that disagree on the
  * sizes, model or plan, a rank joining twice), IC_ERR_UNAVAILABLE (IC_DEVICE_CUDA without CUDA or a
- * GPU; the metrics address cannot be bound), IC_ERR_UNIMPLEMENTED (a CUDA context with tp_size or
- * ep_size > 1: the engine's NCCL device path is not written yet), IC_ERR_ABORTED (another rank failed
+ * GPU; the metrics address cannot be bound), IC_ERR_ABORTED (another rank failed
  * to join, or not all joined within dist_timeout_ms), IC_ERR_FAILED_PRECONDITION (the group was already
  * broken by another rank's failure), IC_ERR_ALREADY_EXISTS (an exposer already runs on another
  * address), IC_ERR_OUT_OF_MEMORY (the caches do not fit). */
