@@ -906,7 +906,8 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       };
       const Impl::GraphKey key{S, max_blocks, logits != nullptr};
       Impl::DecodeGraph* replayed = nullptr;
-      IC_ASSIGN_OR_RETURN(replayed, im.RunDecodeGraph(key, step, mark_indexer, stats, indexer_marks));
+      const bool time_graph = mark_indexer && c.has_indexer;  // a model without an indexer needs no timed graph
+      IC_ASSIGN_OR_RETURN(replayed, im.RunDecodeGraph(key, step, time_graph, stats, indexer_marks));
       if (logits != nullptr) {
         IC_RETURN_IF_ERROR(be.CopyToHost(outputs.last_logits, logits,
                                          static_cast<size_t>(S) * c.vocab_size * sizeof(float)));
@@ -916,12 +917,12 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         IC_ASSIGN_OR_RETURN(const double seconds, be.SecondsBetween(m0, m1));
         stats.full_indexer_seconds.push_back(seconds);
       }
-      if (replayed != nullptr && mark_indexer) {
+      if (replayed != nullptr && time_graph) {
         // A timed replay refreshes the shape's sample; the untimed ones between report it.
         if (!indexer_marks.empty()) replayed->sampled_indexer_seconds = stats.full_indexer_seconds;
         if (indexer_marks.empty()) stats.full_indexer_seconds = replayed->sampled_indexer_seconds;
       }
-      return im.CaptureDecodeGraphIfDue(key, step, mark_indexer);
+      return im.CaptureDecodeGraphIfDue(key, step, time_graph);
     }
 
     IC_RETURN_IF_ERROR(run_layers(stats, indexer_marks, mark_indexer));
