@@ -7,13 +7,18 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <sstream>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "parallel/inprocess_communicator.h"
+#include "parallel/nccl_communicator.h"
+#include "parallel/process_groups.h"
 #include "sdk/metrics.h"
 #include "sdk/sizing.h"
 #include "sdk/selection_report.h"
@@ -440,6 +445,55 @@ int CmdEval(int argc, char** argv) {
   return 0;
 }
 
+// Runs fn(rank, shard group, expert group) on `world` threads, rank r on GPU r (NCCL) or on the CPU
+// (in-process group); the groups follow the C ABI's layout (parallel/process_groups.h). A rank that fails
+// aborts its groups, so the others return instead of waiting out the timeout; the first error is returned.
+absl::Status RunRanks(int world, int64_t tp, int64_t ep, kernels::DeviceKind device,
+                      const std::function<absl::Status(int, parallel::Communicator*, parallel::Communicator*)>& fn) {
+  parallel::CommunicatorOptions options;
+  options.timeout = absl::Seconds(600);
+  std::vector<std::unique_ptr<parallel::Communicator>> comms(world);
+  std::vector<absl::Status> status(world);
+  std::string nccl_id;
+  if (device == kernels::DeviceKind::kCuda) {
+    IC_ASSIGN_OR_RETURN(nccl_id, parallel::NcclCommunicator::UniqueId());
+  } else {
+    IC_ASSIGN_OR_RETURN(comms, parallel::InProcessGroup::Create(world, options));
+  }
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      if (device == kernels::DeviceKind::kCuda) {  // NCCL init joins every rank: concurrently
+        parallel::NcclOptions o;
+        o.common = options;
+        o.device = r;
+        absl::StatusOr<std::unique_ptr<parallel::NcclCommunicator>> c =
+            parallel::NcclCommunicator::Create(nccl_id, r, world, o);
+        if (!c.ok()) {
+          status[r] = c.status();
+          return;
+        }
+        comms[r] = *std::move(c);
+      }
+      const parallel::ParallelSizes sizes{.world_size = world, .tp_size = static_cast<int>(tp),
+                                          .ep_size = static_cast<int>(ep)};
+      absl::StatusOr<parallel::ProcessGroups> groups = parallel::ProcessGroups::Create(*comms[r], sizes);
+      if (!groups.ok()) {
+        status[r] = groups.status();
+        comms[r]->Abort();
+        return;
+      }
+      status[r] = fn(r, tp > 1 ? &groups->shard() : nullptr, ep > 1 ? &groups->expert() : nullptr);
+      if (!status[r].ok()) groups->AbortAll();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int r = 0; r < world; ++r) {
+    if (!status[r].ok()) return absl::Status(status[r].code(), absl::StrCat("rank ", r, ": ", status[r].message()));
+  }
+  return absl::OkStatus();
+}
+
 int CmdBench(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {  // layer-sampled presets: tools/bench_sampled.cc
     const std::string a = argv[i];
@@ -454,11 +508,17 @@ int CmdBench(int argc, char** argv) {
       "  --decode-steps N       decode steps timed after each prefill                      [16]\n"
       "  --batch N              sequences decoded together                                 [1]\n"
       "  --warmup N             untimed prefill + decode passes per plan before timing     [1]\n"
+      "  --tp N, --ep N         several ranks, one GPU each (NCCL; --device cpu: threads in-process): tensor\n"
+      "                         parallel over N ranks, routed experts over N ranks; world = the larger,\n"
+      "                         which the other divides (the C ABI's layout: world = dp x tp); every rank\n"
+      "                         runs the same prompts, rank 0 reports                        [1, 1]\n"
       "  --preset NAME          layer-sampled benchmark of a model shape (glm-4.7-flash-dsa, deepseek-v3.2,\n"
       "                         glm-5, tiny-dsa) with synthetic weights: `indexcache bench --preset X --help`\n"
       "  --sample-layers        the same for the embedded synthetic model\n");
   if (WantsHelp(argc, argv, help.c_str())) return 0;
-  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(With(kModelKeys, kContextOptionKeys), {"plans", "contexts", "decode-steps", "batch", "warmup"}), {}),
+  CLI_ASSIGN_OR_FAIL(args, Args::Parse(argc, argv, With(With(kModelKeys, kContextOptionKeys),
+                                                        {"plans", "contexts", "decode-steps", "batch", "warmup", "tp", "ep"}),
+                                       {}),
                      "bench");
   CLI_ASSIGN_OR_FAIL(model, SelectModel(args), "bench");
   CLI_ASSIGN_OR_FAIL(device, SelectDevice(args), "bench");
@@ -466,6 +526,22 @@ int CmdBench(int argc, char** argv) {
   CLI_ASSIGN_OR_FAIL(steps, GetIntIn(args, "decode-steps", 16, 0, kMaxTokens), "bench");
   CLI_ASSIGN_OR_FAIL(batch, GetIntIn(args, "batch", 1, 1, 4096), "bench");
   CLI_ASSIGN_OR_FAIL(warmup, GetIntIn(args, "warmup", 1, 0, 10), "bench");
+  CLI_ASSIGN_OR_FAIL(tp, GetIntIn(args, "tp", 1, 1, 64), "bench");
+  CLI_ASSIGN_OR_FAIL(ep, GetIntIn(args, "ep", 1, 1, 64), "bench");
+  const int world = static_cast<int>(std::max(tp, ep));
+  if (world % tp != 0 || world % ep != 0) {
+    return Fail("bench", InvalidArgument("--tp ", tp, " and --ep ", ep, ": the smaller must divide the larger (the "
+                                         "world size)"));
+  }
+  if (world > 1 && device == kernels::DeviceKind::kCuda) {
+    if (kernels::CudaDeviceCount() < world) {
+      return Fail("bench", InvalidArgument("--tp ", tp, " --ep ", ep, " needs ", world, " GPUs (one a rank); ",
+                                           kernels::CudaDeviceCount(), " visible"));
+    }
+    if (!parallel::NcclAvailable()) {
+      return Fail("bench", absl::UnavailableError("--tp / --ep on CUDA need NCCL; this build has none"));
+    }
+  }
   ContextOptions precisions;
   if (absl::Status s = SelectContextOptions(args, &precisions); !s.ok()) return Fail("bench", s);
   std::vector<int64_t> contexts;
@@ -482,71 +558,77 @@ int CmdBench(int argc, char** argv) {
   }
   if (contexts.empty()) return Fail("bench", InvalidArgument("--contexts: no length given"));
   const ModelConfig& c = model->config;
-  std::mt19937 rng(7);
-  std::uniform_int_distribution<int32_t> dist(0, c.vocab_size - 1);
-  std::fprintf(stderr, "bench: %s\n", DescribePrecisions(precisions, model->config.has_indexer).c_str());
+  std::fprintf(stderr, "bench: %s%s\n", DescribePrecisions(precisions, model->config.has_indexer).c_str(),
+               world > 1 ? absl::StrCat("; ", world, " ranks, tp ", tp, ", ep ", ep).c_str() : "");
   std::printf("%-14s %8s %12s %10s %14s %12s %12s\n", "plan", "context", "prefill", "prefill", "decode tok/s",
               "indexer", "saved");
   std::printf("%-14s %8s %12s %10s %14s %12s %12s\n", "", "", "", "tok/s", "per sequence", "share", "(est.)");
-  std::map<int64_t, std::pair<double, double>> dsa_times;
-  DecodeGraphStats graphs;  // over every context created below
+  DecodeGraphStats graphs;  // rank 0's, over every context created below
   int64_t decode_steps = 0;
-  for (int64_t ctx_len : contexts) {
-    std::vector<int32_t> prompt;
-    for (const NamedPlan& p : plans) {
-      ContextOptions co = precisions;
-      co.device = device;
-      co.max_tokens = (ctx_len + steps + 64) * batch + (warmup > 0 ? ctx_len + 64 : 0);
-      co.plan = p.pattern;
-      CLI_ASSIGN_OR_FAIL(ctx, Context::Create(model, co), "bench");
-      if (prompt.empty()) {  // after the context: a length that cannot fit fails above, not in this allocation
-        prompt.resize(ctx_len);
-        for (auto& t : prompt) t = dist(rng);
+  // One rank's run over every context length and plan (every rank runs the same passes in the same order;
+  // rank 0 prints). The process-wide metrics add every rank's: the indexer share is their mean.
+  auto run_rank = [&](int rank, parallel::Communicator* shard, parallel::Communicator* experts) -> absl::Status {
+    for (int64_t ctx_len : contexts) {
+      std::vector<int32_t> prompt;
+      std::mt19937 rng(static_cast<uint32_t>(7 + ctx_len));  // the same prompt on every rank
+      std::uniform_int_distribution<int32_t> dist(0, c.vocab_size - 1);
+      for (const NamedPlan& p : plans) {
+        ContextOptions co = precisions;
+        co.device = device;
+        co.device_ordinal = device == kernels::DeviceKind::kCuda ? rank : 0;
+        co.max_tokens = (ctx_len + steps + 64) * batch + (warmup > 0 ? ctx_len + 64 : 0);
+        co.plan = p.pattern;
+        co.shard_group = shard;
+        co.expert_group = experts;
+        IC_ASSIGN_OR_RETURN(std::unique_ptr<Context> ctx, Context::Create(model, co));
+        if (prompt.empty()) {  // after the context: a length that cannot fit fails above, not in this allocation
+          prompt.resize(ctx_len);
+          for (auto& t : prompt) t = dist(rng);
+        }
+        for (int64_t w = 0; w < warmup; ++w) {  // untimed: GEMM heuristics, workspace growth on the GPU
+          IC_ASSIGN_OR_RETURN(const int scratch, ctx->AddSequence());
+          IC_RETURN_IF_ERROR(ctx->Prefill(scratch, prompt));
+          IC_RETURN_IF_ERROR(ctx->Decode({&scratch, 1}, {&prompt[0], 1}, nullptr));
+          IC_RETURN_IF_ERROR(ctx->RemoveSequence(scratch));
+        }
+        std::vector<int> seqs;
+        const Metrics::Totals m0 = Metrics::Global().GetTotals();
+        double prefill = 0;
+        for (int64_t b = 0; b < batch; ++b) {
+          IC_ASSIGN_OR_RETURN(const int seq, ctx->AddSequence());
+          seqs.push_back(seq);
+          const double t0 = Now();
+          IC_RETURN_IF_ERROR(ctx->Prefill(seq, prompt));
+          prefill += Now() - t0;
+        }
+        prefill /= batch;
+        std::vector<int32_t> next(batch, 1);
+        const double t1 = Now();
+        for (int64_t i = 0; i < steps; ++i) IC_RETURN_IF_ERROR(ctx->Decode(seqs, next, nullptr));
+        const double decode = Now() - t1;
+        if (rank != 0) continue;
+        decode_steps += steps;
+        const DecodeGraphStats& g = ctx->decode_graph_stats();
+        graphs.captures += g.captures;
+        graphs.replays += g.replays;
+        graphs.capture_failures += g.capture_failures;
+        if (!g.last_capture_error.empty()) graphs.last_capture_error = g.last_capture_error;
+        const Metrics::Totals m2 = Metrics::Global().GetTotals();
+        const double indexer = (m2.indexer_seconds - m0.indexer_seconds) / world;
+        const double saved = (m2.saved_seconds - m0.saved_seconds) / world;
+        const double share = indexer / std::max(prefill * batch + decode, 1e-12);
+        std::printf("%-14s %8lld %12s %10.0f %14.1f %11.1f%% %12s\n", p.name.c_str(), static_cast<long long>(ctx_len),
+                    FormatSeconds(prefill).c_str(), ctx_len / prefill, steps ? steps / decode : 0.0, 100 * share,
+                    FormatSeconds(saved).c_str());
+        std::fflush(stdout);
       }
-      for (int64_t w = 0; w < warmup; ++w) {  // untimed: GEMM heuristics, workspace growth on the GPU
-        CLI_ASSIGN_OR_FAIL(scratch, ctx->AddSequence(), "bench");
-        absl::Status s = ctx->Prefill(scratch, prompt);
-        if (s.ok()) s = ctx->Decode({&scratch, 1}, {&prompt[0], 1}, nullptr);
-        if (!s.ok()) return Fail("bench", s);
-        (void)ctx->RemoveSequence(scratch);
-      }
-      std::vector<int> seqs;
-      const Metrics::Totals m0 = Metrics::Global().GetTotals();
-      double prefill = 0;
-      for (int64_t b = 0; b < batch; ++b) {
-        CLI_ASSIGN_OR_FAIL(seq, ctx->AddSequence(), "bench");
-        seqs.push_back(seq);
-        const double t0 = Now();
-        absl::Status s = ctx->Prefill(seq, prompt);
-        if (!s.ok()) return Fail("bench", s);
-        prefill += Now() - t0;
-      }
-      prefill /= batch;
-      const Metrics::Totals m1 = Metrics::Global().GetTotals();
-      std::vector<int32_t> next(batch, 1);
-      const double t1 = Now();
-      for (int64_t i = 0; i < steps; ++i) {
-        absl::Status s = ctx->Decode(seqs, next, nullptr);
-        if (!s.ok()) return Fail("bench", s);
-      }
-      const double decode = Now() - t1;
-      decode_steps += steps;
-      graphs.captures += ctx->decode_graph_stats().captures;
-      graphs.replays += ctx->decode_graph_stats().replays;
-      graphs.capture_failures += ctx->decode_graph_stats().capture_failures;
-      if (!ctx->decode_graph_stats().last_capture_error.empty()) {
-        graphs.last_capture_error = ctx->decode_graph_stats().last_capture_error;
-      }
-      const Metrics::Totals m2 = Metrics::Global().GetTotals();
-      const double indexer = m2.indexer_seconds - m0.indexer_seconds;
-      const double saved = m2.saved_seconds - m0.saved_seconds;
-      const double share = indexer / std::max(prefill * batch + decode, 1e-12);
-      (void)m1;
-      std::printf("%-14s %8lld %12s %10.0f %14.1f %11.1f%% %12s\n", p.name.c_str(), static_cast<long long>(ctx_len),
-                  FormatSeconds(prefill).c_str(), ctx_len / prefill, steps ? steps / decode : 0.0, 100 * share,
-                  FormatSeconds(saved).c_str());
-      std::fflush(stdout);
     }
+    return absl::OkStatus();
+  };
+  if (world == 1) {
+    if (absl::Status s = run_rank(0, nullptr, nullptr); !s.ok()) return Fail("bench", s);
+  } else if (absl::Status s = RunRanks(world, tp, ep, device, run_rank); !s.ok()) {
+    return Fail("bench", s);
   }
   if (device == kernels::DeviceKind::kCuda) {
     if (!precisions.cuda_graphs) {
