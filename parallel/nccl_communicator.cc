@@ -112,6 +112,7 @@ struct NcclCommunicator::Impl {
 
   // Polls until the communicator's last operation left ncclInProgress.
   absl::Status WaitComm(ncclComm_t c, const std::string& what, Clock::time_point deadline, absl::Duration timeout) {
+    const Clock::time_point spin_until = Clock::now() + std::chrono::milliseconds(2);  // as WaitStream
     while (true) {
       ncclResult_t state = ncclSuccess;
       ncclResult_t r = ncclCommGetAsyncError(c, &state);
@@ -136,12 +137,20 @@ struct NcclCommunicator::Impl {
         AbortNow(m);
         return absl::DeadlineExceededError(m);
       }
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
+      if (Clock::now() < spin_until) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
     }
   }
 
-  // Polls the stream until the enqueued work is done, watching NCCL's async error and the deadline.
+  // Polls the stream until the enqueued work is done, watching NCCL's async error and the deadline. The
+  // first kSpin of a wait only yields (a decode step's all-reduce takes tens of µs; a sleep would add
+  // ~60 µs of timer slack to each), then it sleeps between polls.
   absl::Status WaitStream(const std::string& what, Clock::time_point deadline, absl::Duration timeout) {
+    constexpr auto kSpin = std::chrono::milliseconds(2);
+    const Clock::time_point spin_until = Clock::now() + kSpin;
     while (true) {
       cudaError_t e = cudaStreamQuery(stream);
       if (e == cudaSuccess) return absl::OkStatus();
@@ -167,7 +176,11 @@ struct NcclCommunicator::Impl {
         AbortNow(m);
         return absl::DeadlineExceededError(m);
       }
-      std::this_thread::sleep_for(std::chrono::microseconds(20));
+      if (Clock::now() < spin_until) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+      }
     }
   }
 };

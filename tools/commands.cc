@@ -631,7 +631,9 @@ int CmdBench(int argc, char** argv) {
     return Fail("bench", s);
   }
   if (device == kernels::DeviceKind::kCuda) {
-    if (!precisions.cuda_graphs) {
+    if (world > 1) {
+      std::printf("decode: eager (CUDA-graph decode is single-rank)\n");
+    } else if (!precisions.cuda_graphs) {
       std::printf("decode: eager (--cuda-graphs off)\n");
     } else {  // the warm-up's decode steps count too (they capture the batch-1 graph)
       std::printf("decode: %lld steps replayed from CUDA graphs (%lld captured) of %lld timed + warm-up steps\n",

@@ -70,6 +70,12 @@ if [[ $stages == *multigpu* ]]; then
     rm -f "$OUT"/multirank_r*.txt
   done
   cat "$OUT/multirank.log"
+  # The whole-model bench on the embedded model: one GPU, then tensor / expert parallel over all of them.
+  for layout in "1 1" "$n 1" "1 $n"; do
+    read -r tp ep <<<"$layout"
+    NCCL_NVLS_ENABLE=0 "$b/bin/indexcache" bench --device cuda --tp $tp --ep $ep \
+      ${MULTIGPU_BENCH_ARGS:---contexts 1024,8192 --decode-steps 32} 2>&1 | tee -a "$OUT/bench_ranks.log"
+  done
 fi
 if [[ $stages == *bench* ]]; then
   "$b/bin/indexcache" bench --device cuda ${BENCH_ARGS:---contexts 1024,4096,8192 --decode-steps 16} 2>&1 | tee "$OUT/bench.log"
