@@ -423,6 +423,9 @@ ic_status_t ic_dist_unique_id(ic_device_t device, ic_dist_id_t* out) {
       std::memcpy(id.bytes + kDistPid, &pid, 8);
       std::memcpy(id.bytes + kDistKey, &key, 8);
     } else if (dev == IC_DEVICE_CUDA) {
+      if (ic::kernels::CudaDeviceCount() == 0) {  // before NCCL starts its bootstrap thread and socket
+        return absl::UnavailableError("IC_DEVICE_CUDA: no CUDA device is visible to this process");
+      }
       id.bytes[8] = kDistNccl;
       absl::StatusOr<std::string> unique = ic::parallel::NcclCommunicator::UniqueId();
       if (absl::IsUnimplemented(unique.status())) return absl::UnavailableError(unique.status().message());

@@ -441,6 +441,9 @@ struct HadamardArgs {
 class CapturedGraph {
  public:
   virtual ~CapturedGraph() = default;
+  // Nodes in the graph: kernel launches, memsets, copies and event records, one each (cuBLASLt GEMMs may
+  // add more than one).
+  virtual size_t num_nodes() const = 0;
 };
 
 class Backend {

@@ -104,14 +104,15 @@ struct ContextOptions {
   // in-features are not a multiple of 16 are BF16 (and then, should that be a routed expert, the decode MoE
   // runs expert by expert instead of the fused MoeExperts op).
   kernels::Precision weight_precision = kernels::Precision::kF32;
-  // Decode steps as CUDA graphs (CUDA backend; ignored on the CPU): the first step of each shape
-  // (sequences in the step, block-table width rounded up to a power of two of blocks) runs eagerly and is
-  // then captured; later steps of that shape replay the graph — one launch instead of ~45 per layer, the
-  // host's per-op work gone. The results are those of an eager step of the same shape, bit for bit; on DSA
+  // Decode steps as CUDA graphs (CUDA backend; ignored on the CPU): the first two steps of each shape
+  // (sequences in the step, block-table width rounded up to a power of two of blocks) run eagerly and the
+  // second is captured; later steps of that shape replay the graph — one launch instead of ~45 per layer, the
+  // host's per-op work gone (DecodeGraphStats::last_graph_nodes counts them). The results are those of an
+  // eager step of the same shape, bit for bit; on DSA
   // models (attention over top-k lists of a fixed width) also those of cuda_graphs off, while dense
   // attention (a model without an indexer) splits its keys by the padded table width and agrees with
-  // cuda_graphs off to F32 rounding. A shape is captured at its second eager step (one-off shapes of a
-  // changing batch are never captured); at most 64 graphs are kept, the least recently used evicted. Steps
+  // cuda_graphs off to F32 rounding. Capturing at the second eager step leaves one-off shapes of a changing
+  // batch eager; at most 64 graphs are kept, the least recently used evicted. Steps
   // that need the host between ops stay eager: per-pass plans or partial passes, captures (top-k, scores,
   // hidden states, attention, indexer inputs), loss, all-token logits, profile_layers, tensor or expert
   // parallel, and MoE models above kMoeFusedMaxPairs (token, expert) pairs per step (the unfused MoE
@@ -127,6 +128,7 @@ struct DecodeGraphStats {
   int64_t eager_steps = 0;       // graph-eligible decode steps run eagerly (the first two of each shape)
   int64_t capture_failures = 0;  // captures that failed; those shapes stay eager (last_capture_error)
   size_t graphs = 0;             // shapes with graphs held now (at most 64; least recently used evicted)
+  size_t last_graph_nodes = 0;   // nodes (kernel launches, copies, memsets) of the last plain graph captured
   std::string last_capture_error;
 };
 

@@ -276,6 +276,7 @@ struct Context::Impl {
     if (status.ok() && timed) status = capture(true, &entry.timed);
     if (status.ok()) {
       ++graph_stats.captures;
+      graph_stats.last_graph_nodes = entry.graph->num_nodes();
     } else {
       entry.graph.reset();
       entry.timed.reset();

@@ -100,6 +100,9 @@ class IndexCacheCtypesTest(unittest.TestCase):
         # cuda_graphs (since 0.6): decode replays CUDA graphs on a GPU, ignored on the CPU; a bool only.
         with self.context(cuda_graphs=False) as eager:
             self.assertEqual(eager.prefill(eager.add_sequence(), toks), a)
+            eager.set_cuda_graphs(True)
+            with self.assertRaises(TypeError):
+                eager.set_cuda_graphs("no")
         with self.assertRaises(TypeError):
             self.context(cuda_graphs=1)
 

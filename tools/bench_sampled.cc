@@ -77,6 +77,8 @@ options:
   --attention-precision P f32 | bf16 (sparse MLA attention on BF16 tensor cores on CUDA)   [f32]
   --weight-precision P   f32 | bf16 | fp8: Linear weights in BF16 or block-scaled FP8      [f32]
                          (cuBLASLt GEMMs on CUDA; see `indexcache run --help`)
+  --cuda-graphs on|off   accepted for symmetry; no effect here (each layer is timed by synchronising,
+                         which decode from CUDA graphs cannot do)
 )";
 
 // The paper's Table 1 (IndexCache, arXiv 2603.12201; 30B DSA model, SGLang dp 8 on 8×H100), from
@@ -129,7 +131,7 @@ int CmdBenchSampled(int argc, char** argv) {
                      Args::Parse(argc, argv,
                                  {"preset", "plans", "contexts", "decode-steps", "max-batch", "prefill-chunk", "warmup",
                                   "threads", "seed", "device", "layers", "model", "plan-file", "indexer-precision",
-                                  "attention-precision", "weight-precision"},
+                                  "attention-precision", "weight-precision", "cuda-graphs"},
                                  {"sample-layers"}),
                      cmd);
   if (args.Has("model")) {

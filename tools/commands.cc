@@ -612,6 +612,7 @@ int CmdBench(int argc, char** argv) {
         graphs.captures += g.captures;
         graphs.replays += g.replays;
         graphs.capture_failures += g.capture_failures;
+        if (g.last_graph_nodes > 0) graphs.last_graph_nodes = g.last_graph_nodes;
         if (!g.last_capture_error.empty()) graphs.last_capture_error = g.last_capture_error;
         const Metrics::Totals m2 = Metrics::Global().GetTotals();
         const double indexer = (m2.indexer_seconds - m0.indexer_seconds) / world;
@@ -636,9 +637,11 @@ int CmdBench(int argc, char** argv) {
     } else if (!precisions.cuda_graphs) {
       std::printf("decode: eager (--cuda-graphs off)\n");
     } else {  // the warm-up's decode steps count too (they capture the batch-1 graph)
-      std::printf("decode: %lld steps replayed from CUDA graphs (%lld captured) of %lld timed + warm-up steps\n",
+      std::printf("decode: %lld steps replayed from CUDA graphs (%lld captured) of %lld timed + warm-up steps; "
+                  "the last graph has %zu nodes (%.1f per layer)\n",
                   static_cast<long long>(graphs.replays), static_cast<long long>(graphs.captures),
-                  static_cast<long long>(decode_steps + warmup * static_cast<int64_t>(contexts.size() * plans.size())));
+                  static_cast<long long>(decode_steps + warmup * static_cast<int64_t>(contexts.size() * plans.size())),
+                  graphs.last_graph_nodes, static_cast<double>(graphs.last_graph_nodes) / c.num_hidden_layers);
       if (graphs.capture_failures > 0) {
         std::printf("decode: %lld CUDA graph captures failed (those steps ran eagerly): %s\n",
                     static_cast<long long>(graphs.capture_failures), graphs.last_capture_error.c_str());

@@ -364,6 +364,17 @@ def cuda_device_count() -> int:
     return int(_lib.ic_cuda_device_count())
 
 
+def _bool(value, name: str) -> bool:
+    """value as a bool: a Python bool or a numpy scalar bool; TypeError naming `name` otherwise."""
+    if isinstance(value, bool):
+        return value
+    kind = type(value)
+    if kind.__module__ == "numpy" and getattr(getattr(value, "dtype", None), "kind", None) == "b" \
+            and getattr(value, "shape", None) == ():
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {kind.__module__}.{kind.__qualname__}")
+
+
 def dist_unique_id(device: "Device") -> bytes:
     """The id (IC_DIST_ID_BYTES bytes) every rank of one job passes to Context(dist_id=...)
     (ic_dist_unique_id). Device.CPU: ranks are threads of this process; Device.CUDA: processes over NCCL."""
@@ -613,8 +624,7 @@ class Context:
         keep = (_bytes(plan), _bytes(metrics_address))
         params.plan, params.metrics_address = keep
         params.record_metrics = 1 if record_metrics else 0
-        if not isinstance(cuda_graphs, bool):
-            raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
+        cuda_graphs = _bool(cuda_graphs, "cuda_graphs")
         params.rank, params.world_size, params.tp_size, params.ep_size = (
             _int(v, ctypes.c_int32, n) for v, n in ((rank, "rank"), (world_size, "world_size"),
                                                     (tp_size, "tp_size"), (ep_size, "ep_size")))
@@ -637,7 +647,7 @@ class Context:
         _check(_lib.ic_context_create(model.handle, ctypes.byref(params), ctypes.byref(out)))
         self._handle = out.value
         if not cuda_graphs:
-            _check(_lib.ic_context_set_cuda_graphs(self._handle, 0))
+            self.set_cuda_graphs(False)
         self.vocab_size = model.info.vocab_size
         self.num_layers = model.info.num_layers
 
@@ -664,6 +674,11 @@ class Context:
         out = ctypes.c_int64(0)
         _check(_lib.ic_context_free_tokens(self.handle, ctypes.byref(out)))
         return out.value
+
+    def set_cuda_graphs(self, enabled: bool) -> None:
+        """CUDA-graph decode on or off from the next step (ic_context_set_cuda_graphs; off frees the captured
+        graphs; a no-op on the CPU). TypeError for a non-bool."""
+        _check(_lib.ic_context_set_cuda_graphs(self.handle, 1 if _bool(enabled, "enabled") else 0))
 
     def add_sequence(self) -> int:
         out = ctypes.c_int32(0)

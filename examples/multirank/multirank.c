@@ -9,14 +9,18 @@
  *       One process per GPU (start WORLD of them, on one node or several), CUDA contexts over NCCL: rank 0
  *       makes an NCCL id and writes it to ID_FILE (a path on a filesystem every node sees); the others
  *       wait for the file and read it. With MPI you would MPI_Bcast the IC_DIST_ID_BYTES bytes instead;
- *       the SDK owns no launcher. The GPU is $LOCAL_RANK (torchrun's convention) or else RANK.
+ *       the SDK owns no launcher. The GPU is $LOCAL_RANK (torchrun's convention) or else RANK. ID_FILE
+ *       must not exist when the job starts; rank 0 removes it once every rank has joined.
  *
  * Without MODEL_DIR the embedded synthetic DSA model is used (a MoE model with 8 routed experts).
  */
+#include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "indexcache/indexcache.h"
@@ -26,6 +30,20 @@
 static ic_model_t* g_model;
 static ic_dist_id_t g_id;
 static int g_world, g_tp, g_ep;
+static const char* g_id_file; /* process mode: removed by rank 0 once every rank has joined */
+
+/* argv[i] as an int in [lo, hi]; exits with a message naming the argument otherwise. */
+static int ParseInt(const char* text, const char* name, long lo, long hi) {
+  char* end = NULL;
+  long v;
+  errno = 0;
+  v = strtol(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || v < lo || v > hi) {
+    fprintf(stderr, "multirank: %s must be an integer in [%ld, %ld], got '%s'\n", name, lo, hi, text);
+    exit(2);
+  }
+  return (int)v;
+}
 
 static int Check(ic_status_t s, const char* what, int rank) {
   if (s == IC_OK) return 0;
@@ -67,6 +85,8 @@ static int RunRank(int rank, ic_device_t device, int device_ordinal) {
     free(logits);
     return 1;
   }
+  /* Every rank has joined (creation returns only then): the id is spent, so a later job cannot read it. */
+  if (rank == 0 && g_id_file != NULL) unlink(g_id_file);
   failed |= Check(ic_sequence_add(ctx, &seq), "ic_sequence_add", rank);
   failed |= Check(ic_prefill(ctx, seq, prompt, PROMPT, logits), "ic_prefill", rank);
   for (step = 0; step < 2 * groups && !failed; ++step) {
@@ -90,13 +110,9 @@ int main(int argc, char** argv) {
   int failed = 0, i;
   if (argc >= 5 && strcmp(argv[1], "threads") == 0) {
     pthread_t threads[64];
-    g_world = atoi(argv[2]);
-    g_tp = atoi(argv[3]);
-    g_ep = atoi(argv[4]);
-    if (g_world < 1 || g_world > 64 || g_tp < 1 || g_ep < 1) {
-      fprintf(stderr, "multirank: WORLD in [1, 64], TP and EP >= 1\n");
-      return 2;
-    }
+    g_world = ParseInt(argv[2], "WORLD", 1, 64);
+    g_tp = ParseInt(argv[3], "TP", 1, 64);
+    g_ep = ParseInt(argv[4], "EP", 1, 64);
     g_model = LoadModel(argc > 5 ? argv[5] : NULL);
     if (g_model == NULL) return Check(IC_ERR_INVALID_ARGUMENT, "load model", 0) + 1;
     if (Check(ic_dist_unique_id(IC_DEVICE_CPU, &g_id), "ic_dist_unique_id", 0)) return 1;
@@ -107,17 +123,15 @@ int main(int argc, char** argv) {
       failed |= (int)(size_t)r;
     }
   } else if (argc >= 7 && strcmp(argv[1], "process") == 0) {
-    const int rank = atoi(argv[2]);
     const char* id_file = argv[6];
     const char* local = getenv("LOCAL_RANK");
+    struct stat st;
     FILE* f;
-    g_world = atoi(argv[3]);
-    g_tp = atoi(argv[4]);
-    g_ep = atoi(argv[5]);
-    if (g_world < 1 || rank < 0 || rank >= g_world || g_tp < 1 || g_ep < 1) {
-      fprintf(stderr, "multirank: RANK in [0, WORLD), TP and EP >= 1\n");
-      return 2;
-    }
+    int rank;
+    g_world = ParseInt(argv[3], "WORLD", 1, 65536);
+    rank = ParseInt(argv[2], "RANK", 0, g_world - 1);
+    g_tp = ParseInt(argv[4], "TP", 1, g_world);
+    g_ep = ParseInt(argv[5], "EP", 1, g_world);
     if (rank == 0) {  /* write to a temporary name, then rename: readers never see half an id */
       char tmp[4096];
       if (Check(ic_dist_unique_id(IC_DEVICE_CUDA, &g_id), "ic_dist_unique_id", rank)) return 1;
@@ -126,13 +140,25 @@ int main(int argc, char** argv) {
       if (f == NULL || fwrite(g_id.bytes, 1, IC_DIST_ID_BYTES, f) != IC_DIST_ID_BYTES || fclose(f) != 0 ||
           rename(tmp, id_file) != 0) {
         perror(id_file);
+        unlink(tmp);
         return 1;
       }
+      g_id_file = id_file;
     } else {
+      /* ID_FILE must not exist before the job starts (rank 0 removes it once every rank has joined). */
       for (i = 0; i < 600 && access(id_file, R_OK) != 0; ++i) usleep(100000); /* up to 60 s */
+      if (stat(id_file, &st) != 0) {
+        fprintf(stderr, "rank %d: %s did not appear within 60 s: is rank 0 running?\n", rank, id_file);
+        return 1;
+      }
+      if (!S_ISREG(st.st_mode)) {
+        fprintf(stderr, "rank %d: %s is not a regular file\n", rank, id_file);
+        return 1;
+      }
       f = fopen(id_file, "rb");
       if (f == NULL || fread(g_id.bytes, 1, IC_DIST_ID_BYTES, f) != IC_DIST_ID_BYTES) {
-        fprintf(stderr, "rank %d: cannot read the id from %s\n", rank, id_file);
+        fprintf(stderr, "rank %d: cannot read the %d-byte id from %s\n", rank, IC_DIST_ID_BYTES, id_file);
+        if (f != NULL) fclose(f);
         return 1;
       }
       fclose(f);
@@ -142,7 +168,8 @@ int main(int argc, char** argv) {
     failed = RunRank(rank, IC_DEVICE_CUDA, local != NULL ? atoi(local) : rank);
   } else {
     fprintf(stderr, "usage: multirank threads WORLD TP EP [MODEL_DIR]\n"
-                    "       multirank process RANK WORLD TP EP ID_FILE [MODEL_DIR]\n");
+                    "       multirank process RANK WORLD TP EP ID_FILE [MODEL_DIR]\n"
+                    "         (one process per GPU; GPU $LOCAL_RANK, else RANK; ID_FILE must not exist yet)\n");
     return 2;
   }
   ic_model_free(g_model);

@@ -306,9 +306,11 @@ typedef struct ic_dist_id_t {
 } ic_dist_id_t;
 
 /* device IC_DEVICE_CPU: ranks are threads of this process, each with a CPU context (an in-process
- * group; the id is valid in this process only). IC_DEVICE_CUDA: ranks are processes with one GPU each,
- * over NCCL (ncclGetUniqueId). Errors: IC_ERR_INVALID_ARGUMENT (NULL out, another device value),
- * IC_ERR_UNAVAILABLE (CUDA: the library was built without NCCL). */
+ * group; the id is valid in this process only). IC_DEVICE_CUDA: ranks are processes (or threads) with one
+ * GPU each, over NCCL (ncclGetUniqueId: NCCL's bootstrap root — a thread and a listening socket on this
+ * host — runs from this call until the job's ranks have connected; make one id per job).
+ * Errors: IC_ERR_INVALID_ARGUMENT (NULL out, another device value), IC_ERR_UNAVAILABLE (CUDA: the library
+ * was built without NCCL, or no CUDA device is visible to this process). */
 IC_API ic_status_t ic_dist_unique_id(ic_device_t device, ic_dist_id_t* out);
 
 /* Creates a context on `model` (params NULL = defaults): resolves the plan, checks that every Full
@@ -342,12 +344,13 @@ IC_API ic_status_t ic_context_plan(const ic_context_t* ctx, char* buf, size_t bu
 IC_API ic_status_t ic_context_free_tokens(const ic_context_t* ctx, int64_t* out);
 
 /* CUDA-graph decode (on by default; ignored by CPU contexts). enabled 1: decode steps replay CUDA graphs,
- * one captured per step shape (the number of sequences and the block-table width, padded to a power of two
- * of blocks) after that shape's first eager step; one graph launch replaces ~45 kernel launches per layer.
- * Results equal those of eager steps of the same shape bit for bit on DSA models; a model without an
- * indexer attends densely, and its split of the keys follows the padded width, so it agrees to F32
- * rounding. Steps that need the host between ops stay eager (all-token logits, loss, several ranks, MoE
- * batches above 32 (token, expert) pairs). enabled 0: every step eager, and the captured graphs are freed.
+ * one per step shape (the number of sequences and the block-table width, padded to a power of two of
+ * blocks), captured at that shape's second eager step; one graph launch replaces the step's kernel
+ * launches (~45 a layer). Results equal those of eager steps of the same shape bit for bit on DSA models;
+ * a model without an indexer attends densely, and its split of the keys follows the padded width, so it
+ * agrees to F32 rounding. Steps that need the host between ops stay eager: all-token logits, loss, tensor
+ * or expert parallel (tp_size or ep_size > 1), and MoE steps above 32 (token, expert) pairs — batches
+ * above 4 sequences with 8 experts a token (DeepSeek-V3.2, GLM-5). enabled 0: every step eager, and the captured graphs are freed.
  * Since 0.6 (a setter rather than an ic_context_params_t field, so that structs from 0.5 headers keep
  * their size). Errors: IC_ERR_INVALID_ARGUMENT (NULL or freed ctx, enabled not 0 or 1). */
 IC_API ic_status_t ic_context_set_cuda_graphs(ic_context_t* ctx, int32_t enabled);

@@ -147,17 +147,20 @@ struct GemmPlan {
 // An instantiated graph and the number of time marks its capture issued.
 class CudaGraph final : public CapturedGraph {
  public:
-  CudaGraph(cudaGraphExec_t exec, size_t marks, int device) : exec_(exec), marks_(marks), device_(device) {}
+  CudaGraph(cudaGraphExec_t exec, size_t marks, size_t nodes, int device)
+      : exec_(exec), marks_(marks), nodes_(nodes), device_(device) {}
   ~CudaGraph() override {
     cudaSetDevice(device_);
     cudaGraphExecDestroy(exec_);
   }
   cudaGraphExec_t exec() const { return exec_; }
   size_t marks() const { return marks_; }
+  size_t num_nodes() const override { return nodes_; }
 
  private:
   cudaGraphExec_t exec_;
   size_t marks_;
+  size_t nodes_;
   int device_;
 };
 
@@ -346,6 +349,11 @@ class CudaBackend final : public Backend {
     }
     cudaGetLastError();  // a failed capture leaves its error behind
     cudaGraphExec_t exec = nullptr;
+    size_t nodes = 0;
+    if (status.ok() && cudaGraphGetNodes(graph, nullptr, &nodes) != cudaSuccess) {
+      cudaGetLastError();
+      nodes = 0;
+    }
     if (status.ok()) {
       const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
       if (e != cudaSuccess) {
@@ -355,7 +363,7 @@ class CudaBackend final : public Backend {
     }
     if (graph != nullptr) cudaGraphDestroy(graph);
     if (!status.ok()) return status;
-    return std::unique_ptr<CapturedGraph>(new CudaGraph(exec, marks_used_, device_));
+    return std::unique_ptr<CapturedGraph>(new CudaGraph(exec, marks_used_, nodes, device_));
   }
 
   absl::Status LaunchGraph(CapturedGraph& graph) override {

@@ -40,5 +40,6 @@ done | sort -u | while read -r lib; do
     *) cp -L "$lib" "$out/lib/" ;;
   esac
 done
+git describe --always --dirty >"$out/COMMIT" 2>/dev/null || echo unknown >"$out/COMMIT"  # the tree it was built from
 du -sh "$out"
 echo "bundle ready in $out"

@@ -19,6 +19,7 @@ export IC_TEST_DATA="$PWD/tests/data"
 stages=${STAGES:-"tests demo bench"}
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "bundle built from: $(cat "$b/COMMIT" 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   nvcc --version 2>/dev/null | grep release
 } 2>&1 | tee "$OUT/machine.txt"
