@@ -494,7 +494,7 @@ class Backend {
   // CUDA graphs (the plan/run split of decode; ContextOptions::cuda_graphs). BeginCapture() starts
   // recording the ops queued on the backend's stream instead of running them; EndCapture() stops and returns
   // the executable graph; LaunchGraph() queues one run of it (no host work per op: what a decode step of
-  // ~45 launches per layer spends most of its time on at small batch). Ops record their arguments —
+  // 20–30 launches per layer spends most of its time on at small batch). Ops record their arguments —
   // pointers and sizes — as they are at capture: a graph reruns the same work on whatever those buffers
   // hold when it is launched, so the caller keeps its buffers alive and in place (WorkspaceGeneration).
   // While capturing, what cannot be recorded is refused with FailedPrecondition naming it: Allocate,

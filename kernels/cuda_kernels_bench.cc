@@ -311,7 +311,7 @@ void BM_IndexerDistill(benchmark::State& state) {
 BENCHMARK(BM_IndexerDistill)->Args({1024, 4, 64})->Args({2048, 64, 128})->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // What a CUDA graph saves on a decode-like chain of small ops (Backend::BeginCapture): `ops` RmsNorms of one
-// 2048-wide row (a decode step has ~45 ops per layer, most this small), queued one by one (graph 0) or
+// 2048-wide row (a decode step has 20–30 ops per layer, most this small), queued one by one (graph 0) or
 // replayed from a graph of the same chain (graph 1); marks 1 adds a pair of time marks around every 8th op,
 // as the engine times a Full layer's indexer (inside a graph: event-record nodes). Reports µs per op.
 void BM_DecodeChainGraph(benchmark::State& state) {

@@ -106,7 +106,7 @@ struct ContextOptions {
   kernels::Precision weight_precision = kernels::Precision::kF32;
   // Decode steps as CUDA graphs (CUDA backend; ignored on the CPU): the first two steps of each shape
   // (sequences in the step, block-table width rounded up to a power of two of blocks) run eagerly and the
-  // second is captured; later steps of that shape replay the graph — one launch instead of ~45 per layer, the
+  // second is captured; later steps of that shape replay the graph — one launch instead of 20–30 per layer, the
   // host's per-op work gone (DecodeGraphStats::last_graph_nodes counts them). The results are those of an
   // eager step of the same shape, bit for bit; on DSA
   // models (attention over top-k lists of a fixed width) also those of cuda_graphs off, while dense

@@ -344,7 +344,7 @@ TEST_F(EngineGpuTest, DecodeFromCudaGraphsMatchesEagerDecode) {
         EXPECT_EQ(st.eager_steps, 6);
         EXPECT_EQ(st.replays, 18);
         EXPECT_EQ(st.graphs, 1u);
-        EXPECT_GT(st.last_graph_nodes, static_cast<size_t>(10 * o.num_layers));  // a launch per op, ~45 a layer
+        EXPECT_GT(st.last_graph_nodes, static_cast<size_t>(10 * o.num_layers));  // a launch per op, 20–30 a layer
       } else {
         EXPECT_EQ(st.captures + st.replays + st.eager_steps, 0);
       }

@@ -346,7 +346,7 @@ IC_API ic_status_t ic_context_free_tokens(const ic_context_t* ctx, int64_t* out)
 /* CUDA-graph decode (on by default; ignored by CPU contexts). enabled 1: decode steps replay CUDA graphs,
  * one per step shape (the number of sequences and the block-table width, padded to a power of two of
  * blocks), captured at that shape's second eager step; one graph launch replaces the step's kernel
- * launches (~45 a layer). Results equal those of eager steps of the same shape bit for bit on DSA models;
+ * launches (20–30 a layer). Results equal those of eager steps of the same shape bit for bit on DSA models;
  * a model without an indexer attends densely, and its split of the keys follows the padded width, so it
  * agrees to F32 rounding. Steps that need the host between ops stay eager: all-token logits, loss, tensor
  * or expert parallel (tp_size or ep_size > 1), and MoE steps above 32 (token, expert) pairs — batches
