@@ -505,383 +505,383 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
     // (separate for a CUDA-graph capture, whose work does not run); `timed`: time each Full layer's
     // indexer with a pair of backend time marks.
     auto run_layers = [&](ForwardPassStats& st, std::vector<std::pair<int, int>>& marks, bool timed) -> absl::Status {
-    if (start_layer == 0) {
-      IC_RETURN_IF_ERROR(be.Embedding({.out = x, .table = im.embed, .ids = d_ids, .tokens = T, .dim = H,
-                                       .vocab = c.vocab_size}));
-    } else {  // partial pass (ForwardOptions): start from the caller's hidden state and top-k
-      IC_RETURN_IF_ERROR(be.CopyToDevice(x, fopts.initial_hidden, static_cast<size_t>(T) * H * sizeof(float)));
-      if (c.has_indexer) {
-        IC_RETURN_IF_ERROR(be.CopyToDevice(topk, fopts.initial_topk, static_cast<size_t>(T) * K * sizeof(int32_t)));
-      }
-    }
-    for (int l = start_layer; l < c.num_hidden_layers; ++l) {
-      if (profile) IC_RETURN_IF_ERROR(mark_layer_boundary(l));
-      const Impl::Layer& L = im.layers[l];
-      if (outputs.hidden_by_layer != nullptr) {
-        std::vector<float>& dst = (*outputs.hidden_by_layer)[l];
-        dst.resize(static_cast<size_t>(T) * H);
-        IC_RETURN_IF_ERROR(be.CopyToHost(dst.data(), x, dst.size() * sizeof(float)));
-      }
-      IC_RETURN_IF_ERROR(be.RmsNorm({.out = h, .in = x, .weight = L.input_norm, .rows = T, .dim = H, .eps = eps}));
-      IndexerInputs* capture_inputs =
-          outputs.indexer_inputs_by_layer != nullptr ? &(*outputs.indexer_inputs_by_layer)[l] : nullptr;
-      if (capture_inputs != nullptr) {
-        capture_inputs->x.resize(static_cast<size_t>(T) * H);
-        capture_inputs->x_q.clear();
-        IC_RETURN_IF_ERROR(be.CopyToHost(capture_inputs->x.data(), h, capture_inputs->x.size() * sizeof(float)));
-      }
-
-      // ---- Attention inputs and KV cache append.
-      const float* q_latent = nullptr;  // MLA: indexer query input
-      kernels::AttentionArgs at;
-      at.precision = options_.attention_precision;
-      at.layout = layout;
-      at.scale = im.softmax_scale;
-      at.num_slots = im.num_slots;
-      float* o_heads = nullptr;  // [T, heads · v_dim] (GQA) or latent output (MLA)
-      if (c.mla) {
-        const int NH = im.q_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;  // this rank's heads
-        const int dv = c.v_head_dim, R = c.kv_lora_rank, QL = c.q_lora_rank, qk = dn + dr;
-        IC_ASSIGN_OR_RETURN(float* qa, im.Scratch<float>("qa", static_cast<size_t>(T) * QL));
-        IC_ASSIGN_OR_RETURN(float* q, im.Scratch<float>("q", static_cast<size_t>(T) * NH * qk));
-        IC_ASSIGN_OR_RETURN(float* kva, im.Scratch<float>("kva", static_cast<size_t>(T) * (R + dr)));
-        IC_ASSIGN_OR_RETURN(float* qabs, im.Scratch<float>("qabs", static_cast<size_t>(T) * NH * (R + dr)));
-        IC_ASSIGN_OR_RETURN(float* olat, im.Scratch<float>("olat", static_cast<size_t>(T) * NH * R));
-        IC_ASSIGN_OR_RETURN(o_heads, im.Scratch<float>("oheads", static_cast<size_t>(T) * NH * dv));
-        IC_RETURN_IF_ERROR(Linear(be, qa, h, L.q_a_proj, T, QL, H));
-        IC_RETURN_IF_ERROR(be.RmsNorm({.out = qa, .in = qa, .weight = L.q_a_norm, .rows = T, .dim = QL, .eps = eps}));
-        q_latent = qa;
-        if (capture_inputs != nullptr) {
-          capture_inputs->x_q.resize(static_cast<size_t>(T) * QL);
-          IC_RETURN_IF_ERROR(be.CopyToHost(capture_inputs->x_q.data(), qa, capture_inputs->x_q.size() * sizeof(float)));
+      if (start_layer == 0) {
+        IC_RETURN_IF_ERROR(be.Embedding({.out = x, .table = im.embed, .ids = d_ids, .tokens = T, .dim = H,
+                                         .vocab = c.vocab_size}));
+      } else {  // partial pass (ForwardOptions): start from the caller's hidden state and top-k
+        IC_RETURN_IF_ERROR(be.CopyToDevice(x, fopts.initial_hidden, static_cast<size_t>(T) * H * sizeof(float)));
+        if (c.has_indexer) {
+          IC_RETURN_IF_ERROR(be.CopyToDevice(topk, fopts.initial_topk, static_cast<size_t>(T) * K * sizeof(int32_t)));
         }
-        IC_RETURN_IF_ERROR(Linear(be, q, qa, L.q_b_proj, T, NH * qk, QL));
-        IC_RETURN_IF_ERROR(Linear(be, kva, h, L.kv_a_proj, T, R + dr, H));
-        IC_RETURN_IF_ERROR(be.RmsNorm({.out = kva, .in = kva, .weight = L.kv_a_norm, .rows = T, .dim = R,
-                                       .in_stride = R + dr, .out_stride = R + dr, .eps = eps}));
-        RopeArgs rq{.x = q, .positions = d_pos, .inv_freq = im.rope_inv_freq, .tokens = T, .heads = NH,
-                    .token_stride = NH * qk, .head_stride = qk, .rot_offset = dn, .rot_dim = dr,
-                    .attention_scaling = im.rope_scaling, .style = RopeStyle::kInterleaved};
-        IC_RETURN_IF_ERROR(be.Rope(rq));
-        RopeArgs rk = rq;
-        rk.x = kva;
-        rk.heads = 1;
-        rk.token_stride = R + dr;
-        rk.head_stride = R + dr;
-        rk.rot_offset = R;
-        IC_RETURN_IF_ERROR(be.Rope(rk));
-        IC_RETURN_IF_ERROR(kv_write(im.k_cache[l], kva, R + dr));
-        // Absorbed MLA: q_abs[t, h, :R] = q_nope[t, h] · W_UK[h] (W_UK[h]: rows h·(dn+dv)… of kv_b, [dn, R]).
-        GemmArgs ab;
-        ab.c = qabs;
-        ab.a = q;
-        SetB(ab, L.kv_b_proj);
-        ab.m = T;
-        ab.n = R;
-        ab.k = dn;
-        ab.lda = NH * qk;
-        ab.ldb = R;  // kv_b is never a column slice
-        ab.ldc = NH * (R + dr);
-        ab.b_transposed = false;
-        ab.batch = NH;
-        ab.stride_a = qk;
-        ab.stride_b = static_cast<int64_t>(dn + dv) * R;
-        ab.stride_c = R + dr;
-        IC_RETURN_IF_ERROR(be.Gemm(ab));
-        IC_RETURN_IF_ERROR(be.Copy2D({.dst = qabs + R, .src = q + dn, .rows = T * NH, .cols = dr,
-                                      .dst_stride = R + dr, .src_stride = qk}));
-        at.out = olat;
-        at.q = qabs;
-        set_kv(at, im.k_cache[l], im.k_cache[l]);
-        at.k_stride = at.v_stride = R + dr;
-        at.q_heads = NH;
-        at.kv_heads = 1;
-        at.qk_dim = R + dr;
-        at.v_dim = R;
-      } else {
-        const int NH = im.q_heads, NKV = im.kv_heads, D = c.head_dim;  // this rank's heads
-        IC_ASSIGN_OR_RETURN(float* q, im.Scratch<float>("q", static_cast<size_t>(T) * NH * D));
-        IC_ASSIGN_OR_RETURN(float* k, im.Scratch<float>("k", static_cast<size_t>(T) * NKV * D));
-        IC_ASSIGN_OR_RETURN(float* v, im.Scratch<float>("v", static_cast<size_t>(T) * NKV * D));
-        IC_ASSIGN_OR_RETURN(o_heads, im.Scratch<float>("oheads", static_cast<size_t>(T) * NH * D));
-        IC_RETURN_IF_ERROR(Linear(be, q, h, L.q_proj, T, NH * D, H));
-        IC_RETURN_IF_ERROR(Linear(be, k, h, L.k_proj, T, NKV * D, H));
-        IC_RETURN_IF_ERROR(Linear(be, v, h, L.v_proj, T, NKV * D, H));
-        RopeArgs rq{.x = q, .positions = d_pos, .inv_freq = im.rope_inv_freq, .tokens = T, .heads = NH,
-                    .token_stride = NH * D, .head_stride = D, .rot_offset = 0, .rot_dim = D,
-                    .attention_scaling = im.rope_scaling, .style = RopeStyle::kNeox};
-        IC_RETURN_IF_ERROR(be.Rope(rq));
-        RopeArgs rk = rq;
-        rk.x = k;
-        rk.heads = NKV;
-        rk.token_stride = NKV * D;
-        IC_RETURN_IF_ERROR(be.Rope(rk));
-        IC_RETURN_IF_ERROR(kv_write(im.k_cache[l], k, NKV * D));
-        IC_RETURN_IF_ERROR(kv_write(im.v_cache[l], v, NKV * D));
-        at.out = o_heads;
-        at.q = q;
-        set_kv(at, im.k_cache[l], im.v_cache[l]);
-        at.k_stride = at.v_stride = NKV * D;
-        at.q_heads = NH;
-        at.kv_heads = NKV;
-        at.qk_dim = D;
-        at.v_dim = D;
       }
+      for (int l = start_layer; l < c.num_hidden_layers; ++l) {
+        if (profile) IC_RETURN_IF_ERROR(mark_layer_boundary(l));
+        const Impl::Layer& L = im.layers[l];
+        if (outputs.hidden_by_layer != nullptr) {
+          std::vector<float>& dst = (*outputs.hidden_by_layer)[l];
+          dst.resize(static_cast<size_t>(T) * H);
+          IC_RETURN_IF_ERROR(be.CopyToHost(dst.data(), x, dst.size() * sizeof(float)));
+        }
+        IC_RETURN_IF_ERROR(be.RmsNorm({.out = h, .in = x, .weight = L.input_norm, .rows = T, .dim = H, .eps = eps}));
+        IndexerInputs* capture_inputs =
+            outputs.indexer_inputs_by_layer != nullptr ? &(*outputs.indexer_inputs_by_layer)[l] : nullptr;
+        if (capture_inputs != nullptr) {
+          capture_inputs->x.resize(static_cast<size_t>(T) * H);
+          capture_inputs->x_q.clear();
+          IC_RETURN_IF_ERROR(be.CopyToHost(capture_inputs->x.data(), h, capture_inputs->x.size() * sizeof(float)));
+        }
 
-      // ---- Lightning indexer (Full layers) or reuse (Shared layers).
-      if (c.has_indexer) {
-        if (plan.IsFull(l)) {
-          if (profile) IC_RETURN_IF_ERROR(be.Synchronize());
-          const double t0 = NowSeconds();
-          int mark0 = -1;
-          if (timed) {
-            IC_ASSIGN_OR_RETURN(mark0, be.TimeMark());
+        // ---- Attention inputs and KV cache append.
+        const float* q_latent = nullptr;  // MLA: indexer query input
+        kernels::AttentionArgs at;
+        at.precision = options_.attention_precision;
+        at.layout = layout;
+        at.scale = im.softmax_scale;
+        at.num_slots = im.num_slots;
+        float* o_heads = nullptr;  // [T, heads · v_dim] (GQA) or latent output (MLA)
+        if (c.mla) {
+          const int NH = im.q_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;  // this rank's heads
+          const int dv = c.v_head_dim, R = c.kv_lora_rank, QL = c.q_lora_rank, qk = dn + dr;
+          IC_ASSIGN_OR_RETURN(float* qa, im.Scratch<float>("qa", static_cast<size_t>(T) * QL));
+          IC_ASSIGN_OR_RETURN(float* q, im.Scratch<float>("q", static_cast<size_t>(T) * NH * qk));
+          IC_ASSIGN_OR_RETURN(float* kva, im.Scratch<float>("kva", static_cast<size_t>(T) * (R + dr)));
+          IC_ASSIGN_OR_RETURN(float* qabs, im.Scratch<float>("qabs", static_cast<size_t>(T) * NH * (R + dr)));
+          IC_ASSIGN_OR_RETURN(float* olat, im.Scratch<float>("olat", static_cast<size_t>(T) * NH * R));
+          IC_ASSIGN_OR_RETURN(o_heads, im.Scratch<float>("oheads", static_cast<size_t>(T) * NH * dv));
+          IC_RETURN_IF_ERROR(Linear(be, qa, h, L.q_a_proj, T, QL, H));
+          IC_RETURN_IF_ERROR(be.RmsNorm({.out = qa, .in = qa, .weight = L.q_a_norm, .rows = T, .dim = QL, .eps = eps}));
+          q_latent = qa;
+          if (capture_inputs != nullptr) {
+            capture_inputs->x_q.resize(static_cast<size_t>(T) * QL);
+            IC_RETURN_IF_ERROR(be.CopyToHost(capture_inputs->x_q.data(), qa, capture_inputs->x_q.size() * sizeof(float)));
           }
-          const int HI = c.index_n_heads, dI = c.index_head_dim;
-          const int q_in = c.mla ? c.q_lora_rank : H;
-          IC_ASSIGN_OR_RETURN(float* qi, im.Scratch<float>("ix_q", static_cast<size_t>(T) * HI * dI));
-          IC_ASSIGN_OR_RETURN(float* ki, im.Scratch<float>("ix_k", static_cast<size_t>(T) * dI));
-          IC_ASSIGN_OR_RETURN(float* wi, im.Scratch<float>("ix_w", static_cast<size_t>(T) * HI));
-          IC_RETURN_IF_ERROR(Linear(be, qi, c.mla ? q_latent : h, L.ix_wq, T, HI * dI, q_in));
-          IC_RETURN_IF_ERROR(Linear(be, ki, h, L.ix_wk, T, dI, H));
-          IC_RETURN_IF_ERROR(be.LayerNorm({.out = ki, .in = ki, .weight = L.ix_norm_w, .bias = L.ix_norm_b,
-                                           .rows = T, .dim = dI, .eps = 1e-6f}));
-          // w scaled by H_I^-½ · d_I^-½ (DeepSeek-V3.2 reference; HF: weights · H^-½, scores · d^-½).
-          const float w_scale = 1.0f / std::sqrt(static_cast<float>(HI)) / std::sqrt(static_cast<float>(dI));
-          IC_RETURN_IF_ERROR(Linear(be, wi, h, L.ix_weights, T, HI, H, w_scale));
-          const RopeStyle style = c.indexer_rope_interleave ? RopeStyle::kInterleaved : RopeStyle::kNeox;
-          RopeArgs rq{.x = qi, .positions = d_pos, .inv_freq = im.ix_rope_inv_freq, .tokens = T, .heads = HI,
-                      .token_stride = HI * dI, .head_stride = dI, .rot_offset = 0,
-                      .rot_dim = c.index_rope_head_dim, .attention_scaling = im.ix_rope_scaling, .style = style};
+          IC_RETURN_IF_ERROR(Linear(be, q, qa, L.q_b_proj, T, NH * qk, QL));
+          IC_RETURN_IF_ERROR(Linear(be, kva, h, L.kv_a_proj, T, R + dr, H));
+          IC_RETURN_IF_ERROR(be.RmsNorm({.out = kva, .in = kva, .weight = L.kv_a_norm, .rows = T, .dim = R,
+                                         .in_stride = R + dr, .out_stride = R + dr, .eps = eps}));
+          RopeArgs rq{.x = q, .positions = d_pos, .inv_freq = im.rope_inv_freq, .tokens = T, .heads = NH,
+                      .token_stride = NH * qk, .head_stride = qk, .rot_offset = dn, .rot_dim = dr,
+                      .attention_scaling = im.rope_scaling, .style = RopeStyle::kInterleaved};
           IC_RETURN_IF_ERROR(be.Rope(rq));
           RopeArgs rk = rq;
-          rk.x = ki;
+          rk.x = kva;
           rk.heads = 1;
-          rk.token_stride = dI;
+          rk.token_stride = R + dr;
+          rk.head_stride = R + dr;
+          rk.rot_offset = R;
           IC_RETURN_IF_ERROR(be.Rope(rk));
-          const kernels::Precision ip = options_.indexer_precision;
-          if (ip == kernels::Precision::kFP8) {
-            // DeepSeek-V3.2: q_I and k_I are rotated by an orthonormal Hadamard transform before the FP8
-            // quantisation (dot products unchanged; outliers spread over the dims). A power-of-two d_I only.
-            if (dI < 1 || dI > 1024 || (dI & (dI - 1)) != 0) {
-              return InvalidArgument("indexer_precision FP8 rotates q and k by a Hadamard transform: index_head_dim ",
-                                     dI, " must be a power of two in [1, 1024]");
+          IC_RETURN_IF_ERROR(kv_write(im.k_cache[l], kva, R + dr));
+          // Absorbed MLA: q_abs[t, h, :R] = q_nope[t, h] · W_UK[h] (W_UK[h]: rows h·(dn+dv)… of kv_b, [dn, R]).
+          GemmArgs ab;
+          ab.c = qabs;
+          ab.a = q;
+          SetB(ab, L.kv_b_proj);
+          ab.m = T;
+          ab.n = R;
+          ab.k = dn;
+          ab.lda = NH * qk;
+          ab.ldb = R;  // kv_b is never a column slice
+          ab.ldc = NH * (R + dr);
+          ab.b_transposed = false;
+          ab.batch = NH;
+          ab.stride_a = qk;
+          ab.stride_b = static_cast<int64_t>(dn + dv) * R;
+          ab.stride_c = R + dr;
+          IC_RETURN_IF_ERROR(be.Gemm(ab));
+          IC_RETURN_IF_ERROR(be.Copy2D({.dst = qabs + R, .src = q + dn, .rows = T * NH, .cols = dr,
+                                        .dst_stride = R + dr, .src_stride = qk}));
+          at.out = olat;
+          at.q = qabs;
+          set_kv(at, im.k_cache[l], im.k_cache[l]);
+          at.k_stride = at.v_stride = R + dr;
+          at.q_heads = NH;
+          at.kv_heads = 1;
+          at.qk_dim = R + dr;
+          at.v_dim = R;
+        } else {
+          const int NH = im.q_heads, NKV = im.kv_heads, D = c.head_dim;  // this rank's heads
+          IC_ASSIGN_OR_RETURN(float* q, im.Scratch<float>("q", static_cast<size_t>(T) * NH * D));
+          IC_ASSIGN_OR_RETURN(float* k, im.Scratch<float>("k", static_cast<size_t>(T) * NKV * D));
+          IC_ASSIGN_OR_RETURN(float* v, im.Scratch<float>("v", static_cast<size_t>(T) * NKV * D));
+          IC_ASSIGN_OR_RETURN(o_heads, im.Scratch<float>("oheads", static_cast<size_t>(T) * NH * D));
+          IC_RETURN_IF_ERROR(Linear(be, q, h, L.q_proj, T, NH * D, H));
+          IC_RETURN_IF_ERROR(Linear(be, k, h, L.k_proj, T, NKV * D, H));
+          IC_RETURN_IF_ERROR(Linear(be, v, h, L.v_proj, T, NKV * D, H));
+          RopeArgs rq{.x = q, .positions = d_pos, .inv_freq = im.rope_inv_freq, .tokens = T, .heads = NH,
+                      .token_stride = NH * D, .head_stride = D, .rot_offset = 0, .rot_dim = D,
+                      .attention_scaling = im.rope_scaling, .style = RopeStyle::kNeox};
+          IC_RETURN_IF_ERROR(be.Rope(rq));
+          RopeArgs rk = rq;
+          rk.x = k;
+          rk.heads = NKV;
+          rk.token_stride = NKV * D;
+          IC_RETURN_IF_ERROR(be.Rope(rk));
+          IC_RETURN_IF_ERROR(kv_write(im.k_cache[l], k, NKV * D));
+          IC_RETURN_IF_ERROR(kv_write(im.v_cache[l], v, NKV * D));
+          at.out = o_heads;
+          at.q = q;
+          set_kv(at, im.k_cache[l], im.v_cache[l]);
+          at.k_stride = at.v_stride = NKV * D;
+          at.q_heads = NH;
+          at.kv_heads = NKV;
+          at.qk_dim = D;
+          at.v_dim = D;
+        }
+
+        // ---- Lightning indexer (Full layers) or reuse (Shared layers).
+        if (c.has_indexer) {
+          if (plan.IsFull(l)) {
+            if (profile) IC_RETURN_IF_ERROR(be.Synchronize());
+            const double t0 = NowSeconds();
+            int mark0 = -1;
+            if (timed) {
+              IC_ASSIGN_OR_RETURN(mark0, be.TimeMark());
             }
-            IC_RETURN_IF_ERROR(be.Hadamard({.x = ki, .rows = T, .dim = dI}));
-            IC_RETURN_IF_ERROR(be.Hadamard({.x = qi, .rows = T * HI, .dim = dI}));
-          }
-          float* ik_f32 = ip == kernels::Precision::kF32 ? static_cast<float*>(im.index_k_cache[l]) : nullptr;
-          uint16_t* ik_b16 = ip == kernels::Precision::kBF16 ? static_cast<uint16_t*>(im.index_k_cache[l]) : nullptr;
-          uint8_t* ik_fp8 = ip == kernels::Precision::kFP8 ? static_cast<uint8_t*>(im.index_k_cache[l]) : nullptr;
-          IC_RETURN_IF_ERROR(be.CacheWrite({.cache = ik_f32, .cache_bf16 = ik_b16, .cache_fp8 = ik_fp8,
-                                            .scale = ik_fp8 != nullptr ? im.index_k_scale[l] : nullptr, .src = ki,
-                                            .slots = d_slots, .tokens = T, .dim = dI, .cache_stride = dI,
-                                            .src_stride = dI, .num_slots = im.num_slots}));
-          kernels::IndexerArgs ia;
-          ia.indices = topk;
-          ia.q = qi;
-          ia.w = wi;
-          ia.k_cache = ik_f32;
-          ia.k_cache_bf16 = ik_b16;
-          ia.k_cache_fp8 = ik_fp8;
-          ia.k_scale = ik_fp8 != nullptr ? im.index_k_scale[l] : nullptr;
-          ia.k_stride = dI;
-          ia.num_slots = im.num_slots;
-          ia.heads = HI;
-          ia.head_dim = dI;
-          ia.k = K;
-          ia.precision = options_.indexer_precision;
-          ia.layout = layout;
-          float* d_scores = nullptr;
-          int score_cols = 0;
-          if (outputs.scores_by_layer != nullptr) {
-            score_cols = *std::max_element(h_pos.begin(), h_pos.end()) + 1;
-            IC_ASSIGN_OR_RETURN(d_scores, im.Scratch<float>("ix_scores", static_cast<size_t>(T) * score_cols));
-            ia.scores = d_scores;
-            ia.scores_stride = score_cols;
-          }
-          if (!sharded_topk) {
-            IC_RETURN_IF_ERROR(be.IndexerTopk(ia));
-          } else {
+            const int HI = c.index_n_heads, dI = c.index_head_dim;
+            const int q_in = c.mla ? c.q_lora_rank : H;
+            IC_ASSIGN_OR_RETURN(float* qi, im.Scratch<float>("ix_q", static_cast<size_t>(T) * HI * dI));
+            IC_ASSIGN_OR_RETURN(float* ki, im.Scratch<float>("ix_k", static_cast<size_t>(T) * dI));
+            IC_ASSIGN_OR_RETURN(float* wi, im.Scratch<float>("ix_w", static_cast<size_t>(T) * HI));
+            IC_RETURN_IF_ERROR(Linear(be, qi, c.mla ? q_latent : h, L.ix_wq, T, HI * dI, q_in));
+            IC_RETURN_IF_ERROR(Linear(be, ki, h, L.ix_wk, T, dI, H));
+            IC_RETURN_IF_ERROR(be.LayerNorm({.out = ki, .in = ki, .weight = L.ix_norm_w, .bias = L.ix_norm_b,
+                                             .rows = T, .dim = dI, .eps = 1e-6f}));
+            // w scaled by H_I^-½ · d_I^-½ (DeepSeek-V3.2 reference; HF: weights · H^-½, scores · d^-½).
+            const float w_scale = 1.0f / std::sqrt(static_cast<float>(HI)) / std::sqrt(static_cast<float>(dI));
+            IC_RETURN_IF_ERROR(Linear(be, wi, h, L.ix_weights, T, HI, H, w_scale));
+            const RopeStyle style = c.indexer_rope_interleave ? RopeStyle::kInterleaved : RopeStyle::kNeox;
+            RopeArgs rq{.x = qi, .positions = d_pos, .inv_freq = im.ix_rope_inv_freq, .tokens = T, .heads = HI,
+                        .token_stride = HI * dI, .head_stride = dI, .rot_offset = 0,
+                        .rot_dim = c.index_rope_head_dim, .attention_scaling = im.ix_rope_scaling, .style = style};
+            IC_RETURN_IF_ERROR(be.Rope(rq));
+            RopeArgs rk = rq;
+            rk.x = ki;
+            rk.heads = 1;
+            rk.token_stride = dI;
+            IC_RETURN_IF_ERROR(be.Rope(rk));
+            const kernels::Precision ip = options_.indexer_precision;
+            if (ip == kernels::Precision::kFP8) {
+              // DeepSeek-V3.2: q_I and k_I are rotated by an orthonormal Hadamard transform before the FP8
+              // quantisation (dot products unchanged; outliers spread over the dims). A power-of-two d_I only.
+              if (dI < 1 || dI > 1024 || (dI & (dI - 1)) != 0) {
+                return InvalidArgument("indexer_precision FP8 rotates q and k by a Hadamard transform: index_head_dim ",
+                                       dI, " must be a power of two in [1, 1024]");
+              }
+              IC_RETURN_IF_ERROR(be.Hadamard({.x = ki, .rows = T, .dim = dI}));
+              IC_RETURN_IF_ERROR(be.Hadamard({.x = qi, .rows = T * HI, .dim = dI}));
+            }
+            float* ik_f32 = ip == kernels::Precision::kF32 ? static_cast<float*>(im.index_k_cache[l]) : nullptr;
+            uint16_t* ik_b16 = ip == kernels::Precision::kBF16 ? static_cast<uint16_t*>(im.index_k_cache[l]) : nullptr;
+            uint8_t* ik_fp8 = ip == kernels::Precision::kFP8 ? static_cast<uint8_t*>(im.index_k_cache[l]) : nullptr;
+            IC_RETURN_IF_ERROR(be.CacheWrite({.cache = ik_f32, .cache_bf16 = ik_b16, .cache_fp8 = ik_fp8,
+                                              .scale = ik_fp8 != nullptr ? im.index_k_scale[l] : nullptr, .src = ki,
+                                              .slots = d_slots, .tokens = T, .dim = dI, .cache_stride = dI,
+                                              .src_stride = dI, .num_slots = im.num_slots}));
+            kernels::IndexerArgs ia;
+            ia.indices = topk;
+            ia.q = qi;
+            ia.w = wi;
+            ia.k_cache = ik_f32;
+            ia.k_cache_bf16 = ik_b16;
+            ia.k_cache_fp8 = ik_fp8;
+            ia.k_scale = ik_fp8 != nullptr ? im.index_k_scale[l] : nullptr;
+            ia.k_stride = dI;
+            ia.num_slots = im.num_slots;
+            ia.heads = HI;
+            ia.head_dim = dI;
+            ia.k = K;
+            ia.precision = options_.indexer_precision;
+            ia.layout = layout;
+            float* d_scores = nullptr;
+            int score_cols = 0;
+            if (outputs.scores_by_layer != nullptr) {
+              score_cols = *std::max_element(h_pos.begin(), h_pos.end()) + 1;
+              IC_ASSIGN_OR_RETURN(d_scores, im.Scratch<float>("ix_scores", static_cast<size_t>(T) * score_cols));
+              ia.scores = d_scores;
+              ia.scores_stride = score_cols;
+            }
+            if (!sharded_topk) {
+              IC_RETURN_IF_ERROR(be.IndexerTopk(ia));
+            } else {
+              if (d_scores != nullptr) {
+                // Audit output under tensor parallel: every row's scores, computed locally (replicated work,
+                // no communication; tests and audits only). The indices come from the sharded path below.
+                IC_ASSIGN_OR_RETURN(int32_t* audit, im.Scratch<int32_t>("ix_audit_topk", static_cast<size_t>(T) * K));
+                kernels::IndexerArgs audit_args = ia;
+                audit_args.indices = audit;
+                IC_RETURN_IF_ERROR(be.IndexerTopk(audit_args));
+              }
+              IC_RETURN_IF_ERROR(im.sharded_topk->Select(ia, topk, &st.topk_bytes));
+            }
             if (d_scores != nullptr) {
-              // Audit output under tensor parallel: every row's scores, computed locally (replicated work,
-              // no communication; tests and audits only). The indices come from the sharded path below.
-              IC_ASSIGN_OR_RETURN(int32_t* audit, im.Scratch<int32_t>("ix_audit_topk", static_cast<size_t>(T) * K));
-              kernels::IndexerArgs audit_args = ia;
-              audit_args.indices = audit;
-              IC_RETURN_IF_ERROR(be.IndexerTopk(audit_args));
+              std::vector<float>& dst = (*outputs.scores_by_layer)[l];
+              dst.resize(static_cast<size_t>(T) * score_cols);
+              IC_RETURN_IF_ERROR(be.CopyToHost(dst.data(), d_scores, dst.size() * sizeof(float)));
             }
-            IC_RETURN_IF_ERROR(im.sharded_topk->Select(ia, topk, &st.topk_bytes));
+            if (timed) {
+              IC_ASSIGN_OR_RETURN(const int mark1, be.TimeMark());
+              marks.emplace_back(mark0, mark1);
+            } else if (profile) {
+              IC_RETURN_IF_ERROR(be.Synchronize());
+              const double indexer_seconds = NowSeconds() - t0;
+              if (options_.record_metrics) st.full_indexer_seconds.push_back(indexer_seconds);
+              pass_indexer_seconds[l] += indexer_seconds;
+            }
+          } else {
+            ++st.shared_layers;
           }
-          if (d_scores != nullptr) {
-            std::vector<float>& dst = (*outputs.scores_by_layer)[l];
-            dst.resize(static_cast<size_t>(T) * score_cols);
-            IC_RETURN_IF_ERROR(be.CopyToHost(dst.data(), d_scores, dst.size() * sizeof(float)));
+          at.topk = topk;
+          at.topk_k = K;
+          if (outputs.topk_by_layer != nullptr) {
+            std::vector<int32_t>& dst = (*outputs.topk_by_layer)[l];
+            dst.resize(static_cast<size_t>(T) * K);
+            IC_RETURN_IF_ERROR(be.CopyToHost(dst.data(), topk, dst.size() * sizeof(int32_t)));
           }
-          if (timed) {
-            IC_ASSIGN_OR_RETURN(const int mark1, be.TimeMark());
-            marks.emplace_back(mark0, mark1);
-          } else if (profile) {
-            IC_RETURN_IF_ERROR(be.Synchronize());
-            const double indexer_seconds = NowSeconds() - t0;
-            if (options_.record_metrics) st.full_indexer_seconds.push_back(indexer_seconds);
-            pass_indexer_seconds[l] += indexer_seconds;
+        }
+        IC_RETURN_IF_ERROR(be.Attention(at));
+        if (outputs.attention_by_layer != nullptr) {
+          IC_RETURN_IF_ERROR(capture_attention(l, at, /*force_dense=*/false, outputs.attention_by_layer));
+        }
+        if (outputs.dense_attention_by_layer != nullptr) {
+          if (at.topk == nullptr && outputs.attention_by_layer != nullptr) {  // a dense layer: the same numbers
+            (*outputs.dense_attention_by_layer)[l] = (*outputs.attention_by_layer)[l];
+          } else {
+            IC_RETURN_IF_ERROR(capture_attention(l, at, /*force_dense=*/true, outputs.dense_attention_by_layer));
           }
-        } else {
-          ++st.shared_layers;
         }
-        at.topk = topk;
-        at.topk_k = K;
-        if (outputs.topk_by_layer != nullptr) {
-          std::vector<int32_t>& dst = (*outputs.topk_by_layer)[l];
-          dst.resize(static_cast<size_t>(T) * K);
-          IC_RETURN_IF_ERROR(be.CopyToHost(dst.data(), topk, dst.size() * sizeof(int32_t)));
-        }
-      }
-      IC_RETURN_IF_ERROR(be.Attention(at));
-      if (outputs.attention_by_layer != nullptr) {
-        IC_RETURN_IF_ERROR(capture_attention(l, at, /*force_dense=*/false, outputs.attention_by_layer));
-      }
-      if (outputs.dense_attention_by_layer != nullptr) {
-        if (at.topk == nullptr && outputs.attention_by_layer != nullptr) {  // a dense layer: the same numbers
-          (*outputs.dense_attention_by_layer)[l] = (*outputs.attention_by_layer)[l];
-        } else {
-          IC_RETURN_IF_ERROR(capture_attention(l, at, /*force_dense=*/true, outputs.dense_attention_by_layer));
-        }
-      }
 
-      // ---- Output projection.
-      if (c.mla) {
-        const int NH = im.q_heads, dn = c.qk_nope_head_dim, dv = c.v_head_dim, R = c.kv_lora_rank;
-        // o[t, h] = olat[t, h] · W_UV[h]ᵀ (W_UV[h]: rows h·(dn+dv)+dn … of kv_b, [dv, R]).
-        GemmArgs uv;
-        uv.c = o_heads;
-        uv.a = at.out;
-        SetB(uv, L.kv_b_proj.Offset(static_cast<int64_t>(dn) * R));
-        uv.m = T;
-        uv.n = dv;
-        uv.k = R;
-        uv.lda = NH * R;
-        uv.ldb = R;
-        uv.ldc = NH * dv;
-        uv.batch = NH;
-        uv.stride_a = R;
-        uv.stride_b = static_cast<int64_t>(dn + dv) * R;
-        uv.stride_c = dv;
-        IC_RETURN_IF_ERROR(be.Gemm(uv));
-        IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, NH * dv));
-      } else {
-        IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, im.q_heads * c.head_dim));
-      }
-      IC_RETURN_IF_ERROR(all_reduce(attn));
-      IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
-
-      // ---- FFN: dense SwiGLU MLP or MoE.
-      IC_RETURN_IF_ERROR(be.RmsNorm({.out = h, .in = x, .weight = L.post_norm, .rows = T, .dim = H, .eps = eps}));
-      if (!L.is_moe) {
-        IC_RETURN_IF_ERROR(run_mlp(L.mlp, h, attn, T));
-        IC_RETURN_IF_ERROR(all_reduce(attn));  // split intermediate (tensor parallel); experts are replicated
+        // ---- Output projection.
+        if (c.mla) {
+          const int NH = im.q_heads, dn = c.qk_nope_head_dim, dv = c.v_head_dim, R = c.kv_lora_rank;
+          // o[t, h] = olat[t, h] · W_UV[h]ᵀ (W_UV[h]: rows h·(dn+dv)+dn … of kv_b, [dv, R]).
+          GemmArgs uv;
+          uv.c = o_heads;
+          uv.a = at.out;
+          SetB(uv, L.kv_b_proj.Offset(static_cast<int64_t>(dn) * R));
+          uv.m = T;
+          uv.n = dv;
+          uv.k = R;
+          uv.lda = NH * R;
+          uv.ldb = R;
+          uv.ldc = NH * dv;
+          uv.batch = NH;
+          uv.stride_a = R;
+          uv.stride_b = static_cast<int64_t>(dn + dv) * R;
+          uv.stride_c = dv;
+          IC_RETURN_IF_ERROR(be.Gemm(uv));
+          IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, NH * dv));
+        } else {
+          IC_RETURN_IF_ERROR(Linear(be, attn, o_heads, L.o_proj, T, H, im.q_heads * c.head_dim));
+        }
+        IC_RETURN_IF_ERROR(all_reduce(attn));
         IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
-        continue;
-      }
-      const int E = c.n_routed_experts, TK = c.num_experts_per_tok;
-      IC_ASSIGN_OR_RETURN(float* logits, im.Scratch<float>("router_logits", static_cast<size_t>(T) * E));
-      IC_ASSIGN_OR_RETURN(int32_t* eid, im.Scratch<int32_t>("expert_ids", static_cast<size_t>(T) * TK));
-      IC_ASSIGN_OR_RETURN(float* ew, im.Scratch<float>("expert_w", static_cast<size_t>(T) * TK));
-      IC_RETURN_IF_ERROR(Linear(be, logits, h, Weight{.f32 = L.router}, T, E, H));
-      IC_RETURN_IF_ERROR(be.MoeRoute({.expert_ids = eid, .expert_weights = ew, .logits = logits,
-                                      .bias = L.router_bias, .tokens = T, .experts = E, .top_k = TK,
-                                      .n_group = c.n_group, .topk_group = c.topk_group,
-                                      .norm_topk_prob = c.norm_topk_prob,
-                                      .routed_scaling_factor = static_cast<float>(c.routed_scaling_factor)}));
-      // A few tokens (decode): the fused routed-expert op straight into the residual, with no host round
-      // trip of the expert ids; a shared expert of the same size rides along in the same op.
-      if (L.expert_table != nullptr && static_cast<int64_t>(T) * TK <= kernels::kMoeFusedMaxPairs) {
-        const int inter = L.experts[0].inter;
-        // (FP8: the shared expert folds in only if it is FP8 too; MoeExperts takes one kind of weight.)
-        const bool fold = L.shared && L.shared->inter == inter && (L.shared->gate.fp8 != nullptr) == im.fp8_weights;
-        if (L.shared && !fold) {
-          IC_RETURN_IF_ERROR(run_mlp(*L.shared, h, attn, T));
+
+        // ---- FFN: dense SwiGLU MLP or MoE.
+        IC_RETURN_IF_ERROR(be.RmsNorm({.out = h, .in = x, .weight = L.post_norm, .rows = T, .dim = H, .eps = eps}));
+        if (!L.is_moe) {
+          IC_RETURN_IF_ERROR(run_mlp(L.mlp, h, attn, T));
+          IC_RETURN_IF_ERROR(all_reduce(attn));  // split intermediate (tensor parallel); experts are replicated
           IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
+          continue;
         }
-        IC_RETURN_IF_ERROR(be.MoeExperts({.out = x, .x = h, .expert_ids = eid, .expert_weights = ew,
-                                          .weights = L.expert_table,
-                                          .shared_gate = fold ? L.shared->gate.data() : nullptr,
-                                          .shared_up = fold ? L.shared->up.data() : nullptr,
-                                          .shared_down = fold ? L.shared->down.data() : nullptr,
-                                          .bf16 = im.bf16_weights, .tokens = T, .hidden = H, .inter = inter,
-                                          .top_k = TK, .experts = E, .fp8 = im.fp8_weights,
-                                          .shared_gate_scale = fold ? L.shared->gate.fp8_scale : nullptr,
-                                          .shared_up_scale = fold ? L.shared->up.fp8_scale : nullptr,
-                                          .shared_down_scale = fold ? L.shared->down.fp8_scale : nullptr}));
-        continue;
-      }
-      // Shared experts first (into attn), then routed experts scatter-added.
-      if (L.shared) {
-        IC_RETURN_IF_ERROR(run_mlp(*L.shared, h, attn, T));
-      } else {
-        IC_RETURN_IF_ERROR(be.Memset(attn, 0, static_cast<size_t>(T) * H * sizeof(float)));
-      }
-      std::vector<int32_t> h_eid(static_cast<size_t>(T) * TK);
-      std::vector<float> h_ew(h_eid.size());
-      IC_RETURN_IF_ERROR(be.CopyToHost(h_eid.data(), eid, h_eid.size() * sizeof(int32_t)));
-      IC_RETURN_IF_ERROR(be.CopyToHost(h_ew.data(), ew, h_ew.size() * sizeof(float)));
-      if (im.ep != nullptr) {
-        if (im.tp == nullptr || im.tp->size() == 1) {
-          IC_RETURN_IF_ERROR(moe_expert_parallel(L, h, T, h_eid, h_ew, attn, 0, T));
+        const int E = c.n_routed_experts, TK = c.num_experts_per_tok;
+        IC_ASSIGN_OR_RETURN(float* logits, im.Scratch<float>("router_logits", static_cast<size_t>(T) * E));
+        IC_ASSIGN_OR_RETURN(int32_t* eid, im.Scratch<int32_t>("expert_ids", static_cast<size_t>(T) * TK));
+        IC_ASSIGN_OR_RETURN(float* ew, im.Scratch<float>("expert_w", static_cast<size_t>(T) * TK));
+        IC_RETURN_IF_ERROR(Linear(be, logits, h, Weight{.f32 = L.router}, T, E, H));
+        IC_RETURN_IF_ERROR(be.MoeRoute({.expert_ids = eid, .expert_weights = ew, .logits = logits,
+                                        .bias = L.router_bias, .tokens = T, .experts = E, .top_k = TK,
+                                        .n_group = c.n_group, .topk_group = c.topk_group,
+                                        .norm_topk_prob = c.norm_topk_prob,
+                                        .routed_scaling_factor = static_cast<float>(c.routed_scaling_factor)}));
+        // A few tokens (decode): the fused routed-expert op straight into the residual, with no host round
+        // trip of the expert ids; a shared expert of the same size rides along in the same op.
+        if (L.expert_table != nullptr && static_cast<int64_t>(T) * TK <= kernels::kMoeFusedMaxPairs) {
+          const int inter = L.experts[0].inter;
+          // (FP8: the shared expert folds in only if it is FP8 too; MoeExperts takes one kind of weight.)
+          const bool fold = L.shared && L.shared->inter == inter && (L.shared->gate.fp8 != nullptr) == im.fp8_weights;
+          if (L.shared && !fold) {
+            IC_RETURN_IF_ERROR(run_mlp(*L.shared, h, attn, T));
+            IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
+          }
+          IC_RETURN_IF_ERROR(be.MoeExperts({.out = x, .x = h, .expert_ids = eid, .expert_weights = ew,
+                                            .weights = L.expert_table,
+                                            .shared_gate = fold ? L.shared->gate.data() : nullptr,
+                                            .shared_up = fold ? L.shared->up.data() : nullptr,
+                                            .shared_down = fold ? L.shared->down.data() : nullptr,
+                                            .bf16 = im.bf16_weights, .tokens = T, .hidden = H, .inter = inter,
+                                            .top_k = TK, .experts = E, .fp8 = im.fp8_weights,
+                                            .shared_gate_scale = fold ? L.shared->gate.fp8_scale : nullptr,
+                                            .shared_up_scale = fold ? L.shared->up.fp8_scale : nullptr,
+                                            .shared_down_scale = fold ? L.shared->down.fp8_scale : nullptr}));
+          continue;
+        }
+        // Shared experts first (into attn), then routed experts scatter-added.
+        if (L.shared) {
+          IC_RETURN_IF_ERROR(run_mlp(*L.shared, h, attn, T));
         } else {
-          // Tensor parallel × expert parallel: rank r of the shard group dispatches rows
-          // [T·r/S, T·(r+1)/S) only, so no token's experts run twice; the routed outputs (disjoint rows)
-          // are then summed over the group, giving every rank all rows, bitwise identical.
-          const int S = im.tp->size(), r = im.tp->rank();
-          const int r0 = static_cast<int>(static_cast<int64_t>(T) * r / S);
-          const int r1 = static_cast<int>(static_cast<int64_t>(T) * (r + 1) / S);
-          IC_ASSIGN_OR_RETURN(float* routed, im.Scratch<float>("ep_routed", static_cast<size_t>(T) * H));
-          IC_RETURN_IF_ERROR(be.Memset(routed, 0, static_cast<size_t>(T) * H * sizeof(float)));
-          IC_RETURN_IF_ERROR(moe_expert_parallel(L, h, T, h_eid, h_ew, routed, r0, r1));
-          IC_RETURN_IF_ERROR(all_reduce(routed));
-          IC_RETURN_IF_ERROR(Accumulate(be, attn, routed, T, H));
+          IC_RETURN_IF_ERROR(be.Memset(attn, 0, static_cast<size_t>(T) * H * sizeof(float)));
+        }
+        std::vector<int32_t> h_eid(static_cast<size_t>(T) * TK);
+        std::vector<float> h_ew(h_eid.size());
+        IC_RETURN_IF_ERROR(be.CopyToHost(h_eid.data(), eid, h_eid.size() * sizeof(int32_t)));
+        IC_RETURN_IF_ERROR(be.CopyToHost(h_ew.data(), ew, h_ew.size() * sizeof(float)));
+        if (im.ep != nullptr) {
+          if (im.tp == nullptr || im.tp->size() == 1) {
+            IC_RETURN_IF_ERROR(moe_expert_parallel(L, h, T, h_eid, h_ew, attn, 0, T));
+          } else {
+            // Tensor parallel × expert parallel: rank r of the shard group dispatches rows
+            // [T·r/S, T·(r+1)/S) only, so no token's experts run twice; the routed outputs (disjoint rows)
+            // are then summed over the group, giving every rank all rows, bitwise identical.
+            const int S = im.tp->size(), r = im.tp->rank();
+            const int r0 = static_cast<int>(static_cast<int64_t>(T) * r / S);
+            const int r1 = static_cast<int>(static_cast<int64_t>(T) * (r + 1) / S);
+            IC_ASSIGN_OR_RETURN(float* routed, im.Scratch<float>("ep_routed", static_cast<size_t>(T) * H));
+            IC_RETURN_IF_ERROR(be.Memset(routed, 0, static_cast<size_t>(T) * H * sizeof(float)));
+            IC_RETURN_IF_ERROR(moe_expert_parallel(L, h, T, h_eid, h_ew, routed, r0, r1));
+            IC_RETURN_IF_ERROR(all_reduce(routed));
+            IC_RETURN_IF_ERROR(Accumulate(be, attn, routed, T, H));
+          }
+          IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
+          continue;
+        }
+        std::vector<std::vector<int32_t>> rows_of(E);
+        std::vector<std::vector<float>> w_of(E);
+        for (int r = 0; r < T; ++r) {
+          for (int j = 0; j < TK; ++j) {
+            const int e = h_eid[static_cast<size_t>(r) * TK + j];
+            if (e < 0 || e >= E) return absl::InternalError(absl::StrCat("router chose expert ", e));
+            rows_of[e].push_back(r);
+            w_of[e].push_back(h_ew[static_cast<size_t>(r) * TK + j]);
+          }
+        }
+        std::vector<int32_t> all_rows;
+        std::vector<float> all_w;
+        std::vector<size_t> offset(E + 1, 0);
+        for (int e = 0; e < E; ++e) {
+          offset[e] = all_rows.size();
+          all_rows.insert(all_rows.end(), rows_of[e].begin(), rows_of[e].end());
+          all_w.insert(all_w.end(), w_of[e].begin(), w_of[e].end());
+        }
+        offset[E] = all_rows.size();
+        IC_ASSIGN_OR_RETURN(int32_t* d_rows, im.Scratch<int32_t>("moe_rows", all_rows.size()));
+        IC_ASSIGN_OR_RETURN(float* d_w, im.Scratch<float>("moe_w", all_w.size()));
+        IC_RETURN_IF_ERROR(be.CopyToDevice(d_rows, all_rows.data(), all_rows.size() * sizeof(int32_t)));
+        IC_RETURN_IF_ERROR(be.CopyToDevice(d_w, all_w.data(), all_w.size() * sizeof(float)));
+        IC_ASSIGN_OR_RETURN(float* gathered, im.Scratch<float>("moe_in", static_cast<size_t>(T) * H));
+        IC_ASSIGN_OR_RETURN(float* eout, im.Scratch<float>("moe_out", static_cast<size_t>(T) * H));
+        for (int e = 0; e < E; ++e) {
+          const int n = static_cast<int>(offset[e + 1] - offset[e]);
+          if (n == 0) continue;
+          IC_RETURN_IF_ERROR(be.GatherRows({.out = gathered, .in = h, .rows = d_rows + offset[e], .count = n, .dim = H}));
+          IC_RETURN_IF_ERROR(run_mlp(L.experts[e], gathered, eout, n));
+          IC_RETURN_IF_ERROR(be.ScatterAddRows({.out = attn, .in = eout, .rows = d_rows + offset[e],
+                                                .scale = d_w + offset[e], .count = n, .dim = H}));
         }
         IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
-        continue;
       }
-      std::vector<std::vector<int32_t>> rows_of(E);
-      std::vector<std::vector<float>> w_of(E);
-      for (int r = 0; r < T; ++r) {
-        for (int j = 0; j < TK; ++j) {
-          const int e = h_eid[static_cast<size_t>(r) * TK + j];
-          if (e < 0 || e >= E) return absl::InternalError(absl::StrCat("router chose expert ", e));
-          rows_of[e].push_back(r);
-          w_of[e].push_back(h_ew[static_cast<size_t>(r) * TK + j]);
-        }
-      }
-      std::vector<int32_t> all_rows;
-      std::vector<float> all_w;
-      std::vector<size_t> offset(E + 1, 0);
-      for (int e = 0; e < E; ++e) {
-        offset[e] = all_rows.size();
-        all_rows.insert(all_rows.end(), rows_of[e].begin(), rows_of[e].end());
-        all_w.insert(all_w.end(), w_of[e].begin(), w_of[e].end());
-      }
-      offset[E] = all_rows.size();
-      IC_ASSIGN_OR_RETURN(int32_t* d_rows, im.Scratch<int32_t>("moe_rows", all_rows.size()));
-      IC_ASSIGN_OR_RETURN(float* d_w, im.Scratch<float>("moe_w", all_w.size()));
-      IC_RETURN_IF_ERROR(be.CopyToDevice(d_rows, all_rows.data(), all_rows.size() * sizeof(int32_t)));
-      IC_RETURN_IF_ERROR(be.CopyToDevice(d_w, all_w.data(), all_w.size() * sizeof(float)));
-      IC_ASSIGN_OR_RETURN(float* gathered, im.Scratch<float>("moe_in", static_cast<size_t>(T) * H));
-      IC_ASSIGN_OR_RETURN(float* eout, im.Scratch<float>("moe_out", static_cast<size_t>(T) * H));
-      for (int e = 0; e < E; ++e) {
-        const int n = static_cast<int>(offset[e + 1] - offset[e]);
-        if (n == 0) continue;
-        IC_RETURN_IF_ERROR(be.GatherRows({.out = gathered, .in = h, .rows = d_rows + offset[e], .count = n, .dim = H}));
-        IC_RETURN_IF_ERROR(run_mlp(L.experts[e], gathered, eout, n));
-        IC_RETURN_IF_ERROR(be.ScatterAddRows({.out = attn, .in = eout, .rows = d_rows + offset[e],
-                                              .scale = d_w + offset[e], .count = n, .dim = H}));
-      }
-      IC_RETURN_IF_ERROR(Accumulate(be, x, attn, T, H));
-    }
-    if (profile) IC_RETURN_IF_ERROR(mark_layer_boundary(-1));
-    return absl::OkStatus();
+      if (profile) IC_RETURN_IF_ERROR(mark_layer_boundary(-1));
+      return absl::OkStatus();
     };
 
     // ---- Final norm + LM head, only on the rows asked for (d_rows: n row indices on the device).
