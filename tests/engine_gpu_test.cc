@@ -358,6 +358,39 @@ TEST_F(EngineGpuTest, DecodeFromCudaGraphsMatchesEagerDecode) {
   }
 }
 
+// A graph replays whatever sequences the step holds: after a sequence is removed, another forked from a
+// survivor, and the batch order swapped, the same shape replays the same graph on the new block tables and
+// positions, and the logits still equal eager decode bit for bit (a DSA model).
+TEST_F(EngineGpuTest, CudaGraphReplaysFollowSequenceChanges) {
+  auto model = BuildSyntheticModel(SmallModel(Architecture::kDeepseekV32));
+  ASSERT_TRUE(model.ok());
+  const int V = 300;
+  std::vector<std::vector<float>> by_mode;
+  std::vector<DecodeGraphStats> stats;
+  for (bool graphs : {false, true}) {
+    auto ctx = *Context::Create(*model, {.device = DeviceKind::kCuda, .max_tokens = 4096, .cuda_graphs = graphs});
+    const int a = *ctx->AddSequence(), b = *ctx->AddSequence();
+    ASSERT_TRUE(ctx->Prefill(a, test::RandomTokens(90, V, 1)).ok());
+    ASSERT_TRUE(ctx->Prefill(b, test::RandomTokens(70, V, 2)).ok());
+    std::vector<float> all, logits(2 * static_cast<size_t>(V));
+    auto step = [&](std::vector<int> seqs, int i) {
+      const std::vector<int32_t> next = {(11 * i) % V, (13 * i + 5) % V};
+      const absl::Status s = ctx->Decode(seqs, next, logits.data());
+      ASSERT_TRUE(s.ok()) << s;
+      all.insert(all.end(), logits.begin(), logits.end());
+    };
+    for (int i = 0; i < 4; ++i) step({a, b}, i);
+    ASSERT_TRUE(ctx->RemoveSequence(b).ok());
+    const int c = *ctx->ForkSequence(a);  // a's cache, another sequence id and other blocks
+    for (int i = 4; i < 8; ++i) step({c, a}, i);
+    by_mode.push_back(std::move(all));
+    stats.push_back(ctx->decode_graph_stats());
+  }
+  EXPECT_EQ(by_mode[1], by_mode[0]);
+  EXPECT_EQ(stats[1].captures, 1);  // one shape throughout: 2 sequences, 2 blocks each
+  EXPECT_EQ(stats[1].replays, 6);
+}
+
 // Decode steps that need the host between ops stay eager with graphs on, and give the same results.
 TEST_F(EngineGpuTest, CudaGraphsLeaveHostBoundStepsEager) {
   auto model = BuildSyntheticModel(SmallModel(Architecture::kDeepseekV32));
