@@ -906,6 +906,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       };
       const Impl::GraphKey key{S, max_blocks, logits != nullptr};
       Impl::DecodeGraph* replayed = nullptr;
+      const DecodeGraphStats before = im.graph_stats;
       const bool time_graph = mark_indexer && c.has_indexer;  // a model without an indexer needs no timed graph
       IC_ASSIGN_OR_RETURN(replayed, im.RunDecodeGraph(key, step, time_graph, stats, indexer_marks));
       if (logits != nullptr) {
@@ -922,7 +923,11 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
         if (!indexer_marks.empty()) replayed->sampled_indexer_seconds = stats.full_indexer_seconds;
         if (indexer_marks.empty()) stats.full_indexer_seconds = replayed->sampled_indexer_seconds;
       }
-      return im.CaptureDecodeGraphIfDue(key, step, time_graph);
+      stats.graph_step = replayed != nullptr ? GraphStep::kReplay : GraphStep::kEager;
+      IC_RETURN_IF_ERROR(im.CaptureDecodeGraphIfDue(key, step, time_graph));
+      stats.graph_captures = static_cast<int>(im.graph_stats.captures - before.captures);
+      stats.graph_capture_failures = static_cast<int>(im.graph_stats.capture_failures - before.capture_failures);
+      return absl::OkStatus();
     }
 
     IC_RETURN_IF_ERROR(run_layers(stats, indexer_marks, mark_indexer));

@@ -92,6 +92,10 @@ struct Metrics::Impl {
   prometheus::Counter* generated_tokens;
   prometheus::Counter* prefill_passes;
   prometheus::Counter* decode_passes;
+  prometheus::Counter* graph_replays;
+  prometheus::Counter* graph_eager_steps;
+  prometheus::Counter* graph_captures;
+  prometheus::Counter* graph_capture_failures;
   prometheus::Histogram* prefill_seconds;
   prometheus::Histogram* decode_step_seconds;
   prometheus::Histogram* topk_overlap;
@@ -146,6 +150,20 @@ struct Metrics::Impl {
                        .Register(r);
     prefill_passes = &passes.Add({{"phase", "prefill"}});
     decode_passes = &passes.Add({{"phase", "decode"}});
+    auto& graph_steps = prometheus::BuildCounter()
+                            .Name("indexcache_decode_graph_steps_total")
+                            .Help("Decode steps eligible for CUDA graphs, by mode: replay (launched from a "
+                                  "captured graph) or eager (a shape's first steps, or after its buffers moved).")
+                            .Register(r);
+    graph_replays = &graph_steps.Add({{"mode", "replay"}});
+    graph_eager_steps = &graph_steps.Add({{"mode", "eager"}});
+    auto& captures = prometheus::BuildCounter()
+                         .Name("indexcache_decode_graph_captures_total")
+                         .Help("CUDA graphs captured for decode shapes, by result (ok or failed: that shape "
+                               "stays eager until its buffers move).")
+                         .Register(r);
+    graph_captures = &captures.Add({{"result", "ok"}});
+    graph_capture_failures = &captures.Add({{"result", "failed"}});
     prefill_seconds = &prometheus::BuildHistogram()
                            .Name("indexcache_prefill_seconds")
                            .Help("Wall time of one prefill forward pass, in seconds.")
@@ -202,6 +220,10 @@ void Metrics::RecordForwardPass(const ForwardPassStats& stats) {
   if (stats.topk_bytes > 0) impl_->topk_bytes->Increment(static_cast<double>(stats.topk_bytes));
   const bool prefill = stats.phase == Phase::kPrefill;
   (prefill ? impl_->prefill_passes : impl_->decode_passes)->Increment();
+  if (stats.graph_step == GraphStep::kReplay) impl_->graph_replays->Increment();
+  if (stats.graph_step == GraphStep::kEager) impl_->graph_eager_steps->Increment();
+  if (stats.graph_captures > 0) impl_->graph_captures->Increment(stats.graph_captures);
+  if (stats.graph_capture_failures > 0) impl_->graph_capture_failures->Increment(stats.graph_capture_failures);
   if (stats.tokens > 0) {
     (prefill ? impl_->prompt_tokens : impl_->generated_tokens)
         ->Increment(static_cast<double>(stats.tokens));
@@ -271,6 +293,10 @@ Metrics::Totals Metrics::Totals::operator-(const Totals& b) const {
   d.prefill_passes = prefill_passes - b.prefill_passes;
   d.decode_passes = decode_passes - b.decode_passes;
   d.topk_overlap_observations = topk_overlap_observations - b.topk_overlap_observations;
+  d.graph_replays = graph_replays - b.graph_replays;
+  d.graph_eager_steps = graph_eager_steps - b.graph_eager_steps;
+  d.graph_captures = graph_captures - b.graph_captures;
+  d.graph_capture_failures = graph_capture_failures - b.graph_capture_failures;
   return d;
 }
 
@@ -290,6 +316,10 @@ Metrics::Totals Metrics::GetTotals() const {
   t.decode_passes = m.decode_passes->Value();
   t.topk_overlap_observations =
       static_cast<double>(m.topk_overlap->Collect().histogram.sample_count);
+  t.graph_replays = m.graph_replays->Value();
+  t.graph_eager_steps = m.graph_eager_steps->Value();
+  t.graph_captures = m.graph_captures->Value();
+  t.graph_capture_failures = m.graph_capture_failures->Value();
   return t;
 }
 

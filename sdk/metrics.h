@@ -5,7 +5,9 @@
 //
 // What IndexCache adds: at Full layers the indexer + top-k time is measured; at Shared layers it is
 // skipped, and the time saved is estimated as (mean measured Full-layer indexer time in the same forward
-// pass) × (number of Shared layers) — RecordForwardPass() does that arithmetic.
+// pass) × (number of Shared layers) — RecordForwardPass() does that arithmetic. CUDA-graph decode:
+// indexcache_decode_graph_steps_total{mode="replay"|"eager"} (graph-eligible decode steps by how they ran)
+// and indexcache_decode_graph_captures_total{result="ok"|"failed"}.
 //
 //   auto& m = Metrics::Global();
 //   m.RecordForwardPass({.phase = Phase::kPrefill, .full_indexer_seconds = {0.01, 0.012},
@@ -24,6 +26,13 @@ namespace ic {
 
 enum class Phase { kPrefill, kDecode };
 
+// How a decode step ran with CUDA-graph decode on (ContextOptions::cuda_graphs).
+enum class GraphStep {
+  kNone,    // not a graph-eligible step (prefill, the CPU, graphs off, a step that needs the host)
+  kEager,   // eligible, run eagerly (the first steps of a shape, or after its buffers moved)
+  kReplay,  // launched from a captured graph
+};
+
 struct ForwardPassStats {
   Phase phase = Phase::kPrefill;
   std::vector<double> full_indexer_seconds;  // one entry per Full layer run in this pass
@@ -31,6 +40,8 @@ struct ForwardPassStats {
   double seconds = 0;                        // wall time of the whole pass
   int64_t tokens = 0;                        // prompt tokens (prefill) or generated tokens (decode)
   int64_t topk_bytes = 0;                    // top-k bytes moved inside shard groups
+  GraphStep graph_step = GraphStep::kNone;
+  int graph_captures = 0, graph_capture_failures = 0;  // CUDA graphs captured after this step
 };
 
 class Metrics {
@@ -68,6 +79,7 @@ class Metrics {
     double layers_run = 0, layers_skipped = 0;
     double prompt_tokens = 0, generated_tokens = 0, topk_bytes = 0;
     double prefill_passes = 0, decode_passes = 0, topk_overlap_observations = 0;
+    double graph_replays = 0, graph_eager_steps = 0, graph_captures = 0, graph_capture_failures = 0;
     // What happened between two snapshots: `after - before`, field by field.
     Totals operator-(const Totals& before) const;
   };

@@ -115,6 +115,10 @@ TEST(MetricsTest, TextDumpHasEveryMetricAndMatchesTotals) {
                        .shared_layers = 2, .seconds = 0.75, .tokens = 100});
   m.RecordForwardPass({.phase = Phase::kDecode, .full_indexer_seconds = {0.25},
                        .shared_layers = 2, .seconds = 0.003, .tokens = 1});
+  m.RecordForwardPass({.phase = Phase::kDecode, .full_indexer_seconds = {0.25}, .shared_layers = 2,
+                       .seconds = 0.002, .tokens = 1, .graph_step = GraphStep::kEager, .graph_captures = 1});
+  m.RecordForwardPass({.phase = Phase::kDecode, .full_indexer_seconds = {0.25}, .shared_layers = 2,
+                       .seconds = 0.001, .tokens = 1, .graph_step = GraphStep::kReplay});
   m.ObserveTopkOverlap(0.97);
   m.ObserveTopkOverlap(0.5);
   const std::string text = m.TextDump();
@@ -125,7 +129,8 @@ TEST(MetricsTest, TextDumpHasEveryMetricAndMatchesTotals) {
         "indexcache_indexer_baseline_seconds_total", "indexcache_indexer_layers_total",
         "indexcache_topk_bytes_total", "indexcache_prefill_seconds", "indexcache_decode_step_seconds",
         "indexcache_prompt_tokens_total", "indexcache_generated_tokens_total",
-        "indexcache_topk_overlap_ratio", "indexcache_forward_passes_total"}) {
+        "indexcache_topk_overlap_ratio", "indexcache_forward_passes_total", "indexcache_decode_graph_steps_total",
+        "indexcache_decode_graph_captures_total"}) {
     EXPECT_THAT(text, HasSubstr(absl::StrCat("# TYPE ", name, " "))) << name;
   }
   EXPECT_THAT(text, HasSubstr("# TYPE indexcache_prefill_seconds histogram"));
@@ -140,19 +145,28 @@ TEST(MetricsTest, TextDumpHasEveryMetricAndMatchesTotals) {
   EXPECT_DOUBLE_EQ(Sample(text, "indexcache_generated_tokens_total"), t.generated_tokens);
   EXPECT_DOUBLE_EQ(Sample(text, "indexcache_forward_passes_total{phase=\"prefill\"}"), t.prefill_passes);
   EXPECT_DOUBLE_EQ(Sample(text, "indexcache_forward_passes_total{phase=\"decode\"}"), t.decode_passes);
+  EXPECT_DOUBLE_EQ(Sample(text, "indexcache_decode_graph_steps_total{mode=\"replay\"}"), t.graph_replays);
+  EXPECT_DOUBLE_EQ(Sample(text, "indexcache_decode_graph_steps_total{mode=\"eager\"}"), t.graph_eager_steps);
+  EXPECT_DOUBLE_EQ(Sample(text, "indexcache_decode_graph_captures_total{result=\"ok\"}"), t.graph_captures);
+  EXPECT_DOUBLE_EQ(Sample(text, "indexcache_decode_graph_captures_total{result=\"failed\"}"),
+                   t.graph_capture_failures);
 
   // Changes this test made, read from the text alone.
   auto delta = [&](const std::string& series) {
     return Sample(text, series) - Sample(text_before, series);
   };
-  EXPECT_DOUBLE_EQ(delta("indexcache_indexer_saved_seconds_total"), 0.5 * 2 + 0.25 * 2);
+  EXPECT_DOUBLE_EQ(delta("indexcache_indexer_saved_seconds_total"), 0.5 * 2 + 0.25 * 2 * 3);
+  EXPECT_DOUBLE_EQ(delta("indexcache_decode_graph_steps_total{mode=\"replay\"}"), 1);
+  EXPECT_DOUBLE_EQ(delta("indexcache_decode_graph_steps_total{mode=\"eager\"}"), 1);
+  EXPECT_DOUBLE_EQ(delta("indexcache_decode_graph_captures_total{result=\"ok\"}"), 1);
+  EXPECT_DOUBLE_EQ(delta("indexcache_decode_graph_captures_total{result=\"failed\"}"), 0);
   EXPECT_DOUBLE_EQ(delta("indexcache_prefill_seconds_count"), 1);
   EXPECT_DOUBLE_EQ(delta("indexcache_prefill_seconds_sum"), 0.75);
   EXPECT_DOUBLE_EQ(delta("indexcache_prefill_seconds_bucket{le=\"0.5\"}"), 0);
   EXPECT_DOUBLE_EQ(delta("indexcache_prefill_seconds_bucket{le=\"1\"}"), 1);
-  EXPECT_DOUBLE_EQ(delta("indexcache_decode_step_seconds_bucket{le=\"0.001\"}"), 0);
-  EXPECT_DOUBLE_EQ(delta("indexcache_decode_step_seconds_bucket{le=\"0.005\"}"), 1);
-  EXPECT_DOUBLE_EQ(delta("indexcache_decode_step_seconds_bucket{le=\"100\"}"), 1);
+  EXPECT_DOUBLE_EQ(delta("indexcache_decode_step_seconds_bucket{le=\"0.001\"}"), 1);
+  EXPECT_DOUBLE_EQ(delta("indexcache_decode_step_seconds_bucket{le=\"0.005\"}"), 3);
+  EXPECT_DOUBLE_EQ(delta("indexcache_decode_step_seconds_bucket{le=\"100\"}"), 3);
   EXPECT_DOUBLE_EQ(delta("indexcache_topk_overlap_ratio_count"), 2);
   EXPECT_DOUBLE_EQ(delta("indexcache_topk_overlap_ratio_bucket{le=\"0.5\"}"), 1);
   EXPECT_DOUBLE_EQ(delta("indexcache_topk_overlap_ratio_bucket{le=\"0.98\"}"), 2);

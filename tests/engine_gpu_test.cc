@@ -330,6 +330,11 @@ TEST_F(EngineGpuTest, DecodeFromCudaGraphsMatchesEagerDecode) {
       const int full = (*model)->config.has_indexer ? (*ctx)->plan().NumFull() : 0;
       EXPECT_EQ(delta.decode_passes, 11);
       EXPECT_EQ(delta.layers_run, 11 * full);
+      // indexcache_decode_graph_*: step 13 eager (then captured), steps 14–23 replayed.
+      EXPECT_EQ(delta.graph_eager_steps, graphs ? 1 : 0);
+      EXPECT_EQ(delta.graph_captures, graphs ? 1 : 0);
+      EXPECT_EQ(delta.graph_replays, graphs ? 10 : 0);
+      EXPECT_EQ(delta.graph_capture_failures, 0);
       if (full > 0) {
         EXPECT_EQ(delta.layers_skipped, 11 * (o.num_layers - full));
         EXPECT_GT(delta.indexer_seconds, 0.0);
