@@ -143,12 +143,11 @@ absl::Status Communicator::AllToAllV(const void* send, absl::Span<const size_t> 
         send_offsets.size(), "/", recv_counts.size(), "/", recv_offsets.size(), " entries; size() = ", n));
   }
   int64_t sent = 0;
-  size_t send_extent = 0, recv_extent = 0;
   for (size_t p = 0; p < n; ++p) {
-    if (send_counts[p] > 0) send_extent = std::max(send_extent, send_offsets[p] + send_counts[p]);
-    if (recv_counts[p] > 0) recv_extent = std::max(recv_extent, recv_offsets[p] + recv_counts[p]);
     if (p != static_cast<size_t>(rank_)) sent += static_cast<int64_t>(send_counts[p]);
   }
+  const size_t send_extent = AllToAllVExtent(send_counts, send_offsets);
+  const size_t recv_extent = AllToAllVExtent(recv_counts, recv_offsets);
   if ((send_extent > 0 && send == nullptr) || (recv_extent > 0 && recv == nullptr)) {
     return absl::InvalidArgumentError("AllToAllV: send or recv is null with non-zero counts");
   }
@@ -158,6 +157,14 @@ absl::Status Communicator::AllToAllV(const void* send, absl::Span<const size_t> 
   return Run(Collective::kAllToAllV, sent, [&] {
     return DoAllToAllV(send, send_counts, send_offsets, recv, recv_counts, recv_offsets);
   });
+}
+
+size_t AllToAllVExtent(absl::Span<const size_t> counts, absl::Span<const size_t> offsets) {
+  size_t end = 0;
+  for (size_t p = 0; p < counts.size() && p < offsets.size(); ++p) {
+    if (counts[p] > 0) end = std::max(end, offsets[p] + counts[p]);
+  }
+  return end;
 }
 
 absl::Status Communicator::Barrier() {

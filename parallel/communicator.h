@@ -170,6 +170,10 @@ class Communicator {
   CommunicatorStats stats_;
 };
 
+// The bytes a personalised exchange (AllToAllV) touches in one buffer: the largest offsets[p] + counts[p]
+// over peers with counts[p] > 0 (0 when none sends or receives anything).
+size_t AllToAllVExtent(absl::Span<const size_t> counts, absl::Span<const size_t> offsets);
+
 // "0, 2, 3", "1-65535" (runs of three or more), at most 16 items then "… (N ranks in all)", or "none":
 // the rank lists in the backends' error messages.
 std::string FormatRankList(absl::Span<const int> ranks);

@@ -7,7 +7,6 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -367,15 +366,6 @@ absl::Status CollectStaged(Impl& impl, const char* name, int rank, int size, abs
   return absl::OkStatus();
 }
 
-// The bytes a personalised exchange touches in a buffer: max over peers of offset + count.
-size_t SpanEnd(absl::Span<const size_t> counts, absl::Span<const size_t> offsets) {
-  size_t end = 0;
-  for (size_t p = 0; p < counts.size(); ++p) {
-    if (counts[p] > 0) end = std::max(end, offsets[p] + counts[p]);
-  }
-  return end;
-}
-
 }  // namespace
 
 absl::Status NcclCommunicator::Wait() {
@@ -423,7 +413,7 @@ absl::Status NcclCommunicator::DoAllToAllV(const void* send, absl::Span<const si
                                            absl::Span<const size_t> recv_counts,
                                            absl::Span<const size_t> recv_offsets) {
   return CollectStaged(*impl_, "AllToAllV", rank(), size(), timeout(), options_.synchronous, send,
-                       SpanEnd(send_counts, send_offsets), recv, SpanEnd(recv_counts, recv_offsets),
+                       AllToAllVExtent(send_counts, send_offsets), recv, AllToAllVExtent(recv_counts, recv_offsets),
                        [&](const void* send_d, void* recv_d) -> ncclResult_t {
     ncclResult_t r = ncclGroupStart();
     if (r != ncclSuccess) return r;
