@@ -34,6 +34,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "parallel/communicator.h"
@@ -48,6 +49,12 @@ struct NcclOptions {
 
 // True when ic_parallel_nccl was built with NCCL.
 bool NcclAvailable();
+
+// Every rank of a group whose ranks are threads of this process, rank r on CUDA device r (options.device is
+// set per rank): one unique id, every rank joined concurrently. The first rank's error, naming it, if one
+// cannot join (the others then time out after options.common.timeout). For tests and single-node tools;
+// processes use UniqueId + Create.
+absl::StatusOr<std::vector<std::unique_ptr<Communicator>>> NcclLocalGroup(int world, const NcclOptions& options = {});
 
 class NcclCommunicator final : public Communicator {
  public:

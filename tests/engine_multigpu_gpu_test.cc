@@ -37,23 +37,11 @@ class EngineMultiGpuTest : public ::testing::Test {
   }
 };
 
-// `world` NCCL communicators, rank r on GPU r, created concurrently (NCCL init joins all ranks).
+// `world` NCCL communicators, rank r on GPU r (empty, with a test failure, when they cannot be made).
 std::vector<std::unique_ptr<Communicator>> NcclGroup(int world) {
-  std::vector<std::unique_ptr<Communicator>> comms(world);
-  const absl::StatusOr<std::string> id = parallel::NcclCommunicator::UniqueId();
-  EXPECT_TRUE(id.ok()) << id.status();
-  if (!id.ok()) return {};
-  parallel::testing::RunThreads(world, [&](int r) {
-    parallel::NcclOptions o;
-    o.device = r;
-    auto c = parallel::NcclCommunicator::Create(*id, r, world, o);
-    EXPECT_TRUE(c.ok()) << c.status();
-    if (c.ok()) comms[r] = std::move(*c);
-  });
-  for (const auto& c : comms) {
-    if (c == nullptr) return {};
-  }
-  return comms;
+  auto comms = parallel::NcclLocalGroup(world);
+  EXPECT_TRUE(comms.ok()) << comms.status();
+  return comms.ok() ? *std::move(comms) : std::vector<std::unique_ptr<Communicator>>{};
 }
 
 // What one rank saw: every pass's logits, and its shard group's collective counters.

@@ -450,31 +450,18 @@ int CmdEval(int argc, char** argv) {
 // aborts its groups, so the others return instead of waiting out the timeout; the first error is returned.
 absl::Status RunRanks(int world, int64_t tp, int64_t ep, kernels::DeviceKind device,
                       const std::function<absl::Status(int, parallel::Communicator*, parallel::Communicator*)>& fn) {
-  parallel::CommunicatorOptions options;
-  options.timeout = absl::Seconds(600);
-  std::vector<std::unique_ptr<parallel::Communicator>> comms(world);
-  std::vector<absl::Status> status(world);
-  std::string nccl_id;
+  parallel::NcclOptions options;
+  options.common.timeout = absl::Seconds(600);
+  std::vector<std::unique_ptr<parallel::Communicator>> comms;
   if (device == kernels::DeviceKind::kCuda) {
-    IC_ASSIGN_OR_RETURN(nccl_id, parallel::NcclCommunicator::UniqueId());
+    IC_ASSIGN_OR_RETURN(comms, parallel::NcclLocalGroup(world, options));
   } else {
-    IC_ASSIGN_OR_RETURN(comms, parallel::InProcessGroup::Create(world, options));
+    IC_ASSIGN_OR_RETURN(comms, parallel::InProcessGroup::Create(world, options.common));
   }
+  std::vector<absl::Status> status(world);
   std::vector<std::thread> threads;
   for (int r = 0; r < world; ++r) {
     threads.emplace_back([&, r] {
-      if (device == kernels::DeviceKind::kCuda) {  // NCCL init joins every rank: concurrently
-        parallel::NcclOptions o;
-        o.common = options;
-        o.device = r;
-        absl::StatusOr<std::unique_ptr<parallel::NcclCommunicator>> c =
-            parallel::NcclCommunicator::Create(nccl_id, r, world, o);
-        if (!c.ok()) {
-          status[r] = c.status();
-          return;
-        }
-        comms[r] = *std::move(c);
-      }
       const parallel::ParallelSizes sizes{.world_size = world, .tp_size = static_cast<int>(tp),
                                           .ep_size = static_cast<int>(ep)};
       absl::StatusOr<parallel::ProcessGroups> groups = parallel::ProcessGroups::Create(*comms[r], sizes);
