@@ -906,7 +906,7 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       };
       const Impl::GraphKey key{S, max_blocks, logits != nullptr};
       Impl::DecodeGraph* replayed = nullptr;
-      const DecodeGraphStats before = im.graph_stats;
+      const int64_t captures_before = im.graph_stats.captures, failures_before = im.graph_stats.capture_failures;
       const bool time_graph = mark_indexer && c.has_indexer;  // a model without an indexer needs no timed graph
       IC_ASSIGN_OR_RETURN(replayed, im.RunDecodeGraph(key, step, time_graph, stats, indexer_marks));
       if (logits != nullptr) {
@@ -925,8 +925,8 @@ absl::Status Context::Forward(std::span<const Segment> segments, const ForwardOu
       }
       stats.graph_step = replayed != nullptr ? GraphStep::kReplay : GraphStep::kEager;
       IC_RETURN_IF_ERROR(im.CaptureDecodeGraphIfDue(key, step, time_graph));
-      stats.graph_captures = static_cast<int>(im.graph_stats.captures - before.captures);
-      stats.graph_capture_failures = static_cast<int>(im.graph_stats.capture_failures - before.capture_failures);
+      stats.graph_captures = static_cast<int>(im.graph_stats.captures - captures_before);
+      stats.graph_capture_failures = static_cast<int>(im.graph_stats.capture_failures - failures_before);
       return absl::OkStatus();
     }
 
