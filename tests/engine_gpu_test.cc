@@ -160,8 +160,10 @@ TEST_F(EngineGpuTest, SyntheticModelsMatchTheCpuReference) {
 // The BF16 indexer (tensor cores for these shapes: 16 heads × 64 and 8 heads × 128) against the CPU's
 // BF16 emulation: index sets margin-equal on the CPU's BF16 scores with DESIGN.md §3's BF16 ε (1e-2: the
 // F32 noise of the layers before an indexer can flip a BF16 rounding of its q or k, which moves a score
-// by up to ~2^-8 relative), and logits within 2e-3 (a key swapped at such a near-tie changes attention a
-// little; 3.3e-4 measured on the H200).
+// by up to ~2^-8 relative), and logits within 5e-3 (a key swapped at such a near-tie changes attention a
+// little: 3.3e-4 measured on the 16-core H200 host; 2.25e-3 on the 32-core 2-GPU host, where the CPU
+// reference's OpenBLAS sums over 32 threads in another order and one near-tie flips — 16 or 1 threads
+// there give < 2e-3; DESIGN.md §3's BF16 tolerance is 1e-2).
 TEST_F(EngineGpuTest, Bf16IndexerMatchesTheCpuBf16Reference) {
   struct Shape {
     Architecture arch;
@@ -178,7 +180,7 @@ TEST_F(EngineGpuTest, Bf16IndexerMatchesTheCpuBf16Reference) {
     const auto bf16 = kernels::Precision::kBF16;
     Pass cpu = RunPass(*model, DeviceKind::kCpu, tokens, {600}, bf16);
     Pass gpu = RunPass(*model, DeviceKind::kCuda, tokens, {5, 300, 295}, bf16);
-    EXPECT_LT(RelError(gpu.logits, cpu.logits), 2e-3);
+    EXPECT_LT(RelError(gpu.logits, cpu.logits), 5e-3);
     ExpectTopkMarginEqual(gpu, cpu, **model, 600, 1e-2f);
   }
 }
